@@ -1,0 +1,3 @@
+from meshcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""What a client must be sent: the one function both stream kinds use."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from meshcp.cache.resource import Resource
+
+
+def diff(
+    current: Mapping[str, Resource],
+    known: Mapping[str, str],
+    subscribed: Collection[str] | None,
+    force: Collection[str] = (),
+) -> tuple[list[Resource], list[str]]:
+    """Compare what a client holds with what it should hold.
+
+    `current` is the snapshot's resources of one type; `known` maps the names the
+    client holds to their versions; `subscribed` is the set of names it asked for, or
+    None for a wildcard subscription; names in `force` are sent even when the client
+    already holds them at the same version. Returns (updated, removed): resources to
+    send, in name order, and held names that no longer exist.
+    """
+    if subscribed is None:
+        updated = [r for name, r in current.items() if known.get(name) != r.version or name in force]
+        removed = [name for name in known if name not in current]
+        return updated, sorted(removed)
+    updated = []
+    removed = []
+    for name in sorted(subscribed):
+        resource = current.get(name)
+        if resource is None:
+            if name in known:
+                removed.append(name)
+        elif known.get(name) != resource.version or name in force:
+            updated.append(resource)
+    return updated, removed

@@ -1,0 +1,55 @@
+"""One encoded xDS resource: name, content-hash version and the bytes every proxy shares."""
+
+from __future__ import annotations
+
+import betterproto2
+
+from meshcp.cache.wire import length_delimited
+
+_NAME_FIELDS = ("name", "cluster_name")
+
+
+class Resource:
+    """An immutable, already encoded resource.
+
+    `body` is the serialised `google.protobuf.Any`; responses are framed from it
+    without re-encoding. `endpoints` names the ClusterLoadAssignment an EDS cluster
+    needs, so the server can re-send it after the cluster changes.
+    """
+
+    __slots__ = ("__weakref__", "_delta_entry", "body", "endpoints", "name", "type_url", "version")
+
+    def __init__(
+        self, type_url: str, name: str, version: str, body: bytes, endpoints: str | None = None
+    ) -> None:
+        self.type_url = type_url
+        self.name = name
+        self.version = version
+        self.body = body
+        self.endpoints = endpoints
+        self._delta_entry: bytes | None = None
+
+    def delta_entry(self) -> bytes:
+        """This resource as an encoded `envoy.service.discovery.v3.Resource` (for delta).
+
+        Built on first use and kept: every delta stream sends the same bytes.
+        """
+        if self._delta_entry is None:
+            self._delta_entry = (
+                length_delimited(1, self.version.encode())
+                + length_delimited(2, self.body)
+                + length_delimited(3, self.name.encode())
+            )
+        return self._delta_entry
+
+    def __repr__(self) -> str:
+        return f"Resource({self.type_url.rsplit('.', 1)[-1]} {self.name!r} {self.version[:8]})"
+
+
+def resource_name(message: betterproto2.Message) -> str:
+    """The xDS name of a resource message (`name`, or `cluster_name` for endpoints)."""
+    for field in _NAME_FIELDS:
+        value = getattr(message, field, None)
+        if isinstance(value, str) and value:
+            return value
+    raise ValueError(f"{type(message).__name__} has no name")

@@ -1,0 +1,1 @@
+"""The controller's HTTP endpoint: health, readiness, metrics and debug views."""

@@ -1,0 +1,41 @@
+"""Readiness: the controller serves nothing until every source has synced once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+
+class Readiness:
+    """The set of sources that have not reported their first full sync yet.
+
+    A cold start must never push an empty mesh: the ADS writer waits on `wait()` and
+    /readyz answers from `ready`.
+    """
+
+    def __init__(self, pending: Iterable[str] = ()) -> None:
+        self._pending = set(pending)
+        self._event = asyncio.Event()
+        if not self._pending:
+            self._event.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def pending(self) -> list[str]:
+        return sorted(self._pending)
+
+    def expect(self, source: str) -> None:
+        """Register a source that must sync before anything is served."""
+        if not self._event.is_set():
+            self._pending.add(source)
+
+    def mark_synced(self, source: str) -> None:
+        self._pending.discard(source)
+        if not self._pending:
+            self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()

@@ -1,0 +1,36 @@
+"""Who may open an ADS stream, and which class of configuration it receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from meshcp._proto.envoy.config.core.v3 import Node
+
+#: The peer certificate as `ssl.SSLSocket.getpeercert()` returns it (None without TLS).
+PeerCertificate = dict[str, Any] | None
+
+#: Decides whether a node may stream; returns its identity (None when unknown) or
+#: raises `StreamRejected`. The TLS layer has already checked chain and expiry.
+Authorizer = Callable[[Node, PeerCertificate], str | None]
+
+#: Maps a node to the key of its snapshot in the cache (its proxy class).
+Classifier = Callable[[Node], str]
+
+
+class StreamRejected(Exception):
+    """A stream the server refuses; `reason` is a short metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def allow_any(node: Node, peer: PeerCertificate) -> str | None:
+    """The authoriser of `--insecure-xds` and of tests: everyone, identity unknown."""
+    return None
+
+
+def by_node_id(node: Node) -> str:
+    """The default classifier: every node its own class."""
+    return node.id

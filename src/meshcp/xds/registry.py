@@ -1,0 +1,65 @@
+"""The proxies connected right now, for /debug/proxies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meshcp._proto.envoy.config.core.v3 import Node
+
+
+class _Status(Protocol):
+    kind: str
+    node: Node | None
+
+    def status(self) -> dict[str, object]: ...
+
+
+@dataclass(slots=True)
+class Connection:
+    """One open ADS stream."""
+
+    protocol: _Status
+    key: str
+    identity: str | None
+    peer: str
+    connected_at: float
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def status(self) -> dict[str, object]:
+        node = self.protocol.node
+        return {
+            "node_id": node.id if node is not None else "",
+            "cluster": node.cluster if node is not None else "",
+            "identity": self.identity,
+            "class": self.key,
+            "stream": self.protocol.kind,
+            "peer": self.peer,
+            "connected_at": self.connected_at,
+            "types": self.protocol.status(),
+        }
+
+
+class ConnectedProxies:
+    """Open streams by a server-assigned id (a node may briefly hold two streams)."""
+
+    def __init__(self) -> None:
+        self._connections: dict[int, Connection] = {}
+        self._next = 0
+
+    def add(self, connection: Connection) -> int:
+        self._next += 1
+        self._connections[self._next] = connection
+        return self._next
+
+    def remove(self, token: int) -> None:
+        self._connections.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def status(self) -> list[dict[str, object]]:
+        return sorted(
+            (connection.status() for connection in self._connections.values()),
+            key=lambda item: (str(item["node_id"]), str(item["stream"])),
+        )

@@ -1,0 +1,60 @@
+"""The xDS gRPC server: listening socket, TLS, HTTP/2 limits and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any, cast
+
+import grpclib.server
+from grpclib.protocol import H2Protocol
+from h2.settings import SettingCodes
+
+from meshcp.xds.codec import FramedCodec
+from meshcp.xds.service import AggregatedDiscoveryService
+
+#: h2 allows 100 concurrent streams per connection by default; an Envoy uses one ADS
+#: stream per connection, but load generators and gRPC multiplexers use many.
+MAX_CONCURRENT_STREAMS = 100_000
+
+
+class _Server(grpclib.server.Server):
+    """grpclib's server with the HTTP/2 concurrent-stream limit raised.
+
+    grpclib exposes no setting for it, so the limit is announced right after the
+    connection's initial SETTINGS frame.
+    """
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        original = protocol.connection_made
+
+        def connection_made(transport: Any) -> None:
+            original(transport)
+            h2_connection = protocol.connection._connection
+            h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS})
+            protocol.connection.flush()
+
+        protocol.connection_made = connection_made  # type: ignore[method-assign]
+        return protocol
+
+
+class XdsServer:
+    """Owns the gRPC listener of one AggregatedDiscoveryService."""
+
+    def __init__(self, service: AggregatedDiscoveryService) -> None:
+        self._server = _Server([service], codec=FramedCodec())
+        self.port = 0
+
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on host:port (port 0 picks a free one, then readable as `port`)."""
+        await self._server.start(host, port, ssl=tls, reuse_address=True)
+        listener = cast(asyncio.Server | None, self._server._server)
+        sockets = listener.sockets if listener is not None else ()
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop accepting streams, cancel the open ones and wait until they are gone."""
+        self._server.close()
+        await self._server.wait_closed()

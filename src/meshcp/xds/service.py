@@ -1,0 +1,187 @@
+"""The grpclib adapter: ADS streams in, framed responses out.
+
+One handler coroutine per stream reads requests; a writer task sends what the protocol
+says whenever a request or a snapshot change wakes it. Everything protocol-specific
+lives in `sotw` and `delta`, so this module only moves bytes and keeps lifetimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+import grpclib.const
+import grpclib.server
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp._proto.envoy.service.discovery.v3 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
+from meshcp.cache.snapshot import Snapshot
+from meshcp.cache.snapshot_cache import SnapshotCache
+from meshcp.metrics import Metrics
+from meshcp.readiness import Readiness
+from meshcp.xds.auth import Authorizer, Classifier, StreamRejected, allow_any, by_node_id
+from meshcp.xds.delta import DeltaProtocol
+from meshcp.xds.observe import MetricsObserver
+from meshcp.xds.registry import ConnectedProxies, Connection
+from meshcp.xds.sotw import SotwProtocol
+from meshcp.xds.stream import Outgoing
+
+log = logging.getLogger("meshcp.xds")
+
+SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+SOTW_PATH = SERVICE + "StreamAggregatedResources"
+DELTA_PATH = SERVICE + "DeltaAggregatedResources"
+
+
+class _Protocol(Protocol):
+    kind: str
+    node: Node | None
+
+    def receive(self, request: Any) -> bool: ...
+
+    def responses(self, snapshot: Snapshot) -> list[Outgoing]: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+class _Feed:
+    """The latest snapshot of a stream's class and the event that wakes its writer."""
+
+    __slots__ = ("snapshot", "wake")
+
+    def __init__(self, snapshot: Snapshot | None) -> None:
+        self.snapshot = snapshot
+        self.wake = asyncio.Event()
+        self.wake.set()
+
+    def __call__(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
+        self.snapshot = snapshot
+        self.wake.set()
+
+
+class AggregatedDiscoveryService:
+    """Serves StreamAggregatedResources and DeltaAggregatedResources from a SnapshotCache.
+
+    `admission` bounds how many new streams are being served their initial
+    configuration at once (rule 20: reconnect storms).
+    """
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        readiness: Readiness,
+        metrics: Metrics,
+        proxies: ConnectedProxies,
+        *,
+        classify: Classifier = by_node_id,
+        authorize: Authorizer = allow_any,
+        admission: int = 256,
+    ) -> None:
+        self._cache = cache
+        self._readiness = readiness
+        self._metrics = metrics
+        self._proxies = proxies
+        self._classify = classify
+        self._authorize = authorize
+        self._admission = asyncio.Semaphore(admission)
+        self._observer = MetricsObserver(metrics)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        stream = grpclib.const.Cardinality.STREAM_STREAM
+        return {
+            SOTW_PATH: grpclib.const.Handler(self._sotw, stream, DiscoveryRequest, DiscoveryResponse),
+            DELTA_PATH: grpclib.const.Handler(
+                self._delta, stream, DeltaDiscoveryRequest, DeltaDiscoveryResponse
+            ),
+        }
+
+    async def _sotw(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        await self._serve(stream, SotwProtocol(self._observer))
+
+    async def _delta(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        await self._serve(stream, DeltaProtocol(self._observer))
+
+    async def _serve(self, stream: grpclib.server.Stream[Any, Any], protocol: _Protocol) -> None:
+        first = await _receive(stream)
+        if first is None:
+            return
+        protocol.receive(first)
+        node = protocol.node
+        if node is None or not node.id:
+            self._metrics.rejected_streams.labels("no_node").inc()
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "the first request must carry node.id")
+        try:
+            identity = self._authorize(node, stream.peer.cert())
+        except StreamRejected as rejected:
+            self._metrics.rejected_streams.labels(rejected.reason).inc()
+            log.warning("refused ADS stream of %s from %s: %s", node.id, _peer(stream), rejected)
+            raise GRPCError(grpclib.const.Status.PERMISSION_DENIED, str(rejected)) from None
+        key = self._classify(node)
+        feed = _Feed(self._cache.get(key))
+        stop_watching = self._cache.watch(key, feed)
+        connection = Connection(protocol, key, identity, _peer(stream), time.time())
+        token = self._proxies.add(connection)
+        gauge = self._metrics.connected.labels(protocol.kind)
+        gauge.inc()
+        log.debug("%s stream opened by %s (class %s)", protocol.kind, node.id, key)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                writer = tasks.create_task(self._write(stream, protocol, feed))
+                while (request := await _receive(stream)) is not None:
+                    if protocol.receive(request):
+                        feed.wake.set()
+                writer.cancel()
+        finally:
+            stop_watching()
+            self._proxies.remove(token)
+            gauge.dec()
+            log.debug("%s stream of %s closed", protocol.kind, node.id)
+
+    async def _write(self, stream: grpclib.server.Stream[Any, Any], protocol: _Protocol, feed: _Feed) -> None:
+        await self._readiness.wait()
+        admitted = False
+        while True:
+            await feed.wake.wait()
+            feed.wake.clear()
+            snapshot = feed.snapshot
+            if snapshot is None:
+                continue
+            try:
+                if admitted:
+                    await _send_all(stream, protocol.responses(snapshot))
+                else:
+                    async with self._admission:
+                        await _send_all(stream, protocol.responses(snapshot))
+                    admitted = True
+            except (StreamTerminatedError, ConnectionError):
+                return
+
+
+async def _receive(stream: grpclib.server.Stream[Any, Any]) -> Any:
+    """The next request, or None when the client has gone."""
+    try:
+        return await stream.recv_message()
+    except (StreamTerminatedError, ConnectionError):
+        return None
+    except GRPCError:
+        raise
+    except Exception as error:  # a request that does not decode
+        raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"malformed request: {error}") from None
+
+
+async def _send_all(stream: grpclib.server.Stream[Any, Any], outgoing: list[Outgoing]) -> None:
+    for response in outgoing:
+        await stream.send_message(response.payload)
+
+
+def _peer(stream: grpclib.server.Stream[Any, Any]) -> str:
+    address = stream.peer.addr()
+    return f"{address[0]}:{address[1]}" if address else "unknown"

@@ -1,0 +1,232 @@
+"""The state-of-the-world ADS protocol for one stream, without any I/O.
+
+Rules are numbered as in ../shared/XDS-PROTOCOL.md. `receive` applies a request,
+`responses` says what to send for a snapshot; the adapter moves bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshcp import resource_types
+from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp._proto.envoy.service.discovery.v3 import DiscoveryRequest
+from meshcp.cache.diff import diff
+from meshcp.cache.resource import Resource
+from meshcp.cache.snapshot import Snapshot, set_version
+from meshcp.xds.framing import nonce_field, sotw_body
+from meshcp.xds.stream import NullObserver, Observer, Outgoing, Sent, error_message
+
+WILDCARD = "*"
+
+
+@dataclass(slots=True)
+class _TypeState:
+    names: set[str] = field(default_factory=set)
+    explicit_wildcard: bool = False
+    #: Legacy wildcard: the first request had no names (Listener/Cluster only).
+    legacy: bool = False
+    #: What the client holds as far as we know, by name (the last content sent).
+    held: dict[str, Resource] = field(default_factory=dict)
+    force: set[str] = field(default_factory=set)
+    force_all: bool = False
+    #: Rule 11: version presented on reconnect, checked against the first snapshot.
+    resume_version: str = ""
+    sent: Sent = field(default_factory=Sent)
+
+    @property
+    def wildcard(self) -> bool:
+        return self.explicit_wildcard or (self.legacy and not self.names)
+
+
+class SotwProtocol:
+    """One StreamAggregatedResources stream's subscriptions and what it was sent."""
+
+    kind = "sotw"
+
+    def __init__(self, observer: Observer | None = None) -> None:
+        self.node: Node | None = None
+        self._observer = observer or NullObserver()
+        self._types: dict[str, _TypeState] = {}
+        self._nonce = 0
+
+    # Requests ------------------------------------------------------------------
+
+    def receive(self, request: DiscoveryRequest) -> bool:
+        """Apply one request; False when it is ignored (stale nonce, no type)."""
+        if self.node is None and request.node is not None:
+            self.node = request.node  # rule 2: only the first request must carry it
+        type_url = request.type_url
+        if not type_url:
+            return False
+        state = self._types.get(type_url)
+        first = state is None
+        if state is None:
+            state = self._types[type_url] = _TypeState()
+        nonce = request.response_nonce
+        if nonce:
+            if nonce != state.sent.nonce:  # rule 5: stale, superseded by a newer response
+                self._observer.on_stale(type_url)
+                return False
+            state.sent.settle(nonce, error_message(request.error_detail), self.node, type_url, self._observer)
+        self._subscribe(type_url, state, request, first)
+        return True
+
+    def _subscribe(self, type_url: str, state: _TypeState, request: DiscoveryRequest, first: bool) -> None:
+        names = set(request.resource_names)
+        explicit_wildcard = WILDCARD in names
+        names.discard(WILDCARD)
+        if first:
+            state.legacy = (
+                not names and not explicit_wildcard and resource_types.allows_legacy_wildcard(type_url)
+            )
+            full = resource_types.is_full_state(type_url)
+            if full and request.version_info and not names:
+                state.resume_version = request.version_info  # rule 11
+        if names:
+            state.legacy = False  # rule 8: once named, an empty list means "none"
+        old_names, was_wildcard = state.names, state.wildcard
+        state.names, state.explicit_wildcard = names, explicit_wildcard
+        subscription_changed = names != old_names or was_wildcard != state.wildcard
+        if subscription_changed and not first and resource_types.is_full_state(type_url):
+            state.force_all = True
+        state.force |= names - old_names  # rule 9: newly requested names are sent even if sent before
+        if not state.wildcard:
+            for name in [n for n in state.held if n not in names]:
+                del state.held[name]
+
+    # Responses -----------------------------------------------------------------
+
+    def responses(self, snapshot: Snapshot) -> list[Outgoing]:
+        """Everything to send now for `snapshot`, in make-before-break order (rule 18).
+
+        A type with a response awaiting its ACK gets nothing new (rule 21: one
+        outstanding push per type; the newest content goes out after the ACK).
+        Full-state responses keep removed resources until every other update is
+        ACKed, then a last response removes them.
+        """
+        out: list[Outgoing] = []
+        unsettled = False
+        for type_url in sorted(self._types, key=resource_types.push_rank):
+            state = self._types[type_url]
+            if state.sent.outstanding:
+                unsettled = True
+                continue
+            if resource_types.is_full_state(type_url):
+                outgoing = self._full_state(type_url, state, snapshot, keep_removed=True)
+            else:
+                outgoing = self._named(type_url, state, snapshot)
+            if outgoing is not None:
+                out.append(outgoing)
+                unsettled = True
+        if not unsettled:
+            for type_url in sorted(self._types, key=resource_types.push_rank):
+                state = self._types[type_url]
+                if resource_types.is_full_state(type_url):
+                    outgoing = self._full_state(type_url, state, snapshot, keep_removed=False)
+                    if outgoing is not None:
+                        out.append(outgoing)
+        for outgoing in out:
+            self._observer.on_response(outgoing)
+        return out
+
+    def _full_state(
+        self, type_url: str, state: _TypeState, snapshot: Snapshot, *, keep_removed: bool
+    ) -> Outgoing | None:
+        current = snapshot.resources(type_url)
+        if state.wildcard:
+            scope = dict(current)
+        else:
+            scope = {name: current[name] for name in sorted(state.names) if name in current}
+        if state.resume_version:
+            resume, state.resume_version = state.resume_version, ""
+            if state.wildcard and resume == snapshot.version(type_url):
+                state.held = scope
+                state.sent.version = state.sent.acked_version = resume
+                return None
+        changed = state.force_all or any(
+            _differs(state.held.get(name), resource) for name, resource in scope.items()
+        )
+        removed = {name: r for name, r in state.held.items() if name not in scope}
+        if keep_removed:
+            if not changed:
+                return None
+            content = {**removed, **scope}
+        else:
+            if not removed and not changed:
+                return None
+            content = scope
+        state.force_all = False
+        state.force.clear()
+        self._mark_endpoints(scope, state.held)
+        state.held = content
+        ordered = [content[name] for name in sorted(content)]
+        if state.wildcard and (not keep_removed or not removed):  # the same bytes for the whole class
+            version = snapshot.version(type_url)
+            key = ("sotw", type_url, version)
+            body = snapshot.memo.get(key)
+            if not isinstance(body, bytes):
+                body = snapshot.memo[key] = sotw_body(version, type_url, ordered)
+        else:
+            version = set_version(ordered)
+            body = sotw_body(version, type_url, ordered)
+        return self._send(type_url, state, snapshot, version=version, body=body, names=tuple(content))
+
+    def _mark_endpoints(self, scope: dict[str, Resource], held: dict[str, Resource]) -> None:
+        """Rule 19: a changed EDS cluster warms only after its endpoints arrive again."""
+        endpoints = self._types.get(resource_types.ENDPOINT)
+        if endpoints is None:
+            return
+        for name, resource in scope.items():
+            if resource.endpoints and _differs(held.get(name), resource):
+                endpoints.force.add(resource.endpoints)
+
+    def _named(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing | None:
+        current = snapshot.resources(type_url)
+        known = {name: resource.version for name, resource in state.held.items()}
+        updated, _ = diff(current, known, None if state.wildcard else state.names, state.force)
+        state.force.clear()
+        if not updated:
+            return None
+        for resource in updated:
+            state.held[resource.name] = resource
+        version = snapshot.version(type_url)
+        body = sotw_body(version, type_url, updated)
+        return self._send(
+            type_url, state, snapshot, version=version, body=body, names=tuple(r.name for r in updated)
+        )
+
+    def _send(
+        self,
+        type_url: str,
+        state: _TypeState,
+        snapshot: Snapshot,
+        *,
+        version: str,
+        body: bytes,
+        names: tuple[str, ...],
+    ) -> Outgoing:
+        self._nonce += 1
+        nonce = str(self._nonce)
+        outgoing = Outgoing(type_url, nonce, version, body + nonce_field(nonce), names)
+        state.sent.record(outgoing, snapshot.created)
+        return outgoing
+
+    # Introspection -------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """Per type: subscription and send/ACK/NACK state (for /debug/proxies)."""
+        return {
+            resource_types.short_name(type_url): {
+                "wildcard": state.wildcard,
+                "names": sorted(state.names),
+                **state.sent.status(),
+            }
+            for type_url, state in sorted(
+                self._types.items(), key=lambda item: resource_types.push_rank(item[0])
+            )
+        }
+
+
+def _differs(held: Resource | None, resource: Resource) -> bool:
+    return held is None or held.version != resource.version

@@ -1,0 +1,120 @@
+"""What both ADS stream kinds share: outgoing responses, NACK records, the observer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp._proto.google.rpc import Status
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One framed response, ready for the wire."""
+
+    type_url: str
+    nonce: str
+    version: str
+    payload: bytes
+    names: tuple[str, ...]
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """A rejected response, kept for the debug endpoint and logs."""
+
+    nonce: str
+    version: str
+    message: str
+    names: tuple[str, ...]
+    at: float = field(default_factory=time.time)
+
+
+class Observer(Protocol):
+    """Receives protocol events (metrics and logs); must not block."""
+
+    def on_ack(self, type_url: str, latency: float) -> None: ...
+
+    def on_nack(self, node_id: str, type_url: str, nack: Nack) -> None: ...
+
+    def on_stale(self, type_url: str) -> None: ...
+
+    def on_response(self, outgoing: Outgoing) -> None: ...
+
+
+class NullObserver:
+    """An observer that records nothing (tests of the pure protocol)."""
+
+    def on_ack(self, type_url: str, latency: float) -> None:
+        pass
+
+    def on_nack(self, node_id: str, type_url: str, nack: Nack) -> None:
+        pass
+
+    def on_stale(self, type_url: str) -> None:
+        pass
+
+    def on_response(self, outgoing: Outgoing) -> None:
+        pass
+
+
+def error_message(status: Status | None) -> str | None:
+    """The NACK message of a request's `error_detail`, or None for an ACK."""
+    if status is None or (not status.code and not status.message):
+        return None
+    return status.message or f"error code {status.code}"
+
+
+@dataclass(slots=True)
+class Sent:
+    """Bookkeeping of the last response of one type on one stream."""
+
+    nonce: str = ""
+    version: str = ""
+    names: tuple[str, ...] = ()
+    #: `Snapshot.created` of the content sent: push latency runs from there to the ACK.
+    created: float = 0.0
+    outstanding: bool = False
+    acked_version: str = ""
+    nack: Nack | None = None
+
+    def settle(
+        self, nonce: str, error: str | None, node: Node | None, type_url: str, observer: Observer
+    ) -> None:
+        """Apply an ACK or NACK of the latest response (`nonce` already checked as current)."""
+        was_outstanding, self.outstanding = self.outstanding, False
+        if not was_outstanding:
+            return
+        if error is None:
+            self.acked_version = self.version
+            observer.on_ack(type_url, max(0.0, time.monotonic() - self.created))
+        else:
+            self.nack = Nack(nonce, self.version, error, self.names)
+            observer.on_nack(node.id if node is not None else "", type_url, self.nack)
+
+    def record(self, outgoing: Outgoing, created: float) -> None:
+        self.nonce = outgoing.nonce
+        self.version = outgoing.version
+        self.names = outgoing.names
+        self.created = created
+        self.outstanding = True
+
+    def status(self) -> dict[str, object]:
+        nack = self.nack
+        return {
+            "version_sent": self.version,
+            "version_acked": self.acked_version,
+            "nonce": self.nonce,
+            "awaiting_ack": self.outstanding,
+            "last_nack": None
+            if nack is None
+            else {
+                "version": nack.version,
+                "message": nack.message,
+                "resources": list(nack.names),
+                "at": nack.at,
+            },
+        }
