@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from typing import Any, cast
 
 import grpclib.server
@@ -19,14 +20,31 @@ MAX_CONCURRENT_STREAMS = 100_000
 
 
 class _Server(grpclib.server.Server):
-    """grpclib's server with the HTTP/2 concurrent-stream limit raised.
+    """grpclib's server with the HTTP/2 concurrent-stream limit raised, and connections
+    closed on shutdown.
 
-    grpclib exposes no setting for it, so the limit is announced right after the
-    connection's initial SETTINGS frame.
+    grpclib exposes no setting for the limit, so it is announced right after the
+    connection's initial SETTINGS frame. grpclib's `close` cancels handlers but leaves
+    connections open, so clients would wait forever; `close_connections` sends GOAWAY
+    and closes them, and the proxies reconnect (to another replica, or to us later).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def close_connections(self) -> None:
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is None or not hasattr(connection, "_transport"):
+                continue
+            connection._connection.close_connection()
+            connection.flush()
+            protocol.processor.close("server shutting down")
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
         original = protocol.connection_made
 
         def connection_made(transport: Any) -> None:
@@ -44,6 +62,7 @@ class XdsServer:
 
     def __init__(self, service: AggregatedDiscoveryService) -> None:
         self._server = _Server([service], codec=FramedCodec())
+        self._stopped = False
         self.port = 0
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
@@ -55,6 +74,10 @@ class XdsServer:
             self.port = sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Stop accepting streams, cancel the open ones and wait until they are gone."""
+        """Stop accepting streams, end the open ones, close connections; idempotent."""
+        if self._stopped or self._server._server is None:
+            return
+        self._stopped = True
         self._server.close()
+        self._server.close_connections()
         await self._server.wait_closed()

@@ -1,0 +1,62 @@
+"""`meshcp ca show|rotate|finish-rotation`, as functions returning plain data.
+
+They work offline on a state directory (the controller should not be running: two
+writers to one CA would race). They never return or print key material.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from meshcp.certs import ca_persistence, pem
+from meshcp.certs.clock import Clock, utc_now
+from meshcp.certs.internal import InternalCA
+from meshcp.certs.keys import KeySpec, describe_public_key
+from meshcp.certs.provider import CertificateError
+from meshcp.certs.root_rotation import Phase
+from meshcp.certs.storage import DirectoryStore
+
+
+def describe_root(certificate: x509.Certificate) -> dict[str, str]:
+    """The public facts about a root an operator compares and schedules by."""
+    return {
+        "subject": certificate.subject.rfc4514_string(),
+        "sha256_fingerprint": pem.fingerprint_sha256(certificate),
+        "not_before": certificate.not_valid_before_utc.isoformat(),
+        "not_after": certificate.not_valid_after_utc.isoformat(),
+        "key_type": describe_public_key(certificate.public_key()),
+    }
+
+
+async def ca_show(state_dir: Path | str) -> dict[str, Any]:
+    """The CA in `state_dir`: phase, signing root and, mid-rotation, the old root."""
+    store = DirectoryStore(state_dir)
+    roots = await ca_persistence.load_root_certificates(store)
+    if roots is None:
+        raise CertificateError("internal", f"no CA found in {store.location}")
+    active, previous = roots
+    return {
+        "phase": str(Phase.STABLE if previous is None else Phase.ROTATING),
+        "root": describe_root(active),
+        "previous_root": None if previous is None else describe_root(previous),
+    }
+
+
+async def ca_rotate(
+    state_dir: Path | str, *, key_spec: KeySpec = KeySpec.ECDSA_P256, clock: Clock = utc_now
+) -> dict[str, Any]:
+    """Start a root rotation: new signing root, old one still trusted until
+    `ca_finish_rotation` (or the controller, once every proxy has the new certificates)."""
+    ca = await InternalCA.open(DirectoryStore(state_dir), key_spec=key_spec, clock=clock, create=False)
+    await ca.rotate_root()
+    return await ca_show(state_dir)
+
+
+async def ca_finish_rotation(state_dir: Path | str) -> dict[str, Any]:
+    """Stop trusting the old root now, whether or not every proxy has moved on."""
+    ca = await InternalCA.open(DirectoryStore(state_dir), create=False)
+    await ca.finish_root_rotation()
+    return await ca_show(state_dir)

@@ -1,0 +1,135 @@
+"""The built-in certificate authority (the default provider).
+
+It signs with a root kept in a `StateStore`, so a restart keeps the same root and
+proxies keep trusting the certificates they hold. Key generation and signing run in a
+worker thread: an RSA-4096 key takes long enough to stall every xDS stream otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from meshcp.certs import ca_persistence
+from meshcp.certs.authority import ROOT_VALIDITY, create_root, sign_leaf
+from meshcp.certs.clock import Clock, utc_now
+from meshcp.certs.keys import KeySpec, generate_private_key, private_key_pem
+from meshcp.certs.pem import to_pem
+from meshcp.certs.provider import CertificateError, CertificateRequest, IssuedCertificate
+from meshcp.certs.root_rotation import (
+    DEFAULT_ROOT_ROTATION_SHARE,
+    CAState,
+    RotationConflict,
+    root_rotation_due,
+)
+from meshcp.certs.storage import StateStore
+
+log = logging.getLogger(__name__)
+
+_NAME = "internal"
+
+
+class InternalCA:
+    """A CA whose roots live in a `StateStore`; create it with `InternalCA.open`.
+
+    `key_spec` applies to roots this CA creates (the first one and those made by
+    `rotate_root`); a persisted root keeps its own key type.
+    """
+
+    def __init__(
+        self, store: StateStore, state: CAState, *, key_spec: KeySpec, clock: Clock, root_validity: timedelta
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._key_spec = key_spec
+        self._clock = clock
+        self._root_validity = root_validity
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        store: StateStore,
+        *,
+        key_spec: KeySpec = KeySpec.ECDSA_P256,
+        clock: Clock = utc_now,
+        root_validity: timedelta = ROOT_VALIDITY,
+        create: bool = True,
+    ) -> InternalCA:
+        """Load the CA from `store`, creating and persisting a root if there is none
+        (unless `create` is false, for tools that must not invent a CA)."""
+        state = await ca_persistence.load_state(store)
+        if state is None:
+            if not create:
+                raise CertificateError(_NAME, f"no CA found in {store.location}")
+            root = await asyncio.to_thread(create_root, key_spec, clock(), validity=root_validity)
+            state = CAState(active=root)
+            await ca_persistence.save_root(store, root)
+            await ca_persistence.save_state(store, state)
+            log.info("created root CA %s in %s", root.id, store.location)
+        return cls(store, state, key_spec=key_spec, clock=clock, root_validity=root_validity)
+
+    @property
+    def name(self) -> str:
+        return _NAME
+
+    @property
+    def state(self) -> CAState:
+        return self._state
+
+    async def issue(self, request: CertificateRequest) -> IssuedCertificate:
+        root = self._state.active
+        key = await asyncio.to_thread(generate_private_key, request.key_spec)
+        certificate = await asyncio.to_thread(sign_leaf, root, request, key.public_key(), self._clock())
+        return IssuedCertificate(to_pem([certificate]), private_key_pem(key), certificate)
+
+    async def trust_bundle(self) -> str:
+        return self._state.trust_bundle_pem()
+
+    async def rotate_root(self) -> CAState:
+        """Create a new root and sign with it from now on, still trusting the old one.
+
+        Certificates already issued stay valid; re-issue them (`CertificateManager.renew_all`)
+        and call `finish_root_rotation` once every proxy holds the new ones.
+        """
+        async with self._lock:
+            old_id = self._state.active.id
+            try:
+                new_root = await asyncio.to_thread(
+                    create_root, self._key_spec, self._clock(), validity=self._root_validity
+                )
+                state = self._state.begin_rotation(new_root)
+            except RotationConflict as exc:
+                raise CertificateError(_NAME, str(exc)) from exc
+            await ca_persistence.save_root(self._store, new_root)
+            await ca_persistence.save_state(self._store, state)
+            self._state = state
+            log.info("root rotation started: new root %s, old root %s still trusted", new_root.id, old_id)
+            return state
+
+    async def finish_root_rotation(self) -> CAState:
+        """Drop the old root from the trust bundle and from storage (no-op when not rotating)."""
+        async with self._lock:
+            old = self._state.previous
+            if old is None:
+                return self._state
+            state = self._state.finish_rotation()
+            await ca_persistence.save_state(self._store, state)
+            await ca_persistence.delete_root(self._store, old.id)
+            self._state = state
+            log.info("root rotation finished: root %s is no longer trusted", old.id)
+            return state
+
+    def root_rotation_due(self, share: float = DEFAULT_ROOT_ROTATION_SHARE) -> bool:
+        """Whether the signing root is close enough to expiry to rotate (never while rotating)."""
+        if self._state.previous is not None:
+            return False
+        return root_rotation_due(self._state.active.certificate, self._clock(), share)
+
+    async def rotate_root_if_due(self, share: float = DEFAULT_ROOT_ROTATION_SHARE) -> bool:
+        """Start a rotation ahead of root expiry; returns whether one was started."""
+        if not self.root_rotation_due(share):
+            return False
+        await self.rotate_root()
+        return True

@@ -1,0 +1,108 @@
+"""Asking a provider for a certificate, with retries that never stall the mesh.
+
+An external CA may be restarting or briefly unreachable; a short outage should cost a
+few retries, not a failed rollout. Retries back off exponentially with jitter (so many
+identities failing together do not retry in lockstep), each attempt has a deadline (a CA
+that hangs is treated like one that is down), and the sleep and randomness are injected
+so tests run instantly. Retrying happens in the caller's task: one identity waiting for
+its certificate delays nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from meshcp.certs.provider import CertificateError, CertificateProvider, CertificateRequest, IssuedCertificate
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to retry a failed issuance."""
+
+    attempts: int = 5
+    initial_delay: float = 0.5
+    multiplier: float = 2.0
+    max_delay: float = 30.0
+    jitter: float = 0.2
+    """Each delay is scaled by a random factor in [1 - jitter, 1 + jitter]."""
+    attempt_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+        if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1 or self.attempt_timeout <= 0:
+            raise ValueError("delays and timeout must be positive and the multiplier at least 1")
+
+    def delay(self, failures: int, unit_random: float) -> float:
+        """Seconds to wait after the `failures`-th failure (1-based), `unit_random` in [0, 1)."""
+        base = min(self.initial_delay * self.multiplier ** (failures - 1), self.max_delay)
+        return base * (1 - self.jitter + 2 * self.jitter * unit_random)
+
+
+class Issuer:
+    """A provider with retries: the only way the rest of `certs` asks for a certificate."""
+
+    def __init__(
+        self,
+        provider: CertificateProvider,
+        retry: RetryPolicy | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        unit_random: Callable[[], float] = random.random,
+    ) -> None:
+        self._provider = provider
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._random = unit_random
+        self.issued = 0
+        """Certificates issued so far (each successful provider call counts once)."""
+
+    @property
+    def provider(self) -> CertificateProvider:
+        return self._provider
+
+    async def issue(self, request: CertificateRequest) -> IssuedCertificate:
+        """Issue a certificate, retrying retryable failures; raises `CertificateError`."""
+        policy = self._retry
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                issued = await self._attempt(request)
+            except CertificateError as exc:
+                if not exc.retryable:
+                    raise
+                if attempt == policy.attempts:
+                    raise CertificateError(
+                        exc.provider, f"{exc.message} (gave up after {attempt} attempts)", retryable=True
+                    ) from exc
+                delay = policy.delay(attempt, self._random())
+                log.warning("%s; retrying in %.1fs (attempt %d of %d)", exc, delay, attempt, policy.attempts)
+                await self._sleep(delay)
+            else:
+                self.issued += 1
+                return issued
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _attempt(self, request: CertificateRequest) -> IssuedCertificate:
+        name = self._provider.name
+        timeout = self._retry.attempt_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._provider.issue(request)
+        except CertificateError:
+            raise
+        except TimeoutError as exc:
+            raise CertificateError(name, f"no certificate within {timeout:g}s", retryable=True) from exc
+        except Exception as exc:
+            # A provider bug: keep the traceback for developers, give users one line.
+            log.debug("provider %s raised unexpectedly", name, exc_info=True)
+            raise CertificateError(name, f"unexpected error: {exc!r}") from exc

@@ -1,0 +1,79 @@
+"""The root rotation state machine, as pure values.
+
+    stable(A) --begin(B)--> rotating(active B, previous A) --finish--> stable(B)
+
+While rotating, the trust bundle holds both roots and every new certificate is signed by
+the new one, so peers holding certificates from either root keep talking. The old root
+is dropped only when the server says every proxy has the new bundle and certificates
+(`finish`); until then nothing is lost by a restart, because the state is persisted.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from cryptography import x509
+
+from meshcp.certs.authority import Root
+
+DEFAULT_ROOT_ROTATION_SHARE = 0.2
+"""Rotate the root when less than this share of its validity remains (two years of a
+ten-year root): far more than any workload certificate lives, and long enough for an
+operator to notice if automatic rotation is failing."""
+
+
+class Phase(enum.StrEnum):
+    STABLE = "stable"
+    ROTATING = "rotating"
+
+
+class RotationConflict(Exception):
+    """A transition that the current phase does not allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class CAState:
+    """Which roots exist and which one signs."""
+
+    active: Root
+    previous: Root | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.STABLE if self.previous is None else Phase.ROTATING
+
+    @property
+    def roots(self) -> tuple[Root, ...]:
+        """Trusted roots, the signing one first."""
+        return (self.active,) if self.previous is None else (self.active, self.previous)
+
+    def trust_bundle_pem(self) -> str:
+        return "".join(root.pem for root in self.roots)
+
+    def begin_rotation(self, new_root: Root) -> CAState:
+        """Start signing with `new_root` while still trusting the current one."""
+        if self.previous is not None:
+            raise RotationConflict(
+                f"a root rotation is already in progress (old root {self.previous.id}, "
+                f"new root {self.active.id}); finish it first"
+            )
+        if new_root.id == self.active.id:
+            raise RotationConflict("the new root is the current root")
+        return CAState(active=new_root, previous=self.active)
+
+    def finish_rotation(self) -> CAState:
+        """Stop trusting the old root. Finishing when not rotating changes nothing, so the
+        server may call this again after a restart without checking first."""
+        return replace(self, previous=None)
+
+
+def root_rotation_due(
+    root: x509.Certificate, now: datetime, share: float = DEFAULT_ROOT_ROTATION_SHARE
+) -> bool:
+    """Whether less than `share` of the root's validity remains at wall-clock time `now`."""
+    if not 0 < share < 1:
+        raise ValueError(f"share must be between 0 and 1, got {share}")
+    start, end = root.not_valid_before_utc, root.not_valid_after_utc
+    return end - now < (end - start) * share

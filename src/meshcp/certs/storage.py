@@ -1,0 +1,131 @@
+"""Where the CA keeps its state: a small named-blob store.
+
+The interface is deliberately the shape of a Kubernetes Secret (flat names, byte values,
+a flag for what is secret) so a Secret-backed store can replace the state directory
+without touching the CA. Callers order their writes so that each single `write` is the
+commit point; the directory store makes each write atomic (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]*")
+_SECRET_MODE = 0o600
+_PUBLIC_MODE = 0o644
+_DIR_MODE = 0o700
+
+
+def check_name(name: str) -> str:
+    """Names valid both as file names and as Kubernetes Secret keys."""
+    if len(name) > 253 or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid state entry name {name!r}")
+    return name
+
+
+class StateStore(Protocol):
+    """Durable storage for a few small named entries."""
+
+    @property
+    def location(self) -> str:
+        """Where the entries live, for messages (a path, a Secret name)."""
+        ...
+
+    async def read(self, name: str) -> bytes | None:
+        """The entry's bytes, or None if it does not exist."""
+        ...
+
+    async def write(self, name: str, data: bytes, *, secret: bool = False) -> None:
+        """Create or replace an entry atomically; `secret` entries are readable by the owner only."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Remove an entry; removing a missing entry is not an error."""
+        ...
+
+
+class DirectoryStore:
+    """Entries as files in a state directory (created with mode 0700 if missing)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = Path(path)
+
+    @property
+    def location(self) -> str:
+        return str(self._path)
+
+    async def read(self, name: str) -> bytes | None:
+        return await asyncio.to_thread(self._read, check_name(name))
+
+    async def write(self, name: str, data: bytes, *, secret: bool = False) -> None:
+        await asyncio.to_thread(self._write, check_name(name), data, secret)
+
+    async def delete(self, name: str) -> None:
+        await asyncio.to_thread(self._delete, check_name(name))
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return (self._path / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, name: str, data: bytes, secret: bool) -> None:
+        self._path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        mode = _SECRET_MODE if secret else _PUBLIC_MODE
+        temp = self._path / f".{name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            # The umask may have narrowed the mode; set it exactly so a key is never wider
+            # and a certificate stays readable by tools run as other users.
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(temp, self._path / name)
+        self._sync_directory()
+
+    def _delete(self, name: str) -> None:
+        (self._path / name).unlink(missing_ok=True)
+        self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self._path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class MemoryStore:
+    """Entries in memory: for tests and for a CA that must not outlive the process."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, bytes] = {}
+        self.secret_names: set[str] = set()
+
+    @property
+    def location(self) -> str:
+        return "memory"
+
+    async def read(self, name: str) -> bytes | None:
+        return self.entries.get(check_name(name))
+
+    async def write(self, name: str, data: bytes, *, secret: bool = False) -> None:
+        self.entries[check_name(name)] = data
+        if secret:
+            self.secret_names.add(name)
+        else:
+            self.secret_names.discard(name)
+
+    async def delete(self, name: str) -> None:
+        self.entries.pop(check_name(name), None)
+        self.secret_names.discard(name)

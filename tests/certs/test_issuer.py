@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from meshcp.certs.identity import Identity
+from meshcp.certs.internal import InternalCA
+from meshcp.certs.issuance import workload_request
+from meshcp.certs.issuer import Issuer, RetryPolicy
+from meshcp.certs.provider import CertificateError
+from meshcp.certs.rotation import workload_certificates
+from meshcp.certs.singleflight import SingleFlight
+
+from .support import CountingProvider, FakeClock, RecordingSleep, wait_until
+
+IDENTITY = Identity("ns", "sa")
+REQUEST = workload_request(IDENTITY)
+
+
+def unavailable() -> CertificateError:
+    return CertificateError("counting", "cannot reach http://127.0.0.1:1: connection refused", retryable=True)
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    policy = RetryPolicy(initial_delay=1.0, multiplier=2.0, max_delay=5.0, jitter=0.0)
+    assert [policy.delay(n, 0.5) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_backoff_jitter_stays_within_bounds() -> None:
+    policy = RetryPolicy(initial_delay=10.0, jitter=0.2)
+    assert policy.delay(1, 0.0) == pytest.approx(8.0)
+    assert policy.delay(1, 0.999999) == pytest.approx(12.0, rel=1e-5)
+
+
+async def test_retryable_failures_are_retried_with_backoff(internal_ca: InternalCA) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.failures = [unavailable(), unavailable()]
+    sleep = RecordingSleep()
+    issuer = Issuer(provider, RetryPolicy(initial_delay=1.0, jitter=0.0), sleep=sleep)
+    issued = await issuer.issue(REQUEST)
+    assert provider.calls == 3
+    assert sleep.delays == [1.0, 2.0]
+    assert issued.certificate.issuer == internal_ca.state.active.certificate.subject
+    assert issuer.issued == 1
+
+
+async def test_gives_up_after_the_last_attempt_with_a_clear_error(internal_ca: InternalCA) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.failures = [unavailable() for _ in range(3)]
+    issuer = Issuer(provider, RetryPolicy(attempts=3), sleep=RecordingSleep())
+    with pytest.raises(CertificateError) as caught:
+        await issuer.issue(REQUEST)
+    assert provider.calls == 3
+    assert str(caught.value) == (
+        "certificate provider 'counting': cannot reach http://127.0.0.1:1: connection refused "
+        "(gave up after 3 attempts)"
+    )
+
+
+async def test_refusals_are_not_retried(internal_ca: InternalCA) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.failures = [CertificateError("counting", "HTTP 403: permission denied")]
+    sleep = RecordingSleep()
+    with pytest.raises(CertificateError, match="permission denied"):
+        await Issuer(provider, sleep=sleep).issue(REQUEST)
+    assert provider.calls == 1
+    assert sleep.delays == []
+
+
+async def test_a_hanging_provider_times_out_and_is_retried(internal_ca: InternalCA) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.gate = asyncio.Event()  # never set: every attempt hangs
+    issuer = Issuer(provider, RetryPolicy(attempts=2, attempt_timeout=0.01), sleep=RecordingSleep())
+    with pytest.raises(CertificateError, match=r"no certificate within 0\.01s \(gave up after 2 attempts\)"):
+        await issuer.issue(REQUEST)
+    assert provider.calls == 2
+
+
+async def test_unexpected_provider_exceptions_become_certificate_errors(internal_ca: InternalCA) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.failures = [KeyError("oops")]
+    with pytest.raises(CertificateError, match=r"'counting': unexpected error: KeyError\('oops'\)"):
+        await Issuer(provider, sleep=RecordingSleep()).issue(REQUEST)
+
+
+async def test_concurrent_requests_for_one_identity_make_one_certificate(
+    internal_ca: InternalCA, clock: FakeClock
+) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.gate = asyncio.Event()
+    issuer = Issuer(provider)
+    manager = workload_certificates(issuer, clock=clock)
+    tasks = [asyncio.create_task(manager.get(IDENTITY)) for _ in range(50)]
+    await wait_until(lambda: manager.flights.waiting((IDENTITY, 0)) == 49)
+    provider.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert provider.calls == 1
+    assert issuer.issued == 1
+    assert len({cert.serial_number for cert in results}) == 1
+    assert len({cert.private_key_pem for cert in results}) == 1
+    assert await manager.get(IDENTITY) is results[0]  # and later requests reuse it
+    assert provider.calls == 1
+
+
+async def test_different_identities_are_issued_independently(
+    internal_ca: InternalCA, clock: FakeClock
+) -> None:
+    provider = CountingProvider(internal_ca)
+    manager = workload_certificates(Issuer(provider), clock=clock)
+    other = Identity("ns", "other")
+    first, second = await asyncio.gather(manager.get(IDENTITY), manager.get(other))
+    assert provider.calls == 2
+    assert first.serial_number != second.serial_number
+
+
+async def test_a_shared_failure_reaches_every_waiter(internal_ca: InternalCA, clock: FakeClock) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.gate = asyncio.Event()
+    provider.failures = [CertificateError("counting", "HTTP 400: role not found")]
+    manager = workload_certificates(Issuer(provider), clock=clock)
+    tasks = [asyncio.create_task(manager.get(IDENTITY)) for _ in range(5)]
+    await wait_until(lambda: manager.flights.waiting((IDENTITY, 0)) == 4)
+    provider.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert provider.calls == 1
+    assert all(isinstance(result, CertificateError) for result in results)
+
+
+async def test_cancelling_the_first_caller_does_not_fail_the_others() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    calls = 0
+    release = asyncio.Event()
+
+    async def work() -> int:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return calls
+
+    leader = asyncio.create_task(flight.do("k", work))
+    await wait_until(lambda: flight.in_flight("k"))
+    follower = asyncio.create_task(flight.do("k", work))
+    await wait_until(lambda: flight.waiting("k") == 1)
+    leader.cancel()
+    await wait_until(lambda: calls == 2)  # the follower took over
+    release.set()
+    assert await follower == 2
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert not flight.in_flight("k")
