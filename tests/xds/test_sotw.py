@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp._proto.envoy.config.endpoint.v3 import ClusterLoadAssignment
 from meshcp._proto.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from meshcp._proto.google.rpc import Status
 from meshcp.cache import Snapshot
@@ -302,10 +303,11 @@ def test_rule21_one_outstanding_push_per_type_then_the_latest() -> None:
     assert client.update(world.snapshot()) == []
     (latest,) = client.ack(first, ["a", "b"])
     assert names(latest) == ["a"]
-    assert (
-        latest.resources[0].unpack().endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value
-        == 3
-    )  # type: ignore[union-attr]
+    assignment = latest.resources[0].unpack()
+    assert isinstance(assignment, ClusterLoadAssignment)
+    endpoint = assignment.endpoints[0].lb_endpoints[0].endpoint
+    assert endpoint is not None and endpoint.address is not None and endpoint.address.socket_address is not None
+    assert endpoint.address.socket_address.port_value == 3
     assert client.recorder.acks.count(EDS) == 2
 
 
