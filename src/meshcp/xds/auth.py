@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
 from meshcp._proto.envoy.config.core.v3 import Node
 
-#: The peer certificate as `ssl.SSLSocket.getpeercert()` returns it (None without TLS).
-PeerCertificate = dict[str, Any] | None
+#: The peer's DER-encoded certificate (None without TLS or without a client certificate).
+PeerCertificate = bytes | None
 
 #: Decides whether a node may stream; returns its identity (None when unknown) or
 #: raises `StreamRejected`. The TLS layer has already checked chain and expiry.

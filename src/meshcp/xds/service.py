@@ -119,7 +119,7 @@ class AggregatedDiscoveryService:
             self._metrics.rejected_streams.labels("no_node").inc()
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "the first request must carry node.id")
         try:
-            identity = self._authorize(node, stream.peer.cert())
+            identity = self._authorize(node, _peer_certificate(stream))
         except StreamRejected as rejected:
             self._metrics.rejected_streams.labels(rejected.reason).inc()
             log.warning("refused ADS stream of %s from %s: %s", node.id, _peer(stream), rejected)
@@ -180,6 +180,17 @@ async def _receive(stream: grpclib.server.Stream[Any, Any]) -> Any:
 async def _send_all(stream: grpclib.server.Stream[Any, Any], outgoing: list[Outgoing]) -> None:
     for response in outgoing:
         await stream.send_message(response.payload)
+
+
+def _peer_certificate(stream: grpclib.server.Stream[Any, Any]) -> bytes | None:
+    """The client's DER certificate; grpclib's `Peer.cert()` only offers the decoded dict,
+    which lacks what verification needs (the signature and the full extensions)."""
+    transport = getattr(stream.peer, "_transport", None)
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    certificate: bytes | None = ssl_object.getpeercert(binary_form=True)
+    return certificate
 
 
 def _peer(stream: grpclib.server.Stream[Any, Any]) -> str:
