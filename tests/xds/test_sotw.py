@@ -306,7 +306,8 @@ def test_rule21_one_outstanding_push_per_type_then_the_latest() -> None:
     assignment = latest.resources[0].unpack()
     assert isinstance(assignment, ClusterLoadAssignment)
     endpoint = assignment.endpoints[0].lb_endpoints[0].endpoint
-    assert endpoint is not None and endpoint.address is not None and endpoint.address.socket_address is not None
+    assert endpoint is not None and endpoint.address is not None
+    assert endpoint.address.socket_address is not None
     assert endpoint.address.socket_address.port_value == 3
     assert client.recorder.acks.count(EDS) == 2
 

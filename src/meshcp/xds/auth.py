@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from meshcp._proto.envoy.config.core.v3 import Node
 
 #: The peer's DER-encoded certificate (None without TLS or without a client certificate).
