@@ -319,3 +319,35 @@ def test_ack_records_version_for_debugging() -> None:
     status = client.protocol.status()["cds"]
     assert status["version_acked"] == response.version_info  # type: ignore[index]
     assert status["awaiting_ack"] is False  # type: ignore[index]
+
+
+def test_nacked_resource_is_never_kept_as_removed() -> None:
+    world = World()
+    client = Client(world.snapshot())
+    subscribe_all(client)
+    world.listeners["bad"] = 70000
+    (rejected,) = client.update(world.snapshot())
+    assert names(rejected) == ["bad", "http"]
+    assert client.request(LDS, nonce=rejected.nonce, version="", error="port out of range") == []
+    del world.listeners["bad"]
+    world.listeners["extra"] = 10005
+    (fixed,) = client.update(world.snapshot())
+    assert names(fixed) == ["extra", "http"]  # the client never held "bad": nothing to keep
+
+
+def test_nacks_during_make_before_break_settle_without_a_loop() -> None:
+    world = World()
+    client = Client(world.snapshot())
+    subscribe_all(client)
+    del world.clusters["b"]
+    world.clusters["a"] = 1
+    cds, eds = client.update(world.snapshot())
+    assert names(cds) == ["a", "b"]
+    assert client.request(CDS, nonce=cds.nonce, error="cluster a is invalid") == []
+    # Once the rest is settled, the version without the removed cluster (different
+    # content) is sent once.
+    (final,) = client.ack(eds, ["a", "b"])
+    assert (final.type_url, names(final)) == (CDS, ["a"])
+    assert client.request(CDS, nonce=final.nonce, error="cluster a is invalid") == []
+    assert client.pump() == []
+    assert len(client.recorder.nacks) == 2

@@ -26,8 +26,11 @@ class _TypeState:
     explicit_wildcard: bool = False
     #: Legacy wildcard: the first request had no names (Listener/Cluster only).
     legacy: bool = False
-    #: What the client holds as far as we know, by name (the last content sent).
+    #: The content of the last response, by name: what is not sent again unchanged.
     held: dict[str, Resource] = field(default_factory=dict)
+    #: Full-state types: the content the client last ACKed, i.e. what it really holds.
+    #: Removals are computed from it, so a rejected resource is never "kept" again.
+    accepted: dict[str, Resource] = field(default_factory=dict)
     force: set[str] = field(default_factory=set)
     force_all: bool = False
     #: Rule 11: version presented on reconnect, checked against the first snapshot.
@@ -68,7 +71,11 @@ class SotwProtocol:
             if nonce != state.sent.nonce:  # rule 5: stale, superseded by a newer response
                 self._observer.on_stale(type_url)
                 return False
-            state.sent.settle(nonce, error_message(request.error_detail), self.node, type_url, self._observer)
+            acked = state.sent.settle(
+                nonce, error_message(request.error_detail), self.node, type_url, self._observer
+            )
+            if acked:
+                state.accepted = state.held
         self._subscribe(type_url, state, request, first)
         return True
 
@@ -141,20 +148,25 @@ class SotwProtocol:
         if state.resume_version:
             resume, state.resume_version = state.resume_version, ""
             if state.wildcard and resume == snapshot.version(type_url):
-                state.held = scope
+                state.held = state.accepted = scope
                 state.sent.version = state.sent.acked_version = resume
                 return None
-        changed = state.force_all or any(
-            _differs(state.held.get(name), resource) for name, resource in scope.items()
+        never_sent = not state.sent.nonce and not state.sent.version  # even an empty set is an answer
+        changed = (
+            state.force_all
+            or never_sent
+            or any(_differs(state.held.get(name), resource) for name, resource in scope.items())
         )
-        removed = {name: r for name, r in state.held.items() if name not in scope}
+        # Kept for make-before-break: what the client really holds (its last ACK) and
+        # the snapshot no longer has. A NACKed resource was never held, so never kept.
+        removed = {name: r for name, r in state.accepted.items() if name not in scope}
         if keep_removed:
             if not changed:
                 return None
             content = {**removed, **scope}
         else:
-            if not removed and not changed:
-                return None
+            if not changed and scope.keys() == state.held.keys():
+                return None  # what was last sent is already exactly the snapshot
             content = scope
         state.force_all = False
         state.force.clear()

@@ -83,17 +83,22 @@ class Sent:
 
     def settle(
         self, nonce: str, error: str | None, node: Node | None, type_url: str, observer: Observer
-    ) -> None:
-        """Apply an ACK or NACK of the latest response (`nonce` already checked as current)."""
+    ) -> bool | None:
+        """Apply an ACK or NACK of the latest response (`nonce` already checked as current).
+
+        Returns True for an ACK, False for a NACK, None when nothing was awaiting one
+        (a later request repeating the same nonce to change its subscription).
+        """
         was_outstanding, self.outstanding = self.outstanding, False
         if not was_outstanding:
-            return
+            return None
         if error is None:
             self.acked_version = self.version
             observer.on_ack(type_url, max(0.0, time.monotonic() - self.created))
-        else:
-            self.nack = Nack(nonce, self.version, error, self.names)
-            observer.on_nack(node.id if node is not None else "", type_url, self.nack)
+            return True
+        self.nack = Nack(nonce, self.version, error, self.names)
+        observer.on_nack(node.id if node is not None else "", type_url, self.nack)
+        return False
 
     def record(self, outgoing: Outgoing, created: float) -> None:
         self.nonce = outgoing.nonce

@@ -1,0 +1,46 @@
+"""Reusable parts of the test suite: real Envoy processes, upstreams, resource builders.
+
+Everything here polls with deadlines; nothing synchronises by sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+#: How often `eventually` re-checks its predicate.
+POLL_INTERVAL = 0.05
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, reported with details
+    what: str = "condition",
+    details: Callable[[], str] | None = None,
+) -> None:
+    """Poll `predicate` until it returns True; fail with `what` (and `details()`) after `timeout` s.
+
+    The predicate is retried when it raises `OSError` or `aiohttp.ClientError` (a server
+    that is not listening yet, a dropped connection); the last such error is shown if
+    the deadline passes.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            if await predicate():
+                return
+            last_error = None
+        except (OSError, aiohttp.ClientError) as error:
+            last_error = error
+        if time.monotonic() >= deadline:
+            message = f"timed out after {timeout:g} s waiting for {what}"
+            if last_error is not None:
+                message += f" (last error: {last_error!r})"
+            if details is not None:
+                message += "\n" + details()
+            raise AssertionError(message)
+        await asyncio.sleep(POLL_INTERVAL)
