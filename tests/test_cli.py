@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
+
+from meshcp.certs import DirectoryStore, InternalCA
 
 MESHCP = [sys.executable, "-m", "meshcp"]
 
@@ -23,11 +27,26 @@ async def run(*args: str) -> tuple[int, str]:
     return process.returncode, output.decode()
 
 
-async def test_serve_answers_health_and_stops_cleanly_on_sigterm() -> None:
+async def wait_for_line(stream: asyncio.StreamReader, pattern: str) -> re.Match[str]:
+    """Read log lines until one matches; fail with what was read."""
+    seen = []
+    while line := (await asyncio.wait_for(stream.readline(), 30)).decode():
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize(("flags", "security"), [(["--insecure-xds"], "plaintext"), ([], "mTLS")])
+async def test_serve_answers_health_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, flags: list[str], security: str
+) -> None:
     process = await asyncio.create_subprocess_exec(
         *MESHCP,
         "serve",
-        "--insecure-xds",
+        *flags,
+        "--state-dir",
+        str(tmp_path / "state"),
         "--xds-address",
         "127.0.0.1:0",
         "--http-address",
@@ -36,11 +55,8 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm() -> None:
     )
     try:
         assert process.stderr is not None
-        line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
-        match = re.search(
-            r"serving xDS on 127\.0\.0\.1:(\d+) \(plaintext\), HTTP on 127\.0\.0\.1:(\d+)", line
-        )
-        assert match, line
+        pattern = rf"serving xDS on 127\.0\.0\.1:(\d+) \({security}\), HTTP on 127\.0\.0\.1:(\d+)"
+        match = await wait_for_line(process.stderr, pattern)
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{match[2]}/healthz") as reply:
                 assert reply.status == 200
@@ -60,7 +76,9 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["serve"], "xDS needs mutual TLS"),
+        (["serve", "--xds-cert", "/missing.pem"], "--xds-cert, --xds-key and --xds-client-ca go together"),
+        (["serve", "--cert-validity", "forever"], "'forever' is not a duration"),
+        (["serve", "--ca-provider", "cfssl"], "--cfssl-url is required"),
         (["serve", "--insecure-xds", "--xds-address", "nowhere"], "'nowhere' is not HOST:PORT"),
         (
             [
@@ -77,19 +95,46 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm() -> None:
         (["serve", "--insecure-xds", "--admission", "0"], "--admission must be at least 1"),
     ],
 )
-async def test_bad_arguments_give_a_clear_error_and_status_2(args: list[str], message: str) -> None:
-    code, output = await run(*args)
+async def test_bad_arguments_give_a_clear_error_and_status_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, output = await run(*args, "--state-dir", str(tmp_path))
     assert code == 2
     assert message in output
     assert "Traceback" not in output
 
 
-async def test_port_in_use_is_reported_without_traceback() -> None:
+async def test_port_in_use_is_reported_without_traceback(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, output = await run("serve", "--insecure-xds", "--xds-address", f"127.0.0.1:{port}")
+        code, output = await run(
+            "serve", "--insecure-xds", "--state-dir", str(tmp_path), "--xds-address", f"127.0.0.1:{port}"
+        )
     assert code == 1
     assert f"cannot listen for xDS on 127.0.0.1:{port}" in output
     assert "Traceback" not in output
+
+
+async def test_ca_show_and_rotate(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    code, output = await run("ca", "show", "--state-dir", state)
+    assert code == 1
+    assert "no CA found" in output and "Traceback" not in output
+
+    # A controller creates the CA on first start; here the library does, as serve would.
+    ca = await InternalCA.open(DirectoryStore(state))
+    code, output = await run("ca", "show", "--state-dir", state, "--output", "json")
+    assert code == 0, output
+    shown = json.loads(output)
+    assert shown["phase"] == "stable"
+    assert shown["root"]["sha256_fingerprint"]
+    assert "PRIVATE KEY" not in output
+
+    code, output = await run("ca", "rotate", "--state-dir", state)
+    assert code == 0, output
+    assert "phase: rotating" in output
+    assert await ca.reload()
+    assert ca.state.previous is not None
+    assert ca.state.previous.id != ca.state.active.id

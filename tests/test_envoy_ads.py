@@ -88,7 +88,7 @@ class Mesh:
 @asynccontextmanager
 async def serving(xds_port: int = 0) -> AsyncIterator[ControllerRuntime]:
     """A started controller on loopback (xDS on `xds_port`, 0: any), stopped on exit."""
-    runtime = ControllerRuntime(
+    runtime = await ControllerRuntime.open(
         Settings(xds_address=Address("127.0.0.1", xds_port), http_address=LOOPBACK_ANY)
     )
     await runtime.start()

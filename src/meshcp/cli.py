@@ -4,22 +4,49 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
+import re
 import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from meshcp import __version__
+from meshcp.ca_setup import PROVIDERS, CaSettings, default_state_dir
+from meshcp.certs.cli_support import ca_rotate, ca_show
+from meshcp.certs.keys import KeySpec
+from meshcp.certs.provider import CertificateError
 from meshcp.controller import Address, ControllerRuntime, ListenError, Settings
 from meshcp.xds.tls import server_context
 
 log = logging.getLogger("meshcp")
 
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
 
 class UsageError(Exception):
     """Bad command-line input: printed as `meshcp: error: ...`, exit status 2."""
+
+
+def duration(text: str) -> timedelta:
+    """`30s`, `10m`, `24h` or `7d`."""
+    match = _DURATION.match(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 10m, 24h or 7d")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def key_spec(text: str) -> KeySpec:
+    try:
+        return KeySpec.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,30 +55,72 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the controller (ADS server, HTTP endpoint)")
+    serve = commands.add_parser("serve", help="run the controller (ADS server, CA, HTTP endpoint)")
     serve.add_argument(
         "--xds-address", default="127.0.0.1:15128", help="gRPC ADS listener (default %(default)s)"
     )
     serve.add_argument("--http-address", default="127.0.0.1:9091", help="HTTP listener (default %(default)s)")
     serve.add_argument("--insecure-xds", action="store_true", help="serve xDS in plaintext (local work only)")
-    serve.add_argument("--xds-cert", type=Path, help="PEM certificate chain of the xDS server")
-    serve.add_argument("--xds-key", type=Path, help="PEM private key of the xDS server")
     serve.add_argument(
-        "--xds-client-ca", type=Path, help="PEM CA bundle that signs proxies' client certificates"
+        "--xds-name",
+        action="append",
+        dest="xds_names",
+        metavar="NAME",
+        help="DNS name or IP proxies dial the controller by (repeatable; default localhost and 127.0.0.1)",
+    )
+    serve.add_argument("--xds-cert", type=Path, help="PEM chain of the xDS server (instead of the mesh CA's)")
+    serve.add_argument("--xds-key", type=Path, help="PEM private key for --xds-cert")
+    serve.add_argument(
+        "--xds-client-ca", type=Path, help="PEM bundle that signs proxies' client certificates"
     )
     serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
+    _add_ca_options(serve)
+
+    ca = commands.add_parser("ca", help="inspect or rotate the internal CA")
+    ca_commands = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("show", "print the root certificate (never the key)"),
+        ("rotate", "start a root rotation"),
+    ):
+        action = ca_commands.add_parser(name, help=text)
+        action.add_argument("--state-dir", type=Path, default=default_state_dir(), help="CA state directory")
+        action.add_argument("--output", choices=["text", "json"], default="text")
     return parser
 
 
+def _add_ca_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("certificates")
+    group.add_argument(
+        "--state-dir", type=Path, default=default_state_dir(), help="internal CA state (%(default)s)"
+    )
+    group.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (%(default)s)")
+    group.add_argument("--ca-provider", choices=PROVIDERS, default="internal", help="who signs (%(default)s)")
+    group.add_argument(
+        "--ca-key-type", type=key_spec, default=KeySpec.ECDSA_P256, help="ecdsa-p256 or rsa-2048/3072/4096"
+    )
+    group.add_argument(
+        "--cert-validity", type=duration, default=timedelta(hours=24), help="workload certificates (24h)"
+    )
+    group.add_argument(
+        "--renew-share", type=float, default=0.3, help="renew below this share of validity (0.3)"
+    )
+    group.add_argument("--cfssl-url", default="", help="cfssl server, e.g. http://127.0.0.1:8888")
+    group.add_argument("--vault-address", default="", help="Vault server, e.g. https://vault:8200")
+    group.add_argument(
+        "--vault-token", default=os.environ.get("VAULT_TOKEN", ""), help="Vault token ($VAULT_TOKEN)"
+    )
+    group.add_argument("--vault-role", default="meshcp", help="Vault PKI role (%(default)s)")
+    group.add_argument("--vault-mount", default="pki", help="Vault PKI mount (%(default)s)")
+
+
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if args.insecure_xds:
-        if args.xds_cert or args.xds_key or args.xds_client_ca:
-            raise UsageError("--insecure-xds cannot be combined with --xds-cert/--xds-key/--xds-client-ca")
+    files = (args.xds_cert, args.xds_key, args.xds_client_ca)
+    if args.insecure_xds and any(files):
+        raise UsageError("--insecure-xds cannot be combined with --xds-cert/--xds-key/--xds-client-ca")
+    if not any(files):
         return None
-    if not (args.xds_cert and args.xds_key and args.xds_client_ca):
-        raise UsageError(
-            "xDS needs mutual TLS: give --xds-cert, --xds-key and --xds-client-ca, or --insecure-xds"
-        )
+    if not all(files):
+        raise UsageError("--xds-cert, --xds-key and --xds-client-ca go together")
     try:
         return server_context(args.xds_cert, args.xds_key, args.xds_client_ca)
     except (OSError, ssl.SSLError) as error:
@@ -65,7 +134,34 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise UsageError(str(error)) from None
     if args.admission < 1:
         raise UsageError("--admission must be at least 1")
-    return Settings(xds_address=xds, http_address=http, xds_tls=_tls(args), admission=args.admission)
+    if not 0 < args.renew_share < 1:
+        raise UsageError("--renew-share must be between 0 and 1")
+    if args.ca_provider == "cfssl" and not args.cfssl_url:
+        raise UsageError("--cfssl-url is required with --ca-provider cfssl")
+    if args.ca_provider == "vault" and not (args.vault_address and args.vault_token):
+        raise UsageError("--vault-address and a token (--vault-token or VAULT_TOKEN) are required with vault")
+    ca = CaSettings(
+        provider=args.ca_provider,
+        state_dir=args.state_dir,
+        key_spec=args.ca_key_type,
+        trust_domain=args.trust_domain,
+        validity=args.cert_validity,
+        renew_share=args.renew_share,
+        cfssl_url=args.cfssl_url,
+        vault_address=args.vault_address,
+        vault_token=args.vault_token,
+        vault_role=args.vault_role,
+        vault_mount=args.vault_mount,
+    )
+    return Settings(
+        xds_address=xds,
+        http_address=http,
+        insecure_xds=args.insecure_xds,
+        xds_tls=_tls(args),
+        xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),
+        admission=args.admission,
+        ca=ca,
+    )
 
 
 async def _serve(settings: Settings) -> None:
@@ -73,7 +169,21 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await ControllerRuntime(settings).run(stop)
+    runtime = await ControllerRuntime.open(settings)
+    await runtime.run(stop)
+
+
+def _print_ca(report: dict[str, Any], output: str) -> None:
+    if output == "json":
+        print(json.dumps(report, indent=2))
+        return
+    print(f"phase: {report['phase']}")
+    for label, key in (("root", "root"), ("previous root", "previous_root")):
+        root = report.get(key)
+        if root:
+            print(f"{label}:")
+            for field, value in root.items():
+                print(f"  {field}: {value}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,9 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             asyncio.run(_serve(_settings(args)))
+        elif args.command == "ca":
+            action = ca_show if args.ca_command == "show" else ca_rotate
+            _print_ca(asyncio.run(action(args.state_dir)), args.output)
     except UsageError as error:
         parser.exit(2, f"meshcp: error: {error}\n")
-    except ListenError as error:
+    except (ListenError, CertificateError) as error:
         parser.exit(1, f"meshcp: error: {error}\n")
     except KeyboardInterrupt:
         return 130

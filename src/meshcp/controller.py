@@ -1,20 +1,34 @@
-"""The running controller: cache, xDS server and HTTP endpoint with one lifetime."""
+"""The running controller: CA, publisher, cache, xDS server and HTTP endpoint, one lifetime."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass, field
+from types import TracebackType
 
+from meshcp.access import claimed_identity, may_receive, verified_identity
+from meshcp.ca_setup import CaSettings, close_provider, open_provider
+from meshcp.cache.encoding import Encoder
 from meshcp.cache.snapshot_cache import SnapshotCache
+from meshcp.certs.identity import Identity
+from meshcp.certs.issuance import xds_server_request
+from meshcp.certs.issuer import Issuer
+from meshcp.certs.provider import CertificateProvider, IssuedCertificate
+from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
 from meshcp.http.app import Controller, HttpServer
 from meshcp.metrics import Metrics
+from meshcp.publisher import Publisher
 from meshcp.readiness import Readiness
-from meshcp.xds.auth import Authorizer, Classifier, allow_any, by_node_id
+from meshcp.trust import TrustCoordinator
+from meshcp.xds.auth import Authorizer, Classifier, by_node_id
 from meshcp.xds.registry import ConnectedProxies
 from meshcp.xds.server import XdsServer
 from meshcp.xds.service import AggregatedDiscoveryService
+from meshcp.xds.tls import server_context_from_pem
 
 log = logging.getLogger("meshcp")
 
@@ -38,34 +52,76 @@ class Address:
 
 @dataclass
 class Settings:
-    """How `meshcp serve` runs."""
+    """How a controller runs. The defaults suit embedding and tests (plaintext xDS, CA in
+    memory); `meshcp serve` asks for mutual TLS and a state directory."""
 
     #: gRPC (ADS) listener.
     xds_address: Address = field(default_factory=lambda: Address("127.0.0.1", 15128))
     #: HTTP listener for /healthz, /readyz, /metrics and /debug.
     http_address: Address = field(default_factory=lambda: Address("127.0.0.1", 9091))
-    #: TLS of the xDS listener; None serves plaintext (`--insecure-xds`, local work only).
+    #: Plaintext xDS with identities taken from node ids: local work only.
+    insecure_xds: bool = True
+    #: TLS of the xDS listener from files; None with `insecure_xds` off: issued by the mesh CA.
     xds_tls: ssl.SSLContext | None = None
+    #: DNS names and IP addresses proxies dial the controller by (its certificate's SANs).
+    xds_names: tuple[str, ...] = ("localhost", "127.0.0.1")
     #: New streams served their initial configuration at once (reconnect storms).
     admission: int = 256
+    ca: CaSettings = field(default_factory=CaSettings)
+    #: Seconds between trust-bundle checks (root rotation progress, `meshcp ca rotate`).
+    trust_interval: float = 1.0
 
 
 class ControllerRuntime:
-    """Builds the parts of a controller and runs them until `stop` is set."""
+    """Builds the parts of a controller; `async with` runs them (see `open`)."""
 
     def __init__(
         self,
         settings: Settings,
+        provider: CertificateProvider,
         *,
         classify: Classifier = by_node_id,
-        authorize: Authorizer = allow_any,
+        authorize: Authorizer | None = None,
         readiness: Readiness | None = None,
     ) -> None:
         self.settings = settings
+        self.provider = provider
         self.cache = SnapshotCache()
+        self.encoder = Encoder()
         self.metrics = Metrics()
+        self.metrics.encodes.set_function(lambda: self.encoder.encodes)
         self.readiness = readiness or Readiness()
         self.proxies = ConnectedProxies()
+        ca = settings.ca
+        self.issuer = Issuer(provider)
+
+        async def on_rotated(identity: Identity, certificate: IssuedCertificate) -> None:
+            await self.publisher.on_rotated(identity, certificate)
+
+        self.certificates: CertificateManager[Identity] = workload_certificates(
+            self.issuer,
+            ca.trust_domain,
+            validity=ca.validity,
+            key_spec=ca.key_spec,
+            policy=RenewalPolicy(renew_share=ca.renew_share),
+            on_rotated=on_rotated,
+        )
+        self.publisher = Publisher(self.cache, self.encoder, self.certificates)
+        self.xds_tls = settings.xds_tls
+        self.trust = TrustCoordinator(
+            provider,
+            self.publisher,
+            self.certificates,
+            self.proxies,
+            self.cache.get,
+            interval=settings.trust_interval,
+        )
+        if authorize is None:
+            authorize = (
+                claimed_identity(ca.trust_domain)
+                if settings.insecure_xds
+                else verified_identity(lambda: self.trust.bundle, ca.trust_domain)
+            )
         service = AggregatedDiscoveryService(
             self.cache,
             self.readiness,
@@ -73,16 +129,35 @@ class ControllerRuntime:
             self.proxies,
             classify=classify,
             authorize=authorize,
+            guard=may_receive,
             admission=settings.admission,
         )
         self.xds = XdsServer(service)
         self.http = HttpServer(Controller(self.readiness, self.metrics, self.proxies, self.cache))
+        self._background: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        classify: Classifier = by_node_id,
+        authorize: Authorizer | None = None,
+        readiness: Readiness | None = None,
+    ) -> ControllerRuntime:
+        """Open the CA (creating the internal root on first use), then build the controller."""
+        provider = await open_provider(settings.ca)
+        return cls(settings, provider, classify=classify, authorize=authorize, readiness=readiness)
 
     async def start(self) -> None:
-        """Open both listeners; on failure nothing is left listening."""
+        """Read the trust bundle, open both listeners; on failure nothing is left listening."""
         s = self.settings
+        await self.trust.refresh()
+        if self.xds_tls is None and not s.insecure_xds:
+            self.xds_tls = await self._mesh_tls()
+        self.trust.listener_tls = self.xds_tls
         try:
-            await self.xds.start(s.xds_address.host, s.xds_address.port, s.xds_tls)
+            await self.xds.start(s.xds_address.host, s.xds_address.port, self.xds_tls)
         except OSError as error:
             raise ListenError(f"cannot listen for xDS on {s.xds_address}: {error.strerror}") from None
         try:
@@ -93,22 +168,55 @@ class ControllerRuntime:
         log.info(
             "serving xDS on %s (%s), HTTP on %s",
             Address(s.xds_address.host, self.xds.port),
-            "mTLS" if s.xds_tls is not None else "plaintext",
+            "plaintext" if self.xds_tls is None else "mTLS",
             Address(s.http_address.host, self.http.port),
         )
 
+    async def _mesh_tls(self) -> ssl.SSLContext:
+        """The xDS listener's certificate from the mesh CA; proxies must present theirs."""
+        names, addresses = [], []
+        for name in self.settings.xds_names:
+            try:
+                addresses.append(ipaddress.ip_address(name))
+            except ValueError:
+                names.append(name)
+        issued = await self.issuer.issue(xds_server_request(names, addresses))
+        return server_context_from_pem(issued.chain_pem, issued.private_key_pem, self.trust.bundle)
+
     async def stop(self) -> None:
-        """Close streams and listeners; proxies keep their last configuration."""
+        """Close streams and listeners (proxies keep their last configuration); idempotent."""
         await self.xds.stop()
         await self.http.stop()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def close(self) -> None:
+        await self.stop()
+        await close_provider(self.provider)
+
+    async def __aenter__(self) -> ControllerRuntime:
+        """Listen, and run certificate issuance, renewal and trust upkeep in the background."""
         await self.start()
-        try:
+        self._background = asyncio.create_task(self._run_background(), name="meshcp-background")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+        await self.close()
+
+    async def _run_background(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.publisher.run(), name="publisher")
+            tasks.create_task(self.certificates.run(), name="renewal")
+            tasks.create_task(self.trust.run(), name="trust")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self:
             await stop.wait()
             log.info("shutting down")
-        finally:
-            await self.stop()
 
 
 class ListenError(Exception):

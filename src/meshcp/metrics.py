@@ -40,6 +40,11 @@ class Metrics:
         self.rejected_streams = Counter(
             "meshcp_xds_rejected_streams", "ADS streams refused, by reason.", ["reason"], registry=r
         )
+        self.refused_secrets = Counter(
+            "meshcp_xds_refused_secrets",
+            "Secret names refused to a proxy because they belong to another identity.",
+            registry=r,
+        )
         self.encodes = Gauge(
             "meshcp_cache_encodes", "Resources serialised since start (one per unique content).", registry=r
         )

@@ -43,7 +43,7 @@ def _settings() -> Settings:
 
 @pytest.fixture
 async def runtime() -> AsyncIterator[ControllerRuntime]:
-    runtime = ControllerRuntime(_settings())
+    runtime = await ControllerRuntime.open(_settings())
     await runtime.start()
     try:
         yield runtime
@@ -144,7 +144,7 @@ async def test_first_request_without_node_is_refused(
 
 async def test_nothing_is_sent_before_sources_are_synced() -> None:
     readiness = Readiness(["files"])
-    runtime = ControllerRuntime(_settings(), readiness=readiness)
+    runtime = await ControllerRuntime.open(_settings(), readiness=readiness)
     await runtime.start()
     channel = grpclib.client.Channel("127.0.0.1", runtime.xds.port)
     try:
@@ -171,7 +171,7 @@ async def test_authorizer_refusal_is_permission_denied() -> None:
     def refuse(node: Node, peer: PeerCertificate) -> str | None:
         raise StreamRejected("identity_mismatch", f"node {node.id} does not match its certificate")
 
-    runtime = ControllerRuntime(_settings(), authorize=refuse)
+    runtime = await ControllerRuntime.open(_settings(), authorize=refuse)
     await runtime.start()
     channel = grpclib.client.Channel("127.0.0.1", runtime.xds.port)
     try:

@@ -49,7 +49,7 @@ async def test_client_certificate_is_required_and_passed_to_the_authorizer(tmp_p
     settings = Settings(
         xds_address=Address("127.0.0.1", 0), http_address=Address("127.0.0.1", 0), xds_tls=tls
     )
-    runtime = ControllerRuntime(settings, authorize=authorize)
+    runtime = await ControllerRuntime.open(settings, authorize=authorize)
     await runtime.start()
     try:
         runtime.cache.set_snapshot(PROXY.name, World().snapshot())

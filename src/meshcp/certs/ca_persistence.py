@@ -65,7 +65,8 @@ async def save_state(store: StateStore, state: CAState) -> None:
     await store.write(STATE_ENTRY, (json.dumps(index, indent=2) + "\n").encode("ascii"))
 
 
-async def _read_index(store: StateStore) -> tuple[str, str | None] | None:
+async def read_index(store: StateStore) -> tuple[str, str | None] | None:
+    """The committed (active, previous) root ids, or None without a CA; reads no key."""
     raw = await store.read(STATE_ENTRY)
     if raw is None:
         return None
@@ -110,7 +111,7 @@ async def _read_root(store: StateStore, root_id: str) -> Root:
 
 async def load_state(store: StateStore) -> CAState | None:
     """The persisted state with keys, or None if the store holds no CA yet."""
-    index = await _read_index(store)
+    index = await read_index(store)
     if index is None:
         return None
     active, previous = index
@@ -124,7 +125,7 @@ async def load_root_certificates(
     store: StateStore,
 ) -> tuple[x509.Certificate, x509.Certificate | None] | None:
     """The active and previous root certificates without reading any key (for `ca show`)."""
-    index = await _read_index(store)
+    index = await read_index(store)
     if index is None:
         return None
     active, previous = index

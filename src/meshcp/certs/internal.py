@@ -78,6 +78,26 @@ class InternalCA:
     def state(self) -> CAState:
         return self._state
 
+    async def reload(self) -> bool:
+        """Adopt the state another process committed to the store (`meshcp ca rotate` run
+        against a live controller's state directory); returns whether anything changed."""
+        async with self._lock:
+            index = await ca_persistence.read_index(self._store)
+            current = (self._state.active.id, self._state.previous.id if self._state.previous else None)
+            if index is None or index == current:
+                return False
+            state = await ca_persistence.load_state(self._store)
+            if state is None:
+                return False
+            self._state = state
+            log.info(
+                "CA state reloaded from %s: phase %s, signing root %s",
+                self._store.location,
+                state.phase,
+                state.active.id,
+            )
+            return True
+
     async def issue(self, request: CertificateRequest) -> IssuedCertificate:
         root = self._state.active
         key = await asyncio.to_thread(generate_private_key, request.key_spec)

@@ -33,3 +33,12 @@ def allow_any(node: Node, peer: PeerCertificate) -> str | None:
 def by_node_id(node: Node) -> str:
     """The default classifier: every node its own class."""
     return node.id
+
+
+#: Whether a stream of the given identity may receive a named secret. Checked on every
+#: SDS subscription; refused names are dropped from the request, logged and counted.
+SecretGuard = Callable[[str | None, str, str], bool]
+
+
+def any_secret(identity: str | None, type_url: str, name: str) -> bool:
+    return True

@@ -162,6 +162,17 @@ class DeltaProtocol:
         state.sent.record(outgoing, snapshot.created)
         return outgoing
 
+    def holds_current(self, type_url: str, snapshot: Snapshot) -> bool:
+        """Whether the client has ACKed the snapshot's content of every name it subscribed to."""
+        state = self._types.get(type_url)
+        if state is None:
+            return True
+        if state.sent.outstanding or state.sent.acked_version != state.sent.version:
+            return False
+        current = snapshot.resources(type_url)
+        names = current.keys() if state.wildcard else state.names
+        return all(state.known.get(name) == current[name].version for name in names if name in current)
+
     def status(self) -> dict[str, object]:
         return {
             resource_types.short_name(type_url): {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp.cache.snapshot import Snapshot
 
 
 class _Status(Protocol):
@@ -13,6 +15,8 @@ class _Status(Protocol):
     node: Node | None
 
     def status(self) -> dict[str, object]: ...
+
+    def holds_current(self, type_url: str, snapshot: Snapshot) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -57,6 +61,17 @@ class ConnectedProxies:
 
     def __len__(self) -> int:
         return len(self._connections)
+
+    def lagging(self, type_url: str, snapshot_of: Callable[[str], Snapshot | None]) -> list[str]:
+        """Node ids of connected proxies that have not ACKed their class's current content
+        of `type_url` (for example the secrets of a new root)."""
+        out = []
+        for connection in self._connections.values():
+            snapshot = snapshot_of(connection.key)
+            if snapshot is not None and not connection.protocol.holds_current(type_url, snapshot):
+                node = connection.protocol.node
+                out.append(node.id if node is not None else connection.peer)
+        return sorted(out)
 
     def status(self) -> list[dict[str, object]]:
         return sorted(

@@ -16,6 +16,7 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import (
     DeltaDiscoveryRequest,
@@ -27,7 +28,15 @@ from meshcp.cache.snapshot import Snapshot
 from meshcp.cache.snapshot_cache import SnapshotCache
 from meshcp.metrics import Metrics
 from meshcp.readiness import Readiness
-from meshcp.xds.auth import Authorizer, Classifier, StreamRejected, allow_any, by_node_id
+from meshcp.xds.auth import (
+    Authorizer,
+    Classifier,
+    SecretGuard,
+    StreamRejected,
+    allow_any,
+    any_secret,
+    by_node_id,
+)
 from meshcp.xds.delta import DeltaProtocol
 from meshcp.xds.observe import MetricsObserver
 from meshcp.xds.registry import ConnectedProxies, Connection
@@ -50,6 +59,8 @@ class _Protocol(Protocol):
     def responses(self, snapshot: Snapshot) -> list[Outgoing]: ...
 
     def status(self) -> dict[str, object]: ...
+
+    def holds_current(self, type_url: str, snapshot: Snapshot) -> bool: ...
 
 
 class _Feed:
@@ -83,6 +94,7 @@ class AggregatedDiscoveryService:
         *,
         classify: Classifier = by_node_id,
         authorize: Authorizer = allow_any,
+        guard: SecretGuard = any_secret,
         admission: int = 256,
     ) -> None:
         self._cache = cache
@@ -91,6 +103,7 @@ class AggregatedDiscoveryService:
         self._proxies = proxies
         self._classify = classify
         self._authorize = authorize
+        self._guard = guard
         self._admission = asyncio.Semaphore(admission)
         self._observer = MetricsObserver(metrics)
 
@@ -113,8 +126,7 @@ class AggregatedDiscoveryService:
         first = await _receive(stream)
         if first is None:
             return
-        protocol.receive(first)
-        node = protocol.node
+        node = first.node
         if node is None or not node.id:
             self._metrics.rejected_streams.labels("no_node").inc()
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "the first request must carry node.id")
@@ -124,6 +136,8 @@ class AggregatedDiscoveryService:
             self._metrics.rejected_streams.labels(rejected.reason).inc()
             log.warning("refused ADS stream of %s from %s: %s", node.id, _peer(stream), rejected)
             raise GRPCError(grpclib.const.Status.PERMISSION_DENIED, str(rejected)) from None
+        self._check_secrets(first, identity, node)
+        protocol.receive(first)
         key = self._classify(node)
         feed = _Feed(self._cache.get(key))
         stop_watching = self._cache.watch(key, feed)
@@ -136,6 +150,7 @@ class AggregatedDiscoveryService:
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._write(stream, protocol, feed))
                 while (request := await _receive(stream)) is not None:
+                    self._check_secrets(request, identity, node)
                     if protocol.receive(request):
                         feed.wake.set()
                 writer.cancel()
@@ -144,6 +159,20 @@ class AggregatedDiscoveryService:
             self._proxies.remove(token)
             gauge.dec()
             log.debug("%s stream of %s closed", protocol.kind, node.id)
+
+    def _check_secrets(self, request: Any, identity: str | None, node: Node) -> None:
+        """Drop secret names this proxy may not receive (another identity's key)."""
+        if request.type_url != resource_types.SECRET:
+            return
+        field = "resource_names_subscribe" if isinstance(request, DeltaDiscoveryRequest) else "resource_names"
+        names: list[str] = getattr(request, field)
+        refused = [name for name in names if not self._guard(identity, request.type_url, name)]
+        if refused:
+            setattr(request, field, [name for name in names if name not in refused])
+            self._metrics.refused_secrets.inc(len(refused))
+            log.warning(
+                "refused secrets %s to %s (identity %s): not its own", ", ".join(refused), node.id, identity
+            )
 
     async def _write(self, stream: grpclib.server.Stream[Any, Any], protocol: _Protocol, feed: _Feed) -> None:
         await self._readiness.wait()

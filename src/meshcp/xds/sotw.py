@@ -226,6 +226,18 @@ class SotwProtocol:
 
     # Introspection -------------------------------------------------------------
 
+    def holds_current(self, type_url: str, snapshot: Snapshot) -> bool:
+        """Whether the client has ACKed the snapshot's content of every name it requested
+        (vacuously true for a type it never asked for)."""
+        state = self._types.get(type_url)
+        if state is None:
+            return True
+        if state.sent.outstanding or state.sent.acked_version != state.sent.version:
+            return False
+        current = snapshot.resources(type_url)
+        names = current.keys() if state.wildcard else state.names
+        return all(not _differs(state.held.get(name), current[name]) for name in names if name in current)
+
     def status(self) -> dict[str, object]:
         """Per type: subscription and send/ACK/NACK state (for /debug/proxies)."""
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import tempfile
 from pathlib import Path
 
 
@@ -17,4 +18,21 @@ def server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLCont
     if client_ca is not None:
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def server_context_from_pem(chain_pem: str, key_pem: str, client_ca_pem: str) -> ssl.SSLContext:
+    """`server_context` for material held in memory (issued by the mesh CA at start).
+
+    `ssl` loads certificate chains only from files, so they pass through a private
+    temporary directory that is removed before this returns.
+    """
+    with tempfile.TemporaryDirectory(prefix="meshcp-xds-") as scratch:
+        cert, key = Path(scratch, "cert.pem"), Path(scratch, "key.pem")
+        cert.write_text(chain_pem)
+        key.touch(0o600)
+        key.write_text(key_pem)
+        context = server_context(cert, key, None)
+    context.load_verify_locations(cadata=client_ca_pem)
+    context.verify_mode = ssl.CERT_REQUIRED
     return context

@@ -1,0 +1,53 @@
+"""Who a proxy is, and which secrets it may ask for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp.certs.clock import utc_now
+from meshcp.certs.identity import DEFAULT_TRUST_DOMAIN, ProxyIdentity
+from meshcp.certs.xds_identity import XdsClientRejected, verify_xds_client
+from meshcp.compile.naming import secret_owner
+from meshcp.xds.auth import Authorizer, PeerCertificate, StreamRejected
+
+log = logging.getLogger("meshcp.access")
+
+
+def verified_identity(
+    trust_bundle: Callable[[], str],
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    clock: Callable[[], datetime] = utc_now,
+) -> Authorizer:
+    """mTLS: the node id must be the sidecar name the mesh CA signed into the client
+    certificate, which must be valid now and chain to the current trust bundle."""
+
+    def authorize(node: Node, peer: PeerCertificate) -> str | None:
+        try:
+            proxy = verify_xds_client(peer, trust_bundle(), clock(), node.id, trust_domain=trust_domain)
+        except XdsClientRejected as rejected:
+            raise StreamRejected(str(rejected.reason), str(rejected)) from None
+        return str(proxy.identity)
+
+    return authorize
+
+
+def claimed_identity(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Authorizer:
+    """`--insecure-xds`: believe the node id (local work only); unknown shapes get no identity."""
+
+    def authorize(node: Node, peer: PeerCertificate) -> str | None:
+        try:
+            return str(ProxyIdentity.parse(node.id, trust_domain).identity)
+        except ValueError:
+            return None
+
+    return authorize
+
+
+def may_receive(identity: str | None, type_url: str, name: str) -> bool:
+    """A proxy may receive only its own identity's private secrets (certificate and key,
+    inbound trust); everything else is not secret."""
+    owner = secret_owner(name)
+    return owner is None or (identity is not None and str(owner) == identity)

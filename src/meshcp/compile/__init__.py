@@ -1,0 +1,5 @@
+"""Pure functions from the mesh's Envoy-free policy to Envoy resources, one module per type.
+
+The type modules (cds, eds, lds, rds, sds) never import each other; names they share
+come from `naming`.
+"""

@@ -1,0 +1,39 @@
+"""Names of Envoy resources, as OSM spelled them (users' dashboards know them)."""
+
+from __future__ import annotations
+
+from meshcp.certs.identity import Identity
+
+SERVICE_CERT = "service-cert"
+ROOT_OUTBOUND = "root-cert-for-mtls-outbound"
+ROOT_INBOUND = "root-cert-for-mtls-inbound"
+
+
+def service_cert(identity: Identity) -> str:
+    """`service-cert:<ns>/<sa>`: a proxy's own certificate chain and key."""
+    return f"{SERVICE_CERT}:{identity}"
+
+
+def root_inbound(identity: Identity) -> str:
+    """`root-cert-for-mtls-inbound:<ns>/<sa>`: the trust bundle inbound mTLS checks against."""
+    return f"{ROOT_INBOUND}:{identity}"
+
+
+def root_outbound(namespace: str, service: str) -> str:
+    """`root-cert-for-mtls-outbound:<ns>/<svc>`: trust bundle plus the SANs a service may present."""
+    return f"{ROOT_OUTBOUND}:{namespace}/{service}"
+
+
+def secret_owner(name: str) -> Identity | None:
+    """The identity a secret name is private to, or None for public trust data.
+
+    A proxy may only receive its own `service-cert` (the key) and its own inbound root;
+    outbound roots hold nothing secret and any proxy may ask for any of them.
+    """
+    kind, sep, rest = name.partition(":")
+    if not sep or kind not in (SERVICE_CERT, ROOT_INBOUND):
+        return None
+    try:
+        return Identity.parse(rest)
+    except ValueError:
+        return None
