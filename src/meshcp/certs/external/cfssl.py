@@ -5,13 +5,17 @@ reads the trust anchor from `/api/v1/cfssl/info`. cfssl's signing profile, not t
 request, decides validity and key usages (cfssl's sign API takes no lifetime); the
 certificate's real lifetime is what rotation then uses.
 
-cfssl 1.2.0 (Debian's golang-cfssl) drops URI SANs from what it signs; such a certificate
-is refused with an error saying so, rather than handed out without its SPIFFE id.
+cfssl 1.2.0 (Debian's golang-cfssl) drops URI SANs from what it signs. The mesh then
+identifies such a workload by its DNS SAN `<sa>.<ns>.<trust-domain>`, which the same CA
+signed: peers' SAN matchers and RBAC principals accept either form (Envoy matches the
+URI SAN first and falls back to the DNS SAN). A warning says so once per provider.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from types import TracebackType
 from typing import Any
 
@@ -23,11 +27,12 @@ from meshcp.certs.authority import leaf_subject, subject_alt_names
 from meshcp.certs.external.client import HttpClient
 from meshcp.certs.keys import PrivateKey, generate_private_key, private_key_pem
 from meshcp.certs.provider import (
-    CertificateError,
     CertificateRequest,
     IssuedCertificate,
     check_matches_request,
 )
+
+log = logging.getLogger(__name__)
 
 _NAME = "cfssl"
 
@@ -49,6 +54,7 @@ class CfsslProvider:
     def __init__(self, url: str, *, profile: str = "", label: str = "", timeout: float = 10.0) -> None:
         self._http = HttpClient(_NAME, url, timeout=timeout)
         self._profile = profile
+        self._warned_uris = False
         self._label = label
 
     @property
@@ -81,14 +87,15 @@ class CfsslProvider:
             issued = IssuedCertificate.from_pem(certificate_pem, private_key_pem(key))
         except ValueError as exc:
             raise self._http.malformed(f"unusable certificate: {exc}") from exc
-        missing_uris = [uri for uri in request.uris if uri not in pem.uris(issued.certificate)]
-        if missing_uris:
-            raise CertificateError(
-                _NAME,
-                f"the cfssl server dropped the URI SANs {missing_uris}: this cfssl version cannot "
-                "issue URI SANs (cfssl 1.2.0 cannot); use a cfssl release with URI SAN support, "
-                "or another provider",
-            )
+        if request.uris and not pem.uris(issued.certificate):
+            if not self._warned_uris:
+                self._warned_uris = True
+                log.warning(
+                    "the cfssl server drops URI SANs (cfssl 1.2.0 does): workloads are identified "
+                    "by their DNS SAN instead of %s",
+                    request.uris[0],
+                )
+            request = dataclasses.replace(request, uris=())
         check_matches_request(_NAME, issued, request)
         return issued
 
