@@ -1,0 +1,38 @@
+"""MeshConfig (config.meshcp.dev/v1alpha1): the mesh-wide settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshcp.model.meta import Meta, ObjectRef
+
+MESH_LABEL = "meshcp.dev/monitored-by"
+PERMISSIVE_ANNOTATION = "meshcp.dev/permissive"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """Every field has the default a mesh without a MeshConfig object runs with."""
+
+    meta: Meta = field(default_factory=lambda: Meta(name="meshcp"))
+    mesh_name: str = "meshcp"
+    trust_domain: str = "cluster.local"
+    #: Everything in the mesh may talk (still over mTLS); SMI objects are then ignored.
+    permissive: bool = False
+    #: Traffic to destinations outside the mesh passes through; off: refused.
+    egress_passthrough: bool = False
+    cert_validity_seconds: int = 24 * 3600
+    cert_provider: str = "internal"
+    #: Debounce: a change is compiled after `debounce_window` of quiet, at most `debounce_max`
+    #: after the first change of a burst.
+    debounce_window: float = 0.1
+    debounce_max: float = 1.0
+    outbound_ip_exclusions: tuple[str, ...] = ()
+    outbound_port_exclusions: tuple[int, ...] = ()
+    inbound_port_exclusions: tuple[int, ...] = ()
+    sidecar_image: str = "envoyproxy/envoy:v1.40.0"
+    sidecar_log_level: str = "info"
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("MeshConfig", self.meta.namespace, self.meta.name)

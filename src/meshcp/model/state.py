@@ -1,0 +1,144 @@
+"""MeshState: one consistent, immutable revision of every object a source reported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import TypeVar
+
+from meshcp.model.core import EndpointSlice, Namespace, Pod, Service, ServiceAccount
+from meshcp.model.meshconfig import MESH_LABEL, PERMISSIVE_ANNOTATION, MeshConfig
+from meshcp.model.meta import ObjectRef
+from meshcp.model.smi import HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget, UDPRoute
+
+MeshObject = (
+    Namespace
+    | ServiceAccount
+    | Service
+    | Pod
+    | EndpointSlice
+    | TrafficTarget
+    | HTTPRouteGroup
+    | TCPRoute
+    | UDPRoute
+    | TrafficSplit
+    | MeshConfig
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An object that was reported and skipped: what, where it came from, and why."""
+
+    ref: ObjectRef
+    reason: str
+    #: `file:line` for manifests, empty for objects from the API server.
+    location: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        return f"{where}{self.ref}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class MeshState:
+    """Objects by reference, plus the problems of objects that could not be accepted.
+
+    Immutable: a change makes a new state with the next revision (`with_changes`), so the
+    compiler always sees one consistent picture. Indexes are computed on first use.
+    """
+
+    objects: Mapping[ObjectRef, MeshObject] = field(default_factory=dict)
+    problems: tuple[Problem, ...] = ()
+    revision: int = 0
+
+    def with_changes(
+        self,
+        upserts: Iterable[MeshObject] = (),
+        deletes: Iterable[ObjectRef] = (),
+        problems: tuple[Problem, ...] | None = None,
+    ) -> MeshState:
+        objects = dict(self.objects)
+        for ref in deletes:
+            objects.pop(ref, None)
+        for obj in upserts:
+            objects[obj.ref] = obj
+        return MeshState(
+            MappingProxyType(objects), self.problems if problems is None else problems, self.revision + 1
+        )
+
+    def get(self, ref: ObjectRef) -> MeshObject | None:
+        return self.objects.get(ref)
+
+    def _of(self, cls: type[T]) -> tuple[T, ...]:
+        found = [obj for obj in self.objects.values() if isinstance(obj, cls)]
+        return tuple(sorted(found, key=lambda obj: obj.ref))
+
+    @cached_property
+    def namespaces(self) -> tuple[Namespace, ...]:
+        return self._of(Namespace)
+
+    @cached_property
+    def services(self) -> tuple[Service, ...]:
+        return self._of(Service)
+
+    @cached_property
+    def pods(self) -> tuple[Pod, ...]:
+        return self._of(Pod)
+
+    @cached_property
+    def endpoint_slices(self) -> tuple[EndpointSlice, ...]:
+        return self._of(EndpointSlice)
+
+    @cached_property
+    def service_accounts(self) -> tuple[ServiceAccount, ...]:
+        return self._of(ServiceAccount)
+
+    @cached_property
+    def traffic_targets(self) -> tuple[TrafficTarget, ...]:
+        return self._of(TrafficTarget)
+
+    @cached_property
+    def http_route_groups(self) -> Mapping[tuple[str, str], HTTPRouteGroup]:
+        return {(g.meta.namespace, g.meta.name): g for g in self._of(HTTPRouteGroup)}
+
+    @cached_property
+    def tcp_routes(self) -> Mapping[tuple[str, str], TCPRoute]:
+        return {(r.meta.namespace, r.meta.name): r for r in self._of(TCPRoute)}
+
+    @cached_property
+    def udp_routes(self) -> tuple[UDPRoute, ...]:
+        return self._of(UDPRoute)
+
+    @cached_property
+    def traffic_splits(self) -> tuple[TrafficSplit, ...]:
+        return self._of(TrafficSplit)
+
+    @cached_property
+    def mesh_config(self) -> MeshConfig:
+        """The MeshConfig object (the first by name if there are several), else defaults."""
+        configs = self._of(MeshConfig)
+        return configs[0] if configs else MeshConfig()
+
+    @cached_property
+    def meshed_namespaces(self) -> frozenset[str]:
+        """Namespaces labelled `meshcp.dev/monitored-by: <mesh name>`."""
+        mesh = self.mesh_config.mesh_name
+        return frozenset(ns.meta.name for ns in self.namespaces if ns.meta.labels.get(MESH_LABEL) == mesh)
+
+    def permissive(self, namespace: str) -> bool:
+        """Mesh-wide permissive mode, overridden by the namespace annotation."""
+        for ns in self.namespaces:
+            if ns.meta.name == namespace:
+                value = ns.meta.annotations.get(PERMISSIVE_ANNOTATION)
+                if value in ("true", "false"):
+                    return value == "true"
+        return self.mesh_config.permissive
+
+    @cached_property
+    def service_index(self) -> Mapping[tuple[str, str], Service]:
+        return {(s.meta.namespace, s.meta.name): s for s in self.services}
