@@ -106,7 +106,7 @@ class ControllerRuntime:
             policy=RenewalPolicy(renew_share=ca.renew_share),
             on_rotated=on_rotated,
         )
-        self.publisher = Publisher(self.cache, self.encoder, self.certificates)
+        self.publisher = Publisher(self.cache, self.encoder, self.certificates, trust_domain=ca.trust_domain)
         self.xds_tls = settings.xds_tls
         self.trust = TrustCoordinator(
             provider,

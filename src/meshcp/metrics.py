@@ -45,6 +45,11 @@ class Metrics:
             "Secret names refused to a proxy because they belong to another identity.",
             registry=r,
         )
+        self.problems = Gauge(
+            "meshcp_invalid_objects",
+            "Objects reported invalid or conflicting and skipped (see /debug/problems).",
+            registry=r,
+        )
         self.encodes = Gauge(
             "meshcp_cache_encodes", "Resources serialised since start (one per unique content).", registry=r
         )

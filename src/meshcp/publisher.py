@@ -34,9 +34,9 @@ class ProxyClass:
     identity: Identity
     #: The compiled, encoded non-secret configuration (clusters, endpoints, listeners, routes).
     resources: tuple[Resource, ...] = ()
-    #: Upstream services `(namespace, name)` the class calls, with the SPIFFE URIs their
+    #: Upstream services `(namespace, name)` the class calls, with the identities their
     #: endpoints may present: each gets a `root-cert-for-mtls-outbound` secret.
-    upstreams: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    upstreams: Mapping[tuple[str, str], tuple[Identity, ...]] = field(default_factory=dict)
 
 
 class Publisher:
@@ -48,12 +48,14 @@ class Publisher:
         encoder: Encoder,
         certificates: CertificateManager[Identity],
         *,
+        trust_domain: str = "cluster.local",
         retry_interval: float = 5.0,
     ) -> None:
         self._cache = cache
         self._encoder = encoder
         self._certificates = certificates
         self._retry_interval = retry_interval
+        self._trust_domain = trust_domain
         self._classes: dict[str, ProxyClass] = {}
         self._bundle = ""
         self._waiting: asyncio.Queue[Identity] = asyncio.Queue()
@@ -133,11 +135,12 @@ class Publisher:
             self._service_cert(identity, certificate),
             self._root(("in", str(identity)), lambda: sds.root_inbound(identity, bundle)),
         ]
-        for (namespace, service), sans in sorted(proxy_class.upstreams.items()):
+        domain = self._trust_domain
+        for (namespace, service), identities in sorted(proxy_class.upstreams.items()):
             secrets.append(
                 self._root(
-                    ("out", namespace, service, *sans),
-                    lambda n=namespace, s=service, a=sans: sds.root_outbound(n, s, bundle, a),  # type: ignore[misc]
+                    ("out", namespace, service, *map(str, identities)),
+                    lambda n=namespace, s=service, i=identities: sds.root_outbound(n, s, bundle, i, domain),  # type: ignore[misc]
                 )
             )
         self._cache.set_snapshot(proxy_class.key, Snapshot([*proxy_class.resources, *secrets]))

@@ -37,3 +37,38 @@ def secret_owner(name: str) -> Identity | None:
         return Identity.parse(rest)
     except ValueError:
         return None
+
+
+OUTBOUND_LISTENER = "outbound-listener"
+INBOUND_LISTENER = "inbound-listener"
+PROMETHEUS_LISTENER = "inbound-prometheus-listener"
+PASSTHROUGH_CLUSTER = "passthrough-outbound"
+METRICS_CLUSTER = "envoy-metrics-cluster"
+OUTBOUND_PORT = 15001
+INBOUND_PORT = 15003
+PROMETHEUS_PORT = 15010
+ADMIN_PORT = 15000
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def cluster(namespace: str, service: str, port: int) -> str:
+    """`<ns>/<svc>|<port>`: an upstream service port (EDS)."""
+    return f"{namespace}/{service}|{port}"
+
+
+def local_cluster(namespace: str, service: str, port: int) -> str:
+    """`<ns>/<svc>|<port>|local`: the application behind this sidecar."""
+    return f"{namespace}/{service}|{port}|local"
+
+
+def outbound_routes(port: int) -> str:
+    return f"rds-outbound.{port}"
+
+
+def inbound_routes(port: int) -> str:
+    return f"rds-inbound.{port}"
+
+
+def service_host(namespace: str, service: str) -> str:
+    """`<svc>.<ns>.svc.cluster.local`: the SNI clients send and inbound chains match."""
+    return f"{service}.{namespace}.svc.{CLUSTER_DOMAIN}"

@@ -38,21 +38,27 @@ def root_inbound(identity: Identity, trust_bundle_pem: str) -> Secret:
     )
 
 
-def root_outbound(namespace: str, service: str, trust_bundle_pem: str, allowed_sans: Iterable[str]) -> Secret:
-    """Trust anchors for calling a service, and the SPIFFE URIs its endpoints may present.
+def root_outbound(
+    namespace: str, service: str, trust_bundle_pem: str, identities: Iterable[Identity], trust_domain: str
+) -> Secret:
+    """Trust anchors for calling a service, and the identities its endpoints may present.
 
-    Matching the URI SAN stops a compromised pod of another identity from answering for
-    the service even though the mesh CA signed its certificate.
+    Matching the SAN stops a pod of another identity from answering for the service even
+    though the mesh CA signed its certificate. Each identity is accepted by its SPIFFE URI
+    or its DNS SAN (CAs such as cfssl 1.2.0 cannot sign URI SANs).
     """
+    matchers = []
+    for identity in sorted(set(identities)):
+        matchers.append(_san(SubjectAltNameMatcherSanType.URI, identity.spiffe_id(trust_domain)))
+        matchers.append(_san(SubjectAltNameMatcherSanType.DNS, identity.dns_name(trust_domain)))
     return Secret(
         name=naming.root_outbound(namespace, service),
         validation_context=CertificateValidationContext(
             trusted_ca=DataSource(inline_bytes=trust_bundle_pem.encode()),
-            match_typed_subject_alt_names=[
-                SubjectAltNameMatcher(
-                    san_type=SubjectAltNameMatcherSanType.URI, matcher=StringMatcher(exact=san)
-                )
-                for san in sorted(set(allowed_sans))
-            ],
+            match_typed_subject_alt_names=matchers,
         ),
     )
+
+
+def _san(kind: SubjectAltNameMatcherSanType, value: str) -> SubjectAltNameMatcher:
+    return SubjectAltNameMatcher(san_type=kind, matcher=StringMatcher(exact=value))

@@ -9,6 +9,11 @@ from meshcp.model.meta import Meta, ObjectRef
 MESH_LABEL = "meshcp.dev/monitored-by"
 PERMISSIVE_ANNOTATION = "meshcp.dev/permissive"
 
+#: Who may sign workload certificates (`certProvider`); the CA layer implements each of these.
+CERT_PROVIDERS = ("internal", "cfssl", "vault")
+#: Envoy's `--log-level` values (`sidecarLogLevel`).
+SIDECAR_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+
 
 @dataclass(frozen=True, slots=True)
 class MeshConfig:

@@ -27,8 +27,8 @@ class Meta:
 
     name: str
     namespace: str = ""
-    labels: Mapping[str, str] = field(default=_EMPTY, compare=True)
-    annotations: Mapping[str, str] = field(default=_EMPTY, compare=True)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     def __hash__(self) -> int:
         return hash(

@@ -1,0 +1,233 @@
+"""LDS: the outbound, inbound and Prometheus listeners of a proxy class.
+
+Outbound (15001, traffic redirected from the application): one filter chain per upstream
+service port matching the original destination (ClusterIP/32, or pod IPs of a headless
+service) and port; HTTP goes through `rds-outbound.<port>`, TCP straight to the cluster.
+Inbound (15003, traffic redirected to the pod): one chain per local service port,
+matching its target port and SNI, mTLS required; HTTP via `rds-inbound.<port>` and HTTP
+RBAC, TCP via network RBAC. Prometheus (15010): Envoy's own stats.
+"""
+
+from __future__ import annotations
+
+from meshcp._proto.envoy.config.core.v3 import Address, CidrRange, SocketAddress, TrafficDirection
+from meshcp._proto.envoy.config.listener.v3 import (
+    Filter,
+    FilterChain,
+    FilterChainMatch,
+    Listener,
+    ListenerFilter,
+)
+from meshcp._proto.envoy.config.rbac.v3 import Rbac, RbacAction
+from meshcp._proto.envoy.config.route.v3 import (
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
+from meshcp._proto.envoy.extensions.filters.http.router.v3 import Router
+from meshcp._proto.envoy.extensions.filters.listener.original_dst.v3 import OriginalDst
+from meshcp._proto.envoy.extensions.filters.listener.tls_inspector.v3 import TlsInspector
+from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpFilter,
+    Rds,
+)
+from meshcp._proto.envoy.extensions.filters.network.rbac.v3 import Rbac as NetworkRbac
+from meshcp._proto.envoy.extensions.filters.network.tcp_proxy.v3 import (
+    TcpProxy,
+    TcpProxyWeightedCluster,
+    TcpProxyWeightedClusterClusterWeight,
+)
+from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsContext, DownstreamTlsContext
+from meshcp.cache.encoding import pack
+from meshcp.compile import naming
+from meshcp.compile.common import ads, sds, tls_socket
+from meshcp.compile.rbac import tcp_rbac
+from meshcp.policy.types import InboundPort, ProxyPolicy, Upstream
+
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+NETWORK_RBAC = "envoy.filters.network.rbac"
+HTTP_RBAC = "envoy.filters.http.rbac"
+ROUTER = "envoy.filters.http.router"
+
+
+def _address(port: int, host: str = "0.0.0.0") -> Address:
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _filter(name: str, message: object) -> Filter:
+    return Filter(name=name, typed_config=pack(message))  # type: ignore[arg-type]
+
+
+def _hcm(stat_prefix: str, route_config_name: str, *, rbac: bool) -> Filter:
+    http_filters = []
+    if rbac:  # deny by default; each route's RbacPerRoute says who may call it
+        http_filters.append(
+            HttpFilter(name=HTTP_RBAC, typed_config=pack(HttpRbac(rules=Rbac(action=RbacAction.ALLOW))))
+        )
+    http_filters.append(HttpFilter(name=ROUTER, typed_config=pack(Router())))
+    return _filter(
+        HCM,
+        HttpConnectionManager(
+            stat_prefix=stat_prefix,
+            codec_type=HttpConnectionManagerCodecType.AUTO,
+            rds=Rds(config_source=ads(), route_config_name=route_config_name),
+            http_filters=http_filters,
+            normalize_path=True,
+            merge_slashes=True,
+            strip_any_host_port=True,
+            strip_trailing_host_dot=True,
+        ),
+    )
+
+
+def _tcp_proxy(stat_prefix: str, upstream: Upstream) -> Filter:
+    split = upstream.split
+    if split is not None:
+        return _filter(
+            TCP_PROXY,
+            TcpProxy(
+                stat_prefix=stat_prefix,
+                weighted_clusters=TcpProxyWeightedCluster(
+                    clusters=[
+                        TcpProxyWeightedClusterClusterWeight(
+                            name=naming.cluster(b.namespace, b.name, upstream.port), weight=weight
+                        )
+                        for b, weight in split.backends
+                    ]
+                ),
+            ),
+        )
+    service = upstream.service
+    return _filter(
+        TCP_PROXY,
+        TcpProxy(
+            stat_prefix=stat_prefix, cluster=naming.cluster(service.namespace, service.name, upstream.port)
+        ),
+    )
+
+
+def _outbound_chain(upstream: Upstream) -> FilterChain | None:
+    if not upstream.addresses:
+        return None  # a headless service without ready pods: nothing to match
+    name = naming.cluster(upstream.service.namespace, upstream.service.name, upstream.port)
+    match = FilterChainMatch(
+        destination_port=upstream.port,
+        prefix_ranges=[
+            CidrRange(address_prefix=a, prefix_len=128 if ":" in a else 32) for a in upstream.addresses
+        ],
+    )
+    if upstream.is_http:
+        chain_filter = _hcm(f"outbound.{upstream.port}", naming.outbound_routes(upstream.port), rbac=False)
+    else:
+        chain_filter = _tcp_proxy(f"outbound.{name}", upstream)
+    return FilterChain(name=f"outbound:{name}", filter_chain_match=match, filters=[chain_filter])
+
+
+def outbound_listener(policy: ProxyPolicy) -> Listener:
+    chains = [chain for u in policy.upstreams if (chain := _outbound_chain(u)) is not None]
+    default = None
+    if policy.egress_passthrough:
+        default = FilterChain(
+            name="outbound:passthrough",
+            filters=[
+                _filter(TCP_PROXY, TcpProxy(stat_prefix="passthrough", cluster=naming.PASSTHROUGH_CLUSTER))
+            ],
+        )
+    return Listener(
+        name=naming.OUTBOUND_LISTENER,
+        address=_address(naming.OUTBOUND_PORT),
+        traffic_direction=TrafficDirection.OUTBOUND,
+        listener_filters=[
+            ListenerFilter(name="envoy.filters.listener.original_dst", typed_config=pack(OriginalDst()))
+        ],
+        filter_chains=sorted(chains, key=lambda c: c.name),
+        default_filter_chain=default,
+    )
+
+
+def _inbound_chain(port: InboundPort, policy: ProxyPolicy) -> FilterChain:
+    service = port.service
+    name = naming.local_cluster(service.namespace, service.name, port.port)
+    tls = DownstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            tls_certificate_sds_secret_configs=[sds(naming.service_cert(policy.identity))],
+            validation_context_sds_secret_config=sds(naming.root_inbound(policy.identity)),
+            alpn_protocols=["h2", "http/1.1"] if port.is_http else [],
+        ),
+        require_client_certificate=True,
+    )
+    if port.is_http:
+        filters = [_hcm(f"inbound.{port.port}", naming.inbound_routes(port.port), rbac=True)]
+    else:
+        rules = tcp_rbac(port.tcp_sources, port.any_source, policy.trust_domain)
+        filters = [
+            _filter(NETWORK_RBAC, NetworkRbac(stat_prefix=f"inbound.{name}.", rules=rules)),
+            _filter(TCP_PROXY, TcpProxy(stat_prefix=f"inbound.{name}", cluster=name)),
+        ]
+    return FilterChain(
+        name=f"inbound:{name}",
+        filter_chain_match=FilterChainMatch(
+            destination_port=port.target_port,
+            server_names=[naming.service_host(service.namespace, service.name)],
+            transport_protocol="tls",
+        ),
+        transport_socket=tls_socket(tls),
+        filters=filters,
+    )
+
+
+def inbound_listener(policy: ProxyPolicy) -> Listener:
+    return Listener(
+        name=naming.INBOUND_LISTENER,
+        address=_address(naming.INBOUND_PORT),
+        traffic_direction=TrafficDirection.INBOUND,
+        listener_filters=[
+            ListenerFilter(name="envoy.filters.listener.original_dst", typed_config=pack(OriginalDst())),
+            ListenerFilter(name="envoy.filters.listener.tls_inspector", typed_config=pack(TlsInspector())),
+        ],
+        filter_chains=sorted((_inbound_chain(p, policy) for p in policy.inbound), key=lambda c: c.name),
+    )
+
+
+def prometheus_listener() -> Listener:
+    """Envoy's stats in Prometheus format on 15010, without exposing the admin API."""
+    routes = RouteConfiguration(
+        name="prometheus",
+        virtual_hosts=[
+            VirtualHost(
+                name="prometheus",
+                domains=["*"],
+                routes=[
+                    Route(
+                        match=RouteMatch(path="/stats/prometheus"),
+                        route=RouteAction(cluster=naming.METRICS_CLUSTER),
+                    )
+                ],
+            )
+        ],
+    )
+    manager = HttpConnectionManager(
+        stat_prefix="prometheus",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        route_config=routes,
+        http_filters=[HttpFilter(name=ROUTER, typed_config=pack(Router()))],
+    )
+    return Listener(
+        name=naming.PROMETHEUS_LISTENER,
+        address=_address(naming.PROMETHEUS_PORT),
+        traffic_direction=TrafficDirection.INBOUND,
+        filter_chains=[FilterChain(filters=[_filter(HCM, manager)])],
+    )
+
+
+def listeners(policy: ProxyPolicy) -> list[Listener]:
+    out = [outbound_listener(policy), prometheus_listener()]
+    if policy.inbound:
+        out.append(inbound_listener(policy))
+    return sorted(out, key=lambda listener: listener.name)

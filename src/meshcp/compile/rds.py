@@ -1,0 +1,150 @@
+"""RDS: outbound routes per port (by Host to each service, splits by weight) and inbound
+routes per local port (to the application, with per-route RBAC)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import timedelta
+
+from meshcp._proto.envoy.config.route.v3 import (
+    HeaderMatcher,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+    WeightedCluster,
+    WeightedClusterClusterWeight,
+)
+from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
+from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
+from meshcp._proto.envoy.type.matcher.v3 import RegexMatcher
+from meshcp.cache.encoding import pack
+from meshcp.compile import naming
+from meshcp.compile.rbac import header, http_rbac, method_regex, path_regex
+from meshcp.model.smi import HTTPMatch
+from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
+
+RBAC_FILTER = "envoy.filters.http.rbac"
+NO_TIMEOUT = timedelta(0)  # gRPC streams and long polls must not be cut
+
+
+def domains(service: ServiceKey, port: int, addresses: tuple[str, ...], client_namespace: str) -> list[str]:
+    """Every name a client may use for a service; short names only in its own namespace
+    (two namespaces may both have a `bookstore`)."""
+    names = [f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc"]
+    names.append(naming.service_host(service.namespace, service.name))
+    if service.namespace == client_namespace:
+        names.insert(0, service.name)
+    names += [a for a in addresses if a]
+    return [variant for name in names for variant in (name, f"{name}:{port}")]
+
+
+def route_match(match: HTTPMatch | None) -> RouteMatch:
+    if match is None:
+        return RouteMatch(prefix="/")
+    headers: list[HeaderMatcher] = []
+    if methods := method_regex(match):
+        headers.append(header(":method", methods))
+    headers += [header(name, value) for name, value in sorted((match.headers or {}).items())]
+    if regex := path_regex(match):
+        return RouteMatch(safe_regex=RegexMatcher(regex=regex), headers=headers)
+    return RouteMatch(prefix="/", headers=headers)
+
+
+def _action(upstream: Upstream, weighted: bool) -> RouteAction:
+    timeout = NO_TIMEOUT if upstream.protocol == "grpc" else None
+    if weighted and upstream.split is not None:
+        clusters = [
+            WeightedClusterClusterWeight(
+                name=naming.cluster(b.namespace, b.name, upstream.port), weight=weight
+            )
+            for b, weight in upstream.split.backends
+        ]
+        return RouteAction(weighted_clusters=WeightedCluster(clusters=clusters), timeout=timeout)
+    service = upstream.service
+    return RouteAction(
+        cluster=naming.cluster(service.namespace, service.name, upstream.port), timeout=timeout
+    )
+
+
+def outbound_virtual_host(upstream: Upstream, client_namespace: str) -> VirtualHost:
+    service = upstream.service
+    routes = []
+    split = upstream.split
+    if split is not None and split.matches:
+        routes += [Route(match=route_match(m), route=_action(upstream, weighted=True)) for m in split.matches]
+        routes.append(Route(match=route_match(None), route=_action(upstream, weighted=False)))
+    else:
+        routes.append(Route(match=route_match(None), route=_action(upstream, weighted=split is not None)))
+    return VirtualHost(
+        name=naming.cluster(service.namespace, service.name, upstream.port),
+        domains=domains(service, upstream.port, upstream.addresses, client_namespace),
+        routes=routes,
+    )
+
+
+def outbound_routes(policy: ProxyPolicy) -> list[RouteConfiguration]:
+    """`rds-outbound.<port>` for every HTTP port some upstream serves."""
+    by_port: dict[int, list[Upstream]] = defaultdict(list)
+    for upstream in policy.upstreams:
+        if upstream.is_http:
+            by_port[upstream.port].append(upstream)
+    namespace = policy.identity.namespace
+    return [
+        RouteConfiguration(
+            name=naming.outbound_routes(port),
+            virtual_hosts=[
+                outbound_virtual_host(u, namespace) for u in sorted(ups, key=lambda u: str(u.service))
+            ],
+            validate_clusters=False,
+        )
+        for port, ups in sorted(by_port.items())
+    ]
+
+
+def inbound_virtual_host(port: InboundPort, trust_domain: str, only: bool) -> VirtualHost:
+    """One route to the application; the RBAC on it decides who may call what."""
+    service = port.service
+    rbac = RbacPerRoute(rbac=_http_filter_config(port, trust_domain))
+    return VirtualHost(
+        name=naming.local_cluster(service.namespace, service.name, port.port),
+        domains=["*"] if only else domains(service, port.port, (), service.namespace),
+        routes=[
+            Route(
+                match=RouteMatch(prefix="/"),
+                route=RouteAction(
+                    cluster=naming.local_cluster(service.namespace, service.name, port.port),
+                    timeout=NO_TIMEOUT if port.protocol == "grpc" else None,
+                ),
+                typed_per_filter_config={RBAC_FILTER: pack(rbac)},
+            )
+        ],
+    )
+
+
+def _http_filter_config(port: InboundPort, trust_domain: str) -> HttpRbac:
+    return HttpRbac(rules=http_rbac(port.http_rules, trust_domain))
+
+
+def inbound_routes(policy: ProxyPolicy) -> list[RouteConfiguration]:
+    """`rds-inbound.<port>` for every local HTTP service port."""
+    by_port: dict[int, list[InboundPort]] = defaultdict(list)
+    for port in policy.inbound:
+        if port.is_http:
+            by_port[port.port].append(port)
+    return [
+        RouteConfiguration(
+            name=naming.inbound_routes(number),
+            virtual_hosts=[
+                inbound_virtual_host(p, policy.trust_domain, only=len(ports) == 1)
+                for p in sorted(ports, key=lambda p: str(p.service))
+            ],
+            validate_clusters=False,
+        )
+        for number, ports in sorted(by_port.items())
+    ]
+
+
+def routes(policy: ProxyPolicy) -> list[RouteConfiguration]:
+    return outbound_routes(policy) + inbound_routes(policy)

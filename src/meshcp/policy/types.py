@@ -1,0 +1,91 @@
+"""The policy data: plain, hashable, sorted, so equal meshes give equal policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshcp.certs.identity import Identity
+from meshcp.model.smi import HTTPMatch
+
+#: Every authenticated mesh identity (permissive mode).
+ANY_IDENTITY: frozenset[Identity] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRoute:
+    """Traffic of an apex port, sent by weight to backend services (same port)."""
+
+    backends: tuple[tuple[ServiceKey, int], ...]  # (backend, integer weight); weights sum > 0
+    #: HTTP matches the split applies to; empty: all traffic of the port.
+    matches: tuple[HTTPMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One port of a meshed service, as clients see it."""
+
+    service: ServiceKey
+    port: int
+    protocol: str  # http | grpc | tcp | tcp-server-first
+    #: Destination addresses the outbound listener matches (ClusterIP, or pod IPs if headless).
+    addresses: tuple[str, ...]
+    #: Identities of the pods behind the service: the SANs clients accept from it.
+    identities: tuple[Identity, ...]
+    split: SplitRoute | None = None
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in ("http", "grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRule:
+    """Requests matching `match` (None: every request) from `sources` are allowed."""
+
+    match: HTTPMatch | None
+    sources: frozenset[Identity]  # ANY_IDENTITY (empty) in permissive mode
+    any_source: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPort:
+    """One port of a local service, as this proxy serves it."""
+
+    service: ServiceKey
+    port: int  # the service port
+    target_port: int  # where the application listens (and the original destination port)
+    protocol: str
+    http_rules: tuple[HttpRule, ...] = ()
+    #: TCP ports: who may connect. HTTP ports use http_rules.
+    tcp_sources: frozenset[Identity] = frozenset()
+    any_source: bool = False
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in ("http", "grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPolicy:
+    """Everything the proxies of one class get: identity, inbound ports, upstreams."""
+
+    identity: Identity
+    inbound: tuple[InboundPort, ...]
+    upstreams: tuple[Upstream, ...]
+    egress_passthrough: bool
+    trust_domain: str
