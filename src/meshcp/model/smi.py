@@ -48,6 +48,10 @@ class HTTPMatch:
     methods: tuple[str, ...] = ()
     headers: Mapping[str, str] | None = None
 
+    def __hash__(self) -> int:
+        headers = tuple(sorted(self.headers.items())) if self.headers else ()
+        return hash((self.name, self.path_regex, self.methods, headers))
+
 
 @dataclass(frozen=True, slots=True)
 class HTTPRouteGroup:

@@ -1,0 +1,63 @@
+"""Work proportional to the change: the reconciler re-encodes only what a change touches."""
+
+from __future__ import annotations
+
+from meshcp import resource_types
+from meshcp.cache import Encoder, SnapshotCache
+from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
+from meshcp.model.state import MeshState
+from meshcp.publisher import Publisher
+from meshcp.reconcile import Reconciler
+from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, target
+
+
+async def reconciler() -> tuple[Reconciler, Encoder]:
+    encoder = Encoder()
+    ca = await InternalCA.open(MemoryStore())
+    publisher = Publisher(SnapshotCache(), encoder, workload_certificates(Issuer(ca)))
+    return Reconciler(encoder, publisher), encoder
+
+
+def state(echo_ip: str, *extra: object) -> MeshState:
+    objects = [
+        *Bookstore().objects(),
+        pod("bookstore", "echo", "echo", echo_ip),
+        service("bookstore", "echo", "10.96.0.30", (7000, "http")),
+        *extra,
+    ]
+    return MeshState().with_changes(objects)  # type: ignore[arg-type]
+
+
+def encoded(classes: list[object]) -> dict[tuple[str, str], object]:
+    return {(r.type_url, r.name): r for c in classes for r in c.resources}  # type: ignore[attr-defined]
+
+
+async def test_one_endpoint_change_re_encodes_one_load_assignment_and_no_listener() -> None:
+    rec, encoder = await reconciler()
+    before = encoded(rec.apply(state("10.244.5.1")))
+    count = encoder.encodes
+    after = encoded(rec.apply(state("10.244.5.2")))
+    assert encoder.encodes - count == 1
+    changed = [key for key, resource in after.items() if before.get(key) is not resource]
+    assert changed == [(resource_types.ENDPOINT, "bookstore/echo|7000")]
+
+
+async def test_a_new_traffic_target_recompiles_only_the_destination_inbound() -> None:
+    rec, encoder = await reconciler()
+    before = encoded(rec.apply(state("10.244.5.1")))
+    after = encoded(
+        rec.apply(
+            state("10.244.5.1", target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_BUY))
+        )
+    )
+    changed = sorted({key for key, resource in after.items() if before.get(key) is not resource})
+    # The bookstore identity's inbound listener is untouched (RBAC lives in the routes).
+    assert changed == [(resource_types.ROUTE, "rds-inbound.14001")]
+
+
+async def test_unchanged_state_encodes_nothing() -> None:
+    rec, encoder = await reconciler()
+    rec.apply(state("10.244.5.1"))
+    count = encoder.encodes
+    rec.apply(state("10.244.5.1"))
+    assert encoder.encodes == count
