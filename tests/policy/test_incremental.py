@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from meshcp import resource_types
-from meshcp.cache import Encoder, SnapshotCache
+from meshcp.cache import Encoder, Resource, SnapshotCache
 from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.model.state import MeshState
-from meshcp.publisher import Publisher
+from meshcp.publisher import ProxyClass, Publisher
 from meshcp.reconcile import Reconciler
 from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, target
 
@@ -28,8 +28,8 @@ def state(echo_ip: str, *extra: object) -> MeshState:
     return MeshState().with_changes(objects)  # type: ignore[arg-type]
 
 
-def encoded(classes: list[object]) -> dict[tuple[str, str], object]:
-    return {(r.type_url, r.name): r for c in classes for r in c.resources}  # type: ignore[attr-defined]
+def encoded(classes: list[ProxyClass]) -> dict[tuple[str, str], Resource]:
+    return {(r.type_url, r.name): r for c in classes for r in c.resources}
 
 
 async def test_one_endpoint_change_re_encodes_one_load_assignment_and_no_listener() -> None:
@@ -43,7 +43,7 @@ async def test_one_endpoint_change_re_encodes_one_load_assignment_and_no_listene
 
 
 async def test_a_new_traffic_target_recompiles_only_the_destination_inbound() -> None:
-    rec, encoder = await reconciler()
+    rec, _ = await reconciler()
     before = encoded(rec.apply(state("10.244.5.1")))
     after = encoded(
         rec.apply(
