@@ -122,7 +122,7 @@ class ControllerRuntime:
                 if settings.insecure_xds
                 else verified_identity(lambda: self.trust.bundle, ca.trust_domain)
             )
-        service = AggregatedDiscoveryService(
+        self.service = AggregatedDiscoveryService(
             self.cache,
             self.readiness,
             self.metrics,
@@ -132,7 +132,7 @@ class ControllerRuntime:
             guard=may_receive,
             admission=settings.admission,
         )
-        self.xds = XdsServer(service)
+        self.xds = XdsServer(self.service)
         self.http = HttpServer(Controller(self.readiness, self.metrics, self.proxies, self.cache))
         self._background: asyncio.Task[None] | None = None
 

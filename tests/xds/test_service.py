@@ -254,3 +254,26 @@ async def test_stop_closes_open_streams(runtime: ControllerRuntime, channel: grp
             await runtime.stop()
             await stream.recv_message()
     assert len(runtime.proxies) == 0
+
+
+async def test_reclassify_moves_an_open_stream_to_its_new_class() -> None:
+    classes = {"n1": "waiting-room"}
+    runtime = await ControllerRuntime.open(_settings(), classify=lambda node: classes[node.id])
+    await runtime.start()
+    channel = grpclib.client.Channel("127.0.0.1", runtime.xds.port)
+    try:
+        world = World()
+        runtime.cache.set_snapshot("real-class", world.snapshot())
+        async with channel.request(SOTW_PATH, STREAM, DiscoveryRequest, DiscoveryResponse) as stream:
+            await stream.send_message(DiscoveryRequest(node=Node(id="n1"), type_url=CDS))
+            await eventually(lambda: len(runtime.proxies) == 1)
+            assert runtime.service.reclassify() == 0
+            classes["n1"] = "real-class"
+            assert runtime.service.reclassify() == 1
+            response = await stream.recv_message()
+            assert response is not None and len(response.resources) == 2
+            assert runtime.proxies.status()[0]["class"] == "real-class"
+            await stream.end()
+    finally:
+        channel.close()
+        await runtime.stop()

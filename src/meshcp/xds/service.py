@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpclib.const
@@ -66,12 +67,25 @@ class _Protocol(Protocol):
 class _Feed:
     """The latest snapshot of a stream's class and the event that wakes its writer."""
 
-    __slots__ = ("snapshot", "wake")
+    __slots__ = ("_cancel", "key", "snapshot", "wake")
 
-    def __init__(self, snapshot: Snapshot | None) -> None:
-        self.snapshot = snapshot
+    def __init__(self) -> None:
+        self.key = ""
+        self.snapshot: Snapshot | None = None
         self.wake = asyncio.Event()
+        self._cancel: Callable[[], None] = lambda: None
+
+    def bind(self, cache: SnapshotCache, key: str) -> None:
+        """Follow the snapshots of class `key` (a proxy's class can change, e.g. when its
+        pod joins a service)."""
+        self._cancel()
+        self.key = key
+        self.snapshot = cache.get(key)
+        self._cancel = cache.watch(key, self)
         self.wake.set()
+
+    def close(self) -> None:
+        self._cancel()
 
     def __call__(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         self.snapshot = snapshot
@@ -106,6 +120,7 @@ class AggregatedDiscoveryService:
         self._guard = guard
         self._admission = asyncio.Semaphore(admission)
         self._observer = MetricsObserver(metrics)
+        self._open: dict[int, tuple[Node, _Feed, Connection]] = {}
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         stream = grpclib.const.Cardinality.STREAM_STREAM
@@ -115,6 +130,20 @@ class AggregatedDiscoveryService:
                 self._delta, stream, DeltaDiscoveryRequest, DeltaDiscoveryResponse
             ),
         }
+
+    def reclassify(self) -> int:
+        """Re-run the classifier for every open stream; move those whose class changed.
+
+        Called after each compile: a pod that joined a service, or a proxy that connected
+        before its pod was known, starts receiving its class's configuration."""
+        moved = 0
+        for node, feed, connection in list(self._open.values()):
+            key = self._classify(node)
+            if key != feed.key:
+                feed.bind(self._cache, key)
+                connection.key = key
+                moved += 1
+        return moved
 
     async def _sotw(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         await self._serve(stream, SotwProtocol(self._observer))
@@ -138,14 +167,14 @@ class AggregatedDiscoveryService:
             raise GRPCError(grpclib.const.Status.PERMISSION_DENIED, str(rejected)) from None
         self._check_secrets(first, identity, node)
         protocol.receive(first)
-        key = self._classify(node)
-        feed = _Feed(self._cache.get(key))
-        stop_watching = self._cache.watch(key, feed)
-        connection = Connection(protocol, key, identity, _peer(stream), time.time())
+        feed = _Feed()
+        feed.bind(self._cache, self._classify(node))
+        connection = Connection(protocol, feed.key, identity, _peer(stream), time.time())
         token = self._proxies.add(connection)
+        self._open[token] = (node, feed, connection)
         gauge = self._metrics.connected.labels(protocol.kind)
         gauge.inc()
-        log.debug("%s stream opened by %s (class %s)", protocol.kind, node.id, key)
+        log.debug("%s stream opened by %s (class %s)", protocol.kind, node.id, feed.key)
         try:
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._write(stream, protocol, feed))
@@ -155,7 +184,8 @@ class AggregatedDiscoveryService:
                         feed.wake.set()
                 writer.cancel()
         finally:
-            stop_watching()
+            feed.close()
+            self._open.pop(token, None)
             self._proxies.remove(token)
             gauge.dec()
             log.debug("%s stream of %s closed", protocol.kind, node.id)
