@@ -16,12 +16,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from meshcp import __version__
-from meshcp.ca_setup import PROVIDERS, CaSettings, default_state_dir
+import yaml
+
+from meshcp import __version__, offline
+from meshcp.ca_setup import PROVIDERS, CaSettings, close_provider, default_state_dir, open_provider
 from meshcp.certs.cli_support import ca_rotate, ca_show
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.provider import CertificateError
 from meshcp.controller import Address, ControllerRuntime, ListenError, Settings
+from meshcp.offline import OfflineError
+from meshcp.sources.files import SourceError
 from meshcp.xds.tls import server_context
 
 log = logging.getLogger("meshcp")
@@ -74,7 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--xds-client-ca", type=Path, help="PEM bundle that signs proxies' client certificates"
     )
     serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
+    serve.add_argument("--source", type=Path, help="directory of manifests to serve (watched for changes)")
     _add_ca_options(serve)
+
+    compile_ = commands.add_parser("compile", help="print the Envoy config one pod's proxy would receive")
+    compile_.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    compile_.add_argument("--pod", type=_pod, required=True, metavar="NS/NAME")
+    compile_.add_argument("--output", choices=["json", "yaml"], default="json")
+
+    boot = commands.add_parser("bootstrap", help="write one pod's Envoy bootstrap and xDS client certificate")
+    boot.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    boot.add_argument("--pod", type=_pod, required=True, metavar="NS/NAME")
+    boot.add_argument(
+        "--xds-address", default="127.0.0.1:15128", help="where the proxy reaches the controller"
+    )
+    boot.add_argument("--xds-server-name", default="localhost", help="name in the controller's certificate")
+    boot.add_argument("--out", type=Path, required=True, help="directory to write into")
+    boot.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
+    boot.add_argument(
+        "--insecure-xds", action="store_true", help="plaintext xDS (controller runs --insecure-xds)"
+    )
+    _add_ca_options(boot)
 
     ca = commands.add_parser("ca", help="inspect or rotate the internal CA")
     ca_commands = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
@@ -86,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--state-dir", type=Path, default=default_state_dir(), help="CA state directory")
         action.add_argument("--output", choices=["text", "json"], default="text")
     return parser
+
+
+def _pod(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
+    return namespace, name
 
 
 def _add_ca_options(parser: argparse.ArgumentParser) -> None:
@@ -134,13 +165,26 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise UsageError(str(error)) from None
     if args.admission < 1:
         raise UsageError("--admission must be at least 1")
+    return Settings(
+        xds_address=xds,
+        http_address=http,
+        insecure_xds=args.insecure_xds,
+        xds_tls=_tls(args),
+        xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),
+        admission=args.admission,
+        ca=_ca_settings(args),
+        source=args.source,
+    )
+
+
+def _ca_settings(args: argparse.Namespace) -> CaSettings:
     if not 0 < args.renew_share < 1:
         raise UsageError("--renew-share must be between 0 and 1")
     if args.ca_provider == "cfssl" and not args.cfssl_url:
         raise UsageError("--cfssl-url is required with --ca-provider cfssl")
     if args.ca_provider == "vault" and not (args.vault_address and args.vault_token):
         raise UsageError("--vault-address and a token (--vault-token or VAULT_TOKEN) are required with vault")
-    ca = CaSettings(
+    return CaSettings(
         provider=args.ca_provider,
         state_dir=args.state_dir,
         key_spec=args.ca_key_type,
@@ -153,15 +197,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         vault_role=args.vault_role,
         vault_mount=args.vault_mount,
     )
-    return Settings(
-        xds_address=xds,
-        http_address=http,
-        insecure_xds=args.insecure_xds,
-        xds_tls=_tls(args),
-        xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),
-        admission=args.admission,
-        ca=ca,
-    )
 
 
 async def _serve(settings: Settings) -> None:
@@ -171,6 +206,47 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     runtime = await ControllerRuntime.open(settings)
     await runtime.run(stop)
+
+
+async def _compile(args: argparse.Namespace) -> None:
+    namespace, name = args.pod
+    state = await offline.load(args.source)
+    provider = await open_provider(CaSettings())
+    compiled = await offline.compile_pod(state, namespace, name, provider)
+    document = {"pod": f"{namespace}/{name}", "class": compiled.class_key, "identity": str(compiled.identity)}
+    document.update(compiled.config)
+    if args.output == "yaml":
+        print(yaml.safe_dump(document, sort_keys=False), end="")
+    else:
+        print(json.dumps(document, indent=2))
+
+
+async def _bootstrap(args: argparse.Namespace) -> None:
+    namespace, name = args.pod
+    try:
+        xds = Address.parse(args.xds_address)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    ca = _ca_settings(args)
+    state = await offline.load(args.source)
+    provider = await open_provider(ca)
+    try:
+        proxy = await offline.write_bootstrap(
+            state,
+            namespace,
+            name,
+            provider=provider,
+            xds_host=xds.host,
+            xds_port=xds.port,
+            out=args.out,
+            trust_domain=ca.trust_domain,
+            server_name=args.xds_server_name,
+            delta=args.delta,
+            insecure=args.insecure_xds,
+        )
+    finally:
+        await close_provider(provider)
+    print(f"wrote {args.out}/bootstrap.json for node {proxy.name}")
 
 
 def _print_ca(report: dict[str, Any], output: str) -> None:
@@ -197,12 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             asyncio.run(_serve(_settings(args)))
+        elif args.command == "compile":
+            asyncio.run(_compile(args))
+        elif args.command == "bootstrap":
+            asyncio.run(_bootstrap(args))
         elif args.command == "ca":
             action = ca_show if args.ca_command == "show" else ca_rotate
             _print_ca(asyncio.run(action(args.state_dir)), args.output)
     except UsageError as error:
         parser.exit(2, f"meshcp: error: {error}\n")
-    except (ListenError, CertificateError) as error:
+    except (ListenError, CertificateError, OfflineError, SourceError) as error:
         parser.exit(1, f"meshcp: error: {error}\n")
     except KeyboardInterrupt:
         return 130

@@ -8,8 +8,10 @@ import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
+from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp.access import claimed_identity, may_receive, verified_identity
 from meshcp.ca_setup import CaSettings, close_provider, open_provider
 from meshcp.cache.encoding import Encoder
@@ -23,6 +25,9 @@ from meshcp.http.app import Controller, HttpServer
 from meshcp.metrics import Metrics
 from meshcp.publisher import Publisher
 from meshcp.readiness import Readiness
+from meshcp.reconcile import Reconciler
+from meshcp.sources.files import FileSource
+from meshcp.store import Store
 from meshcp.trust import TrustCoordinator
 from meshcp.xds.auth import Authorizer, Classifier, by_node_id
 from meshcp.xds.registry import ConnectedProxies
@@ -70,6 +75,11 @@ class Settings:
     ca: CaSettings = field(default_factory=CaSettings)
     #: Seconds between trust-bundle checks (root rotation progress, `meshcp ca rotate`).
     trust_interval: float = 1.0
+    #: Directory of manifests to serve (None: snapshots are set by the embedding code).
+    source: Path | None = None
+    #: Debounce of source changes: quiet window, and the longest a change may wait.
+    debounce_window: float = 0.1
+    debounce_max: float = 1.0
 
 
 class ControllerRuntime:
@@ -91,6 +101,7 @@ class ControllerRuntime:
         self.metrics = Metrics()
         self.metrics.encodes.set_function(lambda: self.encoder.encodes)
         self.readiness = readiness or Readiness()
+        self.store = Store(window=settings.debounce_window, max_wait=settings.debounce_max)
         self.proxies = ConnectedProxies()
         ca = settings.ca
         self.issuer = Issuer(provider)
@@ -107,6 +118,12 @@ class ControllerRuntime:
             on_rotated=on_rotated,
         )
         self.publisher = Publisher(self.cache, self.encoder, self.certificates, trust_domain=ca.trust_domain)
+        self.reconciler = Reconciler(self.encoder, self.publisher, self.metrics)
+        if settings.source is not None:
+            self.store.expect("files")
+            self.readiness.expect("mesh")
+            if classify is by_node_id:
+                classify = self._classify
         self.xds_tls = settings.xds_tls
         self.trust = TrustCoordinator(
             provider,
@@ -133,8 +150,15 @@ class ControllerRuntime:
             admission=settings.admission,
         )
         self.xds = XdsServer(self.service)
-        self.http = HttpServer(Controller(self.readiness, self.metrics, self.proxies, self.cache))
+        self.http = HttpServer(
+            Controller(
+                self.readiness, self.metrics, self.proxies, self.cache, lambda: self.store.state.problems
+            )
+        )
         self._background: asyncio.Task[None] | None = None
+
+    def _classify(self, node: Node) -> str:
+        return self.reconciler.classify(node.id, self.settings.ca.trust_domain)
 
     @classmethod
     async def open(
@@ -212,6 +236,16 @@ class ControllerRuntime:
             tasks.create_task(self.publisher.run(), name="publisher")
             tasks.create_task(self.certificates.run(), name="renewal")
             tasks.create_task(self.trust.run(), name="trust")
+            if self.settings.source is not None:
+                tasks.create_task(FileSource(self.settings.source, self.store.apply).run(), name="files")
+                tasks.create_task(self._reconcile(), name="reconcile")
+
+    async def _reconcile(self) -> None:
+        """Compile every settled state; the first one makes the controller ready."""
+        async for state in self.store.states():
+            self.reconciler.apply(state)
+            self.service.reclassify()
+            self.readiness.mark_synced("mesh")
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from meshcp.cache.snapshot_cache import SnapshotCache
+from meshcp.inspect_config import dump
 from meshcp.metrics import Metrics
+from meshcp.model.state import Problem
 from meshcp.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
 
@@ -22,6 +25,7 @@ class Controller:
     metrics: Metrics
     proxies: ConnectedProxies
     cache: SnapshotCache
+    problems: Callable[[], Sequence[Problem]] = lambda: ()
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -51,6 +55,28 @@ async def debug_cache(request: web.Request) -> web.Response:
     return web.json_response(request.app[CONTROLLER].cache.status())
 
 
+async def debug_problems(request: web.Request) -> web.Response:
+    """Objects that were reported invalid or conflicting, and skipped."""
+    problems = request.app[CONTROLLER].problems()
+    return web.json_response(
+        [{"object": str(p.ref), "location": p.location, "reason": p.reason} for p in problems]
+    )
+
+
+async def debug_config(request: web.Request) -> web.Response:
+    """What the server holds for one connected proxy (secrets without keys)."""
+    controller = request.app[CONTROLLER]
+    node_id = request.match_info["node_id"]
+    connection = controller.proxies.find(node_id)
+    if connection is None:
+        raise web.HTTPNotFound(text=f"no proxy {node_id!r} is connected\n")
+    snapshot = controller.cache.get(connection.key)
+    resources = (
+        [] if snapshot is None else [r for t in snapshot.type_urls() for r in snapshot.resources(t).values()]
+    )
+    return web.json_response({"node_id": node_id, "class": connection.key, **dump(resources)})
+
+
 def create_app(controller: Controller) -> web.Application:
     app = web.Application()
     app[CONTROLLER] = controller
@@ -59,6 +85,8 @@ def create_app(controller: Controller) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/debug/proxies", debug_proxies)
     app.router.add_get("/debug/cache", debug_cache)
+    app.router.add_get("/debug/problems", debug_problems)
+    app.router.add_get("/debug/config/{node_id}", debug_config)
     return app
 
 

@@ -46,7 +46,7 @@ class Service:
     ports: tuple[ServicePort, ...]
     #: None: no selector (endpoints come only from EndpointSlices).
     selector: Mapping[str, str] | None
-    cluster_ip: str = ""  # "" or "None" (headless)
+    cluster_ip: str = ""  # "None": headless; "": not assigned yet
 
     @property
     def ref(self) -> ObjectRef:
@@ -54,7 +54,7 @@ class Service:
 
     @property
     def headless(self) -> bool:
-        return self.cluster_ip in ("", "None")
+        return self.cluster_ip == "None"
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,11 +229,13 @@ class _Builder:
             for port in service.ports:
                 if port.transport != "TCP":
                     continue
-                addresses = (
-                    tuple(sorted({a for _, a, ready in self.backends(service) if ready}))
-                    if service.headless
-                    else (service.cluster_ip,)
-                )
+                if service.headless:
+                    addresses = tuple(sorted({a for _, a, ready in self.backends(service) if ready}))
+                elif service.cluster_ip:
+                    addresses = (service.cluster_ip,)
+                else:
+                    addresses = ()  # not assigned yet: reachable once it is
+                    self.report(service.ref, "has no clusterIP yet; clients reach it once one is assigned")
                 out.append(Upstream(key, port.port, port.protocol, addresses, identities, route))
         return tuple(out)
 

@@ -62,6 +62,14 @@ class ConnectedProxies:
     def __len__(self) -> int:
         return len(self._connections)
 
+    def find(self, node_id: str) -> Connection | None:
+        """The open stream of a node (the newest, if it briefly has two)."""
+        for token in sorted(self._connections, reverse=True):
+            node = self._connections[token].protocol.node
+            if node is not None and node.id == node_id:
+                return self._connections[token]
+        return None
+
     def lagging(self, type_url: str, snapshot_of: Callable[[str], Snapshot | None]) -> list[str]:
         """Node ids of connected proxies that have not ACKed their class's current content
         of `type_url` (for example the secrets of a new root)."""

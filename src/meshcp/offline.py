@@ -1,0 +1,135 @@
+"""One-shot work on a directory of manifests: `meshcp compile` and `meshcp bootstrap`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshcp.cache.encoding import Encoder
+from meshcp.cache.snapshot_cache import SnapshotCache
+from meshcp.certs.identity import Identity, ProxyIdentity
+from meshcp.certs.issuance import xds_client_request
+from meshcp.certs.issuer import Issuer
+from meshcp.certs.provider import CertificateProvider
+from meshcp.certs.rotation import workload_certificates
+from meshcp.compile import naming
+from meshcp.inspect_config import dump
+from meshcp.model.core import Pod
+from meshcp.model.meta import ObjectRef
+from meshcp.model.state import MeshState
+from meshcp.policy.build import is_meshed, proxy_uuid
+from meshcp.publisher import Publisher
+from meshcp.reconcile import Reconciler
+from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sources.files import FileSource
+from meshcp.store import Store
+
+
+class OfflineError(Exception):
+    """What the user asked for cannot be done with these manifests."""
+
+
+async def load(directory: Path) -> MeshState:
+    """Everything in `directory`, read once (no watching)."""
+    store = Store(window=0, max_wait=0)
+    store.expect("files")
+    reader = asyncio.create_task(FileSource(directory, store.apply).run())
+    try:
+        async for state in store.states():
+            return state
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def find_pod(state: MeshState, namespace: str, name: str) -> Pod:
+    found = state.get(ObjectRef("Pod", namespace, name))
+    if not isinstance(found, Pod):
+        raise OfflineError(f"there is no pod {namespace}/{name} in the manifests")
+    if not is_meshed(found, state.meshed_namespaces):
+        raise OfflineError(
+            f"pod {namespace}/{name} is not in the mesh (namespace not labelled, or injection disabled)"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Compiled:
+    class_key: str
+    identity: Identity
+    config: dict[str, Any]
+
+
+async def compile_pod(state: MeshState, namespace: str, name: str, provider: CertificateProvider) -> Compiled:
+    """The configuration the proxy of one pod would receive (secrets by name only)."""
+    find_pod(state, namespace, name)
+    encoder = Encoder()
+    publisher = Publisher(SnapshotCache(), encoder, workload_certificates(Issuer(provider)))
+    reconciler = Reconciler(encoder, publisher)
+    classes = {c.key: c for c in reconciler.apply(state)}
+    key = reconciler.policy.pod_classes[(namespace, name)]
+    proxy_class = classes[key]
+    config: dict[str, Any] = dump(proxy_class.resources)
+    secrets = [naming.service_cert(proxy_class.identity), naming.root_inbound(proxy_class.identity)]
+    secrets += [naming.root_outbound(ns, svc) for ns, svc in sorted(proxy_class.upstreams)]
+    config["secrets"] = [{"name": secret} for secret in secrets]
+    config["problems"] = [str(p) for p in state.problems + reconciler.policy.problems]
+    return Compiled(key, proxy_class.identity, config)
+
+
+async def write_bootstrap(
+    state: MeshState,
+    namespace: str,
+    name: str,
+    *,
+    provider: CertificateProvider,
+    xds_host: str,
+    xds_port: int,
+    out: Path,
+    trust_domain: str = "cluster.local",
+    server_name: str = "localhost",
+    delta: bool = False,
+    insecure: bool = False,
+) -> ProxyIdentity:
+    """Write `bootstrap.json` and (with mTLS) the proxy's xDS client certificate, key and
+    trust bundle into `out`; returns the proxy's identity (its name is the node id)."""
+    pod = find_pod(state, namespace, name)
+    proxy = ProxyIdentity(proxy_uuid(pod), Identity(namespace, pod.service_account), trust_domain)
+    files: dict[str, tuple[str, int]] = {}
+    tls = None
+    if not insecure:
+        issued = await Issuer(provider).issue(xds_client_request(proxy))
+        files["xds-cert.pem"] = (issued.chain_pem, 0o644)
+        files["xds-key.pem"] = (issued.private_key_pem, 0o600)
+        files["xds-ca.pem"] = (await provider.trust_bundle(), 0o644)
+        absolute = os.path.abspath(out)
+        tls = XdsTls(
+            os.path.join(absolute, "xds-cert.pem"),
+            os.path.join(absolute, "xds-key.pem"),
+            os.path.join(absolute, "xds-ca.pem"),
+            server_name,
+        )
+    config = bootstrap(
+        proxy.name, f"{namespace}/{pod.service_account}", xds_host, xds_port, tls=tls, delta=delta
+    )
+    files["bootstrap.json"] = (json.dumps(as_dict(config), indent=2) + "\n", 0o644)
+    await asyncio.to_thread(_write_files, out, files)
+    return proxy
+
+
+def _write_files(directory: Path, files: dict[str, tuple[str, int]]) -> None:
+    """Create each file with its mode before writing, so a key is never world-readable."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, (text, mode) in files.items():
+        path = directory / name
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(path, mode)
