@@ -123,6 +123,49 @@ def ads_bootstrap(
     }
 
 
+UPSTREAM_TLS_CONTEXT_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def mtls_ads_bootstrap(
+    node_id: str,
+    xds_port: int,
+    delta: bool,
+    *,
+    cert: Path,
+    key: Path,
+    ca: Path,
+    server_name: str = "localhost",
+    admin_port: int = 0,
+    node_cluster: str = "meshcp-test",
+    xds_host: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """`ads_bootstrap` whose xDS cluster speaks mutual TLS: Envoy presents `cert`/`key` (its
+    xDS client certificate, named like `node_id`), checks the server against the bundle in
+    `ca` and its name `server_name` (sent as SNI and matched against the DNS SANs)."""
+    bootstrap = ads_bootstrap(
+        node_id, xds_port, delta, admin_port, node_cluster=node_cluster, xds_host=xds_host
+    )
+    xds = bootstrap["static_resources"]["clusters"][0]
+    xds["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": UPSTREAM_TLS_CONTEXT_URL,
+            "sni": server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(ca)},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": server_name}}],
+                },
+            },
+        },
+    }
+    return bootstrap
+
+
 def _read_if_exists(path: Path) -> str:
     """A small local file's text, or "" before it exists (Envoy writes it once it listens)."""
     try:
