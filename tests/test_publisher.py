@@ -335,12 +335,6 @@ async def test_a_failing_ca_delays_only_the_identity_it_fails_for(
     assert certificate.certificate.issuer == ca.state.active.certificate.subject
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: CertificateManager.run keeps sleeping up to max_wait (60 s) when a certificate "
-    "is first issued (by the publisher's get()) during its sleep; a 30 s certificate expires unrenewed",
-)
 async def test_the_renewal_task_notices_a_certificate_issued_while_it_sleeps() -> None:
     clock = FakeClock()
     ca = await InternalCA.open(MemoryStore(), clock=clock)

@@ -128,6 +128,9 @@ class CertificateManager(Generic[K]):
         # Bumped by renew_all: issuances started before it are not joined by later
         # requests, so no certificate from an old root survives a root rotation.
         self._generation = 0
+        # Set when a certificate is stored: `run` recomputes its next wake-up, so a
+        # certificate issued while it sleeps is renewed on time, not after `max_wait`.
+        self._stored = asyncio.Event()
 
     @property
     def flights(self) -> SingleFlight[tuple[K, int], IssuedCertificate]:
@@ -199,7 +202,18 @@ class CertificateManager(Generic[K]):
             report = await self.renew_due()
             for key, error in report.failed.items():
                 log.warning("could not renew the certificate for %s: %s", key, error)
-            await self._sleep(self._seconds_to_wait())
+            self._stored.clear()
+            await self._wait(self._seconds_to_wait())
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a certificate is stored meanwhile."""
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        stored = asyncio.ensure_future(self._stored.wait())
+        try:
+            await asyncio.wait((sleeper, stored), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stored.cancel()
 
     def _seconds_to_wait(self) -> float:
         wakeup = self.next_wakeup()
@@ -240,6 +254,7 @@ class CertificateManager(Generic[K]):
             return  # a newer generation already replaced it; this one is stale
         self._entries[key] = _Entry(certificate, generation)
         self._retry_after.pop(key, None)
+        self._stored.set()
         if previous is not None and self._on_rotated is not None:
             try:
                 await self._on_rotated(key, certificate)
