@@ -262,12 +262,6 @@ async def test_a_rotation_interrupted_by_a_restart_resumes(tmp_path: Path) -> No
         assert inbound.body.count(b"BEGIN CERTIFICATE") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: from rotate_root() on, every new certificate (first issue or routine renewal) is "
-    "signed by the new root, even while proxies have not yet received the bundle that trusts it",
-)
 async def test_no_certificate_of_the_new_root_is_served_before_every_proxy_trusts_it() -> None:
     """The module's promise: nobody is handed a certificate its peers do not trust yet."""
     store = new_proxy("bookstore", "bookstore")

@@ -3,8 +3,9 @@
 Root rotation is a small state machine polled on a timer, so it resumes wherever a
 restart left it (the CA persists its phase):
 
-1. rotating, bundle old+new published: wait until every connected proxy has ACKed it;
-2. re-issue every workload certificate from the new root: wait for the ACKs again;
+1. trusting: bundle old+new published, the old root still signs; wait until every
+   connected proxy has ACKed the bundle;
+2. rotating: the new root signs; re-issue every workload certificate; wait for the ACKs;
 3. drop the old root; publish the bundle with the new root only.
 
 Nobody is ever handed a certificate its peers do not trust yet, and the old root is
@@ -85,11 +86,14 @@ class TrustCoordinator:
             if self._auto_rotate and await ca.rotate_root_if_due():
                 log.info("root certificate close to expiry: rotation started")
         await self.refresh()
-        if ca is None or ca.state.phase != Phase.ROTATING:
+        if ca is None or ca.state.phase == Phase.STABLE:
             return
         lagging = self._proxies.lagging(resource_types.SECRET, self._snapshot_of)
         if lagging:
             log.debug("root rotation waits for %d proxies: %s", len(lagging), ", ".join(lagging[:5]))
+            return
+        if ca.state.phase == Phase.TRUSTING:
+            await ca.sign_with_new_root()  # every proxy trusts both roots now
             return
         new_root = ca.state.active.id
         if self._reissued_for != new_root:

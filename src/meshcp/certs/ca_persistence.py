@@ -65,7 +65,7 @@ async def save_state(store: StateStore, state: CAState) -> None:
     await store.write(STATE_ENTRY, (json.dumps(index, indent=2) + "\n").encode("ascii"))
 
 
-async def read_index(store: StateStore) -> tuple[str, str | None] | None:
+async def read_index(store: StateStore) -> tuple[str, str | None, Phase] | None:
     """The committed (active, previous) root ids, or None without a CA; reads no key."""
     raw = await store.read(STATE_ENTRY)
     if raw is None:
@@ -79,10 +79,13 @@ async def read_index(store: StateStore) -> tuple[str, str | None] | None:
     active, previous = index.get("active"), index.get("previous")
     if not isinstance(active, str) or not (previous is None or isinstance(previous, str)):
         raise _corrupt(store, f"{STATE_ENTRY} does not name the roots")
-    expected_phase = Phase.STABLE if previous is None else Phase.ROTATING
-    if index.get("phase") != expected_phase:
-        raise _corrupt(store, f"{STATE_ENTRY} has phase {index.get('phase')!r}, expected {expected_phase}")
-    return active, previous
+    allowed = (Phase.STABLE,) if previous is None else (Phase.TRUSTING, Phase.ROTATING)
+    phase = index.get("phase")
+    if phase not in allowed:
+        raise _corrupt(
+            store, f"{STATE_ENTRY} has phase {phase!r}, expected one of {[str(p) for p in allowed]}"
+        )
+    return active, previous, Phase(str(phase))
 
 
 async def _read_certificate(store: StateStore, root_id: str) -> x509.Certificate:
@@ -114,10 +117,11 @@ async def load_state(store: StateStore) -> CAState | None:
     index = await read_index(store)
     if index is None:
         return None
-    active, previous = index
+    active, previous, phase = index
     return CAState(
         active=await _read_root(store, active),
         previous=None if previous is None else await _read_root(store, previous),
+        signing_previous=phase == Phase.TRUSTING,
     )
 
 
@@ -128,7 +132,7 @@ async def load_root_certificates(
     index = await read_index(store)
     if index is None:
         return None
-    active, previous = index
+    active, previous, _ = index
     return (
         await _read_certificate(store, active),
         None if previous is None else await _read_certificate(store, previous),

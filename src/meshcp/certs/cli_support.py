@@ -16,7 +16,6 @@ from meshcp.certs.clock import Clock, utc_now
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.keys import KeySpec, describe_public_key
 from meshcp.certs.provider import CertificateError
-from meshcp.certs.root_rotation import Phase
 from meshcp.certs.storage import DirectoryStore
 
 
@@ -34,12 +33,13 @@ def describe_root(certificate: x509.Certificate) -> dict[str, str]:
 async def ca_show(state_dir: Path | str) -> dict[str, Any]:
     """The CA in `state_dir`: phase, signing root and, mid-rotation, the old root."""
     store = DirectoryStore(state_dir)
+    index = await ca_persistence.read_index(store)
     roots = await ca_persistence.load_root_certificates(store)
-    if roots is None:
+    if roots is None or index is None:
         raise CertificateError("internal", f"no CA found in {store.location}")
     active, previous = roots
     return {
-        "phase": str(Phase.STABLE if previous is None else Phase.ROTATING),
+        "phase": str(index[2]),
         "root": describe_root(active),
         "previous_root": None if previous is None else describe_root(previous),
     }

@@ -20,6 +20,7 @@ from meshcp.certs.provider import CertificateError, CertificateRequest, IssuedCe
 from meshcp.certs.root_rotation import (
     DEFAULT_ROOT_ROTATION_SHARE,
     CAState,
+    Phase,
     RotationConflict,
     root_rotation_due,
 )
@@ -83,23 +84,24 @@ class InternalCA:
         against a live controller's state directory); returns whether anything changed."""
         async with self._lock:
             index = await ca_persistence.read_index(self._store)
-            current = (self._state.active.id, self._state.previous.id if self._state.previous else None)
+            state = self._state
+            current = (state.active.id, state.previous.id if state.previous else None, state.phase)
             if index is None or index == current:
                 return False
-            state = await ca_persistence.load_state(self._store)
-            if state is None:
+            loaded = await ca_persistence.load_state(self._store)
+            if loaded is None:
                 return False
-            self._state = state
+            self._state = loaded
             log.info(
                 "CA state reloaded from %s: phase %s, signing root %s",
                 self._store.location,
-                state.phase,
-                state.active.id,
+                loaded.phase,
+                loaded.signing_root.id,
             )
             return True
 
     async def issue(self, request: CertificateRequest) -> IssuedCertificate:
-        root = self._state.active
+        root = self._state.signing_root
         key = await asyncio.to_thread(generate_private_key, request.key_spec)
         certificate = await asyncio.to_thread(sign_leaf, root, request, key.public_key(), self._clock())
         return IssuedCertificate(to_pem([certificate]), private_key_pem(key), certificate)
@@ -108,7 +110,8 @@ class InternalCA:
         return self._state.trust_bundle_pem()
 
     async def rotate_root(self) -> CAState:
-        """Create a new root and sign with it from now on, still trusting the old one.
+        """Create a new root, trusted from now on; the old root keeps signing until
+        `sign_with_new_root` (once every proxy trusts the new one).
 
         Certificates already issued stay valid; re-issue them (`CertificateManager.renew_all`)
         and call `finish_root_rotation` once every proxy holds the new ones.
@@ -126,6 +129,17 @@ class InternalCA:
             await ca_persistence.save_state(self._store, state)
             self._state = state
             log.info("root rotation started: new root %s, old root %s still trusted", new_root.id, old_id)
+            return state
+
+    async def sign_with_new_root(self) -> CAState:
+        """Every proxy trusts the new root: sign with it from now on (TRUSTING → ROTATING)."""
+        async with self._lock:
+            if self._state.phase != Phase.TRUSTING:
+                return self._state
+            state = self._state.sign_with_new_root()
+            await ca_persistence.save_state(self._store, state)
+            self._state = state
+            log.info("root rotation: signing with the new root %s", state.active.id)
             return state
 
     async def finish_root_rotation(self) -> CAState:

@@ -25,7 +25,12 @@ operator to notice if automatic rotation is failing."""
 
 
 class Phase(enum.StrEnum):
+    """Root rotation: STABLE (one root) → TRUSTING (both trusted, the old one still signs,
+    while every proxy receives the two-root bundle) → ROTATING (the new one signs and
+    certificates are re-issued) → STABLE (the old root dropped)."""
+
     STABLE = "stable"
+    TRUSTING = "trusting"
     ROTATING = "rotating"
 
 
@@ -39,10 +44,21 @@ class CAState:
 
     active: Root
     previous: Root | None = None
+    #: TRUSTING: the previous root still signs until peers trust the new one.
+    signing_previous: bool = False
 
     @property
     def phase(self) -> Phase:
-        return Phase.STABLE if self.previous is None else Phase.ROTATING
+        if self.previous is None:
+            return Phase.STABLE
+        return Phase.TRUSTING if self.signing_previous else Phase.ROTATING
+
+    @property
+    def signing_root(self) -> Root:
+        """The root that signs now: never one that some peer may not trust yet."""
+        if self.previous is not None and self.signing_previous:
+            return self.previous
+        return self.active
 
     @property
     def roots(self) -> tuple[Root, ...]:
@@ -61,12 +77,16 @@ class CAState:
             )
         if new_root.id == self.active.id:
             raise RotationConflict("the new root is the current root")
-        return CAState(active=new_root, previous=self.active)
+        return CAState(active=new_root, previous=self.active, signing_previous=True)
+
+    def sign_with_new_root(self) -> CAState:
+        """TRUSTING → ROTATING, once every proxy trusts the new root (no-op otherwise)."""
+        return replace(self, signing_previous=False)
 
     def finish_rotation(self) -> CAState:
         """Stop trusting the old root. Finishing when not rotating changes nothing, so the
         server may call this again after a restart without checking first."""
-        return replace(self, previous=None)
+        return replace(self, previous=None, signing_previous=False)
 
 
 def root_rotation_due(
