@@ -127,7 +127,10 @@ async def test_verified_identity_reads_the_current_bundle_on_every_stream(
 
     authorize = verified_identity(bundle)
     await ca.rotate_root()
+    assert authorize(node(PROXY.name), der(client_cert)) == str(BUYER)
+    await ca.sign_with_new_root()
     from_new_root = await ca.issue(xds_client_request(PROXY))
+    assert from_new_root.certificate.issuer != client_cert.certificate.issuer
     assert authorize(node(PROXY.name), der(client_cert)) == str(BUYER)
     assert authorize(node(PROXY.name), der(from_new_root)) == str(BUYER)
     await ca.finish_root_rotation()

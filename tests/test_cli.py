@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from meshcp.certs import DirectoryStore, InternalCA
+from meshcp.certs.root_rotation import Phase
 
 MESHCP = [sys.executable, "-m", "meshcp"]
 
@@ -134,7 +135,12 @@ async def test_ca_show_and_rotate(tmp_path: Path) -> None:
 
     code, output = await run("ca", "rotate", "--state-dir", state)
     assert code == 0, output
-    assert "phase: rotating" in output
+    assert "phase: trusting" in output
     assert await ca.reload()
+    assert ca.state.phase is Phase.TRUSTING
     assert ca.state.previous is not None
     assert ca.state.previous.id != ca.state.active.id
+    assert ca.state.signing_root is ca.state.previous
+    code, output = await run("ca", "show", "--state-dir", state, "--output", "json")
+    assert code == 0, output
+    assert json.loads(output)["phase"] == "trusting"

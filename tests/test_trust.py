@@ -128,10 +128,12 @@ async def test_root_rotation_advances_only_when_every_proxy_has_acked(delta: boo
                 await settled(runtime)
                 old_cert = current(runtime, proxy)
 
-                # 1. Rotation starts: the bundle holds both roots and is pushed at once.
+                # 1. Rotation starts: the bundle holds both roots and is pushed at once;
+                # the old root still signs.
                 await runtime.trust.rotate()
                 new_root = fingerprint(ca, "active")
-                assert phase(ca) is Phase.ROTATING and new_root != old_root
+                assert phase(ca) is Phase.TRUSTING and new_root != old_root
+                assert ca.state.signing_root.certificate.subject == old_cert.certificate.issuer
                 assert roots_in(runtime.trust.bundle) == [new_root, old_root]
                 assert runtime.publisher.trust_bundle == runtime.trust.bundle
                 pushed = await sds.receive()
@@ -144,11 +146,19 @@ async def test_root_rotation_advances_only_when_every_proxy_has_acked(delta: boo
                 for _ in range(3):
                     await runtime.trust.step()
                 assert current(runtime, proxy) is old_cert
-                assert phase(ca) is Phase.ROTATING
+                assert phase(ca) is Phase.TRUSTING
 
-                # 2. Once it ACKs, certificates are re-issued from the new root.
+                # 2. Once it ACKs, the new root signs; nothing is re-issued or pushed yet.
                 await sds.ack()
                 await settled(runtime)
+                await runtime.trust.step()
+                assert phase(ca) is Phase.ROTATING
+                assert ca.state.signing_root.certificate.subject != old_cert.certificate.issuer
+                assert current(runtime, proxy) is old_cert
+                assert roots_in(runtime.trust.bundle) == [new_root, old_root]
+                assert runtime.proxies.lagging(SDS, runtime.cache.get) == []  # nothing published
+
+                # 3. Certificates are re-issued from the new root.
                 await runtime.trust.step()
                 new_cert = current(runtime, proxy)
                 assert new_cert.serial_number != old_cert.serial_number
@@ -163,7 +173,7 @@ async def test_root_rotation_advances_only_when_every_proxy_has_acked(delta: boo
                 assert phase(ca) is Phase.ROTATING
                 assert len(roots_in(runtime.trust.bundle)) == 2
 
-                # 3. ACKed: the old root is dropped and the one-root bundle pushed.
+                # 4. ACKed: the old root is dropped and the one-root bundle pushed.
                 await sds.ack()
                 await settled(runtime)
                 await runtime.trust.step()
@@ -206,17 +216,23 @@ async def test_a_rotation_started_by_another_process_is_picked_up(tmp_path: Path
                 )  # fmt: skip
                 output, _ = await rotate.communicate()
                 assert rotate.returncode == 0, output.decode()
-                assert (await ca_show(state_dir))["phase"] == "rotating"
+                assert (await ca_show(state_dir))["phase"] == "trusting"
                 assert phase(ca) is Phase.STABLE  # not seen until the next tick
 
                 await runtime.trust.step()
-                assert phase(ca) is Phase.ROTATING
+                assert phase(ca) is Phase.TRUSTING  # the proxy has not ACKed the new bundle yet
+                assert ca.state.signing_root.id == old_id
                 new_root = fingerprint(ca, "active")
                 assert roots_in(runtime.trust.bundle) == [new_root, old_root]
                 pushed = await sds.receive()
                 assert roots_in(trusted_ca_of(pushed[names[1]])) == [new_root, old_root]
                 await sds.ack()
                 await settled(runtime)
+
+                await runtime.trust.step()
+                assert phase(ca) is Phase.ROTATING
+                assert (await ca_show(state_dir))["phase"] == "rotating"
+                assert current(runtime, proxy) is old_cert
 
                 await runtime.trust.step()
                 new_cert = current(runtime, proxy)
@@ -237,7 +253,8 @@ async def test_a_rotation_started_by_another_process_is_picked_up(tmp_path: Path
     assert not (state_dir / f"root-{old_id}.key").exists()
 
 
-async def test_a_rotation_interrupted_by_a_restart_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("interrupted_in", [Phase.TRUSTING, Phase.ROTATING], ids=str)
+async def test_a_rotation_interrupted_by_a_restart_resumes(tmp_path: Path, interrupted_in: Phase) -> None:
     state_dir = tmp_path / "ca"
     proxy = new_proxy("bookstore", "bookstore")
     async with controller(CaSettings(state_dir=state_dir)) as first:
@@ -245,14 +262,27 @@ async def test_a_rotation_interrupted_by_a_restart_resumes(tmp_path: Path) -> No
         old_root = fingerprint(internal(first), "active")
         await first.trust.rotate()
         new_root = fingerprint(internal(first), "active")
+        if interrupted_in is Phase.ROTATING:
+            await first.trust.step()  # no proxy connected, none lags: sign with the new root
+        assert phase(internal(first)) is interrupted_in
 
     async with controller(CaSettings(state_dir=state_dir)) as second:
         ca = internal(second)
-        assert phase(ca) is Phase.ROTATING
+        assert phase(ca) is interrupted_in
         assert roots_in(second.trust.bundle) == [new_root, old_root]
         await register(second, proxy)
-        assert current(second, proxy).certificate.issuer == ca.state.active.certificate.subject
-        await second.trust.step()  # no proxy connected, none lags: re-issue
+        first_issued = current(second, proxy)
+        signer = old_root if interrupted_in is Phase.TRUSTING else new_root
+        assert pem_util.fingerprint_sha256(ca.state.signing_root.certificate) == signer
+        assert first_issued.certificate.issuer == ca.state.signing_root.certificate.subject
+        if interrupted_in is Phase.TRUSTING:
+            await second.trust.step()  # no proxy connected, none lags: sign with the new root
+            assert phase(ca) is Phase.ROTATING
+            assert current(second, proxy) is first_issued
+        await second.trust.step()  # re-issue (the restart forgot it may have been done)
+        reissued = current(second, proxy)
+        assert reissued is not first_issued
+        assert reissued.certificate.issuer == ca.state.active.certificate.subject
         await second.trust.step()  # and finish
         assert phase(ca) is Phase.STABLE
         assert roots_in(second.trust.bundle) == [new_root]

@@ -49,12 +49,14 @@ async def test_offline_rotation_then_finish(tmp_path: Path, clock: FakeClock) ->
     old_fingerprint = pem.fingerprint_sha256(ca.state.active.certificate)
 
     shown = await ca_rotate(tmp_path, clock=clock)
-    assert shown["phase"] == "rotating"
+    assert shown["phase"] == "trusting"  # the controller moves on once every proxy trusts both
     assert shown["previous_root"]["sha256_fingerprint"] == old_fingerprint
     assert shown["root"]["sha256_fingerprint"] != old_fingerprint
+    assert await ca_show(tmp_path) == shown
 
     restarted = await InternalCA.open(DirectoryStore(tmp_path), clock=clock)
     assert len(pem.load_certificates(await restarted.trust_bundle())) == 2
+    assert pem.fingerprint_sha256(restarted.state.signing_root.certificate) == old_fingerprint
 
     with pytest.raises(CertificateError, match="already in progress"):
         await ca_rotate(tmp_path, clock=clock)

@@ -175,7 +175,8 @@ async def test_renew_all_reissues_from_the_new_root(internal_ca: InternalCA, clo
     manager, _ = manager_for(internal_ca, clock, rotations)
     await manager.get(IDENTITY)
     await manager.get(OTHER)
-    state = await internal_ca.rotate_root()
+    await internal_ca.rotate_root()
+    state = await internal_ca.sign_with_new_root()
     report = await manager.renew_all()
     assert sorted(report.renewed) == sorted([IDENTITY, OTHER])
     for identity in (IDENTITY, OTHER):
@@ -190,7 +191,8 @@ async def test_identities_left_on_the_old_root_are_renewed_on_the_next_pass(
 ) -> None:
     manager, provider = manager_for(internal_ca, clock, Rotations())
     await manager.get(IDENTITY)
-    state = await internal_ca.rotate_root()
+    await internal_ca.rotate_root()
+    state = await internal_ca.sign_with_new_root()
     provider.failures = [CertificateError("counting", "HTTP 503: busy", retryable=True)]
     assert list((await manager.renew_all()).failed) == [IDENTITY]
     clock.advance(timedelta(minutes=1))

@@ -31,7 +31,8 @@ def describe_root(certificate: x509.Certificate) -> dict[str, str]:
 
 
 async def ca_show(state_dir: Path | str) -> dict[str, Any]:
-    """The CA in `state_dir`: phase, signing root and, mid-rotation, the old root."""
+    """The CA in `state_dir`: phase, newest root and, mid-rotation, the old root (which
+    still signs while the phase is "trusting")."""
     store = DirectoryStore(state_dir)
     index = await ca_persistence.read_index(store)
     roots = await ca_persistence.load_root_certificates(store)
@@ -48,7 +49,8 @@ async def ca_show(state_dir: Path | str) -> dict[str, Any]:
 async def ca_rotate(
     state_dir: Path | str, *, key_spec: KeySpec = KeySpec.ECDSA_P256, clock: Clock = utc_now
 ) -> dict[str, Any]:
-    """Start a root rotation: new signing root, old one still trusted until
+    """Start a root rotation: a new root, trusted at once and signing once every proxy
+    trusts it (TRUSTING, then ROTATING); the old one is trusted until
     `ca_finish_rotation` (or the controller, once every proxy has the new certificates)."""
     ca = await InternalCA.open(DirectoryStore(state_dir), key_spec=key_spec, clock=clock, create=False)
     await ca.rotate_root()

@@ -1,11 +1,13 @@
 """The root rotation state machine, as pure values.
 
-    stable(A) --begin(B)--> rotating(active B, previous A) --finish--> stable(B)
+    stable(A) --begin(B)--> trusting(B, A; A signs) --sign_with_new_root--> rotating(B, A; B signs)
+              --finish--> stable(B)
 
-While rotating, the trust bundle holds both roots and every new certificate is signed by
-the new one, so peers holding certificates from either root keep talking. The old root
-is dropped only when the server says every proxy has the new bundle and certificates
-(`finish`); until then nothing is lost by a restart, because the state is persisted.
+While trusting, the bundle holds both roots but the old one still signs, so no proxy is
+handed a certificate its peers cannot verify yet; once every proxy has the two-root
+bundle, the new root signs and certificates are re-issued. The old root is dropped only
+when the server says every proxy holds certificates from the new one (`finish`); a
+restart loses nothing, because the state is persisted.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class CAState:
         return "".join(root.pem for root in self.roots)
 
     def begin_rotation(self, new_root: Root) -> CAState:
-        """Start signing with `new_root` while still trusting the current one."""
+        """Trust `new_root` next to the current one, which keeps signing (TRUSTING)."""
         if self.previous is not None:
             raise RotationConflict(
                 f"a root rotation is already in progress (old root {self.previous.id}, "
