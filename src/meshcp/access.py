@@ -17,16 +17,19 @@ log = logging.getLogger("meshcp.access")
 
 
 def verified_identity(
-    trust_bundle: Callable[[], str],
+    xds_trust_bundle: Callable[[], str],
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     clock: Callable[[], datetime] = utc_now,
 ) -> Authorizer:
     """mTLS: the node id must be the sidecar name the mesh CA signed into the client
-    certificate, which must be valid now and chain to the current trust bundle."""
+    certificate, which must be valid now and chain to the current *xDS* trust bundle
+    (`TrustCoordinator.xds_bundle`). That bundle keeps roots retired by a rotation until
+    they expire, because the client certificate sits in the proxy's bootstrap and cannot
+    be renewed over xDS; workload mTLS trusts the current roots only."""
 
     def authorize(node: Node, peer: PeerCertificate) -> str | None:
         try:
-            proxy = verify_xds_client(peer, trust_bundle(), clock(), node.id, trust_domain=trust_domain)
+            proxy = verify_xds_client(peer, xds_trust_bundle(), clock(), node.id, trust_domain=trust_domain)
         except XdsClientRejected as rejected:
             raise StreamRejected(str(rejected.reason), str(rejected)) from None
         return str(proxy.identity)

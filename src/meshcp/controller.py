@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +18,7 @@ from meshcp.ca_setup import CaSettings, close_provider, open_provider
 from meshcp.cache.encoding import Encoder
 from meshcp.cache.snapshot_cache import SnapshotCache
 from meshcp.certs.identity import Identity
+from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import xds_server_request
 from meshcp.certs.issuer import Issuer
 from meshcp.certs.provider import CertificateProvider, IssuedCertificate
@@ -33,7 +35,6 @@ from meshcp.xds.auth import Authorizer, Classifier, by_node_id
 from meshcp.xds.registry import ConnectedProxies
 from meshcp.xds.server import XdsServer
 from meshcp.xds.service import AggregatedDiscoveryService
-from meshcp.xds.tls import server_context_from_pem
 
 log = logging.getLogger("meshcp")
 
@@ -82,6 +83,38 @@ class Settings:
     debounce_max: float = 1.0
 
 
+class XdsServerCredentials:
+    """The xDS listener's certificate from the mesh CA, for the names proxies dial.
+
+    With the internal CA the chain carries the cross certificates from the signing root
+    back to every older root still trusted for xDS: a proxy keeps the roots its bootstrap
+    was written with for life, so one bootstrapped before a root rotation trusts only the
+    old root and verifies the server as leaf -> cross certificate -> old root, while one
+    bootstrapped after it stops at the new root.
+    """
+
+    def __init__(self, issuer: Issuer, provider: CertificateProvider, names: Iterable[str]) -> None:
+        dns_names: list[str] = []
+        addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        for name in names:
+            try:
+                addresses.append(ipaddress.ip_address(name))
+            except ValueError:
+                dns_names.append(name)
+        self._request = xds_server_request(dns_names, addresses)
+        self._issuer = issuer
+        self._provider = provider
+
+    async def issue(self) -> IssuedCertificate:
+        issued = await self._issuer.issue(self._request)
+        if not isinstance(self._provider, InternalCA):
+            return issued
+        crosses = self._provider.cross_chain_pem(issued.certificate)
+        if not crosses:
+            return issued
+        return IssuedCertificate(issued.chain_pem + crosses, issued.private_key_pem, issued.certificate)
+
+
 class ControllerRuntime:
     """Builds the parts of a controller; `async with` runs them (see `open`)."""
 
@@ -125,6 +158,7 @@ class ControllerRuntime:
             if classify is by_node_id:
                 classify = self._classify
         self.xds_tls = settings.xds_tls
+        self.xds_credentials = XdsServerCredentials(self.issuer, provider, settings.xds_names)
         self.trust = TrustCoordinator(
             provider,
             self.publisher,
@@ -137,7 +171,7 @@ class ControllerRuntime:
             authorize = (
                 claimed_identity(ca.trust_domain)
                 if settings.insecure_xds
-                else verified_identity(lambda: self.trust.bundle, ca.trust_domain)
+                else verified_identity(lambda: self.trust.xds_bundle, ca.trust_domain)
             )
         self.service = AggregatedDiscoveryService(
             self.cache,
@@ -178,8 +212,9 @@ class ControllerRuntime:
         s = self.settings
         await self.trust.refresh()
         if self.xds_tls is None and not s.insecure_xds:
-            self.xds_tls = await self._mesh_tls()
-        self.trust.listener_tls = self.xds_tls
+            self.xds_tls = await self.trust.serve_mesh_certificate(self.xds_credentials.issue)
+        else:
+            self.trust.listener_tls = self.xds_tls
         try:
             await self.xds.start(s.xds_address.host, s.xds_address.port, self.xds_tls)
         except OSError as error:
@@ -195,17 +230,6 @@ class ControllerRuntime:
             "plaintext" if self.xds_tls is None else "mTLS",
             Address(s.http_address.host, self.http.port),
         )
-
-    async def _mesh_tls(self) -> ssl.SSLContext:
-        """The xDS listener's certificate from the mesh CA; proxies must present theirs."""
-        names, addresses = [], []
-        for name in self.settings.xds_names:
-            try:
-                addresses.append(ipaddress.ip_address(name))
-            except ValueError:
-                names.append(name)
-        issued = await self.issuer.issue(xds_server_request(names, addresses))
-        return server_context_from_pem(issued.chain_pem, issued.private_key_pem, self.trust.bundle)
 
     async def stop(self) -> None:
         """Close streams and listeners (proxies keep their last configuration); idempotent."""

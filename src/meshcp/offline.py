@@ -109,7 +109,7 @@ async def write_bootstrap(
         files["xds-cert.pem"] = (issued.chain_pem, 0o644)
         files["xds-key.pem"] = (issued.private_key_pem, 0o600)
         files["xds-ca.pem"] = (await provider.trust_bundle(), 0o644)
-        absolute = os.path.abspath(out)
+        absolute = await asyncio.to_thread(os.path.abspath, out)  # getcwd: file system I/O
         tls = XdsTls(
             os.path.join(absolute, "xds-cert.pem"),
             os.path.join(absolute, "xds-key.pem"),

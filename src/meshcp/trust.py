@@ -10,6 +10,12 @@ restart left it (the CA persists its phase):
 
 Nobody is ever handed a certificate its peers do not trust yet, and the old root is
 trusted until every proxy holds a certificate from the new one.
+
+The xDS channel follows its own, longer-lived trust (see docs/certificates.md): a
+proxy's bootstrap fixes its xDS client certificate and the roots it trusts the server
+by. So the listener accepts client certificates from the *xDS* bundle (current roots
+plus retired ones until they expire), and its own certificate is re-issued whenever that
+bundle or the signing root changes, with cross certificates back to the older roots.
 """
 
 from __future__ import annotations
@@ -17,23 +23,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from meshcp import resource_types
 from meshcp.cache.snapshot import Snapshot
+from meshcp.certs.clock import Clock, utc_now
 from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
-from meshcp.certs.provider import CertificateError, CertificateProvider
+from meshcp.certs.provider import CertificateError, CertificateProvider, IssuedCertificate
 from meshcp.certs.root_rotation import Phase
 from meshcp.certs.rotation import CertificateManager
 from meshcp.publisher import Publisher
 from meshcp.xds.registry import ConnectedProxies
+from meshcp.xds.tls import reload_server_certificate, server_context_from_pem
 
 log = logging.getLogger("meshcp.trust")
 
+ServerCertificateSource = Callable[[], Awaitable[IssuedCertificate]]
+"""Issues the xDS server's certificate (chain including any cross certificates, and key)."""
+
+SERVER_CERTIFICATE_RENEW_SHARE = 0.3
+"""Re-issue the xDS server certificate once less than this share of its lifetime remains,
+even if no root changed (as workload certificates are renewed)."""
+
 
 class TrustCoordinator:
-    """Keeps the publisher's (and the xDS listener's) trust bundle equal to the CA's."""
+    """Keeps the publisher's trust bundle equal to the CA's, and the xDS listener's trust
+    and certificate in step with the CA's roots."""
 
     def __init__(
         self,
@@ -45,6 +62,7 @@ class TrustCoordinator:
         *,
         interval: float = 1.0,
         auto_rotate: bool = True,
+        clock: Clock = utc_now,
     ) -> None:
         self._provider = provider
         self._publisher = publisher
@@ -55,21 +73,86 @@ class TrustCoordinator:
         self.listener_tls: ssl.SSLContext | None = None
         self._interval = interval
         self._auto_rotate = auto_rotate
+        self._clock = clock
         self._reissued_for = ""
+        #: Roots workloads trust (SDS): the CA's current roots.
         self.bundle = ""
+        #: Roots xDS client certificates may chain to: for the internal CA the current
+        #: roots plus retired ones until they expire; for other providers `bundle`.
+        self.xds_bundle = ""
+        self._issue_server_certificate: ServerCertificateSource | None = None
+        #: The listener's certificate from the mesh CA, and the (xDS bundle, signing root)
+        #: it was issued for.
+        self.server_certificate: IssuedCertificate | None = None
+        self._server_certificate_for: tuple[str, str] = ("", "")
 
     async def refresh(self) -> None:
-        """Read the CA's trust bundle; publish it where it changed."""
+        """Read the CA's trust bundles; publish them where they changed, and re-issue the
+        xDS server certificate when the xDS roots or the signing root changed."""
+        ca = self._internal_or_none()
         bundle = await self._provider.trust_bundle()
-        if bundle == self.bundle:
+        xds_bundle = bundle if ca is None else await ca.xds_trust_bundle()
+        if bundle != self.bundle:
+            self.bundle = bundle
+            self._publisher.set_trust_bundle(bundle)
+            log.info("trust bundle now holds %d root(s)", bundle.count("BEGIN CERTIFICATE"))
+        if xds_bundle != self.xds_bundle:
+            self.xds_bundle = xds_bundle
+            if self.listener_tls is not None:
+                # Adds the new roots (an SSLContext cannot forget one); the authoriser
+                # checks client certificates against `xds_bundle`, so a root that left it
+                # stops being accepted for new streams.
+                self.listener_tls.load_verify_locations(cadata=xds_bundle)
+            log.info("xDS trust bundle now holds %d root(s)", xds_bundle.count("BEGIN CERTIFICATE"))
+        await self._renew_server_certificate()
+
+    async def serve_mesh_certificate(self, issue: ServerCertificateSource) -> ssl.SSLContext:
+        """The xDS listener's TLS context: presents a certificate from `issue`, requires
+        client certificates from the xDS bundle. `refresh` keeps both current on this same
+        context, so the listener never restarts. Call after `refresh`."""
+        self._issue_server_certificate = issue
+        wanted = self._server_certificate_key()
+        issued = await issue()
+        context = server_context_from_pem(issued.chain_pem, issued.private_key_pem, self.xds_bundle)
+        self.listener_tls = context
+        self.server_certificate, self._server_certificate_for = issued, wanted
+        return context
+
+    def _server_certificate_key(self) -> tuple[str, str]:
+        ca = self._internal_or_none()
+        return self.xds_bundle, "" if ca is None else ca.state.signing_root.id
+
+    def _server_certificate_due(self, now: datetime) -> bool:
+        current = self.server_certificate
+        if current is None:
+            return True
+        return current.not_after - now < current.lifetime * SERVER_CERTIFICATE_RENEW_SHARE
+
+    async def _renew_server_certificate(self) -> None:
+        """Re-issue the listener's certificate when the roots behind it changed: a new
+        signing root (proxies bootstrapped from now on may trust only it), or a root
+        entering or leaving the xDS bundle (the cross certificates in the chain follow)."""
+        if self._issue_server_certificate is None or self.listener_tls is None:
             return
-        self.bundle = bundle
-        if self.listener_tls is not None:
-            # Adds the new roots; the authoriser checks client certificates against the
-            # current bundle, so a dropped root stops being accepted for new streams.
-            self.listener_tls.load_verify_locations(cadata=bundle)
-        self._publisher.set_trust_bundle(bundle)
-        log.info("trust bundle now holds %d root(s)", bundle.count("BEGIN CERTIFICATE"))
+        wanted = self._server_certificate_key()
+        if wanted == self._server_certificate_for and not self._server_certificate_due(self._clock()):
+            return
+        # Keyed by what was read before issuing: a change meanwhile is caught next time.
+        issued = await self._issue_server_certificate()
+        try:
+            reload_server_certificate(self.listener_tls, issued.chain_pem, issued.private_key_pem)
+        except ssl.SSLError as error:
+            # The listener keeps its current certificate; `run` logs this and tries again.
+            raise CertificateError(
+                self._provider.name, f"cannot load the re-issued xDS server certificate: {error}"
+            ) from error
+        self.server_certificate, self._server_certificate_for = issued, wanted
+        log.info(
+            "xDS server certificate re-issued (serial %x, issuer %s, %d cross certificate(s))",
+            issued.serial_number,
+            issued.certificate.issuer.rfc4514_string(),
+            issued.chain_pem.count("BEGIN CERTIFICATE") - 1,
+        )
 
     async def rotate(self) -> None:
         """Start a root rotation now (internal CA only)."""
@@ -80,7 +163,7 @@ class TrustCoordinator:
     async def step(self) -> None:
         """One tick: pick up changes made by `meshcp ca rotate`, rotate ahead of expiry,
         and move a rotation forward when every proxy is ready for the next phase."""
-        ca = self._provider if isinstance(self._provider, InternalCA) else None
+        ca = self._internal_or_none()
         if ca is not None:
             await ca.reload()
             if self._auto_rotate and await ca.rotate_root_if_due():
@@ -94,6 +177,7 @@ class TrustCoordinator:
             return
         if ca.state.phase == Phase.TRUSTING:
             await ca.sign_with_new_root()  # every proxy trusts both roots now
+            await self.refresh()  # the xDS server certificate now comes from the new root
             return
         new_root = ca.state.active.id
         if self._reissued_for != new_root:
@@ -118,6 +202,9 @@ class TrustCoordinator:
             except CertificateError as error:
                 log.error("trust bundle: %s", error)
             await asyncio.sleep(self._interval)
+
+    def _internal_or_none(self) -> InternalCA | None:
+        return self._provider if isinstance(self._provider, InternalCA) else None
 
     def _internal(self) -> InternalCA:
         if not isinstance(self._provider, InternalCA):

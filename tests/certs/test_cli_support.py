@@ -21,6 +21,7 @@ async def test_show_describes_the_root_without_key_material(tmp_path: Path, cloc
     shown = await ca_show(tmp_path)
     assert shown["phase"] == "stable"
     assert shown["previous_root"] is None
+    assert shown["retired_roots"] == []
     assert shown["root"] == {
         "subject": root.subject.rfc4514_string(),
         "sha256_fingerprint": pem.fingerprint_sha256(root),
@@ -65,6 +66,8 @@ async def test_offline_rotation_then_finish(tmp_path: Path, clock: FakeClock) ->
     assert finished["phase"] == "stable"
     assert finished["root"] == shown["root"]
     assert finished["previous_root"] is None
+    # Kept for xDS client certificates in existing bootstraps, without its key.
+    assert finished["retired_roots"] == [shown["previous_root"]]
 
 
 async def test_rotate_refuses_to_invent_a_ca(tmp_path: Path) -> None:

@@ -70,7 +70,10 @@ async def test_rotation_trusts_both_roots_and_signs_with_the_new_one(
     assert not trusted(before, bundle, clock)
     assert not trusted(while_trusting, bundle, clock)
     assert not (tmp_path / ca_persistence.key_entry(old_root.id)).exists()
-    assert not (tmp_path / ca_persistence.certificate_entry(old_root.id)).exists()
+    # The certificate is kept, retired: xDS client certificates in bootstraps still chain to it.
+    assert (tmp_path / ca_persistence.certificate_entry(old_root.id)).exists()
+    assert ca.state.retired == (old_root.certificate,)
+    assert trusted(before, await ca.xds_trust_bundle(), clock)
 
 
 async def test_rotation_state_survives_a_restart_mid_rotation(tmp_path: Path, clock: FakeClock) -> None:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshcp.certs import pem
@@ -101,6 +102,45 @@ def create_root(key_spec: KeySpec, now: datetime, *, validity: timedelta = ROOT_
         .sign(key, hashes.SHA256())
     )
     return Root(certificate, key)
+
+
+def cross_sign(issuer: Root, subject: x509.Certificate) -> x509.Certificate | None:
+    """A CA certificate for `subject`'s name and key, issued and signed by `issuer`.
+
+    Made when a root rotation begins, while the old root's key is still at hand: a peer
+    whose trust was fixed before the rotation (a proxy's bootstrap trusts only the old
+    root, for the proxy's whole life) can then verify a chain from the new root as
+    leaf -> cross certificate -> old root. It is valid only while both roots are, so it
+    extends neither. None when the two roots share no moment of validity (the old root
+    has already expired: nothing could be verified through it anyway).
+    """
+    not_before = max(issuer.certificate.not_valid_before_utc, subject.not_valid_before_utc)
+    not_after = min(issuer.certificate.not_valid_after_utc, subject.not_valid_after_utc)
+    if not_after <= not_before:
+        return None
+    public_key = subject.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise ValueError(f"unsupported root key type {type(public_key).__name__}")
+    subject_ski = subject.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    issuer_ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject.subject)
+        .issuer_name(issuer.certificate.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=True, key_encipherment=False), critical=True)
+        # The same key identifier as the root it certifies, so a leaf's authority key
+        # identifier matches either of them and path building may take whichever it trusts.
+        .add_extension(subject_ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
+        )
+        .sign(issuer.private_key, hashes.SHA256())
+    )
 
 
 def leaf_subject(common_name: str) -> x509.Name:

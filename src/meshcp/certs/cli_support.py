@@ -31,18 +31,21 @@ def describe_root(certificate: x509.Certificate) -> dict[str, str]:
 
 
 async def ca_show(state_dir: Path | str) -> dict[str, Any]:
-    """The CA in `state_dir`: phase, newest root and, mid-rotation, the old root (which
-    still signs while the phase is "trusting")."""
+    """The CA in `state_dir`: phase, newest root, mid-rotation the old root (which still
+    signs while the phase is "trusting"), and the retired roots (key destroyed, still
+    trusted for xDS client certificates until they expire)."""
     store = DirectoryStore(state_dir)
     index = await ca_persistence.read_index(store)
     roots = await ca_persistence.load_root_certificates(store)
     if roots is None or index is None:
         raise CertificateError("internal", f"no CA found in {store.location}")
     active, previous = roots
+    retired = await ca_persistence.load_retired_certificates(store)
     return {
         "phase": str(index[2]),
         "root": describe_root(active),
         "previous_root": None if previous is None else describe_root(previous),
+        "retired_roots": [describe_root(certificate) for certificate in retired],
     }
 
 
@@ -58,7 +61,8 @@ async def ca_rotate(
 
 
 async def ca_finish_rotation(state_dir: Path | str) -> dict[str, Any]:
-    """Stop trusting the old root now, whether or not every proxy has moved on."""
+    """Stop trusting the old root now, whether or not every proxy has moved on (it stays
+    trusted for xDS client certificates, retired, until it expires)."""
     ca = await InternalCA.open(DirectoryStore(state_dir), create=False)
     await ca.finish_root_rotation()
     return await ca_show(state_dir)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
+from cryptography import x509
+
 from meshcp.certs import ca_persistence
-from meshcp.certs.authority import ROOT_VALIDITY, create_root, sign_leaf
+from meshcp.certs.authority import ROOT_VALIDITY, create_root, cross_sign, sign_leaf
 from meshcp.certs.clock import Clock, utc_now
 from meshcp.certs.keys import KeySpec, generate_private_key, private_key_pem
 from meshcp.certs.pem import to_pem
@@ -20,6 +23,7 @@ from meshcp.certs.provider import CertificateError, CertificateRequest, IssuedCe
 from meshcp.certs.root_rotation import (
     DEFAULT_ROOT_ROTATION_SHARE,
     CAState,
+    CrossCertificate,
     Phase,
     RotationConflict,
     root_rotation_due,
@@ -69,7 +73,27 @@ class InternalCA:
             await ca_persistence.save_root(store, root)
             await ca_persistence.save_state(store, state)
             log.info("created root CA %s in %s", root.id, store.location)
-        return cls(store, state, key_spec=key_spec, clock=clock, root_validity=root_validity)
+        ca = cls(store, state, key_spec=key_spec, clock=clock, root_validity=root_validity)
+        await ca._add_missing_cross_certificate()
+        return ca
+
+    async def _add_missing_cross_certificate(self) -> None:
+        """A rotation begun by a meshcp without cross certificates: make the one for it now,
+        while the old root's key still exists, so proxies bootstrapped with the old root
+        can verify the xDS server once the new root signs."""
+        state = self._state
+        old = state.previous
+        if old is None or any(c.subject_id == state.active.id for c in state.crosses):
+            return
+        cross = await asyncio.to_thread(cross_sign, old, state.active.certificate)
+        if cross is None:
+            return
+        crosses = (CrossCertificate(cross, state.active.id, old.id), *state.crosses)
+        updated = replace(state, crosses=crosses)
+        await ca_persistence.save_cross(self._store, crosses[0])
+        await ca_persistence.save_state(self._store, updated)
+        self._state = updated
+        log.info("cross-certified root %s by root %s", state.active.id, old.id)
 
     @property
     def name(self) -> str:
@@ -107,7 +131,19 @@ class InternalCA:
         return IssuedCertificate(to_pem([certificate]), private_key_pem(key), certificate)
 
     async def trust_bundle(self) -> str:
+        """Current roots: what workloads trust each other by (and new bootstraps get)."""
         return self._state.trust_bundle_pem()
+
+    async def xds_trust_bundle(self) -> str:
+        """Roots the xDS server accepts client certificates from: the current roots plus
+        retired roots until they expire, because a proxy's xDS client certificate sits in
+        its bootstrap and cannot be replaced over xDS."""
+        return self._state.xds_trust_bundle_pem(self._clock())
+
+    def cross_chain_pem(self, certificate: x509.Certificate) -> str:
+        """Cross certificates to append to `certificate` (one this CA signed) so that a
+        peer trusting only an older root still trusted for xDS can verify it; "" if none."""
+        return to_pem(self._state.cross_chain(certificate, self._clock()))
 
     async def rotate_root(self) -> CAState:
         """Create a new root, trusted from now on; the old root keeps signing until
@@ -117,16 +153,23 @@ class InternalCA:
         and call `finish_root_rotation` once every proxy holds the new ones.
         """
         async with self._lock:
-            old_id = self._state.active.id
+            before = self._state
+            old = before.active
+            old_id = old.id
             try:
                 new_root = await asyncio.to_thread(
                     create_root, self._key_spec, self._clock(), validity=self._root_validity
                 )
-                state = self._state.begin_rotation(new_root)
+                # Signed now, while the old key exists: finishing the rotation destroys it.
+                cross = await asyncio.to_thread(cross_sign, old, new_root.certificate)
+                state = before.pruned(self._clock()).begin_rotation(new_root, cross)
             except RotationConflict as exc:
                 raise CertificateError(_NAME, str(exc)) from exc
             await ca_persistence.save_root(self._store, new_root)
+            if state.crosses and state.crosses[0].subject_id == new_root.id:
+                await ca_persistence.save_cross(self._store, state.crosses[0])
             await ca_persistence.save_state(self._store, state)
+            await ca_persistence.delete_unused(self._store, before, state)
             self._state = state
             log.info("root rotation started: new root %s, old root %s still trusted", new_root.id, old_id)
             return state
@@ -143,16 +186,24 @@ class InternalCA:
             return state
 
     async def finish_root_rotation(self) -> CAState:
-        """Drop the old root from the trust bundle and from storage (no-op when not rotating)."""
+        """Drop the old root from the trust bundle and destroy its key (no-op when not
+        rotating). Its certificate is kept, retired, in the xDS trust bundle until it
+        expires: proxies bootstrapped before the rotation still present xDS client
+        certificates it signed."""
         async with self._lock:
-            old = self._state.previous
+            before = self._state
+            old = before.previous
             if old is None:
-                return self._state
-            state = self._state.finish_rotation()
+                return before
+            state = before.finish_rotation().pruned(self._clock())
             await ca_persistence.save_state(self._store, state)
-            await ca_persistence.delete_root(self._store, old.id)
+            await ca_persistence.delete_unused(self._store, before, state)
             self._state = state
-            log.info("root rotation finished: root %s is no longer trusted", old.id)
+            log.info(
+                "root rotation finished: root %s retired (key destroyed; trusted for xDS until %s)",
+                old.id,
+                old.certificate.not_valid_after_utc.isoformat(),
+            )
             return state
 
     def root_rotation_due(self, share: float = DEFAULT_ROOT_ROTATION_SHARE) -> bool:

@@ -7,22 +7,33 @@ import tempfile
 from pathlib import Path
 
 
+def _listener_context() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
 def server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
     """A TLS 1.2+ server context speaking HTTP/2; with `client_ca`, client certificates
     signed by it are required (mutual TLS), so each stream's peer certificate names the
     proxy."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = _listener_context()
     context.load_cert_chain(cert, key)
-    context.set_alpn_protocols(["h2"])
     if client_ca is not None:
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
-def server_context_from_pem(chain_pem: str, key_pem: str, client_ca_pem: str) -> ssl.SSLContext:
-    """`server_context` for material held in memory (issued by the mesh CA at start).
+def reload_server_certificate(context: ssl.SSLContext, chain_pem: str, key_pem: str) -> None:
+    """Make `context` present `chain_pem` (leaf first, then any intermediates) with `key_pem`.
+
+    Used on the listener's live context when the mesh CA re-issues the server
+    certificate: OpenSSL copies the certificate into each connection as it is accepted,
+    so new handshakes present the new chain and open connections are left alone. The
+    chain replaces the previous one. Keep the key type (OpenSSL holds one certificate
+    per key type, and a leftover of another type could still be chosen).
 
     `ssl` loads certificate chains only from files, so they pass through a private
     temporary directory that is removed before this returns.
@@ -32,7 +43,14 @@ def server_context_from_pem(chain_pem: str, key_pem: str, client_ca_pem: str) ->
         cert.write_text(chain_pem)
         key.touch(0o600)
         key.write_text(key_pem)
-        context = server_context(cert, key, None)
+        context.load_cert_chain(cert, key)
+
+
+def server_context_from_pem(chain_pem: str, key_pem: str, client_ca_pem: str) -> ssl.SSLContext:
+    """`server_context` for material held in memory (issued by the mesh CA): mutual TLS,
+    client certificates checked against `client_ca_pem`."""
+    context = _listener_context()
+    reload_server_certificate(context, chain_pem, key_pem)
     context.load_verify_locations(cadata=client_ca_pem)
     context.verify_mode = ssl.CERT_REQUIRED
     return context

@@ -1,0 +1,150 @@
+"""The injector's three Kubernetes calls (the only module here importing kubernetes_asyncio):
+read a namespace, read the MeshConfig, create a bootstrap Secret.
+
+Concurrent reads of the same object share one API request: a Deployment scaled to 200
+replicas brings 200 admissions for one namespace at once. Nothing is cached beyond the
+request in flight, so a namespace labelled a moment ago is seen as labelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
+
+from meshcp.certs.singleflight import SingleFlight
+from meshcp.injector.mutation import NamespaceInfo
+from meshcp.model.meshconfig import MeshConfig
+from meshcp.model.parse import InvalidObject, parse_object
+
+log = logging.getLogger(__name__)
+
+MESH_CONFIG_GROUP = "config.meshcp.dev"
+MESH_CONFIG_VERSION = "v1alpha1"
+MESH_CONFIG_PLURAL = "meshconfigs"
+#: Seconds one API call may take: the API server gives the whole webhook 10 s by default.
+REQUEST_TIMEOUT = 4.0
+
+
+class ClusterError(Exception):
+    """An API call failed; the message says which call and why, for the admission reply."""
+
+
+class KubeCluster:
+    """The Kubernetes API as the injector uses it; create it with `KubeCluster.connect`."""
+
+    def __init__(self, api: client.ApiClient, *, timeout: float = REQUEST_TIMEOUT) -> None:
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+        self._timeout = timeout
+        self._namespaces: SingleFlight[str, NamespaceInfo | None] = SingleFlight()
+        self._mesh_configs: SingleFlight[str, MeshConfig] = SingleFlight()
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, kubeconfig: Path | None = None, *, configuration: client.Configuration | None = None
+    ) -> AsyncIterator[KubeCluster]:
+        """In-cluster credentials when running in a pod, else `kubeconfig` (or the default
+        kubeconfig); `configuration` overrides both (tests point it at a mock API)."""
+        if configuration is None:
+            configuration = await load_configuration(kubeconfig)
+        api = client.ApiClient(configuration)
+        try:
+            yield cls(api)
+        finally:
+            await api.close()
+
+    async def namespace(self, name: str) -> NamespaceInfo | None:
+        """The namespace's labels and annotations, None if it does not exist."""
+        return await self._namespaces.do(name, lambda: self._read_namespace(name))
+
+    async def _read_namespace(self, name: str) -> NamespaceInfo | None:
+        try:
+            found = await self._core.read_namespace(name, _request_timeout=self._timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise ClusterError(f"cannot read namespace {name}: {_describe(error)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ClusterError(f"cannot read namespace {name}: {error!r}") from None
+        metadata = found.metadata
+        return NamespaceInfo(name, dict(metadata.labels or {}), dict(metadata.annotations or {}))
+
+    async def mesh_config(self, name: str) -> MeshConfig:
+        """The cluster's MeshConfig `name`; its defaults when there is none or it is invalid
+        (the controller then runs with the defaults too, and reports the problem)."""
+        return await self._mesh_configs.do(name, lambda: self._read_mesh_config(name))
+
+    async def _read_mesh_config(self, name: str) -> MeshConfig:
+        try:
+            manifest = await self._custom.get_cluster_custom_object(
+                MESH_CONFIG_GROUP,
+                MESH_CONFIG_VERSION,
+                MESH_CONFIG_PLURAL,
+                name,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return MeshConfig()
+            raise ClusterError(f"cannot read MeshConfig {name}: {_describe(error)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ClusterError(f"cannot read MeshConfig {name}: {error!r}") from None
+        try:
+            parsed = parse_object(manifest)
+        except InvalidObject as error:
+            log.warning("MeshConfig %s is invalid, injecting with the defaults: %s", name, error.reason)
+            return MeshConfig()
+        return parsed if isinstance(parsed, MeshConfig) else MeshConfig()
+
+    async def create_secret(self, secret: Mapping[str, Any]) -> None:
+        """Create `secret` in its namespace."""
+        namespace = secret["metadata"]["namespace"]
+        name = secret["metadata"]["name"]
+        body: Any = dict(secret)  # the client sends a dict as it is; no model round trip
+        try:
+            await self._core.create_namespaced_secret(namespace, body, _request_timeout=self._timeout)
+        except ApiException as error:
+            raise ClusterError(f"cannot create secret {namespace}/{name}: {_describe(error)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ClusterError(f"cannot create secret {namespace}/{name}: {error!r}") from None
+
+
+async def load_configuration(kubeconfig: Path | None) -> client.Configuration:
+    """Credentials for the API: in-cluster when there is no kubeconfig and we run in a pod."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is None and _in_cluster():
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            await config.load_kube_config(
+                config_file=str(kubeconfig) if kubeconfig else None, client_configuration=configuration
+            )
+    except (config.ConfigException, OSError) as error:
+        raise ClusterError(f"no Kubernetes credentials: {error}") from None
+    return configuration
+
+
+def _in_cluster() -> bool:
+    return Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
+
+
+def _describe(error: ApiException) -> str:
+    """`403 Forbidden: secrets is forbidden: ...` from the API's Status, when it sent one."""
+    message = ""
+    body = error.body
+    if isinstance(body, str | bytes):
+        try:
+            status = json.loads(body)
+            message = status.get("message", "") if isinstance(status, dict) else ""
+        except ValueError:
+            message = ""
+    return f"{error.status} {error.reason}" + (f": {message}" if message else "")
