@@ -144,3 +144,18 @@ async def test_ca_show_and_rotate(tmp_path: Path) -> None:
     code, output = await run("ca", "show", "--state-dir", state, "--output", "json")
     assert code == 0, output
     assert json.loads(output)["phase"] == "trusting"
+
+
+async def test_inject_with_missing_tls_files_is_a_clear_error(tmp_path: Path) -> None:
+    code, output = await run(
+        "inject",
+        "--tls-cert",
+        str(tmp_path / "none.pem"),
+        "--tls-key",
+        str(tmp_path / "none.key"),
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert code == 1
+    assert "cannot load the webhook's TLS files" in output
+    assert "Traceback" not in output

@@ -24,6 +24,7 @@ from meshcp.certs.cli_support import ca_rotate, ca_show
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.provider import CertificateError
 from meshcp.controller import Address, ControllerRuntime, ListenError, Settings
+from meshcp.injector.server import InjectorError, InjectorSettings, run_injector
 from meshcp.offline import OfflineError
 from meshcp.sources.files import SourceError
 from meshcp.xds.tls import server_context
@@ -99,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure-xds", action="store_true", help="plaintext xDS (controller runs --insecure-xds)"
     )
     _add_ca_options(boot)
+
+    inject = commands.add_parser("inject", help="run the sidecar injector (HTTPS mutating webhook)")
+    inject.add_argument(
+        "--tls-cert", type=Path, required=True, help="PEM chain the webhook serves (reloaded)"
+    )
+    inject.add_argument("--tls-key", type=Path, required=True, help="PEM key for --tls-cert (reloaded)")
+    inject.add_argument("--address", default="0.0.0.0:9090", help="listener (default %(default)s)")
+    inject.add_argument(
+        "--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, then ~/.kube/config)"
+    )
+    inject.add_argument(
+        "--xds-address",
+        default="meshcp-controller.meshcp-system.svc:15128",
+        help="controller, as sidecars dial it",
+    )
+    inject.add_argument("--xds-server-name", default="", help="name on the controller's certificate")
+    inject.add_argument("--xds-trust-bundle", type=Path, help="PEM bundle sidecars trust for the controller")
+    inject.add_argument("--init-image", default=None, help="image of the iptables init container")
+    inject.add_argument("--mesh-config", default="meshcp", help="name of the MeshConfig object")
+    inject.add_argument("--delta-xds", action="store_true", help="sidecars use incremental (delta) ADS")
+    _add_ca_options(inject)
 
     ca = commands.add_parser("ca", help="inspect or rotate the internal CA")
     ca_commands = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
@@ -249,6 +271,34 @@ async def _bootstrap(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/bootstrap.json for node {proxy.name}")
 
 
+async def _inject(args: argparse.Namespace) -> None:
+    try:
+        listen, xds = Address.parse(args.address), Address.parse(args.xds_address)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    settings = InjectorSettings(
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        host=listen.host,
+        port=listen.port,
+        kubeconfig=args.kubeconfig,
+        xds_host=xds.host,
+        xds_port=xds.port,
+        xds_server_name=args.xds_server_name,
+        xds_trust_bundle=args.xds_trust_bundle,
+        delta_xds=args.delta_xds,
+        mesh_config_name=args.mesh_config,
+        ca=_ca_settings(args),
+    )
+    if args.init_image:
+        settings.init_image = args.init_image
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run_injector(settings, stop)
+
+
 def _print_ca(report: dict[str, Any], output: str) -> None:
     if output == "json":
         print(json.dumps(report, indent=2))
@@ -273,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             asyncio.run(_serve(_settings(args)))
+        elif args.command == "inject":
+            asyncio.run(_inject(args))
         elif args.command == "compile":
             asyncio.run(_compile(args))
         elif args.command == "bootstrap":
@@ -282,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_ca(asyncio.run(action(args.state_dir)), args.output)
     except UsageError as error:
         parser.exit(2, f"meshcp: error: {error}\n")
-    except (ListenError, CertificateError, OfflineError, SourceError) as error:
+    except (ListenError, CertificateError, OfflineError, SourceError, InjectorError) as error:
         parser.exit(1, f"meshcp: error: {error}\n")
     except KeyboardInterrupt:
         return 130
