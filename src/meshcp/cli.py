@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--xds-client-ca", type=Path, help="PEM bundle that signs proxies' client certificates"
     )
     serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
-    serve.add_argument("--source", type=Path, help="directory of manifests to serve (watched for changes)")
+    serve.add_argument(
+        "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
+    )
+    serve.add_argument("--kubeconfig", help="with --source kubernetes outside a pod (default ~/.kube/config)")
+    serve.add_argument("--context", help="kubeconfig context (default: the current one)")
     _add_ca_options(serve)
 
     compile_ = commands.add_parser("compile", help="print the Envoy config one pod's proxy would receive")
@@ -195,7 +199,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),
         admission=args.admission,
         ca=_ca_settings(args),
-        source=args.source,
+        source=None if args.source in (None, "kubernetes") else Path(args.source),
+        kubernetes=args.source == "kubernetes",
+        kubeconfig=args.kubeconfig,
+        kube_context=args.context,
     )
 
 

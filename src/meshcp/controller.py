@@ -9,6 +9,7 @@ import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +30,7 @@ from meshcp.publisher import Publisher
 from meshcp.readiness import Readiness
 from meshcp.reconcile import Reconciler
 from meshcp.sources.files import FileSource
+from meshcp.sources.kubernetes import KubernetesSource, default_api_client
 from meshcp.store import Store
 from meshcp.trust import TrustCoordinator
 from meshcp.xds.auth import Authorizer, Classifier, by_node_id
@@ -78,6 +80,10 @@ class Settings:
     trust_interval: float = 1.0
     #: Directory of manifests to serve (None: snapshots are set by the embedding code).
     source: Path | None = None
+    #: Watch the Kubernetes API instead (in-cluster, else the kubeconfig below).
+    kubernetes: bool = False
+    kubeconfig: str | None = None
+    kube_context: str | None = None
     #: Debounce of source changes: quiet window, and the longest a change may wait.
     debounce_window: float = 0.1
     debounce_max: float = 1.0
@@ -152,8 +158,8 @@ class ControllerRuntime:
         )
         self.publisher = Publisher(self.cache, self.encoder, self.certificates, trust_domain=ca.trust_domain)
         self.reconciler = Reconciler(self.encoder, self.publisher, self.metrics)
-        if settings.source is not None:
-            self.store.expect("files")
+        if settings.source is not None or settings.kubernetes:
+            self.store.expect("kubernetes" if settings.kubernetes else "files")
             self.readiness.expect("mesh")
             if classify is by_node_id:
                 classify = self._classify
@@ -260,8 +266,18 @@ class ControllerRuntime:
             tasks.create_task(self.publisher.run(), name="publisher")
             tasks.create_task(self.certificates.run(), name="renewal")
             tasks.create_task(self.trust.run(), name="trust")
-            if self.settings.source is not None:
-                tasks.create_task(FileSource(self.settings.source, self.store.apply).run(), name="files")
+            settings = self.settings
+            if settings.kubernetes:
+                source = KubernetesSource(
+                    self.store.apply,
+                    api_client_factory=partial(
+                        default_api_client, settings.kube_context, settings.kubeconfig
+                    ),
+                )
+                tasks.create_task(source.run(), name="kubernetes")
+                tasks.create_task(self._reconcile(), name="reconcile")
+            elif settings.source is not None:
+                tasks.create_task(FileSource(settings.source, self.store.apply).run(), name="files")
                 tasks.create_task(self._reconcile(), name="reconcile")
 
     async def _reconcile(self) -> None:

@@ -1,0 +1,308 @@
+"""The list/watch loop for one Kubernetes resource, in kopf's three layers.
+
+1. Forever: list, then watch; after a failure, wait (exponential backoff) and start over.
+2. List every page (`limit`/`continue`), hand the complete set to the consumer, then watch
+   from the list's `resourceVersion`, following bookmarks; a `410 Gone` means the version is
+   too old to resume from, so list again (the consumer turns the new list into differences).
+3. One watch is one HTTP stream with a server-side `timeoutSeconds` and a client-side read
+   timeout; a stream the server ends cleanly is resumed from the last version seen.
+
+Only raw HTTP through kubernetes_asyncio's `ApiClient` (its configuration, authentication
+and TLS): the generated API classes would deserialize every object into models we do not
+use, and the watch helper hides the events this loop must see (bookmarks, errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import ClientResponse
+from kubernetes_asyncio.client import ApiClient
+
+log = logging.getLogger("meshcp.sources.kubernetes")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A kind as the API serves it: `group` is "" for the core API."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def path(self) -> str:
+        """The cluster-wide collection (every namespace for namespaced kinds)."""
+        if self.group:
+            return f"/apis/{self.group}/{self.version}/{self.plural}"
+        return f"/api/{self.version}/{self.plural}"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """How the loop talks to the API server."""
+
+    #: Objects per list page (`limit`); the server hands a `continue` token for the rest.
+    page_size: int = 500
+    #: Asked of the server (`timeoutSeconds`): it ends each watch stream after this long,
+    #: and the loop resumes it from the last resourceVersion seen.
+    timeout_seconds: int = 300
+    #: Client-side inactivity timeout of a watch stream: no byte for this long (the server
+    #: sends bookmarks, and should have ended the stream by then) means a dead connection.
+    read_timeout: float = 330.0
+    #: Timeout of each list request, and of connecting for a watch.
+    request_timeout: float = 60.0
+    #: First wait after a failure; doubled after each further failure, up to `backoff_max`.
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+class Consumer(Protocol):
+    """Receives what the loop learns; both calls are synchronous."""
+
+    def listed(self, resource: Resource, items: list[Mapping[str, Any]]) -> None:
+        """Every object that exists now (after the first list, and after each relist)."""
+
+    def changed(self, resource: Resource, event_type: str, obj: Mapping[str, Any]) -> None:
+        """A watch event: `ADDED`, `MODIFIED` or `DELETED`."""
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
+        self.status = status
+
+
+class _NotServed(Exception):
+    """The server does not serve the resource (404: e.g. its CRD is not installed)."""
+
+
+class _Gone(Exception):
+    """The resourceVersion to resume from is too old (410): list again."""
+
+
+#: Failures after which the loop waits and starts over with a fresh list.
+_RETRIABLE = (aiohttp.ClientError, TimeoutError, OSError, ApiError, ValueError)
+
+
+class ListWatch:
+    """Keeps one consumer informed of one resource until cancelled."""
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        resource: Resource,
+        consumer: Consumer,
+        *,
+        label_selector: str = "",
+        settings: WatchSettings | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.resource = resource
+        self._api = api_client
+        self._consumer = consumer
+        self._selector = label_selector
+        self._settings = settings or WatchSettings()
+        self._sleep = sleep
+
+    async def run(self) -> None:
+        backoff = self._settings.backoff_initial
+        failing = False
+        while True:
+            phase = "listing"
+            try:
+                version = await self._list()
+                if failing:
+                    log.info("listing %s works again", self._describe())
+                    failing = False
+                backoff = self._settings.backoff_initial
+                phase = "watching"
+                while True:
+                    version = await self._watch(version)
+            except _Gone:
+                log.info("watch of %s expired (410 Gone); listing again", self._describe())
+            except _NotServed:
+                # Nothing of it can exist: say so (so the source can sync without it) and
+                # look again now and then, in case its CRD is installed later.
+                if not failing:
+                    log.warning(
+                        "Kubernetes API %s does not serve %s (is its CRD installed?); checking every %gs",
+                        self._host(),
+                        self.resource.api_version + "/" + self.resource.plural,
+                        self._settings.backoff_max,
+                    )
+                failing = True
+                self._consumer.listed(self.resource, [])
+                await self._sleep(self._settings.backoff_max)
+            except _RETRIABLE as error:
+                failing = True
+                log.error(
+                    "Kubernetes API %s: %s %s failed: %s; retrying in %gs",
+                    self._host(),
+                    phase,
+                    self._describe(),
+                    _reason(error),
+                    backoff,
+                )
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self._settings.backoff_max)
+
+    # --- list ---------------------------------------------------------------------------
+
+    async def _list(self) -> str:
+        items: list[Mapping[str, Any]] = []
+        token = ""
+        while True:
+            query: list[tuple[str, Any]] = [("limit", self._settings.page_size)]
+            if token:
+                query.append(("continue", token))
+            if self._selector:
+                query.append(("labelSelector", self._selector))
+            limits = aiohttp.ClientTimeout(total=self._settings.request_timeout)
+            try:
+                response = await self._get(query, limits)
+            except ApiError as error:
+                if error.status == 410:  # the continue token expired
+                    raise _Gone from None
+                if error.status == 404:
+                    raise _NotServed from None
+                raise
+            try:
+                body = await response.json(content_type=None)
+            finally:
+                response.release()
+            if not isinstance(body, Mapping) or not isinstance(body.get("items") or [], list):
+                raise ValueError(f"not a list of {self.resource.plural}")
+            items.extend(item for item in body.get("items") or [] if isinstance(item, Mapping))
+            metadata = body.get("metadata") or {}
+            token = str(metadata.get("continue") or "")
+            if not token:
+                self._consumer.listed(self.resource, items)
+                return str(metadata.get("resourceVersion") or "")
+
+    # --- watch --------------------------------------------------------------------------
+
+    async def _watch(self, version: str) -> str:
+        """Follow one watch stream; the resourceVersion to resume from when it ends."""
+        settings = self._settings
+        query: list[tuple[str, Any]] = [
+            ("watch", True),
+            ("allowWatchBookmarks", True),
+            ("timeoutSeconds", settings.timeout_seconds),
+        ]
+        if version:
+            query.append(("resourceVersion", version))
+        if self._selector:
+            query.append(("labelSelector", self._selector))
+        connect = settings.request_timeout
+        try:
+            response = await self._get(query, aiohttp.ClientTimeout(connect=connect, sock_connect=connect))
+        except ApiError as error:
+            if error.status == 410:
+                raise _Gone from None
+            raise _WatchFailure(str(error)) from None
+        try:
+            buffer = b""
+            while True:
+                try:
+                    async with asyncio.timeout(settings.read_timeout):
+                        chunk = await response.content.readany()
+                except TimeoutError:
+                    raise _WatchFailure(f"no data for {settings.read_timeout:g}s") from None
+                except aiohttp.ClientError as error:
+                    raise _WatchFailure(_reason(error)) from None
+                if not chunk:
+                    return version  # the server ended the stream (timeoutSeconds): resume
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        version = self._event(line, version)
+        finally:
+            response.close()
+
+    def _event(self, line: bytes, version: str) -> str:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise _WatchFailure("malformed watch event") from None
+        if not isinstance(event, Mapping):
+            raise _WatchFailure("malformed watch event")
+        kind, obj = event.get("type"), event.get("object")
+        obj = obj if isinstance(obj, Mapping) else {}
+        if kind == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise _Gone
+            raise _WatchFailure(f"error event {code}: {obj.get('message', '')}")
+        metadata = obj.get("metadata")
+        new_version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self._consumer.changed(self.resource, kind, obj)
+        elif kind != "BOOKMARK":
+            log.warning("watch of %s: skipping an event of unknown type %r", self._describe(), kind)
+            return version
+        return str(new_version) if new_version else version
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def _get(self, query: list[tuple[str, Any]], limits: aiohttp.ClientTimeout) -> ClientResponse:
+        """A GET of the resource's collection; the response, still unread, if it succeeded."""
+        response: aiohttp.ClientResponse = await self._api.call_api(
+            self.resource.path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=limits,
+        )
+        if response.status >= 300:
+            try:
+                text = await response.text()
+            finally:
+                response.release()
+            raise ApiError(response.status, _status_message(text))
+        return response
+
+    def _describe(self) -> str:
+        return self.resource.plural + (f" ({self._selector})" if self._selector else "")
+
+    def _host(self) -> str:
+        return str(getattr(self._api.configuration, "host", ""))
+
+
+class _WatchFailure(ValueError):
+    """A watch stream broke: connection lost, silent too long, or an error event."""
+
+
+def _status_message(text: str) -> str:
+    try:
+        status = json.loads(text)
+    except ValueError:
+        return text.strip()[:200]
+    if isinstance(status, Mapping) and isinstance(status.get("message"), str):
+        return str(status["message"])
+    return text.strip()[:200]
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError) and not str(error):
+        return "timed out"
+    return str(error) or type(error).__name__
