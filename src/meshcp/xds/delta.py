@@ -30,6 +30,8 @@ class _TypeState:
     absent: set[str] = field(default_factory=set)
     force: set[str] = field(default_factory=set)
     sent: Sent = field(default_factory=Sent)
+    #: Snapshot version of this type with nothing left to send or remove (O(1) skip).
+    quiet: str = ""
 
     @property
     def wildcard(self) -> bool:
@@ -63,6 +65,8 @@ class DeltaProtocol:
             )
             state.known.update(request.initial_resource_versions)  # rule 14
         # Rule 13: subscriptions apply even when the nonce is stale.
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            state.quiet = ""
         for name in request.resource_names_subscribe:
             if name == WILDCARD:
                 state.explicit_wildcard = True
@@ -103,6 +107,8 @@ class DeltaProtocol:
             if state.sent.outstanding:
                 unsettled = True
                 continue
+            if state.quiet == snapshot.version(type_url) and not state.force:
+                continue
             current = snapshot.resources(type_url)
             updated, _ = diff(current, state.known, None if state.wildcard else state.names, state.force)
             state.force.clear()
@@ -115,9 +121,15 @@ class DeltaProtocol:
                 state.known[resource.name] = resource.version
                 state.absent.discard(resource.name)
             out.append(self._send(type_url, state, snapshot, updated=updated))
+            keys = current.keys()
+            if state.known.keys() <= keys and (state.wildcard or state.names <= keys):
+                state.quiet = snapshot.version(type_url)  # nothing can be left to remove
         if not unsettled:
             for type_url in order:
                 state = self._types[type_url]
+                if state.quiet == snapshot.version(type_url):
+                    continue
+                state.quiet = snapshot.version(type_url)
                 current = snapshot.resources(type_url)
                 _, removed = diff(current, state.known, None if state.wildcard else state.names)
                 missing = [n for n in sorted(state.names) if n not in current and n not in state.known]

@@ -6,6 +6,7 @@ Rules are numbered as in ../shared/XDS-PROTOCOL.md. `receive` applies a request,
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from meshcp import resource_types
@@ -22,20 +23,25 @@ WILDCARD = "*"
 
 @dataclass(slots=True)
 class _TypeState:
-    names: set[str] = field(default_factory=set)
+    #: Shared by every stream with the same subscription (see `_subscription`): never mutate.
+    names: Set[str] = frozenset()
     explicit_wildcard: bool = False
     #: Legacy wildcard: the first request had no names (Listener/Cluster only).
     legacy: bool = False
     #: The content of the last response, by name: what is not sent again unchanged.
-    held: dict[str, Resource] = field(default_factory=dict)
+    #: Often the snapshot's own mapping, shared by every stream: replace, never mutate.
+    held: Mapping[str, Resource] = field(default_factory=dict)
     #: Full-state types: the content the client last ACKed, i.e. what it really holds.
     #: Removals are computed from it, so a rejected resource is never "kept" again.
-    accepted: dict[str, Resource] = field(default_factory=dict)
+    accepted: Mapping[str, Resource] = field(default_factory=dict)
     force: set[str] = field(default_factory=set)
     force_all: bool = False
     #: Rule 11: version presented on reconnect, checked against the first snapshot.
     resume_version: str = ""
     sent: Sent = field(default_factory=Sent)
+    #: The snapshot version of this type for which nothing is left to send (until the
+    #: subscription changes or names are forced): lets `responses` skip it in O(1).
+    quiet: str = ""
 
     @property
     def wildcard(self) -> bool:
@@ -80,9 +86,9 @@ class SotwProtocol:
         return True
 
     def _subscribe(self, type_url: str, state: _TypeState, request: DiscoveryRequest, first: bool) -> None:
-        names = set(request.resource_names)
-        explicit_wildcard = WILDCARD in names
-        names.discard(WILDCARD)
+        names, explicit_wildcard = _subscription(request.resource_names)
+        if not first and names is state.names and explicit_wildcard == state.explicit_wildcard:
+            return  # an ACK repeating the subscription: nothing changes
         if first:
             state.legacy = (
                 not names and not explicit_wildcard and resource_types.allows_legacy_wildcard(type_url)
@@ -95,12 +101,14 @@ class SotwProtocol:
         old_names, was_wildcard = state.names, state.wildcard
         state.names, state.explicit_wildcard = names, explicit_wildcard
         subscription_changed = names != old_names or was_wildcard != state.wildcard
+        if subscription_changed or first:
+            state.quiet = ""
         if subscription_changed and not first and resource_types.is_full_state(type_url):
             state.force_all = True
         state.force |= names - old_names  # rule 9: newly requested names are sent even if sent before
-        if not state.wildcard:
-            for name in [n for n in state.held if n not in names]:
-                del state.held[name]
+        if not state.wildcard and any(n not in names for n in state.held):
+            state.held = {n: r for n, r in state.held.items() if n in names}  # held may be shared
+            state.accepted = {n: r for n, r in state.accepted.items() if n in names}
 
     # Responses -----------------------------------------------------------------
 
@@ -119,20 +127,25 @@ class SotwProtocol:
             if state.sent.outstanding:
                 unsettled = True
                 continue
+            if state.quiet == snapshot.version(type_url) and not state.force and not state.force_all:
+                continue
             if resource_types.is_full_state(type_url):
                 outgoing = self._full_state(type_url, state, snapshot, keep_removed=True)
             else:
                 outgoing = self._named(type_url, state, snapshot)
+                state.quiet = snapshot.version(type_url)
             if outgoing is not None:
                 out.append(outgoing)
                 unsettled = True
         if not unsettled:
             for type_url in sorted(self._types, key=resource_types.push_rank):
                 state = self._types[type_url]
-                if resource_types.is_full_state(type_url):
+                if resource_types.is_full_state(type_url) and state.quiet != snapshot.version(type_url):
                     outgoing = self._full_state(type_url, state, snapshot, keep_removed=False)
                     if outgoing is not None:
                         out.append(outgoing)
+                    if not state.force and not state.force_all:
+                        state.quiet = snapshot.version(type_url)
         for outgoing in out:
             self._observer.on_response(outgoing)
         return out
@@ -142,7 +155,7 @@ class SotwProtocol:
     ) -> Outgoing | None:
         current = snapshot.resources(type_url)
         if state.wildcard:
-            scope = dict(current)
+            scope = current  # the snapshot's immutable mapping, shared by every stream
         else:
             scope = {name: current[name] for name in sorted(state.names) if name in current}
         if state.resume_version:
@@ -160,6 +173,7 @@ class SotwProtocol:
         # Kept for make-before-break: what the client really holds (its last ACK) and
         # the snapshot no longer has. A NACKed resource was never held, so never kept.
         removed = {name: r for name, r in state.accepted.items() if name not in scope}
+        content: Mapping[str, Resource]
         if keep_removed:
             if not changed:
                 return None
@@ -184,7 +198,7 @@ class SotwProtocol:
             body = sotw_body(version, type_url, ordered)
         return self._send(type_url, state, snapshot, version=version, body=body, names=tuple(content))
 
-    def _mark_endpoints(self, scope: dict[str, Resource], held: dict[str, Resource]) -> None:
+    def _mark_endpoints(self, scope: Mapping[str, Resource], held: Mapping[str, Resource]) -> None:
         """Rule 19: a changed EDS cluster warms only after its endpoints arrive again."""
         endpoints = self._types.get(resource_types.ENDPOINT)
         if endpoints is None:
@@ -200,8 +214,10 @@ class SotwProtocol:
         state.force.clear()
         if not updated:
             return None
-        for resource in updated:
-            state.held[resource.name] = resource
+        # Every subscribed name the snapshot has is now held at its version: share the
+        # snapshot's mapping instead of a per-stream copy, keeping only held names it lacks.
+        lacking = {n: r for n, r in state.held.items() if n not in current}
+        state.held = {**current, **lacking} if lacking else current
         version = snapshot.version(type_url)
         body = sotw_body(version, type_url, updated)
         return self._send(
@@ -250,6 +266,20 @@ class SotwProtocol:
                 self._types.items(), key=lambda item: resource_types.push_rank(item[0])
             )
         }
+
+
+_SUBSCRIPTIONS: dict[tuple[str, ...], tuple[frozenset[str], bool]] = {}
+
+
+def _subscription(names: list[str]) -> tuple[frozenset[str], bool]:
+    """(names without "*", whether "*" is among them), shared by every stream asking the same."""
+    key = tuple(names)
+    found = _SUBSCRIPTIONS.get(key)
+    if found is None:
+        if len(_SUBSCRIPTIONS) >= 4096:
+            _SUBSCRIPTIONS.clear()
+        found = _SUBSCRIPTIONS[key] = (frozenset(key) - {WILDCARD}, WILDCARD in key)
+    return found
 
 
 def _differs(held: Resource | None, resource: Resource) -> bool:
