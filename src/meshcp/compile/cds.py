@@ -27,6 +27,7 @@ from meshcp._proto.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
+from meshcp._proto.google.protobuf import Any as AnyMessage
 from meshcp.cache.encoding import pack
 from meshcp.certs.identity import Identity
 from meshcp.compile import naming
@@ -58,16 +59,17 @@ def upstream_cluster(identity: Identity, service: ServiceKey, port: int, http2: 
         ),
     )
     if http2:  # gRPC needs HTTP/2 end to end
-        cluster.typed_extension_protocol_options = {
-            HTTP_OPTIONS: pack(
-                HttpProtocolOptions(
-                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                        http2_protocol_options=Http2ProtocolOptions()
-                    )
-                )
-            )
-        }
+        cluster.typed_extension_protocol_options = _http2_only()
     return cluster
+
+
+def _http2_only() -> dict[str, AnyMessage]:
+    options = HttpProtocolOptions(
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=Http2ProtocolOptions()
+        )
+    )
+    return {HTTP_OPTIONS: pack(options)}
 
 
 def _static(name: str, address: str, port: int) -> Cluster:
@@ -102,15 +104,7 @@ def local_cluster(port: InboundPort) -> Cluster:
         port.target_port,
     )
     if port.protocol == "grpc":
-        cluster.typed_extension_protocol_options = {
-            HTTP_OPTIONS: pack(
-                HttpProtocolOptions(
-                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                        http2_protocol_options=Http2ProtocolOptions()
-                    )
-                )
-            )
-        }
+        cluster.typed_extension_protocol_options = _http2_only()
     return cluster
 
 
