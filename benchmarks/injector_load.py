@@ -380,7 +380,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=400, help="untimed requests (opens the connections)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workload", choices=["inject", "skip", "both"], default="both")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS-injector.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the report here (RESULTS.md holds the reviewed copy)",
+    )
     args = parser.parse_args()
     workloads = ["inject", "skip"] if args.workload == "both" else [args.workload]
     load_average = os.getloadavg()[0]
@@ -395,7 +400,8 @@ def main() -> None:
             )
             results.setdefault(workload, []).append(measured)
     text = report(args, results, load_average)
-    args.output.write_text(text)
+    if args.output is not None:
+        args.output.write_text(text)
     print(text)
 
 
