@@ -14,7 +14,7 @@ import json
 import uuid
 from typing import Any
 
-import jsonpatch  # type: ignore[import-untyped]
+import jsonpatch
 import kubernetes_validate  # type: ignore[import-untyped]
 
 MESH_NAMESPACE = "bookstore"
