@@ -30,6 +30,7 @@ from meshcp.injector.mutation import (
     bootstrap_secret,
     decide,
     denied_response,
+    original_probes,
     parse_review,
     pod_creation,
     sidecar_patch,
@@ -38,6 +39,7 @@ from meshcp.model.meshconfig import MESH_LABEL, MeshConfig
 from meshcp.policy.build import INJECTION_ANNOTATION, PROXY_UUID_LABEL
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
 from meshcp.sidecar.iptables import OUTBOUND_PORT_EXCLUSIONS, PROBE_PORTS
+from meshcp.sidecar.probes import probe_resources
 from tests.injector.reviews import (
     MESH_NAMESPACE,
     apply_and_validate,
@@ -425,17 +427,58 @@ async def test_bootstrap_secret_holds_what_envoy_needs(tmp_path: Path) -> None:
     address = controller["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
     assert address["socketAddress"] == {"address": TEMPLATE.xds_host, "portValue": 15128}
     assert controller["transportSocket"]["typedConfig"]["sni"] == TEMPLATE.xds_host
+    # The rewritten probes are served: HTTP liveness and readiness, the lone TCP startup probe.
+    listeners = {listener["name"]: listener for listener in config["staticResources"]["listeners"]}
+    assert sorted(listeners) == ["probe-liveness", "probe-readiness", "probe-startup"]
+    liveness_address = listeners["probe-liveness"]["address"]["socketAddress"]
+    assert liveness_address == {"address": "0.0.0.0", "portValue": 15901}
+    manager = listeners["probe-readiness"]["filterChains"][0]["filters"][0]["typedConfig"]
+    assert manager["routeConfig"]["virtualHosts"][0]["routes"][0]["match"] == {
+        "path": "/meshcp/readiness/bookstore"
+    }
+    assert manager["routeConfig"]["virtualHosts"][0]["routes"][0]["route"] == {
+        "cluster": "probe-readiness-bookstore",
+        "prefixRewrite": "/readiness?full=1",
+    }
+    startup = listeners["probe-startup"]["filterChains"][0]["filters"][0]
+    assert startup["name"] == "envoy.filters.network.tcp_proxy"
+    clusters = {cluster["name"]: cluster for cluster in config["staticResources"]["clusters"][1:]}
+    assert sorted(clusters) == [f"probe-{kind}-bookstore" for kind in ("liveness", "readiness", "startup")]
+    endpoint = clusters["probe-readiness-bookstore"]["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]
+    assert endpoint["endpoint"]["address"]["socketAddress"] == {"address": "127.0.0.1", "portValue": 14002}
     validate_with_envoy(files, tmp_path)
 
 
+async def test_bootstrap_secret_of_a_pod_without_probes_has_no_probe_listeners() -> None:
+    ca = await InternalCA.open(MemoryStore())
+    pod = deployment_pod()
+    for entry in pod["spec"]["containers"]:
+        for key in ("livenessProbe", "readinessProbe", "startupProbe"):
+            entry.pop(key, None)
+    candidate = candidate_for(review(pod))
+    proxy = new_proxy(candidate)
+    certificate = await ca.issue(xds_client_request(proxy))
+    secret = bootstrap_secret(candidate, proxy, BootstrapRenderer(TEMPLATE), certificate, "")
+    config = json.loads(base64.b64decode(secret["data"]["bootstrap.json"]))
+    assert "listeners" not in config["staticResources"]
+    assert [cluster["name"] for cluster in config["staticResources"]["clusters"]] == ["meshcp-controller"]
+
+
 @pytest.mark.parametrize("delta", [False, True])
-def test_rendered_bootstrap_is_the_typed_one(delta: bool) -> None:
+@pytest.mark.parametrize("with_probes", [False, True])
+def test_rendered_bootstrap_is_the_typed_one(delta: bool, with_probes: bool) -> None:
     template = SidecarTemplate(
         xds_host="10.96.0.15", xds_port=15128, xds_server_name="meshcp", delta_xds=delta
     )
     tls = XdsTls("/etc/meshcp/tls.crt", "/etc/meshcp/tls.key", "/etc/meshcp/ca.crt", "meshcp")
-    typed = bootstrap("node-1", "sa.ns", "10.96.0.15", 15128, tls=tls, delta=delta)
-    assert json.loads(BootstrapRenderer(template).render("node-1", "sa.ns")) == as_dict(typed)
+    probes = original_probes(deployment_pod()) if with_probes else []
+    assert bool(probes) == with_probes
+    typed = bootstrap(
+        "node-1", "sa.ns", "10.96.0.15", 15128, tls=tls, delta=delta, probes=probe_resources(probes)
+    )
+    renderer = BootstrapRenderer(template)
+    for _ in range(2):  # the second time from the probe cache
+        assert json.loads(renderer.render("node-1", "sa.ns", probes)) == as_dict(typed)
 
 
 def validate_with_envoy(files: dict[str, str], directory: Path) -> None:

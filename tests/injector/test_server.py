@@ -87,8 +87,16 @@ async def test_injects_and_creates_the_bootstrap_secret(
     secret = secrets[f"meshcp-bootstrap-{proxy_uuid}"]
     files = {name: base64.b64decode(value).decode() for name, value in secret["data"].items()}
     leaf = load_certificates(files["tls.crt"])[0]
-    proxy = ProxyIdentity.parse(json.loads(files["bootstrap.json"])["node"]["id"])
+    config = json.loads(files["bootstrap.json"])
+    proxy = ProxyIdentity.parse(config["node"]["id"])
     assert proxy.proxy_uuid == proxy_uuid
+    # The sidecar serves the probes the patch rewrote.
+    originals = json.loads(patched["metadata"]["annotations"][ORIGINAL_PROBES_ANNOTATION])
+    listeners = config["staticResources"]["listeners"]
+    assert [listener["name"] for listener in listeners] == [f"probe-{p['probe']}" for p in originals]
+    assert [cluster["name"] for cluster in config["staticResources"]["clusters"][1:]] == [
+        f"probe-{p['probe']}-{p['container']}" for p in originals
+    ]
     assert str(proxy.identity) == "bookstore/bookstore"
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == [proxy.name]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from meshcp.model.meshconfig import MESH_LABEL, MeshConfig
 from meshcp.policy.build import INJECTION_ANNOTATION, PROXY_UUID_LABEL
 from meshcp.sidecar import iptables
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sidecar.probes import probe_resources
 
 ADMISSION_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 SIDECAR_CONTAINER = "envoy"
@@ -45,7 +47,7 @@ CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
 CA_FILE = "ca.crt"
 SECRET_PREFIX = "meshcp-bootstrap-"
-#: JSON list of the probes the injector rewrote, for the controller's probe listeners.
+#: JSON list of the probes the injector rewrote; the sidecar's bootstrap serves them.
 ORIGINAL_PROBES_ANNOTATION = "meshcp.dev/original-probes"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "meshcp-injector"
@@ -308,9 +310,11 @@ def sidecar_patch(
 class BootstrapRenderer:
     """Renders sidecar bootstraps as JSON for one template.
 
-    Only the node (id and cluster) differs between sidecars, and converting the whole
-    bootstrap with betterproto's `to_dict` costs ~10 ms, more than everything else an
-    injection does; the shared part is converted once, here. Immutable once built.
+    Only the node (id and cluster) and the probe listeners differ between sidecars, and
+    converting the whole bootstrap with betterproto's `to_dict` costs ~10 ms, more than
+    everything else an injection does; the shared part is converted once, here. The probe
+    parts are converted only for pods with probes, and remembered: the pods of a Deployment
+    all have the same probes. Immutable once built (but for that cache).
     """
 
     def __init__(self, template: SidecarTemplate) -> None:
@@ -323,10 +327,34 @@ class BootstrapRenderer:
         config = bootstrap("", "", template.xds_host, template.xds_port, tls=tls, delta=template.delta_xds)
         self._shared = {key: value for key, value in as_dict(config).items() if key != "node"}
 
-    def render(self, node_id: str, cluster: str) -> str:
-        """The bootstrap of one sidecar: `as_dict(bootstrap(node_id, cluster, ...))` as JSON."""
+    def render(self, node_id: str, cluster: str, probes: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The bootstrap of one sidecar as JSON: `as_dict(bootstrap(node_id, cluster, ...,
+        probes=probe_resources(probes)))`; `probes` are the original-probes annotation's entries."""
         document = {**self._shared, "node": {"id": node_id, "cluster": cluster}}
+        if probes:
+            listeners, clusters = _probe_parts(json.dumps(probes, sort_keys=True, separators=(",", ":")))
+            static = document[_STATIC_RESOURCES]
+            document[_STATIC_RESOURCES] = {
+                **static,
+                "listeners": [*static.get("listeners", ()), *listeners],
+                "clusters": [*static.get("clusters", ()), *clusters],
+            }
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+_STATIC_RESOURCES = "staticResources"
+
+
+@functools.lru_cache(maxsize=256)
+def _probe_parts(probes_json: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The probe listeners and clusters as proto3 JSON (shared: never mutate them)."""
+    listeners, clusters = probe_resources(json.loads(probes_json)).as_dicts()
+    return tuple(listeners), tuple(clusters)
+
+
+def original_probes(pod: Mapping[str, Any]) -> list[Any]:
+    """What `sidecar_patch` writes into the original-probes annotation of `pod`."""
+    return _rewrite_probes(_list(_mapping(pod.get("spec")).get("containers")))[1]
 
 
 def bootstrap_secret(
@@ -336,15 +364,20 @@ def bootstrap_secret(
     certificate: IssuedCertificate,
     trust_bundle: str,
 ) -> dict[str, Any]:
-    """The Secret the sidecar boots from: Envoy bootstrap, xDS client certificate and key,
-    and the bundle that signs the controller's certificate.
+    """The Secret the sidecar boots from: Envoy bootstrap (with the listeners serving the
+    pod's rewritten probes), xDS client certificate and key, and the bundle that signs the
+    controller's certificate.
 
     Labelled with the proxy UUID (as the pod is) so that secrets of pods that never came to
     exist can be found and collected.
     """
     identity = candidate.identity
     files = {
-        BOOTSTRAP_FILE: renderer.render(proxy.name, f"{identity.service_account}.{identity.namespace}"),
+        BOOTSTRAP_FILE: renderer.render(
+            proxy.name,
+            f"{identity.service_account}.{identity.namespace}",
+            original_probes(candidate.creation.pod),
+        ),
         CERT_FILE: certificate.chain_pem,
         KEY_FILE: certificate.private_key_pem,
         CA_FILE: trust_bundle,

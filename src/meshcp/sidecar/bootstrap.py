@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshcp._proto.envoy.config.bootstrap.v3 import (
     Admin,
@@ -47,6 +47,9 @@ from meshcp._proto.envoy.extensions.upstreams.http.v3 import (
 )
 from meshcp.cache.encoding import pack
 
+if TYPE_CHECKING:  # at run time: probes -> iptables -> bootstrap would be a cycle
+    from meshcp.sidecar.probes import ProbeResources
+
 CONTROLLER_CLUSTER = "meshcp-controller"
 ADMIN_PORT = 15000
 
@@ -72,8 +75,11 @@ def bootstrap(
     delta: bool = False,
     admin_address: str = "127.0.0.1",
     admin_port: int = ADMIN_PORT,
+    probes: ProbeResources | None = None,
 ) -> Bootstrap:
-    """ADS (SotW or delta) to the controller; everything else arrives over it.
+    """ADS (SotW or delta) to the controller; everything else arrives over it, except the
+    static listeners and clusters serving the pod's rewritten probes
+    (`sidecar.probes.probe_resources` of the injector's original-probes annotation).
 
     The node is sent only on the first request of the stream: decoding it on every ACK
     costs the controller ~50 µs each (../shared/DEPENDENCY-FACTS.md).
@@ -94,7 +100,10 @@ def bootstrap(
             cds_config=ads,
             lds_config=ads,
         ),
-        static_resources=BootstrapStaticResources(clusters=[_controller(xds_host, xds_port, tls)]),
+        static_resources=BootstrapStaticResources(
+            listeners=list(probes.listeners) if probes else [],
+            clusters=[_controller(xds_host, xds_port, tls), *(probes.clusters if probes else [])],
+        ),
     )
 
 
