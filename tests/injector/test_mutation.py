@@ -4,6 +4,7 @@ does (PyPI jsonpatch) and validating the resulting Pod against the Kubernetes sc
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 import uuid
@@ -519,3 +520,18 @@ def validate_with_envoy(files: dict[str, str], directory: Path) -> None:
 def test_malformed_reviews_say_what_is_wrong(body: bytes, words: str) -> None:
     with pytest.raises(MalformedReview, match=words):
         parse_review(body)
+
+
+def test_mesh_config_sidecar_resources_win_over_the_injector_defaults() -> None:
+    mesh = dataclasses.replace(
+        MESH, sidecar_requests=(("cpu", "100m"),), sidecar_limits=(("memory", "128Mi"),)
+    )
+    pod = deployment_pod()
+    candidate = candidate_for(review(pod))
+    patch = sidecar_patch(candidate, new_proxy(candidate), TEMPLATE, mesh)
+    patched = apply_and_validate(pod, patch.operations)
+    (envoy,) = [c for c in patched["spec"]["containers"] if c["name"] == "envoy"]
+    assert envoy["resources"] == {"requests": {"cpu": "100m"}, "limits": {"memory": "128Mi"}}
+    default = inject(pod)[0]
+    (envoy,) = [c for c in default["spec"]["containers"] if c["name"] == "envoy"]
+    assert envoy["resources"] == dict(TEMPLATE.resources or {})

@@ -725,3 +725,26 @@ def test_re2_incompatible_patterns(pattern: str, reason: str) -> None:
 )
 def test_ref_of(value: object, ref: ObjectRef) -> None:
     assert ref_of(value) == ref
+
+
+def test_mesh_config_sidecar_resources() -> None:
+    manifest = {
+        "apiVersion": "config.meshcp.dev/v1alpha1",
+        "kind": "MeshConfig",
+        "metadata": {"name": "meshcp"},
+        "spec": {"sidecarResources": {"requests": {"memory": "64Mi", "cpu": "100m"}, "limits": {"cpu": "1"}}},
+    }
+    config = parse_object(manifest)
+    assert isinstance(config, MeshConfig)
+    assert config.sidecar_resources() == {
+        "requests": {"cpu": "100m", "memory": "64Mi"},
+        "limits": {"cpu": "1"},
+    }
+    manifest["spec"] = {"sidecarResources": {"limits": {"memory": "lots"}}}
+    with pytest.raises(
+        InvalidObject, match=r"spec.sidecarResources.limits.memory: must be a Kubernetes quantity"
+    ):
+        parse_object(manifest)
+    manifest["spec"] = {"sidecarResources": {"requestz": {}}}
+    with pytest.raises(InvalidObject, match=r"spec.sidecarResources.requestz: unknown field"):
+        parse_object(manifest)

@@ -419,7 +419,8 @@ def _sidecar_container(proxy: ProxyIdentity, template: SidecarTemplate, mesh: Me
         ],
         "ports": [{"name": "meshcp-metrics", "containerPort": iptables.PROMETHEUS_PORT, "protocol": "TCP"}],
         "env": env,
-        "resources": copy.deepcopy(dict(template.resources or {})),
+        # MeshConfig's sidecarResources win over the injector's configured defaults.
+        "resources": mesh.sidecar_resources() or copy.deepcopy(dict(template.resources or {})),
         "securityContext": {
             "runAsUser": iptables.PROXY_UID,
             "runAsGroup": iptables.PROXY_UID,

@@ -37,6 +37,19 @@ class MeshConfig:
     inbound_port_exclusions: tuple[int, ...] = ()
     sidecar_image: str = "envoyproxy/envoy:v1.40.0"
     sidecar_log_level: str = "info"
+    #: Kubernetes resource requests and limits of the Envoy sidecar, as (name, quantity)
+    #: pairs (e.g. ("cpu", "100m")); empty: the injector's own defaults.
+    sidecar_requests: tuple[tuple[str, str], ...] = ()
+    sidecar_limits: tuple[tuple[str, str], ...] = ()
+
+    def sidecar_resources(self) -> dict[str, dict[str, str]]:
+        """The container's `resources` (empty when MeshConfig sets none)."""
+        out: dict[str, dict[str, str]] = {}
+        if self.sidecar_requests:
+            out["requests"] = dict(self.sidecar_requests)
+        if self.sidecar_limits:
+            out["limits"] = dict(self.sidecar_limits)
+        return out
 
     @property
     def ref(self) -> ObjectRef:

@@ -791,7 +791,10 @@ def _mesh_config(root: _Node, meta: Meta, version: str) -> MeshConfig:
             spec.field(key).fail(f"unknown field (known: {', '.join(_MESH_CONFIG_FIELDS)})")
         attribute, read = reader
         if spec.field(key).present:
-            values[attribute] = read(spec.field(key))
+            if attribute == "sidecar_resources":
+                values.update(read(spec.field(key)))
+            else:
+                values[attribute] = read(spec.field(key))
     config = MeshConfig(meta=meta, **values)
     if config.debounce_max < config.debounce_window:
         spec.field("debounceMax").fail(
@@ -840,6 +843,31 @@ def _non_empty(node: _Node) -> str:
     return node.string(required=True)
 
 
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+
+
+def _resources(node: _Node, part: str) -> tuple[tuple[str, str], ...]:
+    """`sidecarResources.requests|limits`: resource name → Kubernetes quantity."""
+    values = node.field(part)
+    if not values.present:
+        return ()
+    out = []
+    for name in sorted(values.mapping()):
+        item = values.field(name)
+        quantity = item.string(required=True)
+        if not _QUANTITY.match(quantity):
+            item.fail(f"must be a Kubernetes quantity such as 100m or 64Mi, got {_got(quantity)}")
+        out.append((name, quantity))
+    return tuple(out)
+
+
+def _sidecar_resources(node: _Node) -> dict[str, Any]:
+    for key in node.mapping():
+        if key not in ("requests", "limits"):
+            node.field(key).fail("unknown field (known: requests, limits)")
+    return {"sidecar_requests": _resources(node, "requests"), "sidecar_limits": _resources(node, "limits")}
+
+
 _MESH_CONFIG_FIELDS: dict[str, tuple[str, Callable[[_Node], Any]]] = {
     "meshName": ("mesh_name", _dns_label),
     "trustDomain": ("trust_domain", _trust_domain),
@@ -854,6 +882,7 @@ _MESH_CONFIG_FIELDS: dict[str, tuple[str, Callable[[_Node], Any]]] = {
     "inboundPortExclusions": ("inbound_port_exclusions", _ports),
     "sidecarImage": ("sidecar_image", _non_empty),
     "sidecarLogLevel": ("sidecar_log_level", _choice(SIDECAR_LOG_LEVELS)),
+    "sidecarResources": ("sidecar_resources", _sidecar_resources),
 }
 
 
