@@ -112,12 +112,12 @@ class Reconciler:
         egress, trust = policy.egress_passthrough, policy.trust_domain
         resources: list[Resource] = []
         resources += self._piece(
-            old, ("cds-up", identity, upstreams), lambda: list(cds.upstream_clusters(policy))
+            old,
+            ("cds-up", identity, cds.upstream_inputs(policy)),
+            lambda: list(cds.upstream_clusters(policy)),
         )
         resources += self._piece(
-            old,
-            ("cds-local", inbound, egress),
-            lambda: [c for c in cds.clusters(policy) if not _upstream(c.name)],
+            old, ("cds-local", inbound, egress), lambda: list(cds.local_clusters(policy))
         )
         resources += self._piece(old, ("lds-out", upstreams, egress), lambda: [lds.outbound_listener(policy)])
         resources += self._piece(old, ("lds-prom",), lambda: [lds.prometheus_listener()])
@@ -160,8 +160,3 @@ def _assignment(
     service: ServiceKey, port: int, endpoints: tuple[Endpoint, ...]
 ) -> list[betterproto2.Message]:
     return [eds.load_assignment(service, port, endpoints)]
-
-
-def _upstream(cluster_name: str) -> bool:
-    """Upstream clusters are `<ns>/<svc>|<port>`; local ones end in `|local`."""
-    return cluster_name.count("|") == 1

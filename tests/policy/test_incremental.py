@@ -8,7 +8,7 @@ from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.model.state import MeshState
 from meshcp.publisher import ProxyClass, Publisher
 from meshcp.reconcile import Reconciler
-from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, target
+from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, split, target
 
 
 async def reconciler() -> tuple[Reconciler, Encoder]:
@@ -61,3 +61,30 @@ async def test_unchanged_state_encodes_nothing() -> None:
     count = encoder.encodes
     rec.apply(state("10.244.5.1"))
     assert encoder.encodes == count
+
+
+async def test_a_split_weight_change_re_encodes_routes_only() -> None:
+    rec, encoder = await reconciler()
+    before = encoded(
+        rec.apply(
+            state(
+                "10.244.5.1", split("bookstore", "s", "bookstore", ("bookstore-v1", 1), ("bookstore-v2", 1))
+            )
+        )
+    )
+    count = encoder.encodes
+    after = encoded(
+        rec.apply(
+            state(
+                "10.244.5.1", split("bookstore", "s", "bookstore", ("bookstore-v1", 3), ("bookstore-v2", 1))
+            )
+        )
+    )
+    changed = sorted({key for key, resource in after.items() if before.get(key) is not resource})
+    assert changed == [(resource_types.ROUTE, "rds-outbound.14001")]
+    # Re-encoded: the outbound routes of each client namespace and the outbound listener
+    # (its TCP chains could carry weights); no cluster: weights are not a cluster input.
+    policies = list(rec.policy.classes.values())
+    namespaces = {p.identity.namespace for p in policies}
+    http_ports = {u.port for u in policies[0].upstreams if u.is_http}
+    assert encoder.encodes - count == len(namespaces) * len(http_ports) + 1

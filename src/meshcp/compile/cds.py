@@ -140,11 +140,29 @@ def _http2(upstream: Upstream) -> bool:
     return upstream.protocol == "grpc"
 
 
-def clusters(policy: ProxyPolicy) -> list[Cluster]:
-    """Every cluster of a proxy class, sorted by name."""
-    out = upstream_clusters(policy)
-    out += [local_cluster(port) for port in policy.inbound]
+def local_clusters(policy: ProxyPolicy) -> list[Cluster]:
+    """The clusters that do not depend on upstream services: the application's local
+    ports, the egress passthrough and Envoy's own metrics."""
+    out = [local_cluster(port) for port in policy.inbound]
     if policy.egress_passthrough:
         out.append(passthrough_cluster())
     out.append(metrics_cluster())
+    return out
+
+
+def clusters(policy: ProxyPolicy) -> list[Cluster]:
+    """Every cluster of a proxy class, sorted by name."""
+    out = upstream_clusters(policy) + local_clusters(policy)
     return sorted({c.name: c for c in out}.values(), key=lambda c: c.name)
+
+
+def upstream_inputs(policy: ProxyPolicy) -> tuple[tuple[ServiceKey, int, bool], ...]:
+    """Exactly what `upstream_clusters` reads besides the identity: each cluster's service,
+    port and protocol. Weights, addresses and endpoints do not change a cluster."""
+    inputs: set[tuple[ServiceKey, int, bool]] = set()
+    for upstream in policy.upstreams:
+        services = [upstream.service]
+        if upstream.split is not None:
+            services += [backend for backend, _ in upstream.split.backends]
+        inputs.update((service, upstream.port, _http2(upstream)) for service in services)
+    return tuple(sorted(inputs, key=lambda item: (str(item[0]), item[1], item[2])))
