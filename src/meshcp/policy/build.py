@@ -98,6 +98,11 @@ class _Builder:
         self.pods = {(p.meta.namespace, p.meta.name): p for p in state.pods}
         self.meshed_pods = [p for p in state.pods if is_meshed(p, self.meshed_ns)]
         self.services = [s for s in state.services if s.meta.namespace in self.meshed_ns]
+        self.pods_by_namespace: dict[str, list[Pod]] = defaultdict(list)
+        for pod in state.pods:
+            self.pods_by_namespace[pod.meta.namespace].append(pod)
+        self._backends: dict[tuple[str, str], list[tuple[Pod | None, str, bool]]] = {}
+        self._local: dict[int, list[Service]] | None = None
         self.slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
         for endpoint_slice in state.endpoint_slices:
             self.slices[(endpoint_slice.meta.namespace, endpoint_slice.service)].append(endpoint_slice)
@@ -109,18 +114,26 @@ class _Builder:
 
     def backends(self, service: Service) -> list[tuple[Pod | None, str, bool]]:
         """(pod, address, ready) behind a service: from its EndpointSlices if it has any,
-        else from the pods its selector matches (as the endpoint controller would)."""
-        slices = self.slices.get((service.meta.namespace, service.meta.name))
+        else from the pods its selector matches (as the endpoint controller would).
+
+        Computed once per service and state: endpoints, identities, inbound ports and
+        local services all ask, and a scan of every pod per question is quadratic."""
+        key = (service.meta.namespace, service.meta.name)
+        found = self._backends.get(key)
+        if found is not None:
+            return found
+        slices = self.slices.get(key)
         out: list[tuple[Pod | None, str, bool]] = []
         if slices:
             for endpoint_slice in slices:
                 for endpoint in endpoint_slice.endpoints:
                     pod = self.pods.get((service.meta.namespace, endpoint.pod)) if endpoint.pod else None
                     out.extend((pod, address, endpoint.ready) for address in endpoint.addresses)
-            return out
-        for pod in self.state.pods:
-            if selects(service, pod) and pod.ip:
-                out.append((pod, pod.ip, pod.ready))
+        else:
+            for pod in self.pods_by_namespace.get(service.meta.namespace, ()):
+                if selects(service, pod) and pod.ip:
+                    out.append((pod, pod.ip, pod.ready))
+        self._backends[key] = out
         return out
 
     def endpoints(self, service: Service, port: ServicePort) -> tuple[Endpoint, ...]:
@@ -242,16 +255,18 @@ class _Builder:
     # Inbound -----------------------------------------------------------------
 
     def local_services(self, pod: Pod) -> list[Service]:
-        out = []
-        for service in self.services:
-            if selects(service, pod):
-                out.append(service)
-                continue
-            for backend_pod, _, _ in self.backends(service):
-                if backend_pod is pod:
-                    out.append(service)
-                    break
-        return out
+        """The services a pod backs (selected by them, or named in their EndpointSlices)."""
+        if self._local is None:
+            index: dict[int, list[Service]] = defaultdict(list)
+            for service in self.services:
+                local = {id(p): p for p, _, _ in self.backends(service) if p is not None}
+                for candidate in self.pods_by_namespace.get(service.meta.namespace, ()):
+                    if selects(service, candidate):
+                        local[id(candidate)] = candidate
+                for backend_pod in local.values():
+                    index[id(backend_pod)].append(service)
+            self._local = index
+        return self._local.get(id(pod), [])
 
     def inbound(self, pod: Pod, identity: Identity) -> tuple[InboundPort, ...]:
         permissive = self.state.permissive(pod.meta.namespace)
