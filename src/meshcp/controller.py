@@ -30,7 +30,8 @@ from meshcp.publisher import Publisher
 from meshcp.readiness import Readiness
 from meshcp.reconcile import Reconciler
 from meshcp.sources.files import FileSource
-from meshcp.sources.kubernetes import KubernetesSource, default_api_client
+from meshcp.sources.kubernetes import ApiClientFactory, KubernetesSource, default_api_client
+from meshcp.sources.kubernetes_events import EventRecorder
 from meshcp.store import Store
 from meshcp.trust import TrustCoordinator
 from meshcp.xds.auth import Authorizer, Classifier, by_node_id
@@ -157,7 +158,18 @@ class ControllerRuntime:
             on_rotated=on_rotated,
         )
         self.publisher = Publisher(self.cache, self.encoder, self.certificates, trust_domain=ca.trust_domain)
-        self.reconciler = Reconciler(self.encoder, self.publisher, self.metrics)
+        self._api_client: ApiClientFactory = partial(
+            default_api_client, settings.kube_context, settings.kubeconfig
+        )
+        self.events: EventRecorder | None = None
+        if settings.kubernetes:
+            self.events = EventRecorder(self._api_client)
+        self.reconciler = Reconciler(
+            self.encoder,
+            self.publisher,
+            self.metrics,
+            self.events.report if self.events is not None else None,
+        )
         if settings.source is not None or settings.kubernetes:
             self.store.expect("kubernetes" if settings.kubernetes else "files")
             self.readiness.expect("mesh")

@@ -47,7 +47,8 @@ class Metrics:
         )
         self.problems = Gauge(
             "meshcp_invalid_objects",
-            "Objects reported invalid or conflicting and skipped (see /debug/problems).",
+            "Objects reported invalid or conflicting and skipped, by kind (see /debug/problems).",
+            ["kind"],
             registry=r,
         )
         self.encodes = Gauge(

@@ -48,8 +48,15 @@ class _Memo:
 class Reconciler:
     """Applies each new MeshState; knows which class every connected proxy belongs to."""
 
-    def __init__(self, encoder: Encoder, publisher: Publisher, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        publisher: Publisher,
+        metrics: Metrics | None = None,
+        on_problem: Callable[[Problem], None] | None = None,
+    ) -> None:
         self._encoder = encoder
+        self._on_problem = on_problem
         self._publisher = publisher
         self._metrics = metrics
         self._memo = _Memo()
@@ -149,11 +156,17 @@ class Reconciler:
         current = set(problems)
         for problem in sorted(current - self._reported, key=str):
             log.warning("skipped: %s", problem)
+            if self._on_problem is not None:
+                self._on_problem(problem)
         for problem in sorted(self._reported - current, key=str):
             log.info("resolved: %s", problem)
-        self._reported = current
+        previous, self._reported = self._reported, current
         if self._metrics is not None:
-            self._metrics.problems.set(len(current))
+            by_kind: dict[str, int] = {}
+            for problem in current:
+                by_kind[problem.ref.kind] = by_kind.get(problem.ref.kind, 0) + 1
+            for kind in {problem.ref.kind for problem in previous} | by_kind.keys():
+                self._metrics.problems.labels(kind).set(by_kind.get(kind, 0))
 
 
 def _assignment(

@@ -1,0 +1,86 @@
+"""Kubernetes Events for objects meshcp skipped, so `kubectl describe` shows users why.
+
+An invalid or conflicting SMI object is reported where users look first: a Warning event
+on the object itself (reason `MeshcpInvalid`), besides the log line, the metric and
+/debug/problems. Events are posted in the background; a failure to post is logged and
+never affects the mesh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from kubernetes_asyncio.client import (
+    ApiClient,
+    CoreV1Api,
+    CoreV1Event,
+    V1EventSource,
+    V1ObjectMeta,
+    V1ObjectReference,
+)
+from kubernetes_asyncio.client.rest import ApiException
+
+from meshcp.model.state import Problem
+from meshcp.sources.kubernetes import RESOURCES
+
+log = logging.getLogger("meshcp.kubernetes.events")
+
+REASON = "MeshcpInvalid"
+COMPONENT = "meshcp-controller"
+_API_VERSIONS = {r.kind: f"{r.group}/{r.version}" if r.group else r.version for r in RESOURCES}
+
+
+def event_for(problem: Problem, now: datetime.datetime) -> CoreV1Event | None:
+    """The Warning event for a problem of an API object (None for files and documents)."""
+    ref = problem.ref
+    api_version = _API_VERSIONS.get(ref.kind)
+    if api_version is None:
+        return None
+    namespace = ref.namespace or "default"
+    digest = hashlib.sha256(f"{ref}|{problem.reason}".encode()).hexdigest()[:10]
+    return CoreV1Event(
+        metadata=V1ObjectMeta(name=f"{ref.name}.meshcp-{digest}", namespace=namespace),
+        involved_object=V1ObjectReference(
+            api_version=api_version, kind=ref.kind, name=ref.name, namespace=ref.namespace or None
+        ),
+        reason=REASON,
+        message=problem.reason,
+        type="Warning",
+        source=V1EventSource(component=COMPONENT),
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+    )
+
+
+class EventRecorder:
+    """Posts one Warning event per new problem; `report` never blocks."""
+
+    def __init__(self, api_client_factory: Callable[[], Awaitable[ApiClient]]) -> None:
+        self._factory = api_client_factory
+        self._queue: asyncio.Queue[Problem] = asyncio.Queue()
+        self.posted = 0
+
+    def report(self, problem: Problem) -> None:
+        self._queue.put_nowait(problem)
+
+    async def run(self) -> None:
+        async with await self._factory() as api_client:
+            core = CoreV1Api(api_client)
+            while True:
+                problem = await self._queue.get()
+                event = event_for(problem, datetime.datetime.now(datetime.UTC))
+                if event is None:
+                    continue
+                try:
+                    await core.create_namespaced_event(event.metadata.namespace, event)
+                    self.posted += 1
+                except ApiException as error:
+                    if error.status != 409:  # 409: the same event was posted before
+                        log.warning("could not post an event for %s: %s", problem.ref, error.reason)
+                except OSError as error:
+                    log.warning("could not post an event for %s: %s", problem.ref, error)
