@@ -28,7 +28,7 @@ from meshcp.certs.root_rotation import (
     RotationConflict,
     root_rotation_due,
 )
-from meshcp.certs.storage import StateStore
+from meshcp.certs.storage import AtomicCreateStore, MemoryStore, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,14 @@ class InternalCA:
                 raise CertificateError(_NAME, f"no CA found in {store.location}")
             root = await asyncio.to_thread(create_root, key_spec, clock(), validity=root_validity)
             state = CAState(active=root)
-            await ca_persistence.save_root(store, root)
-            await ca_persistence.save_state(store, state)
-            log.info("created root CA %s in %s", root.id, store.location)
+            if await _create(store, state):
+                log.info("created root CA %s in %s", root.id, store.location)
+            else:
+                adopted = await ca_persistence.load_state(store)
+                if adopted is None:
+                    raise CertificateError(_NAME, f"CA creation in {store.location} lost a race to nothing")
+                state = adopted
+                log.info("adopted root CA %s created concurrently in %s", state.active.id, store.location)
         ca = cls(store, state, key_spec=key_spec, clock=clock, root_validity=root_validity)
         await ca._add_missing_cross_certificate()
         return ca
@@ -218,3 +223,15 @@ class InternalCA:
             return False
         await self.rotate_root()
         return True
+
+
+async def _create(store: StateStore, state: CAState) -> bool:
+    """Persist a new CA; False if a store shared with other writers got one first."""
+    if not isinstance(store, AtomicCreateStore):
+        await ca_persistence.save_root(store, state.active)
+        await ca_persistence.save_state(store, state)
+        return True
+    staged = MemoryStore()
+    await ca_persistence.save_root(staged, state.active)
+    await ca_persistence.save_state(staged, state)
+    return await store.create_all(staged.entries, secret=staged.secret_names)

@@ -12,8 +12,9 @@ import asyncio
 import os
 import re
 import secrets
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]*")
 _SECRET_MODE = 0o600
@@ -46,6 +47,17 @@ class StateStore(Protocol):
 
     async def delete(self, name: str) -> None:
         """Remove an entry; removing a missing entry is not an error."""
+        ...
+
+
+@runtime_checkable
+class AtomicCreateStore(StateStore, Protocol):
+    """A store shared by several writers (controller replicas) that can create a set of
+    entries as one commit, so that concurrent creators agree on one result."""
+
+    async def create_all(self, entries: Mapping[str, bytes], *, secret: Collection[str] = ()) -> bool:
+        """Write all `entries` atomically if none of them exists yet (`secret` names those
+        readable by the owner only); False, writing nothing, if one already exists."""
         ...
 
 

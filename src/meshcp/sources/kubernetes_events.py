@@ -68,19 +68,29 @@ class EventRecorder:
     def report(self, problem: Problem) -> None:
         self._queue.put_nowait(problem)
 
+    async def drain(self) -> None:
+        """Until every reported problem has been handled (posted, or given up on)."""
+        await self._queue.join()
+
     async def run(self) -> None:
         async with await self._factory() as api_client:
             core = CoreV1Api(api_client)
             while True:
                 problem = await self._queue.get()
-                event = event_for(problem, datetime.datetime.now(datetime.UTC))
-                if event is None:
-                    continue
                 try:
-                    await core.create_namespaced_event(event.metadata.namespace, event)
-                    self.posted += 1
-                except ApiException as error:
-                    if error.status != 409:  # 409: the same event was posted before
-                        log.warning("could not post an event for %s: %s", problem.ref, error.reason)
-                except OSError as error:
-                    log.warning("could not post an event for %s: %s", problem.ref, error)
+                    await self._post(core, problem)
+                finally:
+                    self._queue.task_done()
+
+    async def _post(self, core: CoreV1Api, problem: Problem) -> None:
+        event = event_for(problem, datetime.datetime.now(datetime.UTC))
+        if event is None:
+            return
+        try:
+            await core.create_namespaced_event(event.metadata.namespace, event)
+            self.posted += 1
+        except ApiException as error:
+            if error.status != 409:  # 409: the same event was posted before
+                log.warning("could not post an event for %s: %s", problem.ref, error.reason)
+        except OSError as error:
+            log.warning("could not post an event for %s: %s", problem.ref, error)
