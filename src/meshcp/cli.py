@@ -13,6 +13,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from meshcp.controller import Address, ControllerRuntime, ListenError, Settings
 from meshcp.injector.server import InjectorError, InjectorSettings, run_injector
 from meshcp.offline import OfflineError
 from meshcp.sources.files import SourceError
+from meshcp.sources.kubernetes import default_api_client
 from meshcp.xds.tls import server_context
 
 log = logging.getLogger("meshcp")
@@ -82,8 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
     )
-    serve.add_argument("--kubeconfig", help="with --source kubernetes outside a pod (default ~/.kube/config)")
-    serve.add_argument("--context", help="kubeconfig context (default: the current one)")
     _add_ca_options(serve)
 
     compile_ = commands.add_parser("compile", help="print the Envoy config one pod's proxy would receive")
@@ -111,9 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inject.add_argument("--tls-key", type=Path, required=True, help="PEM key for --tls-cert (reloaded)")
     inject.add_argument("--address", default="0.0.0.0:9090", help="listener (default %(default)s)")
-    inject.add_argument(
-        "--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, then ~/.kube/config)"
-    )
     inject.add_argument(
         "--xds-address",
         default="meshcp-controller.meshcp-system.svc:15128",
@@ -168,6 +165,18 @@ def _add_ca_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--vault-role", default="meshcp", help="Vault PKI role (%(default)s)")
     group.add_argument("--vault-mount", default="pki", help="Vault PKI mount (%(default)s)")
+    group.add_argument(
+        "--ca-secret", default="", metavar="NS/NAME", help="keep the internal CA in this Secret"
+    )
+    group.add_argument("--cert-manager-issuer", default="", help="cert-manager issuer name")
+    group.add_argument("--cert-manager-issuer-kind", default="Issuer", help="Issuer or ClusterIssuer")
+    group.add_argument(
+        "--cert-manager-namespace", default="meshcp-system", help="where CertificateRequests go"
+    )
+    group.add_argument(
+        "--kubeconfig", help="Kubernetes access outside a pod (default: in-cluster, ~/.kube/config)"
+    )
+    group.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -213,6 +222,10 @@ def _ca_settings(args: argparse.Namespace) -> CaSettings:
         raise UsageError("--cfssl-url is required with --ca-provider cfssl")
     if args.ca_provider == "vault" and not (args.vault_address and args.vault_token):
         raise UsageError("--vault-address and a token (--vault-token or VAULT_TOKEN) are required with vault")
+    if args.ca_provider == "cert-manager" and not args.cert_manager_issuer:
+        raise UsageError("--cert-manager-issuer is required with --ca-provider cert-manager")
+    if args.ca_secret and args.ca_secret.count("/") != 1:
+        raise UsageError(f"--ca-secret {args.ca_secret!r} is not NAMESPACE/NAME")
     return CaSettings(
         provider=args.ca_provider,
         state_dir=args.state_dir,
@@ -225,6 +238,10 @@ def _ca_settings(args: argparse.Namespace) -> CaSettings:
         vault_token=args.vault_token,
         vault_role=args.vault_role,
         vault_mount=args.vault_mount,
+        secret=args.ca_secret,
+        cert_manager_issuer=args.cert_manager_issuer,
+        cert_manager_issuer_kind=args.cert_manager_issuer_kind,
+        cert_manager_namespace=args.cert_manager_namespace,
     )
 
 
@@ -258,7 +275,7 @@ async def _bootstrap(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     ca = _ca_settings(args)
     state = await offline.load(args.source)
-    provider = await open_provider(ca)
+    provider = await open_provider(ca, partial(default_api_client, args.context, args.kubeconfig))
     try:
         proxy = await offline.write_bootstrap(
             state,
@@ -288,7 +305,7 @@ async def _inject(args: argparse.Namespace) -> None:
         tls_key=args.tls_key,
         host=listen.host,
         port=listen.port,
-        kubeconfig=args.kubeconfig,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         xds_host=xds.host,
         xds_port=xds.port,
         xds_server_name=args.xds_server_name,

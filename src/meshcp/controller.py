@@ -222,7 +222,9 @@ class ControllerRuntime:
         readiness: Readiness | None = None,
     ) -> ControllerRuntime:
         """Open the CA (creating the internal root on first use), then build the controller."""
-        provider = await open_provider(settings.ca)
+        provider = await open_provider(
+            settings.ca, partial(default_api_client, settings.kube_context, settings.kubeconfig)
+        )
         return cls(settings, provider, classify=classify, authorize=authorize, readiness=readiness)
 
     async def start(self) -> None:

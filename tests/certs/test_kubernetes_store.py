@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from kubernetes_asyncio.client import ApiClient, Configuration
 
+from meshcp.ca_setup import CaSettings, close_provider, open_provider
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.kubernetes_store import SecretStore
 from meshcp.certs.provider import CertificateError
@@ -223,3 +224,36 @@ async def test_unreachable_api_names_the_secret(clock: FakeClock) -> None:
         assert info.value.retryable
         with pytest.raises(CertificateError, match=f"{NAMESPACE}/{NAME}"):
             await secrets.write("a", b"1")
+
+
+async def test_open_provider_keeps_the_internal_ca_in_the_configured_secret(k: Emulator) -> None:
+    async def factory() -> ApiClient:
+        return ApiClient(Configuration(host=str(k.url)))
+
+    settings = CaSettings(secret="meshcp-system/meshcp-ca")
+    first = await open_provider(settings, factory)
+    second = await open_provider(settings, factory)
+    try:
+        assert isinstance(first, InternalCA) and isinstance(first.store, SecretStore)
+        assert await first.trust_bundle() == await second.trust_bundle()  # one root, shared
+        assert first.store.location.endswith("meshcp-system/meshcp-ca")
+    finally:
+        await close_provider(first)
+        await close_provider(second)
+    with pytest.raises(CertificateError, match="is not NAMESPACE/NAME"):
+        await open_provider(CaSettings(secret="no-slash"), factory)
+
+
+async def test_open_provider_builds_the_cert_manager_provider(k: Emulator) -> None:
+    async def factory() -> ApiClient:
+        return ApiClient(Configuration(host=str(k.url)))
+
+    provider = await open_provider(
+        CaSettings(provider="cert-manager", cert_manager_issuer="mesh-ca"), factory
+    )
+    try:
+        assert provider.name == "cert-manager"
+    finally:
+        await close_provider(provider)
+    with pytest.raises(CertificateError, match="--cert-manager-issuer is required"):
+        await open_provider(CaSettings(provider="cert-manager"), factory)

@@ -74,7 +74,9 @@ class CertManagerProvider:
         timeout: float = 30.0,
         poll_interval: float = 0.5,
         trust_bundle_pem: str | None = None,
+        owns_client: bool = False,
     ) -> None:
+        """`owns_client`: an `api_client` given as an object is closed by `aclose` too."""
         if timeout <= 0 or poll_interval <= 0:
             raise ValueError("timeout and poll_interval must be positive")
         if isinstance(api_client, ApiClient):
@@ -88,6 +90,7 @@ class CertManagerProvider:
         self._timeout = timeout
         self._poll_interval = poll_interval
         self._ca_pem = _normalise_ca(trust_bundle_pem) if trust_bundle_pem else None
+        self._owns = owns_client or self._factory is not None
 
     @property
     def name(self) -> str:
@@ -102,8 +105,8 @@ class CertManagerProvider:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the API client if this provider made it."""
-        if self._factory is not None and self._api is not None:
+        """Close the API client if this provider made or was given ownership of it."""
+        if self._owns and self._api is not None:
             api, self._api = self._api, None
             await api.close()
 

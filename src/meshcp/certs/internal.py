@@ -105,6 +105,10 @@ class InternalCA:
         return _NAME
 
     @property
+    def store(self) -> StateStore:
+        return self._store
+
+    @property
     def state(self) -> CAState:
         return self._state
 

@@ -38,10 +38,15 @@ class SecretStore:
     def __init__(
         self, api_client: ApiClient, namespace: str, name: str, *, max_attempts: int = _MAX_ATTEMPTS
     ) -> None:
+        self._client = api_client
         self._api = CoreV1Api(api_client)
         self._namespace = namespace
         self._name = name
         self._max_attempts = max_attempts
+
+    async def aclose(self) -> None:
+        """Close the API client (the store owns it once handed over)."""
+        await self._client.close()
 
     @property
     def location(self) -> str:

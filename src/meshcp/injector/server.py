@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,6 +59,7 @@ from meshcp.injector.mutation import (
     sidecar_patch,
 )
 from meshcp.model.meshconfig import MeshConfig
+from meshcp.sources.kubernetes import default_api_client
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +395,7 @@ async def run_injector(
     except (OSError, ssl.SSLError) as error:
         raise InjectorError(f"cannot load the webhook's TLS files: {error}") from None
     async with contextlib.AsyncExitStack() as stack:
-        provider = await _open_ca(settings.ca)
+        provider = await _open_ca(settings.ca, settings.kubeconfig)
         stack.push_async_callback(close_provider, provider)
         trust_bundle = _trust_bundle(provider, settings.xds_trust_bundle)
         await trust_bundle()  # fail now, not on the first pod
@@ -422,11 +424,12 @@ async def run_injector(
             await stop.wait()
 
 
-async def _open_ca(settings: CaSettings) -> CertificateProvider:
+async def _open_ca(settings: CaSettings, kubeconfig: Path | None = None) -> CertificateProvider:
     """The controller's CA. The internal one is opened from its state directory and never
     created here: a root only the injector knew would sign certificates nobody trusts."""
-    if settings.provider != "internal":
-        return await open_provider(settings)
+    if settings.provider != "internal" or settings.secret:
+        factory = partial(default_api_client, None, str(kubeconfig) if kubeconfig else None)
+        return await open_provider(settings, factory, create=False)
     if settings.state_dir is None:
         raise InjectorError("the internal CA needs --state-dir (the controller's CA state)")
     return await InternalCA.open(DirectoryStore(settings.state_dir), key_spec=settings.key_spec, create=False)
