@@ -18,7 +18,7 @@ from meshcp.model.parse import parse_object
 from meshcp.policy.build import proxy_uuid
 from meshcp.sources.kubernetes import RESOURCES
 from tests.sources.kube_fixtures import Emulator
-from tests.sources.test_kubernetes import key, namespace, seed
+from tests.sources.test_kubernetes import BY_KIND, key, namespace, seed, stored, url_of
 from tests.support import eventually
 from tests.support.envoy import EnvoyProcess, ads_bootstrap
 
@@ -30,16 +30,16 @@ pytestmark = [
 ]
 
 
-def web_pod() -> dict[str, Any]:
+def web_pod(name: str = "web-0", ip: str = "10.244.0.5") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "web-0", "namespace": "shop", "labels": {"app": "web"}},
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web"}},
         "spec": {
             "serviceAccountName": "web",
             "containers": [{"name": "web", "ports": [{"containerPort": 8080}]}],
         },
-        "status": {"podIP": "10.244.0.5", "conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }
 
 
@@ -102,6 +102,19 @@ async def test_serve_from_kubernetes_configures_a_real_envoy(tmp_path: Path) -> 
                 clusters = await envoy.clusters()
                 assert "shop/web|80|local" in clusters
                 assert "shop/web|80" in clusters
+                assert await envoy.cluster_endpoints("shop/web|80") == [("10.244.0.5", 8080)]
                 connection = runtime.proxies.find(node_id)
                 assert connection is not None
                 assert connection.status()["types"]["lds"]["last_nack"] is None  # type: ignore[index]
+
+                # A pod added to the service in the cluster reaches this proxy's endpoints.
+                await k.post(url_of(BY_KIND["Pod"], "shop"), json=stored(web_pod("web-1", "10.244.0.6")))
+
+                async def two_endpoints() -> bool:
+                    return len(await envoy.cluster_endpoints("shop/web|80")) == 2
+
+                await eventually(two_endpoints, timeout=20, what="the new pod in Envoy's endpoints")
+                assert sorted(await envoy.cluster_endpoints("shop/web|80")) == [
+                    ("10.244.0.5", 8080),
+                    ("10.244.0.6", 8080),
+                ]
