@@ -535,3 +535,18 @@ def test_mesh_config_sidecar_resources_win_over_the_injector_defaults() -> None:
     default = inject(pod)[0]
     (envoy,) = [c for c in default["spec"]["containers"] if c["name"] == "envoy"]
     assert envoy["resources"] == dict(TEMPLATE.resources or {})
+
+
+def test_probe_paths_are_normalised_or_left_alone() -> None:
+    pod = deployment_pod()
+    container = pod["spec"]["containers"][0]
+    container["livenessProbe"] = {"httpGet": {"path": "healthz", "port": 14001}}
+    container["readinessProbe"] = {"httpGet": {"path": "/ready\x0f", "port": 14001}}
+    patched, _, warnings = inject(pod)
+    original = json.loads(patched["metadata"]["annotations"]["meshcp.dev/original-probes"])
+    liveness = [entry for entry in original if entry["probe"] == "liveness"]
+    assert liveness and liveness[0]["path"] == "/healthz"  # kubelet adds the leading slash too
+    assert patched["spec"]["containers"][0]["readinessProbe"] == {
+        "httpGet": {"path": "/ready\x0f", "port": 14001}
+    }
+    assert any("cannot be forwarded" in warning for warning in warnings)

@@ -548,6 +548,10 @@ def _classify(
             return _Probe(index, name, kind, probe, "TCP", port)
         path = action.get("path")
         path = path if isinstance(path, str) and path else "/"
+        if not path.startswith("/"):
+            path = "/" + path  # as kubelet's URL building does
+        if not (path.isascii() and path.isprintable()) or " " in path:
+            return f"container {name}: {kind} probe path {path!r:.40} cannot be forwarded; left as is"
         scheme = "HTTPS" if action.get("scheme") == "HTTPS" else "HTTP"
         return _Probe(index, name, kind, probe, scheme, port, path)
     if isinstance(probe.get("grpc"), dict):
