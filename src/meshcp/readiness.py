@@ -15,6 +15,7 @@ class Readiness:
 
     def __init__(self, pending: Iterable[str] = ()) -> None:
         self._pending = set(pending)
+        self._synced: set[str] = set()
         self._event = asyncio.Event()
         if not self._pending:
             self._event.set()
@@ -28,11 +29,14 @@ class Readiness:
         return sorted(self._pending)
 
     def expect(self, source: str) -> None:
-        """Register a source that must sync before anything is served."""
-        if not self._event.is_set():
+        """Register a source that must sync before anything is served (a readiness that was
+        only vacuously true, with nothing to wait for, becomes false until it syncs)."""
+        if source not in self._synced:
             self._pending.add(source)
+            self._event.clear()
 
     def mark_synced(self, source: str) -> None:
+        self._synced.add(source)
         self._pending.discard(source)
         if not self._pending:
             self._event.set()

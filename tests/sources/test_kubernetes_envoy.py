@@ -4,9 +4,11 @@ that receives the configuration of a pod defined there."""
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 import yaml
@@ -118,3 +120,38 @@ async def test_serve_from_kubernetes_configures_a_real_envoy(tmp_path: Path) -> 
                     ("10.244.0.5", 8080),
                     ("10.244.0.6", 8080),
                 ]
+
+
+async def test_readyz_stays_false_until_the_api_answers(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        xds_address=Address("127.0.0.1", 0),
+        http_address=Address("127.0.0.1", 0),
+        kubernetes=True,
+        kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")),
+    )
+    runtime = await ControllerRuntime.open(settings)
+    stopped = False
+    await runtime.__aenter__()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{runtime.http.port}/readyz"
+            async with http.get(url) as reply:
+                assert reply.status == 503  # nothing listens on the API's port yet
+            async with Emulator() as k, kmock.Server(k, port=port):
+                k.declare(*(key(resource) for resource in RESOURCES))
+                seed(k, namespace("shop"))
+
+                async def ready() -> bool:
+                    async with http.get(url) as reply:
+                        return reply.status == 200
+
+                await eventually(ready, timeout=30, what="/readyz once the API answers")
+                # Stop the controller while the API is up, so its watches end cleanly.
+                await runtime.__aexit__(None, None, None)
+                stopped = True
+    finally:
+        if not stopped:
+            await runtime.__aexit__(None, None, None)
