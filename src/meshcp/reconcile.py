@@ -34,16 +34,6 @@ class _Memo:
     entries: dict[Hashable, list[Resource]] = field(default_factory=dict)
     hits: int = 0
 
-    def get(
-        self, key: Hashable, build: Callable[[], list[betterproto2.Message]], encoder: Encoder
-    ) -> list[Resource]:
-        found = self.entries.get(key)
-        if found is None:
-            found = self.entries[key] = [encoder.encode(message) for message in build()]
-        else:
-            self.hits += 1
-        return found
-
 
 class Reconciler:
     """Applies each new MeshState; knows which class every connected proxy belongs to."""
@@ -101,12 +91,16 @@ class Reconciler:
     def _piece(
         self, old: _Memo, key: Hashable, build: Callable[[], list[betterproto2.Message]]
     ) -> list[Resource]:
-        found = old.entries.get(key)
-        if found is not None:
-            self._memo.entries[key] = found
+        """A piece from this round, else from the last one, else built and encoded now."""
+        found = self._memo.entries.get(key)
+        if found is None:
+            found = old.entries.get(key)
+        if found is None:
+            found = [self._encoder.encode(message) for message in build()]
+        else:
             self._memo.hits += 1
-            return found
-        return self._memo.get(key, build, self._encoder)
+        self._memo.entries[key] = found
+        return found
 
     def _compile(
         self,

@@ -10,6 +10,8 @@ RBAC, TCP via network RBAC. Prometheus (15010): Envoy's own stats.
 
 from __future__ import annotations
 
+import betterproto2
+
 from meshcp._proto.envoy.config.core.v3 import Address, CidrRange, SocketAddress, TrafficDirection
 from meshcp._proto.envoy.config.listener.v3 import (
     Filter,
@@ -60,8 +62,8 @@ def _address(port: int, host: str = "0.0.0.0") -> Address:
     return Address(socket_address=SocketAddress(address=host, port_value=port))
 
 
-def _filter(name: str, message: object) -> Filter:
-    return Filter(name=name, typed_config=pack(message))  # type: ignore[arg-type]
+def _filter(name: str, message: betterproto2.Message) -> Filter:
+    return Filter(name=name, typed_config=pack(message))
 
 
 def _hcm(stat_prefix: str, route_config_name: str, *, rbac: bool) -> Filter:

@@ -10,7 +10,9 @@ from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp.cache.snapshot import Snapshot
 
 
-class _Status(Protocol):
+class StreamState(Protocol):
+    """What the registry reads of a stream's protocol state (SotW or delta)."""
+
     kind: str
     node: Node | None
 
@@ -23,7 +25,7 @@ class _Status(Protocol):
 class Connection:
     """One open ADS stream."""
 
-    protocol: _Status
+    protocol: StreamState
     key: str
     identity: str | None
     peer: str

@@ -40,7 +40,7 @@ from meshcp.xds.auth import (
 )
 from meshcp.xds.delta import DeltaProtocol
 from meshcp.xds.observe import MetricsObserver
-from meshcp.xds.registry import ConnectedProxies, Connection
+from meshcp.xds.registry import ConnectedProxies, Connection, StreamState
 from meshcp.xds.sotw import SotwProtocol
 from meshcp.xds.stream import Outgoing
 
@@ -51,17 +51,10 @@ SOTW_PATH = SERVICE + "StreamAggregatedResources"
 DELTA_PATH = SERVICE + "DeltaAggregatedResources"
 
 
-class _Protocol(Protocol):
-    kind: str
-    node: Node | None
-
+class _Protocol(StreamState, Protocol):
     def receive(self, request: Any) -> bool: ...
 
     def responses(self, snapshot: Snapshot) -> list[Outgoing]: ...
-
-    def status(self) -> dict[str, object]: ...
-
-    def holds_current(self, type_url: str, snapshot: Snapshot) -> bool: ...
 
 
 class _Feed:
