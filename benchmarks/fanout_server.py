@@ -19,6 +19,7 @@ import io
 import os
 import pstats
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -99,11 +100,29 @@ def count_acks(metrics: Metrics) -> AckTally:
     return tally
 
 
+def traced_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, clients: int) -> str:
+    """Bytes allocated per client between two snapshots, by allocating line (innermost
+    frame) and by traceback, largest first."""
+    lines = []
+    for key, count in (("lineno", 40), ("traceback", 25)):
+        stats = after.compare_to(before, key)
+        total = sum(stat.size_diff for stat in stats)
+        lines.append(f"tracemalloc by {key}: {total / clients:,.0f} B/client in all")
+        for stat in stats[:count]:
+            frames = list(stat.traceback)
+            where = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(frames))
+            lines.append(
+                f"  {stat.size_diff / clients:8.1f} B/client {stat.count_diff / clients:6.2f} obj  {where}"
+            )
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     resources: int
     classes: int
     profile: str  # directory for cProfile output of this run, or ""
+    tracemalloc: int = 0  # frames per traceback: trace where the per-stream bytes go (0: off)
 
 
 def run(control: Connection, spec: ServerSpec) -> None:
@@ -134,6 +153,7 @@ class _ServerProcess:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._profiler: cProfile.Profile | None = None
+        self._traced: tracemalloc.Snapshot | None = None
 
     async def main(self) -> None:
         workload = self._workload
@@ -145,6 +165,9 @@ class _ServerProcess:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._control.fileno(), self._on_command)
         gc.collect()
+        if self._spec.tracemalloc:
+            tracemalloc.start(self._spec.tracemalloc)
+            self._traced = tracemalloc.take_snapshot()
         self._control.send(
             {
                 "port": self._xds.port,
@@ -202,6 +225,8 @@ class _ServerProcess:
         cpu = time.process_time() - cpu
         profile = self._dump("initial")
         gc.collect()
+        if self._traced is not None:
+            profile += traced_growth(self._traced, tracemalloc.take_snapshot(), clients)
         self._control.send(
             {
                 "reached": reached,

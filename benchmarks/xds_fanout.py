@@ -169,9 +169,17 @@ def _check(replies: list[dict[str, Any]], what: str) -> None:
 
 
 def run_once(
-    args: argparse.Namespace, mode: str, clients: int, classes: int, profile: str, sample: str
+    args: argparse.Namespace,
+    mode: str,
+    clients: int,
+    classes: int,
+    profile: str,
+    sample: str,
+    traced: int = 0,
 ) -> RunResult:
-    server = Child("server", fanout_server.run, fanout_server.ServerSpec(args.resources, classes, profile))
+    server = Child(
+        "server", fanout_server.run, fanout_server.ServerSpec(args.resources, classes, profile, traced)
+    )
     pid = server.process.pid
     loads: list[Child] = []
     try:
@@ -395,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-processes", type=int, default=1)
     parser.add_argument("--profile", default="", help="directory: cProfile the server in the first run")
     parser.add_argument("--py-spy", default="", help="directory: py-spy the server in the first run")
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        help="frames per traceback: trace the server's per-client allocations (first run at N)",
+    )
     parser.add_argument("--json", default="", help="write every run's raw figures to this file")
     args = parser.parse_args(argv)
     fanout_client.self_check()
@@ -415,10 +429,12 @@ def main(argv: list[str] | None = None) -> int:
                 results = []
                 for run in range(args.runs):
                     profile = sample = ""
+                    traced = 0
                     if run == 0 and clients == args.clients:
                         profile = _case_directory(args.profile, mode, klass, clients)
                         sample = _case_directory(args.py_spy, mode, klass, clients)
-                    result = run_once(args, mode, clients, klass, profile, sample)
+                        traced = args.tracemalloc
+                    result = run_once(args, mode, clients, klass, profile, sample, traced)
                     results.append(result)
                     print(
                         f"# {mode} classes={klass} clients={clients} run {run + 1}: "
