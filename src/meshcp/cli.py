@@ -26,6 +26,10 @@ from meshcp.certs.keys import KeySpec
 from meshcp.certs.provider import CertificateError
 from meshcp.controller import Address, ControllerRuntime, ListenError, Settings
 from meshcp.injector.server import InjectorError, InjectorSettings, run_injector
+from meshcp.lab import commands as lab
+from meshcp.lab.demo import run_demo
+from meshcp.lab.layout import LabPaths
+from meshcp.lab.network import LabError
 from meshcp.offline import OfflineError
 from meshcp.sources.files import SourceError
 from meshcp.sources.kubernetes import default_api_client
@@ -132,7 +136,37 @@ def build_parser() -> argparse.ArgumentParser:
         action = ca_commands.add_parser(name, help=text)
         action.add_argument("--state-dir", type=Path, default=default_state_dir(), help="CA state directory")
         action.add_argument("--output", choices=["text", "json"], default="text")
+    _add_lab(commands)
+    demo = commands.add_parser("demo", help="run the bookstore mesh in a lab, drive traffic, print a report")
+    demo.add_argument(
+        "--source", type=Path, default=Path("examples/bookstore"), help="manifests (%(default)s)"
+    )
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (%(default)s)")
     return parser
+
+
+def _add_lab(commands: Any) -> None:
+    lab_parser = commands.add_parser(
+        "lab", help="the mesh on this machine: pods as network namespaces (root)"
+    )
+    actions = lab_parser.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="start a lab from a directory of manifests")
+    up.add_argument("directory", type=Path)
+    apply = actions.add_parser("apply", help="apply changed manifests to the running lab")
+    apply.add_argument("directory", type=Path)
+    status = actions.add_parser("status", help="pods, addresses, sidecars and their last xDS ACK")
+    status.add_argument("--output", choices=["text", "json"], default="text")
+    exec_ = actions.add_parser("exec", help="run a command in a pod's network namespace")
+    exec_.add_argument("pod", metavar="NAMESPACE/POD")
+    exec_.add_argument("-c", "--container", help="whose user and environment (default: the first app)")
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+    logs = actions.add_parser("logs", help="a container's output (or `controller`, `supervisor`)")
+    logs.add_argument("pod", metavar="NAMESPACE/POD")
+    logs.add_argument("-c", "--container", help="container name (default: the first app)")
+    actions.add_parser("down", help="stop the lab and remove all it made (also after a crash)")
+    supervise = actions.add_parser("_supervise")
+    supervise.add_argument("directory", type=Path)
+    supervise.add_argument("--envoy", type=Path, required=True)
 
 
 def _pod(text: str) -> tuple[str, str]:
@@ -336,6 +370,27 @@ def _print_ca(report: dict[str, Any], output: str) -> None:
                 print(f"  {field}: {value}")
 
 
+def _lab(args: argparse.Namespace) -> int:
+    paths = LabPaths.default()
+    action = args.lab_command
+    if action == "up":
+        lab.up(args.directory, paths)
+    elif action == "apply":
+        lab.apply(args.directory, paths)
+    elif action == "status":
+        lab.status(paths, args.output)
+    elif action == "exec":
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        lab.exec_in(args.pod, command, paths, args.container)
+    elif action == "logs":
+        lab.logs(args.pod, paths, args.container)
+    elif action == "down":
+        lab.down(paths)
+    elif action == "_supervise":
+        return lab.run_supervisor(args.directory, args.envoy, paths)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -353,12 +408,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_compile(args))
         elif args.command == "bootstrap":
             asyncio.run(_bootstrap(args))
+        elif args.command == "lab":
+            return _lab(args)
+        elif args.command == "demo":
+            return run_demo(args.source, LabPaths.default(), duration=args.duration)
         elif args.command == "ca":
             action = ca_show if args.ca_command == "show" else ca_rotate
             _print_ca(asyncio.run(action(args.state_dir)), args.output)
     except UsageError as error:
         parser.exit(2, f"meshcp: error: {error}\n")
-    except (ListenError, CertificateError, OfflineError, SourceError, InjectorError) as error:
+    except (ListenError, CertificateError, OfflineError, SourceError, InjectorError, LabError) as error:
         parser.exit(1, f"meshcp: error: {error}\n")
     except KeyboardInterrupt:
         return 130

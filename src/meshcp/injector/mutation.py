@@ -143,6 +143,9 @@ class SidecarTemplate:
     image_pull_policy: str = "IfNotPresent"
     #: Incremental (delta) ADS instead of state of the world.
     delta_xds: bool = False
+    #: Where the bootstrap volume is mounted in the sidecar. `meshcp lab` has no mount
+    #: namespaces per container, so it mounts each pod's volume at a directory of its own.
+    bootstrap_dir: str = BOOTSTRAP_DIR
 
     @property
     def server_name(self) -> str:
@@ -319,9 +322,9 @@ class BootstrapRenderer:
 
     def __init__(self, template: SidecarTemplate) -> None:
         tls = XdsTls(
-            certificate=f"{BOOTSTRAP_DIR}/{CERT_FILE}",
-            private_key=f"{BOOTSTRAP_DIR}/{KEY_FILE}",
-            trust_bundle=f"{BOOTSTRAP_DIR}/{CA_FILE}",
+            certificate=f"{template.bootstrap_dir}/{CERT_FILE}",
+            private_key=f"{template.bootstrap_dir}/{KEY_FILE}",
+            trust_bundle=f"{template.bootstrap_dir}/{CA_FILE}",
             server_name=template.server_name,
         )
         config = bootstrap("", "", template.xds_host, template.xds_port, tls=tls, delta=template.delta_xds)
@@ -412,7 +415,7 @@ def _sidecar_container(proxy: ProxyIdentity, template: SidecarTemplate, mesh: Me
         # (meshcp lab) cannot collide on the hot-restart socket.
         "args": [
             "--config-path",
-            f"{BOOTSTRAP_DIR}/{BOOTSTRAP_FILE}",
+            f"{template.bootstrap_dir}/{BOOTSTRAP_FILE}",
             "--log-level",
             mesh.sidecar_log_level,
             "--disable-hot-restart",
@@ -429,7 +432,7 @@ def _sidecar_container(proxy: ProxyIdentity, template: SidecarTemplate, mesh: Me
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": template.bootstrap_dir, "readOnly": True}],
     }
 
 
