@@ -63,6 +63,8 @@ def main() -> None:
         def log_message(self, format: str, *values: object) -> None:
             print(f"{self.client_address[0]} {self.command} {self.path} -> 200", flush=True)
 
+    # The default backlog of 5 drops connections when a sidecar opens several at once.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)
     print(f"{pod} ({version or 'no version'}) listening on {args.port}", flush=True)
     server.serve_forever()

@@ -50,7 +50,8 @@ async def get(netns: str, port: int, path: str, host: str = "127.0.0.1") -> tupl
     sock.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=sock)
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+        # HTTP/1.1: Envoy's admin interface refuses 1.0 (426).
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
         response = await asyncio.wait_for(reader.read(), TIMEOUT)
     except (OSError, TimeoutError) as error:
         raise LabError(f"GET {path} in {netns} failed: {error}") from None
@@ -61,7 +62,21 @@ async def get(netns: str, port: int, path: str, host: str = "127.0.0.1") -> tupl
         status = int(head.split(b" ", 2)[1])
     except (IndexError, ValueError):
         raise LabError(f"GET {path} in {netns}: not an HTTP response") from None
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _unchunk(body)
     return status, body
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(out)
 
 
 async def get_json(netns: str, port: int, path: str) -> Any:

@@ -33,7 +33,7 @@ from meshcp.injector import mutation
 from meshcp.lab import layout, network, processes
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.manifests import Manifest, ManifestError, expand_deployments, read_directory
-from meshcp.lab.netns_http import get_json
+from meshcp.lab.netns_http import connect_in, get_json
 from meshcp.lab.network import LabError
 from meshcp.lab.plan import PROXY_USER, Allocation, Container, LabPlan, PlanContext, PlannedPod, plan
 
@@ -41,6 +41,7 @@ log = logging.getLogger("meshcp.lab")
 
 READY_TIMEOUT = 120.0
 POLL = 0.2
+PORTS_TIMEOUT = 30.0
 PROXY_TYPES = ("cds", "eds", "lds", "rds", "sds")
 
 
@@ -75,7 +76,12 @@ class PodRuntime:
             )
         for state in self.states.values():
             await state.started.wait()
-        self.phase = "Running"
+        self.phase = "Starting"
+        if await _listening(pod):
+            self.phase = "Running"
+        else:
+            self.phase = "NotReady"
+            log.warning("pod %s: its container ports did not open within %.0f s", pod.key, PORTS_TIMEOUT)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -268,7 +274,7 @@ class Lab:
         converged = {p["node_id"] for p in proxies if _converged(p)}
         waiting = []
         for key, runtime in sorted(self.pods.items()):
-            if runtime.phase != "Running":
+            if runtime.phase not in ("Running", "NotReady"):
                 waiting.append(f"{key} ({runtime.phase})")
             elif runtime.planned.sidecar is not None and runtime.planned.node_id not in converged:
                 waiting.append(f"{key} (sidecar)")
@@ -337,6 +343,34 @@ class Lab:
     async def shutdown(self) -> None:
         await asyncio.gather(*(runtime.stop() for runtime in self.pods.values()))
         self.pods = {}
+
+
+async def _listening(pod: PlannedPod) -> bool:
+    """Whether every declared TCP container port accepts connections (within a while): the
+    lab's stand-in for a readiness probe, so that `lab up` does not return before the apps
+    can answer."""
+    ports = [
+        int(port["containerPort"])
+        for container in pod.manifest["spec"]["containers"]
+        if container.get("name") != mutation.SIDECAR_CONTAINER
+        for port in container.get("ports") or ()
+        if isinstance(port, dict)
+        and isinstance(port.get("containerPort"), int)
+        and port.get("protocol", "TCP") == "TCP"
+    ]
+    deadline = time.monotonic() + PORTS_TIMEOUT
+    for port in ports:
+        while True:
+            try:
+                sock = await asyncio.to_thread(connect_in, pod.netns, "127.0.0.1", port, 1.0)
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(POLL / 4)
+            else:
+                sock.close()
+                break
+    return True
 
 
 def _converged(proxy: dict[str, Any]) -> bool:
