@@ -14,14 +14,14 @@ from functools import partial
 
 import betterproto2
 
-from meshcp.cache.encoding import Encoder
+from meshcp.cache.encoding import Encoder, Template
 from meshcp.cache.resource import Resource
 from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.metrics import Metrics
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.build import MeshPolicy, build_policies
-from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey
+from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.publisher import ProxyClass, Publisher
 
 log = logging.getLogger("meshcp.reconcile")
@@ -32,7 +32,45 @@ class _Memo:
     """Encoded resources by compile inputs; rebuilt each round so stale entries go."""
 
     entries: dict[Hashable, list[Resource]] = field(default_factory=dict)
+    #: Upstream cluster templates by (service, port, http2).
+    templates: dict[tuple[ServiceKey, int, bool], Template] = field(default_factory=dict)
+    #: Interned `_Key`s: the same content gets the same key object round after round.
+    keys: dict[_Key, _Key] = field(default_factory=dict)
     hits: int = 0
+
+
+class _Key:
+    """A large policy value (every upstream of the mesh) as part of a memo key.
+
+    Tuples do not keep their hash, and every class of a mesh shares its upstreams:
+    hashing them per class makes a round O(classes x services). A `_Key` is hashed
+    once, interned across rounds, and so compared by identity in the steady state.
+    """
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: Hashable) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, _Key) and self._hash == other._hash and self.value == other.value
+        )
+
+
+@dataclass
+class _Shared:
+    """What every class with the same upstreams has in common, compiled once per round."""
+
+    upstreams: _Key
+    specs: _Key
+    templates: tuple[Template, ...]
+    endpoints: list[Resource]
+    peers: Mapping[tuple[str, str], tuple[Identity, ...]]
 
 
 class Reconciler:
@@ -75,7 +113,15 @@ class Reconciler:
         policy = build_policies(state)
         self._report(state.problems + policy.problems)
         old, self._memo = self._memo, _Memo()
-        classes = [self._compile(key, p, policy.endpoints, old) for key, p in sorted(policy.classes.items())]
+        shared: dict[int, _Shared] = {}  # by id(): the classes of a round share one tuple
+        classes = []
+        for key, class_policy in sorted(policy.classes.items()):
+            common = shared.get(id(class_policy.upstreams))
+            if common is None:
+                common = shared[id(class_policy.upstreams)] = self._shared(
+                    class_policy.upstreams, policy.endpoints, old
+                )
+            classes.append(self._compile(key, class_policy, common, old))
         self._policy = policy
         self._publisher.update(classes)
         self.revision = state.revision
@@ -88,63 +134,113 @@ class Reconciler:
         )
         return classes
 
-    def _piece(
-        self, old: _Memo, key: Hashable, build: Callable[[], list[betterproto2.Message]]
-    ) -> list[Resource]:
+    def _key(self, old: _Memo, value: Hashable) -> _Key:
+        key = _Key(value)
+        found = self._memo.keys.get(key) or old.keys.get(key) or key
+        self._memo.keys[found] = found
+        return found
+
+    def _piece(self, old: _Memo, key: Hashable, build: Callable[[], list[Resource]]) -> list[Resource]:
         """A piece from this round, else from the last one, else built and encoded now."""
         found = self._memo.entries.get(key)
         if found is None:
             found = old.entries.get(key)
         if found is None:
-            found = [self._encoder.encode(message) for message in build()]
+            found = build()
         else:
             self._memo.hits += 1
         self._memo.entries[key] = found
         return found
 
-    def _compile(
+    def _encoded(self, build: Callable[[], list[betterproto2.Message]]) -> Callable[[], list[Resource]]:
+        return lambda: [self._encoder.encode(message) for message in build()]
+
+    def _shared(
         self,
-        key: str,
-        policy: ProxyPolicy,
+        upstreams: tuple[Upstream, ...],
         endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
         old: _Memo,
-    ) -> ProxyClass:
-        identity, upstreams, inbound = policy.identity, policy.upstreams, policy.inbound
-        egress, trust = policy.egress_passthrough, policy.trust_domain
-        resources: list[Resource] = []
-        resources += self._piece(
-            old,
-            ("cds-up", identity, cds.upstream_inputs(policy)),
-            lambda: list(cds.upstream_clusters(policy)),
-        )
-        resources += self._piece(
-            old, ("cds-local", inbound, egress), lambda: list(cds.local_clusters(policy))
-        )
-        resources += self._piece(old, ("lds-out", upstreams, egress), lambda: [lds.outbound_listener(policy)])
-        resources += self._piece(old, ("lds-prom",), lambda: [lds.prometheus_listener()])
-        if inbound:
-            resources += self._piece(
-                old, ("lds-in", identity, inbound, trust), lambda: [lds.inbound_listener(policy)]
-            )
-        resources += self._piece(
-            old, ("rds-out", identity.namespace, upstreams), lambda: list(rds.outbound_routes(policy))
-        )
-        resources += self._piece(old, ("rds-in", inbound, trust), lambda: list(rds.inbound_routes(policy)))
+    ) -> _Shared:
+        specs = cds.upstream_specs(upstreams)
+        templates = []
+        for spec in specs:
+            template = self._memo.templates.get(spec) or old.templates.get(spec)
+            if template is None:
+                cluster, marker = cds.upstream_template(*spec)
+                template = self._encoder.template(cluster, marker)
+            self._memo.templates[spec] = template
+            templates.append(template)
+        assignments: dict[tuple[ServiceKey, int], Resource] = {}
         peers: dict[tuple[str, str], tuple[Identity, ...]] = {}
         for upstream in upstreams:
             services = [upstream.service]
             if upstream.split is not None:
                 services += [backend for backend, _ in upstream.split.backends]
             for service in services:
+                if (service, upstream.port) in assignments:
+                    continue
                 found = endpoints.get((service, upstream.port), ())
-                resources += self._piece(
+                (assignments[(service, upstream.port)],) = self._piece(
                     old,
                     ("eds", service, upstream.port, found),
-                    partial(_assignment, service, upstream.port, found),
+                    self._encoded(partial(_assignment, service, upstream.port, found)),
                 )
             peers[(upstream.service.namespace, upstream.service.name)] = upstream.identities
-        unique = list({(r.type_url, r.name): r for r in resources}.values())
-        return ProxyClass(key, identity, tuple(unique), peers)
+        return _Shared(
+            self._key(old, upstreams),
+            self._key(old, specs),
+            tuple(templates),
+            list(assignments.values()),
+            peers,
+        )
+
+    def _upstream_clusters(self, identity: Identity, templates: tuple[Template, ...]) -> list[Resource]:
+        """Every upstream cluster of `identity`, filled into the shared templates."""
+        value = cds.template_value(identity)
+        fields: dict[bytes, bytes] = {}
+        out = []
+        for template in templates:
+            filled = fields.get(template.tag)
+            if filled is None:
+                filled = fields[template.tag] = template.field(value)
+            out.append(self._encoder.fill(template, filled))
+        return out
+
+    def _compile(self, key: str, policy: ProxyPolicy, shared: _Shared, old: _Memo) -> ProxyClass:
+        identity, inbound = policy.identity, policy.inbound
+        egress, trust = policy.egress_passthrough, policy.trust_domain
+        encoded = self._encoded
+        resources: list[Resource] = []
+        resources += self._piece(
+            old,
+            ("cds-up", identity, shared.specs),
+            partial(self._upstream_clusters, identity, shared.templates),
+        )
+        resources += self._piece(
+            old, ("cds-local", inbound, egress), encoded(lambda: list(cds.local_clusters(policy)))
+        )
+        resources += self._piece(
+            old, ("lds-out", shared.upstreams, egress), encoded(lambda: [lds.outbound_listener(policy)])
+        )
+        resources += self._piece(old, ("lds-prom",), encoded(lambda: [lds.prometheus_listener()]))
+        if inbound:
+            resources += self._piece(
+                old,
+                ("lds-in", identity, inbound, trust),
+                encoded(lambda: [lds.inbound_listener(policy)]),
+            )
+        resources += self._piece(
+            old,
+            ("rds-out", identity.namespace, shared.upstreams),
+            encoded(lambda: list(rds.outbound_routes(policy))),
+        )
+        resources += self._piece(
+            old, ("rds-in", inbound, trust), encoded(lambda: list(rds.inbound_routes(policy)))
+        )
+        # Names are unique by construction: clusters per spec (deduplicated by name),
+        # local ones with `|local`, assignments per (service, port), one listener each.
+        resources += shared.endpoints
+        return ProxyClass(key, identity, tuple(resources), shared.peers)
 
     def _report(self, problems: tuple[Problem, ...]) -> None:
         current = set(problems)

@@ -17,7 +17,7 @@ class Resource:
     needs, so the server can re-send it after the cluster changes.
     """
 
-    __slots__ = ("__weakref__", "_delta_entry", "body", "endpoints", "name", "type_url", "version")
+    __slots__ = ("__weakref__", "_body", "_delta_entry", "endpoints", "name", "type_url", "version")
 
     def __init__(
         self, type_url: str, name: str, version: str, body: bytes, endpoints: str | None = None
@@ -25,9 +25,13 @@ class Resource:
         self.type_url = type_url
         self.name = name
         self.version = version
-        self.body = body
+        self._body = body
         self.endpoints = endpoints
         self._delta_entry: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        return self._body
 
     def delta_entry(self) -> bytes:
         """This resource as an encoded `envoy.service.discovery.v3.Resource` (for delta).
@@ -44,6 +48,35 @@ class Resource:
 
     def __repr__(self) -> str:
         return f"Resource({self.type_url.rsplit('.', 1)[-1]} {self.name!r} {self.version[:8]})"
+
+
+class ComposedResource(Resource):
+    """A resource whose bytes are kept as three shared parts and joined when sent.
+
+    A mesh of S services has about S² upstream clusters (every identity has one per
+    service) that differ only in the client certificate's secret name: the parts before
+    and after it are shared by every identity (per service) and the middle by every
+    service (per identity). Holding references instead of joined bytes keeps a million
+    of them in about a third of the memory; joining costs ~0.1 µs when a response is framed.
+    """
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(
+        self,
+        type_url: str,
+        name: str,
+        version: str,
+        parts: tuple[bytes, bytes, bytes],
+        endpoints: str | None = None,
+    ) -> None:
+        super().__init__(type_url, name, version, parts[1], endpoints)
+        self._head = parts[0]
+        self._tail = parts[2]
+
+    @property
+    def body(self) -> bytes:
+        return self._head + self._body + self._tail
 
 
 def resource_name(message: betterproto2.Message) -> str:

@@ -7,6 +7,7 @@ application, the egress passthrough cluster, and the cluster of Envoy's own metr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
 from meshcp._proto.envoy.config.cluster.v3 import (
@@ -38,8 +39,33 @@ CONNECT_TIMEOUT = timedelta(seconds=1)
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+#: The client certificate secret name in an upstream cluster template: no identity's name
+#: contains a NUL, so it occurs nowhere else in the encoding.
+TEMPLATE_SECRET = "\0client-certificate\0"
+
+
 def upstream_cluster(identity: Identity, service: ServiceKey, port: int, http2: bool) -> Cluster:
     """An upstream service port, reached over mTLS as `identity`."""
+    return _upstream_cluster(naming.service_cert(identity), service, port, http2)
+
+
+def upstream_template(service: ServiceKey, port: int, http2: bool) -> tuple[Cluster, bytes]:
+    """The upstream cluster of a service port for any identity: the cluster with
+    `TEMPLATE_SECRET` as the client certificate's secret name, and that marker's bytes.
+
+    Every identity has a cluster per mesh service port (a denied request must reach the
+    destination to get its 403), and they differ only in that name: the encoder fills
+    the template per identity with `template_value(identity)`.
+    """
+    return _upstream_cluster(TEMPLATE_SECRET, service, port, http2), TEMPLATE_SECRET.encode()
+
+
+def template_value(identity: Identity) -> bytes:
+    """What fills the open field of an upstream template for `identity`."""
+    return naming.service_cert(identity).encode()
+
+
+def _upstream_cluster(client_secret: str, service: ServiceKey, port: int, http2: bool) -> Cluster:
     cluster = Cluster(
         name=naming.cluster(service.namespace, service.name, port),
         type=ClusterDiscoveryType.EDS,
@@ -49,7 +75,7 @@ def upstream_cluster(identity: Identity, service: ServiceKey, port: int, http2: 
         transport_socket=tls_socket(
             UpstreamTlsContext(
                 common_tls_context=CommonTlsContext(
-                    tls_certificate_sds_secret_configs=[sds(naming.service_cert(identity))],
+                    tls_certificate_sds_secret_configs=[sds(client_secret)],
                     validation_context_sds_secret_config=sds(
                         naming.root_outbound(service.namespace, service.name)
                     ),
@@ -124,16 +150,27 @@ def metrics_cluster() -> Cluster:
 
 def upstream_clusters(policy: ProxyPolicy) -> list[Cluster]:
     """One cluster per upstream service port and per split backend port."""
-    seen: dict[str, Cluster] = {}
-    for upstream in policy.upstreams:
-        keys = [upstream.service]
+    return [
+        upstream_cluster(policy.identity, service, port, http2)
+        for service, port, http2 in upstream_specs(policy.upstreams)
+    ]
+
+
+def upstream_specs(upstreams: Iterable[Upstream]) -> tuple[tuple[ServiceKey, int, bool], ...]:
+    """Exactly what `upstream_clusters` reads besides the identity: (service, port, http2)
+    per cluster, in cluster name order. Weights, addresses and endpoints do not change a
+    cluster. A split backend port also served as an upstream of its own takes the
+    protocol of whichever comes first."""
+    seen: dict[str, tuple[ServiceKey, int, bool]] = {}
+    for upstream in upstreams:
+        services = [upstream.service]
         if upstream.split is not None:
-            keys += [backend for backend, _ in upstream.split.backends]
-        for service in keys:
+            services += [backend for backend, _ in upstream.split.backends]
+        for service in services:
             name = naming.cluster(service.namespace, service.name, upstream.port)
             if name not in seen:
-                seen[name] = upstream_cluster(policy.identity, service, upstream.port, _http2(upstream))
-    return [seen[name] for name in sorted(seen)]
+                seen[name] = (service, upstream.port, _http2(upstream))
+    return tuple(seen[name] for name in sorted(seen))
 
 
 def _http2(upstream: Upstream) -> bool:
@@ -154,15 +191,3 @@ def clusters(policy: ProxyPolicy) -> list[Cluster]:
     """Every cluster of a proxy class, sorted by name."""
     out = upstream_clusters(policy) + local_clusters(policy)
     return sorted({c.name: c for c in out}.values(), key=lambda c: c.name)
-
-
-def upstream_inputs(policy: ProxyPolicy) -> tuple[tuple[ServiceKey, int, bool], ...]:
-    """Exactly what `upstream_clusters` reads besides the identity: each cluster's service,
-    port and protocol. Weights, addresses and endpoints do not change a cluster."""
-    inputs: set[tuple[ServiceKey, int, bool]] = set()
-    for upstream in policy.upstreams:
-        services = [upstream.service]
-        if upstream.split is not None:
-            services += [backend for backend, _ in upstream.split.backends]
-        inputs.update((service, upstream.port, _http2(upstream)) for service in services)
-    return tuple(sorted(inputs, key=lambda item: (str(item[0]), item[1], item[2])))
