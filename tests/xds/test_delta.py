@@ -206,3 +206,27 @@ def test_cluster_update_resends_its_endpoints() -> None:
     cds, eds = client.update(world.snapshot())
     assert (cds.type_url, updated(cds)) == (CDS, ["a"])
     assert (eds.type_url, updated(eds)) == (EDS, ["a"])
+
+
+def test_streams_of_one_class_share_subscriptions_and_held_versions() -> None:
+    """At 10,000 streams a copy of the name sets and versions per stream was most of the
+    server's memory: streams that hold the same content keep references to shared objects,
+    and a stream that diverges gets its own copy without touching the shared one."""
+    world = World()
+    initial = world.snapshot()
+    first, second = Client(initial), Client(initial)
+    subscribe_all(first)
+    subscribe_all(second)
+    world.endpoints["a"] = (9001,)
+    snapshot = world.snapshot()
+    for client in (first, second):
+        client.ack_all(client.update(snapshot))
+    a, b = first.protocol._types, second.protocol._types
+    for type_url in (CDS, EDS, LDS, RDS):
+        assert a[type_url].names is b[type_url].names
+        assert a[type_url].known is b[type_url].known
+        assert any(a[type_url].known is s.versions(type_url) for s in (initial, snapshot))
+    assert a[EDS].known is snapshot.versions(EDS)
+    assert first.request(EDS, unsubscribe=["b"]) == []
+    assert dict(a[EDS].known) == {"a": snapshot.versions(EDS)["a"]}
+    assert b[EDS].known is snapshot.versions(EDS) and set(b[EDS].known) == {"a", "b"}

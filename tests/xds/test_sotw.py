@@ -351,3 +351,19 @@ def test_nacks_during_make_before_break_settle_without_a_loop() -> None:
     assert client.request(CDS, nonce=final.nonce, error="cluster a is invalid") == []
     assert client.pump() == []
     assert len(client.recorder.nacks) == 2
+
+
+def test_streams_of_one_class_share_subscriptions_and_held_content() -> None:
+    """What each stream holds is the snapshot's own mapping and one shared name set, not
+    a copy per stream (memory at 10,000 streams)."""
+    world = World()
+    snapshot = world.snapshot()
+    clients = [Client(snapshot), Client(snapshot)]
+    for client in clients:
+        for type_url, requested in ((CDS, []), (EDS, ["a", "b"]), (LDS, []), (RDS, ["r1"])):
+            for response in client.request(type_url, requested):
+                client.ack(response, requested)
+    a, b = (client.protocol._types for client in clients)
+    for type_url in (CDS, EDS, LDS, RDS):
+        assert a[type_url].names is b[type_url].names
+        assert a[type_url].held is b[type_url].held is snapshot.resources(type_url)

@@ -32,7 +32,7 @@ class Snapshot:
     with the snapshot.
     """
 
-    __slots__ = ("_by_type", "_versions", "created", "memo")
+    __slots__ = ("_by_type", "_name_versions", "_versions", "created", "memo")
 
     def __init__(self, resources: Iterable[Resource], created: float | None = None) -> None:
         by_type: dict[str, dict[str, Resource]] = {}
@@ -48,10 +48,22 @@ class Snapshot:
         #: `time.monotonic()` when the content was built: the start of push latency.
         self.created = time.monotonic() if created is None else created
         self.memo: dict[Hashable, object] = {}
+        self._name_versions: dict[str, Mapping[str, str]] = {}
 
     def resources(self, type_url: str) -> Mapping[str, Resource]:
         """The resources of one type, by name (sorted); empty when the type is absent."""
         return self._by_type.get(type_url, _EMPTY)
+
+    def versions(self, type_url: str) -> Mapping[str, str]:
+        """The version of each resource of one type, by name; one read-only mapping per
+        snapshot and type, so a stream whose client holds exactly this content can keep a
+        reference to it instead of its own copy."""
+        found = self._name_versions.get(type_url)
+        if found is None:
+            named = self.resources(type_url)
+            found = MappingProxyType({name: resource.version for name, resource in named.items()})
+            self._name_versions[type_url] = found
+        return found
 
     def version(self, type_url: str) -> str:
         """The content version of one type (an empty type has the empty-set version)."""

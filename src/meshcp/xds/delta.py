@@ -5,7 +5,9 @@ Rules are numbered as in ../shared/XDS-PROTOCOL.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node
@@ -14,21 +16,36 @@ from meshcp.cache.diff import diff
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import Snapshot
 from meshcp.xds.framing import delta_response
-from meshcp.xds.stream import NullObserver, Observer, Outgoing, Sent, error_message
+from meshcp.xds.stream import Interner, NullObserver, Observer, Outgoing, Sent, error_message
 
 WILDCARD = "*"
+_NO_NAMES: frozenset[str] = frozenset()
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+
+#: Subscriptions, shared by every stream subscribed to the same names.
+_subscriptions: Interner[frozenset[str]] = Interner()
 
 
 @dataclass(slots=True)
 class _TypeState:
-    names: set[str] = field(default_factory=set)
+    """What one stream knows of one type.
+
+    Every set and mapping here is replaced, never mutated in place, except `known` once
+    `own_known` made it the stream's own: most streams of a class subscribe to the same
+    names and hold the same versions, so they share one object instead of a copy each.
+    """
+
+    #: Interned by `_subscriptions`.
+    names: frozenset[str] = _NO_NAMES
     explicit_wildcard: bool = False
     legacy: bool = False
     #: Versions the client holds, by name (from responses and initial_resource_versions).
-    known: dict[str, str] = field(default_factory=dict)
+    #: Either the stream's own dict or, while the client holds exactly a snapshot's content
+    #: of the type, that snapshot's read-only `versions()` mapping.
+    known: Mapping[str, str] = field(default_factory=lambda: _NOTHING)
     #: Subscribed names already reported as not existing (rule 16), so we say it once.
-    absent: set[str] = field(default_factory=set)
-    force: set[str] = field(default_factory=set)
+    absent: frozenset[str] | set[str] = _NO_NAMES
+    force: frozenset[str] | set[str] = _NO_NAMES
     sent: Sent = field(default_factory=Sent)
     #: Snapshot version of this type with nothing left to send or remove (O(1) skip).
     quiet: str = ""
@@ -37,11 +54,35 @@ class _TypeState:
     def wildcard(self) -> bool:
         return self.explicit_wildcard or (self.legacy and not self.names)
 
+    def own_known(self) -> dict[str, str]:
+        """`known` as a dict this stream may change (copied first if shared)."""
+        known = self.known
+        if not isinstance(known, dict):
+            known = self.known = dict(known)
+        return known
+
+    def share_known(self, snapshot: Snapshot, type_url: str) -> None:
+        """Swap `known` for the snapshot's mapping when they are equal.
+
+        Equality follows without comparing versions: after an update or removal pass every
+        subscribed name the snapshot has is held at its version, so equal key sets covered
+        by the subscription mean equal content.
+        """
+        versions = snapshot.versions(type_url)
+        if self.known is versions or self.known.keys() != versions.keys():
+            return
+        if self.wildcard or versions.keys() <= self.names:
+            self.known = versions
+
+    def subscribe(self, added: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
+        self.names = _subscriptions(self.names.union(added).difference(removed))
+
 
 class DeltaProtocol:
     """One DeltaAggregatedResources stream's subscriptions and what the client holds."""
 
     kind = "delta"
+    __slots__ = ("_nonce", "_observer", "_types", "node")
 
     def __init__(self, observer: Observer | None = None) -> None:
         self.node: Node | None = None
@@ -63,26 +104,32 @@ class DeltaProtocol:
             state.legacy = not request.resource_names_subscribe and resource_types.allows_legacy_wildcard(
                 type_url
             )
-            state.known.update(request.initial_resource_versions)  # rule 14
+            if request.initial_resource_versions:
+                state.known = dict(request.initial_resource_versions)  # rule 14
         # Rule 13: subscriptions apply even when the nonce is stale.
-        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+        subscribe, unsubscribe = request.resource_names_subscribe, request.resource_names_unsubscribe
+        if subscribe or unsubscribe:
             state.quiet = ""
-        for name in request.resource_names_subscribe:
-            if name == WILDCARD:
+        if subscribe:
+            named = [name for name in subscribe if name != WILDCARD]
+            if len(named) < len(subscribe):
                 state.explicit_wildcard = True
-            else:
-                state.names.add(name)
+            if named:
                 state.legacy = False
-                state.force.add(name)  # rule 14: sent even if the client claims to hold it
-        for name in request.resource_names_unsubscribe:
-            if name == WILDCARD:
+                state.subscribe(added=named)
+                state.force = state.force.union(named)  # rule 14: sent even if the client holds it
+        if unsubscribe:
+            if WILDCARD in unsubscribe:
                 state.explicit_wildcard = state.legacy = False
-            elif name in state.names:  # rule 15: unknown names are ignored
-                state.names.discard(name)
-                state.absent.discard(name)
-                state.force.discard(name)
-                if not state.wildcard:
-                    state.known.pop(name, None)
+            dropped = state.names.intersection(unsubscribe)  # rule 15: unknown names are ignored
+            if dropped:
+                state.subscribe(removed=dropped)
+                state.absent = state.absent - dropped
+                state.force = state.force - dropped
+                if not state.wildcard and any(name in state.known for name in dropped):
+                    known = state.own_known()
+                    for name in dropped:
+                        known.pop(name, None)
         nonce = request.response_nonce
         if nonce:
             if nonce != state.sent.nonce:
@@ -111,15 +158,18 @@ class DeltaProtocol:
                 continue
             current = snapshot.resources(type_url)
             updated, _ = diff(current, state.known, None if state.wildcard else state.names, state.force)
-            state.force.clear()
+            state.force = _NO_NAMES
             if not updated:
                 continue
             unsettled = True
             if type_url == resource_types.CLUSTER:
                 self._mark_endpoints(updated, state.known)
+            known = state.own_known()
             for resource in updated:
-                state.known[resource.name] = resource.version
-                state.absent.discard(resource.name)
+                known[resource.name] = resource.version
+            if state.absent:
+                state.absent = state.absent.difference(r.name for r in updated)
+            state.share_known(snapshot, type_url)
             out.append(self._send(type_url, state, snapshot, updated=updated))
             keys = current.keys()
             if state.known.keys() <= keys and (state.wildcard or state.names <= keys):
@@ -136,24 +186,27 @@ class DeltaProtocol:
                 missing = [n for n in missing if n not in state.absent]
                 if not removed and not missing:
                     continue
-                for name in removed:
-                    del state.known[name]
-                    if name in state.names:
-                        state.absent.add(name)
-                state.absent.update(missing)
+                if removed:
+                    known = state.own_known()
+                    for name in removed:
+                        del known[name]
+                    state.share_known(snapshot, type_url)
+                newly_absent = [name for name in removed if name in state.names] + missing
+                if newly_absent:
+                    state.absent = state.absent.union(newly_absent)
                 out.append(self._send(type_url, state, snapshot, removed=sorted({*removed, *missing})))
         for outgoing in out:
             self._observer.on_response(outgoing)
         return out
 
-    def _mark_endpoints(self, updated: list[Resource], known: dict[str, str]) -> None:
+    def _mark_endpoints(self, updated: list[Resource], known: Mapping[str, str]) -> None:
         """Rule 19: an updated EDS cluster needs its endpoints again to finish warming."""
         endpoints = self._types.get(resource_types.ENDPOINT)
         if endpoints is None:
             return
         for resource in updated:
             if resource.endpoints and resource.name in known:
-                endpoints.force.add(resource.endpoints)
+                endpoints.force = {*endpoints.force, resource.endpoints}
 
     def _send(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from meshcp._proto.envoy.config.core.v3 import Node
@@ -30,7 +30,6 @@ class Connection:
     identity: str | None
     peer: str
     connected_at: float
-    meta: dict[str, str] = field(default_factory=dict)
 
     def status(self) -> dict[str, object]:
         node = self.protocol.node

@@ -1,13 +1,14 @@
 """The grpclib adapter: ADS streams in, framed responses out.
 
-One handler coroutine per stream reads requests; a writer task sends what the protocol
-says whenever a request or a snapshot change wakes it. Everything protocol-specific
+One handler coroutine per stream reads requests and sends what they made due; a
+snapshot change sends from a short-lived task per stream (see `_Pusher`). Everything protocol-specific
 lives in `sotw` and `delta`, so this module only moves bytes and keeps lifetimes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -57,16 +58,48 @@ class _Protocol(StreamState, Protocol):
     def responses(self, snapshot: Snapshot) -> list[Outgoing]: ...
 
 
-class _Feed:
-    """The latest snapshot of a stream's class and the event that wakes its writer."""
+class _Pusher:
+    """One stream's sending side: follows its class's snapshots and sends what its
+    protocol says is due.
 
-    __slots__ = ("_cancel", "key", "snapshot", "wake")
+    There is no writer task per stream: after a request, the stream's handler computes
+    and sends the responses itself; after a snapshot change, a short-lived task does,
+    and ends when nothing is left. At 10,000 idle streams a task, its frame and an Event
+    each would be a tenth of the memory per stream. Only one of them sends at a time
+    (`_sending`); a wake-up during a send marks the stream `_dirty` and the sender looks
+    again before it stops.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "_admission",
+        "_cancel",
+        "_dirty",
+        "_protocol",
+        "_readiness",
+        "_sending",
+        "_stream",
+        "_task",
+        "admitted",
+        "key",
+        "snapshot",
+    )
+
+    def __init__(
+        self,
+        stream: grpclib.server.Stream[Any, Any],
+        protocol: _Protocol,
+        readiness: Readiness,
+        admission: asyncio.Semaphore,
+    ) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._readiness = readiness
+        self._admission = admission
+        self._cancel: Callable[[], None] = _nothing
+        self._task: asyncio.Task[None] | None = None
+        self._sending = self._dirty = self.admitted = False
         self.key = ""
         self.snapshot: Snapshot | None = None
-        self.wake = asyncio.Event()
-        self._cancel: Callable[[], None] = lambda: None
 
     def bind(self, cache: SnapshotCache, key: str) -> None:
         """Follow the snapshots of class `key` (a proxy's class can change, e.g. when its
@@ -75,14 +108,75 @@ class _Feed:
         self.key = key
         self.snapshot = cache.get(key)
         self._cancel = cache.watch(key, self)
-        self.wake.set()
+        self.wake()
 
     def close(self) -> None:
         self._cancel()
+        self._cancel = _nothing
+        if self._task is not None:
+            self._task.cancel()
 
     def __call__(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         self.snapshot = snapshot
-        self.wake.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Send what is due from a task of its own (for callers that cannot wait)."""
+        if self._sending:
+            self._dirty = True
+        elif self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._push())
+
+    async def after_request(self) -> None:
+        """Send what a request made due, in the caller's task once the stream is admitted;
+        until then the first push waits in a task of its own, and the handler keeps reading."""
+        if self.admitted:
+            await self.flush()
+        else:
+            self.wake()
+
+    async def _push(self) -> None:
+        try:
+            await self.flush()
+        except (StreamTerminatedError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("ADS push failed; resetting the stream")
+            with contextlib.suppress(Exception):
+                await self._stream.cancel()
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Send everything due, looking again while wake-ups arrive during the sends."""
+        if self._sending:
+            self._dirty = True
+            return
+        self._sending = True
+        try:
+            if not self.admitted:
+                await self._readiness.wait()
+                async with self._admission:  # rule 20: bound streams being served their first config
+                    await self._send_due()
+                self.admitted = True
+            else:
+                await self._send_due()
+        finally:
+            self._sending = False
+
+    async def _send_due(self) -> None:
+        self._dirty = True
+        while self._dirty:
+            self._dirty = False
+            snapshot = self.snapshot
+            if snapshot is None:
+                return
+            for outgoing in self._protocol.responses(snapshot):
+                await self._stream.send_message(outgoing.payload)
+
+
+def _nothing() -> None:
+    pass
 
 
 class AggregatedDiscoveryService:
@@ -113,7 +207,7 @@ class AggregatedDiscoveryService:
         self._guard = guard
         self._admission = asyncio.Semaphore(admission)
         self._observer = MetricsObserver(metrics)
-        self._open: dict[int, tuple[Node, _Feed, Connection]] = {}
+        self._open: dict[int, tuple[_Pusher, Connection]] = {}
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         stream = grpclib.const.Cardinality.STREAM_STREAM
@@ -130,10 +224,11 @@ class AggregatedDiscoveryService:
         Called after each compile: a pod that joined a service, or a proxy that connected
         before its pod was known, starts receiving its class's configuration."""
         moved = 0
-        for node, feed, connection in list(self._open.values()):
-            key = self._classify(node)
-            if key != feed.key:
-                feed.bind(self._cache, key)
+        for pusher, connection in list(self._open.values()):
+            node = connection.protocol.node
+            key = self._classify(node) if node is not None else pusher.key
+            if key != pusher.key:
+                pusher.bind(self._cache, key)
                 connection.key = key
                 moved += 1
         return moved
@@ -160,24 +255,30 @@ class AggregatedDiscoveryService:
             raise GRPCError(grpclib.const.Status.PERMISSION_DENIED, str(rejected)) from None
         self._check_secrets(first, identity, node)
         protocol.receive(first)
-        feed = _Feed()
-        feed.bind(self._cache, self._classify(node))
-        connection = Connection(protocol, feed.key, identity, _peer(stream), time.time())
+        del first  # requests are not kept: the protocol took what it needs
+        pusher = _Pusher(stream, protocol, self._readiness, self._admission)
+        pusher.bind(self._cache, self._classify(node))
+        connection = Connection(protocol, pusher.key, identity, _peer(stream), time.time())
         token = self._proxies.add(connection)
-        self._open[token] = (node, feed, connection)
+        self._open[token] = (pusher, connection)
         gauge = self._metrics.connected.labels(protocol.kind)
         gauge.inc()
-        log.debug("%s stream opened by %s (class %s)", protocol.kind, node.id, feed.key)
+        log.debug("%s stream opened by %s (class %s)", protocol.kind, node.id, pusher.key)
         try:
-            async with asyncio.TaskGroup() as tasks:
-                writer = tasks.create_task(self._write(stream, protocol, feed))
-                while (request := await _receive(stream)) is not None:
-                    self._check_secrets(request, identity, node)
-                    if protocol.receive(request):
-                        feed.wake.set()
-                writer.cancel()
+            while True:
+                request = await _receive(stream)
+                if request is None:
+                    break
+                self._check_secrets(request, identity, node)
+                changed = protocol.receive(request)
+                del request  # not held while this stream waits for the next one
+                if changed:
+                    try:
+                        await pusher.after_request()
+                    except (StreamTerminatedError, ConnectionError):
+                        break
         finally:
-            feed.close()
+            pusher.close()
             self._open.pop(token, None)
             self._proxies.remove(token)
             gauge.dec()
@@ -197,25 +298,6 @@ class AggregatedDiscoveryService:
                 "refused secrets %s to %s (identity %s): not its own", ", ".join(refused), node.id, identity
             )
 
-    async def _write(self, stream: grpclib.server.Stream[Any, Any], protocol: _Protocol, feed: _Feed) -> None:
-        await self._readiness.wait()
-        admitted = False
-        while True:
-            await feed.wake.wait()
-            feed.wake.clear()
-            snapshot = feed.snapshot
-            if snapshot is None:
-                continue
-            try:
-                if admitted:
-                    await _send_all(stream, protocol.responses(snapshot))
-                else:
-                    async with self._admission:
-                        await _send_all(stream, protocol.responses(snapshot))
-                    admitted = True
-            except (StreamTerminatedError, ConnectionError):
-                return
-
 
 async def _receive(stream: grpclib.server.Stream[Any, Any]) -> Any:
     """The next request, or None when the client has gone."""
@@ -227,11 +309,6 @@ async def _receive(stream: grpclib.server.Stream[Any, Any]) -> Any:
         raise
     except Exception as error:  # a request that does not decode
         raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"malformed request: {error}") from None
-
-
-async def _send_all(stream: grpclib.server.Stream[Any, Any], outgoing: list[Outgoing]) -> None:
-    for response in outgoing:
-        await stream.send_message(response.payload)
 
 
 def _peer_certificate(stream: grpclib.server.Stream[Any, Any]) -> bytes | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node
@@ -19,6 +20,8 @@ from meshcp.xds.framing import nonce_field, sotw_body
 from meshcp.xds.stream import NullObserver, Observer, Outgoing, Sent, error_message
 
 WILDCARD = "*"
+_NOTHING: Mapping[str, Resource] = MappingProxyType({})
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -30,11 +33,12 @@ class _TypeState:
     legacy: bool = False
     #: The content of the last response, by name: what is not sent again unchanged.
     #: Often the snapshot's own mapping, shared by every stream: replace, never mutate.
-    held: Mapping[str, Resource] = field(default_factory=dict)
+    held: Mapping[str, Resource] = field(default_factory=lambda: _NOTHING)
     #: Full-state types: the content the client last ACKed, i.e. what it really holds.
     #: Removals are computed from it, so a rejected resource is never "kept" again.
-    accepted: Mapping[str, Resource] = field(default_factory=dict)
-    force: set[str] = field(default_factory=set)
+    accepted: Mapping[str, Resource] = field(default_factory=lambda: _NOTHING)
+    #: Names to send even if held unchanged; replaced, never mutated (mostly empty and shared).
+    force: Set[str] = _NO_NAMES
     force_all: bool = False
     #: Rule 11: version presented on reconnect, checked against the first snapshot.
     resume_version: str = ""
@@ -52,6 +56,7 @@ class SotwProtocol:
     """One StreamAggregatedResources stream's subscriptions and what it was sent."""
 
     kind = "sotw"
+    __slots__ = ("_nonce", "_observer", "_types", "node")
 
     def __init__(self, observer: Observer | None = None) -> None:
         self.node: Node | None = None
@@ -105,7 +110,8 @@ class SotwProtocol:
             state.quiet = ""
         if subscription_changed and not first and resource_types.is_full_state(type_url):
             state.force_all = True
-        state.force |= names - old_names  # rule 9: newly requested names are sent even if sent before
+        if added := names - old_names:  # rule 9: newly requested names are sent even if sent before
+            state.force = state.force | added
         if not state.wildcard and any(n not in names for n in state.held):
             state.held = {n: r for n, r in state.held.items() if n in names}  # held may be shared
             state.accepted = {n: r for n, r in state.accepted.items() if n in names}
@@ -177,13 +183,13 @@ class SotwProtocol:
         if keep_removed:
             if not changed:
                 return None
-            content = {**removed, **scope}
+            content = {**removed, **scope} if removed else scope
         else:
             if not changed and scope.keys() == state.held.keys():
                 return None  # what was last sent is already exactly the snapshot
             content = scope
         state.force_all = False
-        state.force.clear()
+        state.force = _NO_NAMES
         self._mark_endpoints(scope, state.held)
         state.held = content
         ordered = [content[name] for name in sorted(content)]
@@ -205,13 +211,13 @@ class SotwProtocol:
             return
         for name, resource in scope.items():
             if resource.endpoints and _differs(held.get(name), resource):
-                endpoints.force.add(resource.endpoints)
+                endpoints.force = {*endpoints.force, resource.endpoints}
 
     def _named(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing | None:
         current = snapshot.resources(type_url)
         known = {name: resource.version for name, resource in state.held.items()}
         updated, _ = diff(current, known, None if state.wildcard else state.names, state.force)
-        state.force.clear()
+        state.force = _NO_NAMES
         if not updated:
             return None
         # Every subscribed name the snapshot has is now held at its version: share the

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.google.rpc import Status
@@ -61,6 +62,36 @@ class NullObserver:
         pass
 
 
+_T = TypeVar("_T", bound=Hashable)
+
+
+class Interner(Generic[_T]):
+    """Hands out one shared object per distinct value.
+
+    Thousands of streams subscribe to, and are sent, the same name sets; each stream
+    keeping its own equal copy was most of its memory. Bounded: when full it starts
+    over, which only means later equal values get a new shared object.
+    """
+
+    __slots__ = ("_limit", "_values")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._values: dict[_T, _T] = {}
+        self._limit = limit
+
+    def __call__(self, value: _T) -> _T:
+        found = self._values.get(value)
+        if found is None:
+            if len(self._values) >= self._limit:
+                self._values.clear()
+            found = self._values[value] = value
+        return found
+
+
+#: Names of sent responses (kept for NACK records), shared across streams.
+sent_names: Interner[tuple[str, ...]] = Interner()
+
+
 def error_message(status: Status | None) -> str | None:
     """The NACK message of a request's `error_detail`, or None for an ACK."""
     if status is None or (not status.code and not status.message):
@@ -103,7 +134,7 @@ class Sent:
     def record(self, outgoing: Outgoing, created: float) -> None:
         self.nonce = outgoing.nonce
         self.version = outgoing.version
-        self.names = outgoing.names
+        self.names = sent_names(outgoing.names)
         self.created = created
         self.outstanding = True
 
