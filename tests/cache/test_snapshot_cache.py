@@ -102,3 +102,40 @@ def test_diff_named_subscription_and_force() -> None:
     assert removed == ["x"]
     updated, _ = diff(current, known, {"a"}, force={"a"})
     assert [r.name for r in updated] == ["a"]
+
+
+def test_a_followed_snapshot_names_what_changed_and_keeps_unchanged_mappings() -> None:
+    """Streams diff a one-resource change in O(changed): the names are computed once per
+    class, and a stream uses them only if it holds exactly the replaced content."""
+    cache = SnapshotCache()
+    world = World()
+    before = world.snapshot()
+    cache.set_snapshot("k", before)
+    held_eds, held_versions = before.resources(EDS), before.versions(EDS)
+    world.endpoints["a"] = (9000,)
+    world.endpoints["c"] = (9001,)
+    del world.endpoints["b"]
+    after = world.snapshot()
+    cache.set_snapshot("k", after)
+    assert after.changed_names(EDS, held_eds) == frozenset({"a", "b", "c"})
+    assert after.changed_names(EDS, held_versions) == frozenset({"a", "b", "c"})
+    assert after.changed_names(EDS, dict(held_eds)) is None  # equal content, unknown object
+    assert after.changed_names(CDS, before.resources(CDS)) is None  # CDS did not change...
+    assert after.resources(CDS) is before.resources(CDS)  # ...so it is the same mapping
+
+
+def test_diff_limited_to_changed_names_agrees_with_the_full_diff() -> None:
+    world = World()
+    before = world.snapshot()
+    world.endpoints["a"] = (9000,)
+    world.endpoints["c"] = (9001,)
+    del world.endpoints["b"]
+    after = world.snapshot()
+    known = before.versions(EDS)
+    after.follow(before)
+    changed = after.changed_names(EDS, known)
+    assert changed == frozenset({"a", "b", "c"})
+    for subscribed in (None, {"a", "b"}, {"b", "c", "missing"}):
+        for force in ((), ("c",)):
+            full = diff(after.resources(EDS), known, subscribed, force)
+            assert diff(after.resources(EDS), known, subscribed, force, changed) == full

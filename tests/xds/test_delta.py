@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
 from meshcp._proto.google.rpc import Status
@@ -12,6 +14,10 @@ from tests.xds.test_sotw import Recorder
 
 
 class Client:
+    #: Whether a new snapshot follows the previous one, as in `SnapshotCache` (streams then
+    #: diff only the names that changed), or comes unrelated (streams compare everything).
+    follow = True
+
     def __init__(self, snapshot: Snapshot) -> None:
         self.recorder = Recorder()
         self.protocol = DeltaProtocol(self.recorder)
@@ -47,6 +53,8 @@ class Client:
         return self.request(response.type_url, nonce=response.nonce)
 
     def update(self, snapshot: Snapshot) -> list[DeltaDiscoveryResponse]:
+        if self.follow:
+            snapshot.follow(self.snapshot)
         self.snapshot = snapshot
         return self.pump()
 
@@ -65,6 +73,12 @@ class Client:
         for response in responses:
             out += self.ack(response)
         return out
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["followed", "unrelated"])
+def _lineage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rule must hold both on the O(changed) path and on the full comparison."""
+    monkeypatch.setattr(Client, "follow", request.param)
 
 
 def updated(response: DeltaDiscoveryResponse) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.config.endpoint.v3 import ClusterLoadAssignment
 from meshcp._proto.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
@@ -33,6 +35,10 @@ class Recorder:
 
 class Client:
     """Drives one SotwProtocol like an Envoy would, decoding every response."""
+
+    #: Whether a new snapshot follows the previous one, as in `SnapshotCache` (streams then
+    #: diff only the names that changed), or comes unrelated (streams compare everything).
+    follow = True
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.recorder = Recorder()
@@ -70,6 +76,8 @@ class Client:
         return self.request(response.type_url, names, nonce=response.nonce, version=response.version_info)
 
     def update(self, snapshot: Snapshot) -> list[DiscoveryResponse]:
+        if self.follow:
+            snapshot.follow(self.snapshot)
         self.snapshot = snapshot
         return self.pump()
 
@@ -78,6 +86,12 @@ class Client:
         for response in out:
             self.last[response.type_url] = response
         return out
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["followed", "unrelated"])
+def _lineage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rule must hold both on the O(changed) path and on the full comparison."""
+    monkeypatch.setattr(Client, "follow", request.param)
 
 
 def names(response: DiscoveryResponse) -> list[str]:

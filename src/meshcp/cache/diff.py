@@ -12,6 +12,7 @@ def diff(
     known: Mapping[str, str],
     subscribed: Collection[str] | None,
     force: Collection[str] = (),
+    changed: Collection[str] | None = None,
 ) -> tuple[list[Resource], list[str]]:
     """Compare what a client holds with what it should hold.
 
@@ -20,7 +21,25 @@ def diff(
     None for a wildcard subscription; names in `force` are sent even when the client
     already holds them at the same version. Returns (updated, removed): resources to
     send, in name order, and held names that no longer exist.
+
+    `changed`, when given, promises that only those names can differ between `known`
+    and `current` (see `Snapshot.changed_names`): then only they and `force` are looked
+    at, so a one-resource change costs each stream O(changed) instead of O(resources).
     """
+    if changed is not None:
+        candidates = sorted({*changed, *force})
+        if subscribed is not None:
+            candidates = [name for name in candidates if name in subscribed]
+        updated = []
+        removed = []
+        for name in candidates:
+            resource = current.get(name)
+            if resource is None:
+                if name in known:
+                    removed.append(name)
+            elif known.get(name) != resource.version or name in force:
+                updated.append(resource)
+        return updated, removed
     if subscribed is None:
         updated = [r for name, r in current.items() if known.get(name) != r.version or name in force]
         removed = [name for name in known if name not in current]

@@ -32,7 +32,7 @@ class Snapshot:
     with the snapshot.
     """
 
-    __slots__ = ("_by_type", "_name_versions", "_versions", "created", "memo")
+    __slots__ = ("_by_type", "_changes", "_name_versions", "_versions", "created", "memo")
 
     def __init__(self, resources: Iterable[Resource], created: float | None = None) -> None:
         by_type: dict[str, dict[str, Resource]] = {}
@@ -49,6 +49,8 @@ class Snapshot:
         self.created = time.monotonic() if created is None else created
         self.memo: dict[Hashable, object] = {}
         self._name_versions: dict[str, Mapping[str, str]] = {}
+        #: Per changed type: the replaced snapshot's mappings and the names that differ.
+        self._changes: dict[str, tuple[Mapping[str, Resource], Mapping[str, str] | None, frozenset[str]]] = {}
 
     def resources(self, type_url: str) -> Mapping[str, Resource]:
         """The resources of one type, by name (sorted); empty when the type is absent."""
@@ -80,6 +82,40 @@ class Snapshot:
         types = self.type_urls() | other.type_urls()
         return frozenset(t for t in types if self.version(t) != other.version(t))
 
+    def follow(self, previous: Snapshot | None) -> frozenset[str]:
+        """Relate this snapshot to the one it replaces; return the types whose content changed.
+
+        Unchanged types take over the previous mappings (equal content, same objects), so
+        what streams hold stays identical to what the snapshot has across changes of other
+        types. For changed types, the names that differ are computed here, once per class,
+        so that `changed_names` lets each of thousands of streams look at those alone
+        instead of diffing every resource (recompute only what a change touches).
+        """
+        changed = self.changed_types(previous)
+        if previous is None:
+            return changed
+        for type_url in self._by_type.keys() & previous._by_type.keys():
+            if type_url in changed:
+                before, after = previous._by_type[type_url], self._by_type[type_url]
+                names = {name for name, resource in after.items() if _differs(before.get(name), resource)}
+                names.update(name for name in before if name not in after)
+                old_versions = previous._name_versions.get(type_url)
+                self._changes[type_url] = (before, old_versions, frozenset(names))
+            else:
+                self._by_type[type_url] = previous._by_type[type_url]
+                if type_url in previous._name_versions:
+                    self._name_versions[type_url] = previous._name_versions[type_url]
+        return changed
+
+    def changed_names(self, type_url: str, since: Mapping[str, object]) -> frozenset[str] | None:
+        """The names of `type_url` whose resources differ between `since` and this snapshot,
+        when `since` is the `resources()` or `versions()` mapping of the snapshot this one
+        followed (see `follow`); None otherwise, and the caller must compare everything."""
+        found = self._changes.get(type_url)
+        if found is None or (since is not found[0] and since is not found[1]):
+            return None
+        return found[2]
+
     def status(self) -> dict[str, dict[str, object]]:
         """Per type: version and resource names with their versions (debug view)."""
         return {
@@ -89,6 +125,10 @@ class Snapshot:
             }
             for type_url, named in self._by_type.items()
         }
+
+
+def _differs(before: Resource | None, resource: Resource) -> bool:
+    return before is None or before.version != resource.version
 
 
 _EMPTY_VERSION = set_version(())

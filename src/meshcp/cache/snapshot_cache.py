@@ -32,7 +32,7 @@ class SnapshotCache:
     def set_snapshot(self, key: str, snapshot: Snapshot) -> frozenset[str]:
         """Install `snapshot` for `key`; return the changed types (empty: nothing to push)."""
         current = self._snapshots.get(key)
-        changed = snapshot.changed_types(current)
+        changed = snapshot.follow(current)
         if current is not None and not changed:
             return changed
         self._snapshots[key] = snapshot

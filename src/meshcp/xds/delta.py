@@ -74,6 +74,27 @@ class _TypeState:
         if self.wildcard or versions.keys() <= self.names:
             self.known = versions
 
+    def hold(
+        self, updated: list[Resource], snapshot: Snapshot, type_url: str, changed: frozenset[str] | None
+    ) -> None:
+        """Record that the client is sent `updated`, which the diff took from `snapshot`
+        knowing only `changed` could differ (or everything, with None)."""
+        current = snapshot.resources(type_url)
+        if changed is not None and all(n in current and (self.wildcard or n in self.names) for n in changed):
+            # It held the replaced snapshot's content and gets every difference: no copy.
+            self.known = snapshot.versions(type_url)
+            return
+        known = self.own_known()
+        for resource in updated:
+            known[resource.name] = resource.version
+        self.share_known(snapshot, type_url)
+
+    def forget(self, removed: list[str], snapshot: Snapshot, type_url: str) -> None:
+        known = self.own_known()
+        for name in removed:
+            del known[name]
+        self.share_known(snapshot, type_url)
+
     def subscribe(self, added: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
         self.names = _subscriptions(self.names.union(added).difference(removed))
 
@@ -157,22 +178,22 @@ class DeltaProtocol:
             if state.quiet == snapshot.version(type_url) and not state.force:
                 continue
             current = snapshot.resources(type_url)
-            updated, _ = diff(current, state.known, None if state.wildcard else state.names, state.force)
+            changed = snapshot.changed_names(type_url, state.known)
+            subscribed = None if state.wildcard else state.names
+            updated, _ = diff(current, state.known, subscribed, state.force, changed)
             state.force = _NO_NAMES
             if not updated:
                 continue
             unsettled = True
             if type_url == resource_types.CLUSTER:
                 self._mark_endpoints(updated, state.known)
-            known = state.own_known()
-            for resource in updated:
-                known[resource.name] = resource.version
+            state.hold(updated, snapshot, type_url, changed)
             if state.absent:
                 state.absent = state.absent.difference(r.name for r in updated)
-            state.share_known(snapshot, type_url)
             out.append(self._send(type_url, state, snapshot, updated=updated))
             keys = current.keys()
-            if state.known.keys() <= keys and (state.wildcard or state.names <= keys):
+            held_all = state.known is snapshot.versions(type_url) or state.known.keys() <= keys
+            if held_all and (state.wildcard or state.names <= keys):
                 state.quiet = snapshot.version(type_url)  # nothing can be left to remove
         if not unsettled:
             for type_url in order:
@@ -181,16 +202,15 @@ class DeltaProtocol:
                     continue
                 state.quiet = snapshot.version(type_url)
                 current = snapshot.resources(type_url)
-                _, removed = diff(current, state.known, None if state.wildcard else state.names)
+                changed = snapshot.changed_names(type_url, state.known)
+                subscribed = None if state.wildcard else state.names
+                _, removed = diff(current, state.known, subscribed, changed=changed)
                 missing = [n for n in sorted(state.names) if n not in current and n not in state.known]
                 missing = [n for n in missing if n not in state.absent]
                 if not removed and not missing:
                     continue
                 if removed:
-                    known = state.own_known()
-                    for name in removed:
-                        del known[name]
-                    state.share_known(snapshot, type_url)
+                    state.forget(removed, snapshot, type_url)
                 newly_absent = [name for name in removed if name in state.names] + missing
                 if newly_absent:
                     state.absent = state.absent.union(newly_absent)

@@ -156,6 +156,8 @@ class _Pusher:
         try:
             if not self.admitted:
                 await self._readiness.wait()
+                if self.snapshot is None:
+                    return  # admitted with its first content; a new snapshot wakes it
                 async with self._admission:  # rule 20: bound streams being served their first config
                     await self._send_due()
                 self.admitted = True

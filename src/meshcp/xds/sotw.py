@@ -215,14 +215,18 @@ class SotwProtocol:
 
     def _named(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing | None:
         current = snapshot.resources(type_url)
-        known = {name: resource.version for name, resource in state.held.items()}
-        updated, _ = diff(current, known, None if state.wildcard else state.names, state.force)
+        held = state.held
+        changed = snapshot.changed_names(type_url, held)
+        # Only the names that can differ need their held versions (all, without `changed`).
+        looked_at = held.keys() if changed is None else {*changed, *state.force}
+        known = {name: held[name].version for name in looked_at if name in held}
+        updated, _ = diff(current, known, None if state.wildcard else state.names, state.force, changed)
         state.force = _NO_NAMES
         if not updated:
             return None
         # Every subscribed name the snapshot has is now held at its version: share the
         # snapshot's mapping instead of a per-stream copy, keeping only held names it lacks.
-        lacking = {n: r for n, r in state.held.items() if n not in current}
+        lacking = {n: held[n] for n in looked_at if n in held and n not in current}
         state.held = {**current, **lacking} if lacking else current
         version = snapshot.version(type_url)
         body = sotw_body(version, type_url, updated)
