@@ -39,6 +39,7 @@ printed at start and end.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import multiprocessing
@@ -183,10 +184,11 @@ class Controller:
 
 
 class Spy:
-    """py-spy sampling the controller (raw collapsed stacks) until stopped."""
+    """py-spy sampling the controller (raw collapsed stacks) during one phase."""
 
     def __init__(self, pid: int, output: Path) -> None:
         self.output = output
+        self.phase = output.stem
         command = [
             "py-spy",
             "record",
@@ -211,6 +213,31 @@ class Spy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            if self.output.exists():
+                print(f"## py-spy, controller, {self.phase}\n{top_functions(self.output)}", file=sys.stderr)
+
+
+def top_functions(path: Path, count: int = 20) -> str:
+    """Share of samples per function in py-spy's raw output: self time, then inclusive."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        n = int(samples)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples; self:"]
+    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in own.most_common(count)]
+    lines.append("inclusive (below the event loop):")
+    below = [(f, n) for f, n in inclusive.most_common() if n < 0.99 * total]
+    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in below[:count]]
+    return "\n".join(lines)
 
 
 def free_port() -> int:
@@ -285,6 +312,7 @@ class RunResult:
     proxies: int
     objects: int
     listen_s: float = 0.0
+    idle_rss_mb: float = 0.0  # when the xDS port opened (imports, CA; nothing compiled)
     readyz_s: float = 0.0
     cold_s: float = 0.0  # spawn -> last proxy converged
     cold_p50_s: float = 0.0
@@ -326,6 +354,7 @@ class Run:
         self.loads: list[Child] = []
         self.controller: Controller | None = None
         self.spy: Spy | None = None
+        self.profile: Path | None = None
 
     def close(self) -> None:
         for load in self.loads:
@@ -360,9 +389,10 @@ class Run:
         controller = self.controller = Controller(
             self.mesh, self.workdir / "state", self.workdir / "serve.log", extra
         )
-        if profile is not None:
-            self.spy = Spy(controller.pid, profile)
+        self.profile = profile
         wait_for_port(controller.xds_port, controller, 120)
+        r.idle_rss_mb = controller.status_mb("VmRSS")
+        self._spy("cold")
         r.listen_s = time.monotonic() - controller.spawned
         # the port is known only now: the load processes get it with the command
         for load in self.loads:
@@ -371,14 +401,27 @@ class Run:
             load.recv()
         self.ask_all("connect")
         self._cold()
+        self._spy("")
         for name in args.changes:
             if name == "target" and self.shape.permissive:
                 continue
             controller.check()
+            self._spy(name)
             r.changes.append(self._change(name))
+            self._spy("")
         r.peak_rss_mb = controller.status_mb("VmHWM")
         r.total_cpu_s = controller.cpu()
         return r
+
+    def _spy(self, phase: str) -> None:
+        """Stop the phase being sampled; start sampling `phase` (with --py-spy, first run)."""
+        if self.spy is not None:
+            self.spy.stop()
+            self.spy = None
+        if phase and self.profile is not None and self.controller is not None:
+            self.spy = Spy(
+                self.controller.pid, self.profile / f"{self.result.mode}-{self.result.xds}-{phase}.txt"
+            )
 
     def _cold(self) -> None:
         args, r, controller = self.args, self.result, self.controller
@@ -428,6 +471,7 @@ class Run:
         before = self._metrics
         armed = self.ask_all("arm")
         bytes0 = sum(a["bytes"] for a in armed)
+        base = sum(s["responses"] for s in self.ask_all("status"))
         cpu0 = controller.cpu()
         service = min(1, shape.services - 1)
         started = time.monotonic()
@@ -466,7 +510,9 @@ class Run:
             if responses != seen:
                 seen, quiet_since = responses, now
             stable = name != "rotate" or self._ca_phase() == "stable"
-            if converged and stable and now - quiet_since >= settle and (now - started > settle):
+            # every scenario pushes something: wait for it (a slow compile is not quiet), then
+            # for --settle seconds without a response
+            if responses > base and converged and stable and now - quiet_since >= settle:
                 break
             if now > deadline:
                 result.note = f"timeout after {args.timeout:.0f} s"
@@ -519,6 +565,7 @@ def median_run(runs: list[RunResult]) -> dict[str, Any]:
         k: med([getattr(r, k) for r in runs])
         for k in (
             "listen_s",
+            "idle_rss_mb",
             "readyz_s",
             "cold_s",
             "cold_p50_s",
@@ -592,9 +639,12 @@ def table(summary: dict[str, Any], debounce_ms: int) -> str:
             c["note"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    per_proxy = 1024 * (s["cold_rss_mb"] - s["idle_rss_mb"]) / max(1, s["proxies"])
     lines += [
         "",
-        f"Peak RSS (VmHWM) {s['peak_rss_mb']:.0f} MB; controller CPU in all {s['total_cpu_s']:.1f} s.",
+        f"Peak RSS (VmHWM) {s['peak_rss_mb']:.0f} MB; RSS when the port opened {s['idle_rss_mb']:.0f} MB, "
+        f"so {per_proxy:.0f} KB per proxy after cold convergence (compiled config included); "
+        f"controller CPU in all {s['total_cpu_s']:.1f} s.",
         "",
     ]
     return "\n".join(lines)
@@ -641,7 +691,12 @@ def main() -> None:
     parser.add_argument("--load-processes", type=int, default=1)
     parser.add_argument("--streams-per-connection", type=int, default=100)
     parser.add_argument("--cert-validity", default="", help="pass --cert-validity to serve")
-    parser.add_argument("--py-spy", default="", metavar="DIR", help="sample the controller of the first run")
+    parser.add_argument(
+        "--py-spy",
+        default="",
+        metavar="DIR",
+        help="sample the controller per phase in the first run (py-spy)",
+    )
     parser.add_argument("--json", default="", metavar="FILE", help="write every run and the medians")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     parser.add_argument(
@@ -705,8 +760,8 @@ def measure(args: argparse.Namespace, modes: list[str], xds_modes: list[str]) ->
                     run = Run(args, shape, xds == "delta", workdir)
                     profile = None
                     if args.py_spy and n == 0:
-                        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
-                        profile = Path(args.py_spy) / f"{mode}-{xds}.txt"
+                        profile = Path(args.py_spy)
+                        profile.mkdir(parents=True, exist_ok=True)
                     try:
                         result = run.execute(profile)
                     finally:
