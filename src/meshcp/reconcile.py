@@ -32,8 +32,8 @@ class _Memo:
     """Encoded resources by compile inputs; rebuilt each round so stale entries go."""
 
     entries: dict[Hashable, list[Resource]] = field(default_factory=dict)
-    #: Upstream cluster templates by (service, port, http2).
-    templates: dict[tuple[ServiceKey, int, bool], Template] = field(default_factory=dict)
+    #: Templates: upstream clusters by (service, port, http2), outbound routes by port.
+    templates: dict[Hashable, Template] = field(default_factory=dict)
     #: Interned `_Key`s: the same content gets the same key object round after round.
     keys: dict[_Key, _Key] = field(default_factory=dict)
     hits: int = 0
@@ -71,6 +71,11 @@ class _Shared:
     templates: tuple[Template, ...]
     endpoints: list[Resource]
     peers: Mapping[tuple[str, str], tuple[Identity, ...]]
+    upstream_list: tuple[Upstream, ...]
+    #: Per HTTP port: the outbound route template and, per virtual host in order, the
+    #: service's namespace and the host's bytes for clients in it and for all others.
+    #: Built when some namespace's outbound routes must be encoded.
+    route_hosts: list[tuple[Template, list[tuple[str, bytes, bytes]]]] | None = None
 
 
 class Reconciler:
@@ -88,6 +93,10 @@ class Reconciler:
         self._publisher = publisher
         self._metrics = metrics
         self._memo = _Memo()
+        #: Encoded outbound virtual hosts (own namespace, others) by upstream: kept
+        #: while outbound routes hit the memo, replaced when they are next rebuilt.
+        self._hosts: dict[Upstream, tuple[bytes, bytes]] = {}
+        self._hosts_used: dict[Upstream, tuple[bytes, bytes]] = {}
         self._policy = MeshPolicy({}, {}, {}, {})
         self._reported: set[Problem] = set()
         self.revision = -1
@@ -122,6 +131,8 @@ class Reconciler:
                     class_policy.upstreams, policy.endpoints, old
                 )
             classes.append(self._compile(key, class_policy, common, old))
+        if self._hosts_used:
+            self._hosts, self._hosts_used = self._hosts_used, {}
         self._policy = policy
         self._publisher.update(classes)
         self.revision = state.revision
@@ -192,7 +203,43 @@ class Reconciler:
             tuple(templates),
             list(assignments.values()),
             peers,
+            upstreams,
         )
+
+    def _route_hosts(
+        self, shared: _Shared, old: _Memo
+    ) -> list[tuple[Template, list[tuple[str, bytes, bytes]]]]:
+        if shared.route_hosts is not None:
+            return shared.route_hosts
+        out = []
+        for port, upstreams in rds.outbound_ports(shared.upstream_list):
+            key = ("rds-out", port)
+            template = self._memo.templates.get(key) or old.templates.get(key)
+            if template is None:
+                template = self._encoder.template(*rds.outbound_route_template(port))
+            self._memo.templates[key] = template
+            hosts = []
+            for upstream in upstreams:
+                found = self._hosts_used.get(upstream) or self._hosts.get(upstream)
+                if found is None:
+                    own, other = rds.outbound_host_variants(upstream)
+                    found = (self._encoder.fragment(own), self._encoder.fragment(other))
+                self._hosts_used[upstream] = found
+                hosts.append((upstream.service.namespace, template.field(found[0]), template.field(found[1])))
+            out.append((template, hosts))
+        shared.route_hosts = out
+        return out
+
+    def _outbound_routes(self, namespace: str, shared: _Shared, old: _Memo) -> list[Resource]:
+        """A client namespace's outbound routes, filled from the shared virtual hosts."""
+        return [
+            self._encoder.fill(
+                template,
+                b"".join(own if ns == namespace else other for ns, own, other in hosts),
+                intern=True,  # one port's change leaves the others' objects as they were
+            )
+            for template, hosts in self._route_hosts(shared, old)
+        ]
 
     def _upstream_clusters(self, identity: Identity, templates: tuple[Template, ...]) -> list[Resource]:
         """Every upstream cluster of `identity`, filled into the shared templates."""
@@ -232,7 +279,7 @@ class Reconciler:
         resources += self._piece(
             old,
             ("rds-out", identity.namespace, shared.upstreams),
-            encoded(lambda: list(rds.outbound_routes(policy))),
+            partial(self._outbound_routes, identity.namespace, shared, old),
         )
         resources += self._piece(
             old, ("rds-in", inbound, trust), encoded(lambda: list(rds.inbound_routes(policy)))

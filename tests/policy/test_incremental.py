@@ -82,9 +82,11 @@ async def test_a_split_weight_change_re_encodes_routes_only() -> None:
     )
     changed = sorted({key for key, resource in after.items() if before.get(key) is not resource})
     assert changed == [(resource_types.ROUTE, "rds-outbound.14001")]
-    # Re-encoded: the outbound routes of each client namespace and the outbound listener
-    # (its TCP chains could carry weights); no cluster: weights are not a cluster input.
+    # Re-encoded: the apex's virtual host (as its own namespace and as the others see
+    # it), the outbound routes of each client namespace filled from the encoded hosts,
+    # and the outbound listener (its TCP chains could carry weights); no cluster:
+    # weights are not a cluster input.
     policies = list(rec.policy.classes.values())
     namespaces = {p.identity.namespace for p in policies}
     http_ports = {u.port for u in policies[0].upstreams if u.is_http}
-    assert encoder.encodes - count == len(namespaces) * len(http_ports) + 1
+    assert encoder.encodes - count == 2 + len(namespaces) * len(http_ports) + 1

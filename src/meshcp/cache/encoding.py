@@ -218,6 +218,11 @@ class Encoder:
         self._interned[key] = resource
         return resource
 
+    def fragment(self, message: betterproto2.Message) -> bytes:
+        """The canonical bytes of a part of a resource, to fill a template with."""
+        self.encodes += 1
+        return canonical_bytes(message)
+
     def template(self, message: betterproto2.Message, marker: bytes) -> Template:
         """Encode `message` once, leaving open the field whose value is `marker`."""
         self.encodes += 1
@@ -226,21 +231,28 @@ class Encoder:
             message_bytes(packed), marker, packed.type_url, resource_name(message), _endpoints_name(message)
         )
 
-    def fill(self, template: Template, field: bytes) -> Resource:
+    def fill(self, template: Template, field: bytes, *, intern: bool = False) -> Resource:
         """The resource `template` describes with its open field replaced by `field`
         (see `Template.field`): the bytes betterproto2 would give, without building or
         encoding a message.
 
-        Not interned: callers fill each (template, field) pair once and memoise it, and
-        the weak-reference index would cost more memory than the resource itself.
+        Interned only on request: the upstream clusters (S² of them) are filled once per
+        (template, field) and memoised by the caller, and the weak-reference index would
+        cost more memory than the resource itself.
         """
         self.encodes += 1
         head = template.head(len(field))
         tail = template.tail
         version = digest(head + field + tail)
-        return ComposedResource(
-            template.type_url, template.name, version, (head, field, tail), template.endpoints
-        )
+        key = (template.type_url, template.name, version)
+        if intern:
+            found = self._interned.get(key)
+            if found is not None:
+                return found
+        resource = ComposedResource(key[0], key[1], version, (head, field, tail), template.endpoints)
+        if intern:
+            self._interned[key] = resource
+        return resource
 
 
 class Template:

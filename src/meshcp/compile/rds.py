@@ -4,6 +4,7 @@ routes per local port (to the application, with per-route RBAC)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import timedelta
 
 from meshcp._proto.envoy.config.route.v3 import (
@@ -19,7 +20,7 @@ from meshcp._proto.envoy.config.route.v3 import (
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
 from meshcp._proto.envoy.type.matcher.v3 import RegexMatcher
-from meshcp.cache.encoding import pack
+from meshcp.cache.encoding import canonical_bytes, pack
 from meshcp.compile import naming
 from meshcp.compile.rbac import header, http_rbac, method_regex, path_regex
 from meshcp.model.smi import HTTPMatch
@@ -84,23 +85,52 @@ def outbound_virtual_host(upstream: Upstream, client_namespace: str) -> VirtualH
     )
 
 
-def outbound_routes(policy: ProxyPolicy) -> list[RouteConfiguration]:
-    """`rds-outbound.<port>` for every HTTP port some upstream serves."""
+def outbound_ports(upstreams: Iterable[Upstream]) -> list[tuple[int, list[Upstream]]]:
+    """The HTTP upstreams by port, each list in virtual host order: `rds-outbound.<port>`."""
     by_port: dict[int, list[Upstream]] = defaultdict(list)
-    for upstream in policy.upstreams:
+    for upstream in upstreams:
         if upstream.is_http:
             by_port[upstream.port].append(upstream)
+    return [(port, sorted(ups, key=lambda u: str(u.service))) for port, ups in sorted(by_port.items())]
+
+
+def outbound_route(port: int, virtual_hosts: list[VirtualHost]) -> RouteConfiguration:
+    return RouteConfiguration(
+        name=naming.outbound_routes(port), virtual_hosts=virtual_hosts, validate_clusters=False
+    )
+
+
+def outbound_routes(policy: ProxyPolicy) -> list[RouteConfiguration]:
+    """`rds-outbound.<port>` for every HTTP port some upstream serves."""
     namespace = policy.identity.namespace
     return [
-        RouteConfiguration(
-            name=naming.outbound_routes(port),
-            virtual_hosts=[
-                outbound_virtual_host(u, namespace) for u in sorted(ups, key=lambda u: str(u.service))
-            ],
-            validate_clusters=False,
-        )
-        for port, ups in sorted(by_port.items())
+        outbound_route(port, [outbound_virtual_host(u, namespace) for u in ups])
+        for port, ups in outbound_ports(policy.upstreams)
     ]
+
+
+#: The virtual host standing for all of them in an outbound route template.
+TEMPLATE_HOST = "\0virtual-hosts\0"
+
+
+def outbound_route_template(port: int) -> tuple[RouteConfiguration, bytes]:
+    """`rds-outbound.<port>` with one marker virtual host, and the marker's bytes.
+
+    Each client namespace has its own outbound routes (short names resolve within it),
+    and each holds a virtual host per mesh service: the encoder fills the template with
+    the encoded hosts (`outbound_host_variants`) instead of encoding S hosts N times.
+    """
+    marker = VirtualHost(name=TEMPLATE_HOST)
+    return outbound_route(port, [marker]), canonical_bytes(marker)
+
+
+def outbound_host_variants(upstream: Upstream) -> tuple[VirtualHost, VirtualHost]:
+    """The virtual host of `upstream` for clients in its own namespace (with the short
+    names) and for every other client."""
+    return (
+        outbound_virtual_host(upstream, upstream.service.namespace),
+        outbound_virtual_host(upstream, ""),  # "" is no namespace: never the service's own
+    )
 
 
 def inbound_virtual_host(port: InboundPort, trust_domain: str, only: bool) -> VirtualHost:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshcp.certs.identity import Identity
-from meshcp.model.core import EndpointSlice, Pod, Service, ServicePort
+from meshcp.model.core import ContainerPort, EndpointSlice, Pod, Service, ServicePort
 from meshcp.model.meta import ObjectRef
 from meshcp.model.smi import HTTPMatch, TrafficSplit, TrafficTarget
 from meshcp.model.state import MeshState, Problem
@@ -29,6 +29,7 @@ from meshcp.policy.types import (
     Upstream,
 )
 
+InboundTuple = tuple[InboundPort, ...]
 INJECTION_ANNOTATION = "meshcp.dev/sidecar-injection"
 PROXY_UUID_LABEL = "meshcp.dev/proxy-uuid"
 #: Relative split weights become integers summing to this (Envoy weights are integers).
@@ -103,6 +104,7 @@ class _Builder:
             self.pods_by_namespace[pod.meta.namespace].append(pod)
         self._backends: dict[tuple[str, str], list[tuple[Pod | None, str, bool]]] = {}
         self._local: dict[int, list[Service]] | None = None
+        self._targets: dict[tuple[str, str], list[TrafficTarget]] | None = None
         self.slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
         for endpoint_slice in state.endpoint_slices:
             self.slices[(endpoint_slice.meta.namespace, endpoint_slice.service)].append(endpoint_slice)
@@ -257,26 +259,46 @@ class _Builder:
     def local_services(self, pod: Pod) -> list[Service]:
         """The services a pod backs (selected by them, or named in their EndpointSlices)."""
         if self._local is None:
+            by_label: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
+            for pod_ in self.state.pods:
+                for label, value in pod_.meta.labels.items():
+                    by_label[(pod_.meta.namespace, label, value)].append(pod_)
             index: dict[int, list[Service]] = defaultdict(list)
             for service in self.services:
                 local = {id(p): p for p, _, _ in self.backends(service) if p is not None}
-                for candidate in self.pods_by_namespace.get(service.meta.namespace, ()):
-                    if selects(service, candidate):
-                        local[id(candidate)] = candidate
+                for candidate in self._selected(service, by_label):
+                    local[id(candidate)] = candidate
                 for backend_pod in local.values():
                     index[id(backend_pod)].append(service)
             self._local = index
         return self._local.get(id(pod), [])
 
+    def targets(self, identity: Identity) -> list[TrafficTarget]:
+        """The TrafficTargets whose destination is `identity` (only those of its own
+        namespace apply). Indexed once: scanning every target per pod is quadratic."""
+        if self._targets is None:
+            index: dict[tuple[str, str], list[TrafficTarget]] = defaultdict(list)
+            for target in self.state.traffic_targets:
+                if target.destination.namespace == target.meta.namespace:
+                    index[(target.meta.namespace, target.destination.name)].append(target)
+            self._targets = index
+        return self._targets.get((identity.namespace, identity.service_account), [])
+
+    @staticmethod
+    def _selected(service: Service, by_label: Mapping[tuple[str, str, str], list[Pod]]) -> list[Pod]:
+        """The pods `service` selects, looked up by the rarest label of its selector
+        (checking every pod of the namespace per service is quadratic)."""
+        if not service.selector:
+            return []
+        ns = service.meta.namespace
+        rarest = min(
+            (by_label.get((ns, label, value), []) for label, value in service.selector.items()), key=len
+        )
+        return [pod for pod in rarest if selects(service, pod)]
+
     def inbound(self, pod: Pod, identity: Identity) -> tuple[InboundPort, ...]:
         permissive = self.state.permissive(pod.meta.namespace)
-        targets = [
-            t
-            for t in self.state.traffic_targets
-            if t.meta.namespace == identity.namespace
-            and t.destination.name == identity.service_account
-            and t.destination.namespace == identity.namespace
-        ]
+        targets = self.targets(identity)
         out = []
         for service in self.local_services(pod):
             key = ServiceKey(service.meta.namespace, service.meta.name)
@@ -391,10 +413,20 @@ def build_policies(state: MeshState) -> MeshPolicy:
     classes: dict[str, ProxyPolicy] = {}
     pod_classes: dict[tuple[str, str], str] = {}
     proxies: dict[str, tuple[str, str]] = {}
+    # The pods of one service (same identity, local services and container ports) get
+    # the same inbound ports: compute them and the class key once, not per pod.
+    seen: dict[tuple[Identity, tuple[int, ...], tuple[ContainerPort, ...]], tuple[str, InboundTuple]] = {}
     for pod in builder.meshed_pods:
         identity = Identity(pod.meta.namespace, pod.service_account)
-        inbound = builder.inbound(pod, identity)
-        key = class_key(identity, inbound)
+        same = (identity, tuple(id(s) for s in builder.local_services(pod)), pod.ports)
+        found = seen.get(same)
+        if found is None:
+            reported = len(builder.problems)
+            inbound = builder.inbound(pod, identity)
+            found = (class_key(identity, inbound), inbound)
+            if len(builder.problems) == reported:  # problems name the pod: others report theirs
+                seen[same] = found
+        key, inbound = found
         if key not in classes:
             classes[key] = ProxyPolicy(
                 identity, inbound, upstreams, config.egress_passthrough, config.trust_domain
