@@ -141,6 +141,23 @@ def outbound_listener(policy: ProxyPolicy) -> Listener:
                 _filter(TCP_PROXY, TcpProxy(stat_prefix="passthrough", cluster=naming.PASSTHROUGH_CLUSTER))
             ],
         )
+    elif not chains:
+        # Envoy rejects a listener without any filter chain. A proxy with nowhere to go
+        # (no upstream services, no egress) still needs one: it closes every connection,
+        # as an unmatched destination would be. The RBAC filter denies; Envoy requires a
+        # terminal filter after it, which is never reached.
+        default = FilterChain(
+            name="outbound:denied",
+            filters=[
+                _filter(
+                    NETWORK_RBAC,
+                    NetworkRbac(stat_prefix="outbound.denied.", rules=Rbac(action=RbacAction.ALLOW)),
+                ),
+                _filter(
+                    TCP_PROXY, TcpProxy(stat_prefix="outbound.denied", cluster=naming.PASSTHROUGH_CLUSTER)
+                ),
+            ],
+        )
     return Listener(
         name=naming.OUTBOUND_LISTENER,
         address=_address(naming.OUTBOUND_PORT),

@@ -116,6 +116,9 @@ class PlannedPod:
     sidecar: Sidecar | None
     #: Changes when anything the pod runs changes: such a pod is replaced on apply.
     fingerprint: str
+    #: The containers' readiness probes as the user wrote them (before injection points
+    #: them at the sidecar): ("tcp" | "http", port, path).
+    readiness: tuple[tuple[str, int, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -441,9 +444,29 @@ def _plan_pod(
             sort_keys=True,
         ).encode()
     ).hexdigest()
+    readiness = _readiness(manifest.body)
     return PlannedPod(
-        namespace, name, ip, interface, account, init, containers, rendered, sidecar, fingerprint
+        namespace, name, ip, interface, account, init, containers, rendered, sidecar, fingerprint, readiness
     )
+
+
+def _readiness(pod: Mapping[str, Any]) -> tuple[tuple[str, int, str], ...]:
+    """tcpSocket and httpGet readiness probes; exec probes cannot be run from outside."""
+    out = []
+    for container in _mapping(pod.get("spec")).get("containers") or ():
+        if not isinstance(container, dict):
+            continue
+        probe = _mapping(container.get("readinessProbe"))
+        ports = {
+            p.get("name"): p.get("containerPort") for p in container.get("ports") or () if isinstance(p, dict)
+        }
+        for kind, action in (("tcp", "tcpSocket"), ("http", "httpGet")):
+            spec = _mapping(probe.get(action))
+            port = spec.get("port")
+            port = ports.get(port) if isinstance(port, str) else port
+            if isinstance(port, int):
+                out.append((kind, port, _string(spec.get("path")) or "/"))
+    return tuple(out)
 
 
 def _review(pod: Mapping[str, Any]) -> mutation.Review:

@@ -33,7 +33,7 @@ from meshcp.injector import mutation
 from meshcp.lab import layout, network, processes
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.manifests import Manifest, ManifestError, expand_deployments, read_directory
-from meshcp.lab.netns_http import connect_in, get_json
+from meshcp.lab.netns_http import connect_in, get, get_json
 from meshcp.lab.network import LabError
 from meshcp.lab.plan import PROXY_USER, Allocation, Container, LabPlan, PlanContext, PlannedPod, plan
 
@@ -81,7 +81,7 @@ class PodRuntime:
             self.phase = "Running"
         else:
             self.phase = "NotReady"
-            log.warning("pod %s: its container ports did not open within %.0f s", pod.key, PORTS_TIMEOUT)
+            log.warning("pod %s: its readiness probes did not pass within %.0f s", pod.key, PORTS_TIMEOUT)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -346,30 +346,30 @@ class Lab:
 
 
 async def _listening(pod: PlannedPod) -> bool:
-    """Whether every declared TCP container port accepts connections (within a while): the
-    lab's stand-in for a readiness probe, so that `lab up` does not return before the apps
-    can answer."""
-    ports = [
-        int(port["containerPort"])
-        for container in pod.manifest["spec"]["containers"]
-        if container.get("name") != mutation.SIDECAR_CONTAINER
-        for port in container.get("ports") or ()
-        if isinstance(port, dict)
-        and isinstance(port.get("containerPort"), int)
-        and port.get("protocol", "TCP") == "TCP"
-    ]
+    """Whether the pod's readiness probes (tcpSocket, httpGet) pass within a while; a pod
+    without probes is ready once its containers started, as in Kubernetes. The probes run
+    against 127.0.0.1 in the pod, which the sidecar never intercepts."""
     deadline = time.monotonic() + PORTS_TIMEOUT
-    for port in ports:
-        while True:
-            try:
-                sock = await asyncio.to_thread(connect_in, pod.netns, "127.0.0.1", port, 1.0)
-            except OSError:
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(POLL / 4)
-            else:
-                sock.close()
-                break
+    for kind, port, path in pod.readiness:
+        while not await _probe(pod.netns, kind, port, path):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(POLL / 4)
+    return True
+
+
+async def _probe(netns: str, kind: str, port: int, path: str) -> bool:
+    if kind == "http":
+        try:
+            status, _ = await get(netns, port, path)
+        except LabError:
+            return False
+        return 200 <= status < 400
+    try:
+        sock = await asyncio.to_thread(connect_in, netns, "127.0.0.1", port, 1.0)
+    except OSError:
+        return False
+    sock.close()
     return True
 
 
