@@ -14,7 +14,7 @@ import pytest
 from meshcp.cache import Encoder, SnapshotCache, pack
 from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.compile import cds, eds, lds, rds
-from meshcp.model.state import MeshState
+from meshcp.model.state import MeshObject, MeshState
 from meshcp.publisher import Publisher
 from meshcp.reconcile import Reconciler
 from tests.policy.mesh import RULE_BUY, Bookstore, namespace, pod, service, split, target
@@ -22,21 +22,21 @@ from tests.policy.mesh import RULE_BUY, Bookstore, namespace, pod, service, spli
 
 def _states() -> dict[str, MeshState]:
     base = Bookstore().objects()
-    grpc = [
+    grpc: list[MeshObject] = [
         namespace("other"),
         service("other", "bookstore", "10.96.9.1", (14001, "grpc")),  # same name, other namespace
         pod("other", "bookstore", "other-sa", "10.244.9.1"),
         service("bookstore", "echo", "10.96.0.30", (7000, "http"), (7001, "tcp")),
         pod("bookstore", "echo", "echo", "10.244.5.1"),
     ]
-    weighted = [
+    weighted: list[MeshObject] = [
         split("bookstore", "s", "bookstore", ("bookstore-v1", 3), ("bookstore-v2", 1)),
         target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_BUY),
     ]
     return {
-        "bookstore": MeshState().with_changes(base),  # type: ignore[arg-type]
-        "more": MeshState().with_changes([*base, *grpc]),  # type: ignore[arg-type]
-        "split": MeshState().with_changes([*base, *grpc, *weighted]),  # type: ignore[arg-type]
+        "bookstore": MeshState().with_changes(base),
+        "more": MeshState().with_changes([*base, *grpc]),
+        "split": MeshState().with_changes([*base, *grpc, *weighted]),
     }
 
 
