@@ -60,10 +60,14 @@ def lab_leftovers() -> list[str]:
     root = Path(os.environ.get("MESHCP_LAB_DIR", f"/run/{layout.PREFIX}"))
     if root.exists():
         found.append(str(root))
-    processes = subprocess.run(
-        ["pgrep", "-f", "meshcp lab _supervise"], capture_output=True, text=True, check=False
-    )
-    found += [f"supervisor {pid}" for pid in processes.stdout.split()]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and running(int(entry.name)):
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"_supervise" in cmdline and b"lab" in cmdline:
+                found.append(f"supervisor {entry.name}")
     return found
 
 

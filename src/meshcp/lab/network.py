@@ -70,11 +70,15 @@ async def create_node() -> None:
         "ip", "-n", ns, "addr", "add", f"{layout.GATEWAY}/{layout.POD_CIDR.prefixlen}", "dev", layout.BRIDGE
     )
     await run("ip", "-n", ns, "link", "set", layout.BRIDGE, "up")
-    for setting in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0"):
-        await run("ip", "netns", "exec", ns, "sysctl", "-q", "-w", setting)
-    await run(
-        "ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv4.conf.{layout.BRIDGE}.send_redirects=0"
-    )
+    # /proc/sys/net belongs to the namespace of whoever opens it (and `sysctl` is not on
+    # every machine: Debian's procps is not installed by default).
+    settings = {
+        "net/ipv4/ip_forward": "1",
+        "net/ipv4/conf/all/send_redirects": "0",
+        f"net/ipv4/conf/{layout.BRIDGE}/send_redirects": "0",
+    }
+    script = "; ".join(f"echo {value} > /proc/sys/{key}" for key, value in settings.items())
+    await run("ip", "netns", "exec", ns, "sh", "-c", script)
 
 
 async def create_pod(netns: str, ip: str, interface: int) -> None:
