@@ -198,6 +198,7 @@ class Spy:
             "raw",
             "--rate",
             "100",
+            "--gil",  # CPU: only the thread holding the GIL, not idle pool threads
             "-o",
             str(output),
         ]
