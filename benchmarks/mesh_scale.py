@@ -53,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -425,15 +426,34 @@ class Run:
             )
 
     def _cold(self) -> None:
-        args, r, controller = self.args, self.result, self.controller
-        assert controller is not None
-        deadline = time.monotonic() + args.timeout
+        deadline = time.monotonic() + self.args.timeout
         total = len(self.refs)
+        # /readyz is polled by a thread: the status round trips below wait for a busy load process
+        done = threading.Event()
+        poller = threading.Thread(target=self._poll_readyz, args=(done,), daemon=True)
+        poller.start()
+        try:
+            status = self._wait_converged(deadline, total)
+        finally:
+            done.set()
+            poller.join()
+        self._cold_figures(status)
+
+    def _poll_readyz(self, done: threading.Event) -> None:
+        controller = self.controller
+        assert controller is not None
+        while not done.is_set() and controller.alive():
+            if controller.get("/readyz", timeout=2)[0] == 200:
+                self.result.readyz_s = time.monotonic() - controller.spawned
+                return
+            done.wait(0.05)
+
+    def _wait_converged(self, deadline: float, total: int) -> list[dict[str, Any]]:
+        args, controller = self.args, self.controller
+        assert controller is not None
         last_print = 0.0
         while True:
             controller.check()
-            if not r.readyz_s and controller.get("/readyz", timeout=2)[0] == 200:
-                r.readyz_s = time.monotonic() - controller.spawned
             status = self.ask_all("status")
             ready = sum(s["ready"] for s in status)
             failures = [m for s in status for m in s["failed"]]
@@ -451,6 +471,11 @@ class Run:
                 last_print = now
                 print(f"  cold: {ready}/{total} converged, {now - controller.spawned:.0f} s", file=sys.stderr)
             time.sleep(POLL * 4)
+        return status
+
+    def _cold_figures(self, status: list[dict[str, Any]]) -> None:
+        r, controller = self.result, self.controller
+        assert controller is not None
         times = [t for s in status for t in s["ready_times"]]
         r.cold_s = max(times) - controller.spawned
         r.cold_p50_s = statistics.median(times) - controller.spawned
