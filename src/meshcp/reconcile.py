@@ -145,6 +145,12 @@ class Reconciler:
         )
         return classes
 
+    def forget(self) -> None:
+        """Drop every compiled piece: the next `apply` compiles and encodes everything
+        (the baseline benchmarks/compile_scale.py compares against)."""
+        self._memo = _Memo()
+        self._hosts = {}
+
     def _key(self, old: _Memo, value: Hashable) -> _Key:
         key = _Key(value)
         found = self._memo.keys.get(key) or old.keys.get(key) or key

@@ -191,6 +191,9 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+_sha256 = hashlib.sha256
+
+
 class Encoder:
     """Turns messages into `Resource`s and shares one object per unique content.
 
@@ -241,18 +244,20 @@ class Encoder:
         cost more memory than the resource itself.
         """
         self.encodes += 1
-        head = template.head(len(field))
+        head = template._heads.get(len(field)) or template.head(len(field))
         tail = template.tail
-        version = digest(head + field + tail)
+        version = _sha256(head + field + tail).hexdigest()[:32]  # digest(), inlined
+        if not intern:
+            return ComposedResource(
+                template.type_url, template.name, version, (head, field, tail), template.endpoints
+            )
         key = (template.type_url, template.name, version)
-        if intern:
-            found = self._interned.get(key)
-            if found is not None:
-                return found
-        resource = ComposedResource(key[0], key[1], version, (head, field, tail), template.endpoints)
-        if intern:
-            self._interned[key] = resource
-        return resource
+        found = self._interned.get(key)
+        if found is None:
+            found = self._interned[key] = ComposedResource(
+                key[0], key[1], version, (head, field, tail), template.endpoints
+            )
+        return found
 
 
 class Template:
