@@ -101,10 +101,10 @@ def count_acks(metrics: Metrics) -> AckTally:
 
 
 def traced_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, clients: int) -> str:
-    """Bytes allocated per client between two snapshots, by allocating line (innermost
-    frame) and by traceback, largest first."""
+    """Bytes allocated per client between two snapshots, by file and by line of the
+    allocation (innermost frame), and by traceback, largest first."""
     lines = []
-    for key, count in (("lineno", 40), ("traceback", 25)):
+    for key, count in (("filename", 25), ("lineno", 40), ("traceback", 25)):
         stats = after.compare_to(before, key)
         total = sum(stat.size_diff for stat in stats)
         lines.append(f"tracemalloc by {key}: {total / clients:,.0f} B/client in all")
