@@ -93,6 +93,7 @@ class Result:
     cpu_ms_per_request: float
     response_bytes: int
     resources: int
+    client_cpu_ms_per_request: float  # this process: is the client the bottleneck?
 
 
 def process_cpu(pids: list[int]) -> float:
@@ -172,13 +173,14 @@ async def bench_meshcp(
 
     try:
         await drive(fetch, args.concurrency, 0.0, 1.0)  # connections up, class compiled
-        cpu0 = cpu()
+        cpu0, own0 = cpu(), time.process_time()
         latencies, seconds, size, completed = await drive(fetch, args.concurrency, args.warmup, args.duration)
         used = (cpu() - cpu0) / completed * len(latencies)
+        client = (time.process_time() - own0) / completed
     finally:
         for channel in channels:
             channel.close()
-    return summarize("meshcp", latencies, seconds, used, size, expected)
+    return summarize("meshcp", latencies, seconds, used, size, expected, client)
 
 
 # --- sovereign --------------------------------------------------------------------------------
@@ -250,17 +252,18 @@ async def bench_sovereign(
 
     try:
         await drive(fetch, args.concurrency, 0.0, 1.0)
-        cpu0 = cpu()
+        cpu0, own0 = cpu(), time.process_time()
         latencies, seconds, size, completed = await drive(fetch, args.concurrency, args.warmup, args.duration)
         used = (cpu() - cpu0) / completed * len(latencies)
+        client = (time.process_time() - own0) / completed
     finally:
         for connection in opened:
             connection.close()
-    return summarize("sovereign", latencies, seconds, used, size, expected)
+    return summarize("sovereign", latencies, seconds, used, size, expected, client)
 
 
 def summarize(
-    server: str, latencies: list[float], seconds: float, cpu: float, size: int, expected: int
+    server: str, latencies: list[float], seconds: float, cpu: float, size: int, expected: int, client: float
 ) -> Result:
     count = len(latencies)
     return Result(
@@ -273,6 +276,7 @@ def summarize(
         1000 * cpu / count if count else 0.0,
         size,
         expected,
+        1000 * client,
     )
 
 
@@ -447,8 +451,9 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{runs[0]['clusters']} clusters per response, {args.concurrency} requests in flight, "
         f"{args.duration:.0f} s per measurement, median of {len(runs)} runs",
         "",
-        "| server | requests/s | p50 ms | p99 ms | server CPU ms/request | response bytes | RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server | requests/s | p50 ms | p99 ms | server CPU ms/request | server CPU share "
+        "| client CPU ms/request | response bytes | RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for server in ("meshcp", "sovereign"):
         rss = statistics.median(r[f"{server}_rss_mb"] for r in runs)
@@ -458,6 +463,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{med(server, 'p50_ms'):.1f}",
             f"{med(server, 'p99_ms'):.1f}",
             f"{med(server, 'cpu_ms_per_request'):.2f}",
+            f"{med(server, 'cpu_ms_per_request') * med(server, 'throughput') / 1000:.0%}",
+            f"{med(server, 'client_cpu_ms_per_request'):.2f}",
             f"{med(server, 'response_bytes'):,.0f}",
             f"{rss:.0f}",
         ]
