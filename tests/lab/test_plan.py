@@ -161,6 +161,9 @@ def test_kube_proxy_rules_spread_a_cluster_ip_over_the_endpoints() -> None:
     assert "-d 10.96.1.1/32 -p tcp --dport 80" in rules
     assert f"--probability 0.50000 -j DNAT --to-destination {a}:8080" in rules
     assert f"-j DNAT --to-destination {b}:8080" in rules
+    assert "-A PREROUTING -j MESHCP-LAB-SERVICES" in rules
+    assert "-A PREROUTING" not in result.pod_service_rules
+    assert "-A OUTPUT -j MESHCP-LAB-SERVICES" in result.pod_service_rules
     assert rules.startswith("*nat\n") and rules.endswith("COMMIT\n")
 
 

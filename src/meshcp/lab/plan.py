@@ -156,6 +156,11 @@ class LabPlan:
     hosts: Mapping[str, str]
     #: The node namespace's `nat` table (kube-proxy's job): an `iptables-restore` script.
     service_rules: str
+    #: The same DNAT for the `nat` table of each unmeshed pod (OUTPUT only). Done in the
+    #: pod, a pod reaching itself through its Service is local traffic; done only in the
+    #: node, that packet would come back from the pod's own address and be dropped as
+    #: martian (kube-proxy masquerades it, on a bridge with br_netfilter).
+    pod_service_rules: str
     problems: tuple[str, ...]
     allocation: Allocation
 
@@ -230,7 +235,8 @@ def plan(manifests: Sequence[Manifest], allocation: Allocation, context: PlanCon
         mesh=mesh,
         source=tuple(source),
         hosts=hosts,
-        service_rules=_service_rules(services),
+        service_rules=_service_rules(services, ("PREROUTING", "OUTPUT")),
+        pod_service_rules=_service_rules(services, ("OUTPUT",)),
         problems=tuple(problems),
         allocation=Allocation(
             pod_ips={key: pod_ips[key] for key in pods},
@@ -626,12 +632,12 @@ def _hosts(pod: PlannedPod, services: Sequence[PlannedService]) -> str:
 SERVICES_CHAIN = "MESHCP-LAB-SERVICES"
 
 
-def _service_rules(services: Sequence[PlannedService]) -> str:
+def _service_rules(services: Sequence[PlannedService], hooks: Sequence[str]) -> str:
     """kube-proxy's iptables mode, in miniature: ClusterIP:port is DNATed in the node to one
     of the endpoints at random (equal odds, by the cascading probabilities kube-proxy uses).
     The whole `nat` table of the node namespace is the lab's, so it is rewritten whole."""
     chains = [SERVICES_CHAIN]
-    rules = [f"-A PREROUTING -j {SERVICES_CHAIN}", f"-A OUTPUT -j {SERVICES_CHAIN}"]
+    rules = [f"-A {hook} -j {SERVICES_CHAIN}" for hook in hooks]
     for service in services:
         if not service.cluster_ip:
             continue

@@ -55,11 +55,15 @@ class PodRuntime:
         self.states = {c.name: processes.ContainerState(c.name) for c in planned.containers}
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, group: asyncio.TaskGroup, volume: Callable[[PlannedPod], Any]) -> None:
+    async def start(
+        self, group: asyncio.TaskGroup, volume: Callable[[PlannedPod], Any], service_rules: str
+    ) -> None:
         pod = self.planned
         await network.create_pod(pod.netns, pod.ip, pod.interface)
         if pod.sidecar is not None:
             await volume(pod)
+        else:
+            await network.restore_nat(pod.netns, service_rules, flush=True)
         self.phase = "Init"
         for container in pod.init:
             code = await processes.run_once(pod.netns, container, self._log(container))
@@ -206,8 +210,14 @@ class Lab:
         self.pods = {**keep, **started}
         for key, pod in new.pods.items():
             network.write_hosts(pod.netns, new.hosts[key])
+        for runtime in keep.values():
+            if runtime.planned.sidecar is None:
+                await network.restore_nat(runtime.planned.netns, new.pod_service_rules, flush=True)
         results = await asyncio.gather(
-            *(runtime.start(self.group, self._write_volume) for runtime in started.values()),
+            *(
+                runtime.start(self.group, self._write_volume, new.pod_service_rules)
+                for runtime in started.values()
+            ),
             return_exceptions=True,
         )
         for result in results:
