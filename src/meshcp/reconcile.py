@@ -32,8 +32,8 @@ class _Memo:
     """Encoded resources by compile inputs; rebuilt each round so stale entries go."""
 
     entries: dict[Hashable, list[Resource]] = field(default_factory=dict)
-    #: Templates: upstream clusters by (service, port, http2), outbound routes by port.
-    templates: dict[Hashable, Template] = field(default_factory=dict)
+    #: Upstream cluster templates by (service, port, http2).
+    templates: dict[tuple[ServiceKey, int, bool], Template] = field(default_factory=dict)
     #: Interned `_Key`s: the same content gets the same key object round after round.
     keys: dict[_Key, _Key] = field(default_factory=dict)
     hits: int = 0
@@ -60,6 +60,12 @@ class _Key:
         return self is other or (
             isinstance(other, _Key) and self._hash == other._hash and self.value == other.value
         )
+
+
+@dataclass
+class _Hosts:
+    hosts: dict[Upstream, tuple[bytes, bytes]] = field(default_factory=dict)
+    templates: dict[int, Template] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,10 +99,11 @@ class Reconciler:
         self._publisher = publisher
         self._metrics = metrics
         self._memo = _Memo()
-        #: Encoded outbound virtual hosts (own namespace, others) by upstream: kept
-        #: while outbound routes hit the memo, replaced when they are next rebuilt.
-        self._hosts: dict[Upstream, tuple[bytes, bytes]] = {}
-        self._hosts_used: dict[Upstream, tuple[bytes, bytes]] = {}
+        #: Encoded outbound virtual hosts (own namespace, others) by upstream, and the
+        #: outbound route templates by port: kept while the outbound routes hit the
+        #: memo, replaced by what was used when they are next rebuilt.
+        self._hosts = _Hosts()
+        self._hosts_used = _Hosts()
         self._policy = MeshPolicy({}, {}, {}, {})
         self._reported: set[Problem] = set()
         self.revision = -1
@@ -131,8 +138,8 @@ class Reconciler:
                     class_policy.upstreams, policy.endpoints, old
                 )
             classes.append(self._compile(key, class_policy, common, old))
-        if self._hosts_used:
-            self._hosts, self._hosts_used = self._hosts_used, {}
+        if self._hosts_used.templates:
+            self._hosts, self._hosts_used = self._hosts_used, _Hosts()
         self._policy = policy
         self._publisher.update(classes)
         self.revision = state.revision
@@ -149,7 +156,7 @@ class Reconciler:
         """Drop every compiled piece: the next `apply` compiles and encodes everything
         (the baseline benchmarks/compile_scale.py compares against)."""
         self._memo = _Memo()
-        self._hosts = {}
+        self._hosts = _Hosts()
 
     def _key(self, old: _Memo, value: Hashable) -> _Key:
         key = _Key(value)
@@ -219,18 +226,17 @@ class Reconciler:
             return shared.route_hosts
         out = []
         for port, upstreams in rds.outbound_ports(shared.upstream_list):
-            key = ("rds-out", port)
-            template = self._memo.templates.get(key) or old.templates.get(key)
+            template = self._hosts_used.templates.get(port) or self._hosts.templates.get(port)
             if template is None:
                 template = self._encoder.template(*rds.outbound_route_template(port))
-            self._memo.templates[key] = template
+            self._hosts_used.templates[port] = template
             hosts = []
             for upstream in upstreams:
-                found = self._hosts_used.get(upstream) or self._hosts.get(upstream)
+                found = self._hosts_used.hosts.get(upstream) or self._hosts.hosts.get(upstream)
                 if found is None:
                     own, other = rds.outbound_host_variants(upstream)
                     found = (self._encoder.fragment(own), self._encoder.fragment(other))
-                self._hosts_used[upstream] = found
+                self._hosts_used.hosts[upstream] = found
                 hosts.append((upstream.service.namespace, template.field(found[0]), template.field(found[1])))
             out.append((template, hosts))
         shared.route_hosts = out
@@ -270,7 +276,9 @@ class Reconciler:
             partial(self._upstream_clusters, identity, shared.templates),
         )
         resources += self._piece(
-            old, ("cds-local", inbound, egress), encoded(lambda: list(cds.local_clusters(policy)))
+            old,
+            ("cds-local", cds.local_inputs(policy), egress),
+            encoded(lambda: list(cds.local_clusters(policy))),
         )
         resources += self._piece(
             old, ("lds-out", shared.upstreams, egress), encoded(lambda: [lds.outbound_listener(policy)])

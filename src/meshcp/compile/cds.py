@@ -187,6 +187,12 @@ def local_clusters(policy: ProxyPolicy) -> list[Cluster]:
     return out
 
 
+def local_inputs(policy: ProxyPolicy) -> tuple[tuple[ServiceKey, int, int, str], ...]:
+    """What `local_clusters` reads of the inbound ports: not who may call them, so a
+    TrafficTarget change leaves the local clusters alone."""
+    return tuple((p.service, p.port, p.target_port, p.protocol) for p in policy.inbound)
+
+
 def clusters(policy: ProxyPolicy) -> list[Cluster]:
     """Every cluster of a proxy class, sorted by name."""
     out = upstream_clusters(policy) + local_clusters(policy)
