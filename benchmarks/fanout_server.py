@@ -110,11 +110,16 @@ def traced_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, cli
         lines.append(f"tracemalloc by {key}: {total / clients:,.0f} B/client in all")
         for stat in stats[:count]:
             frames = list(stat.traceback)
-            where = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(frames))
+            where = " <- ".join(f"{_short(f.filename)}:{f.lineno}" for f in reversed(frames))
             lines.append(
                 f"  {stat.size_diff / clients:8.1f} B/client {stat.count_diff / clients:6.2f} obj  {where}"
             )
     return "\n".join(lines) + "\n"
+
+
+def _short(filename: str) -> str:
+    """`package/module.py`: enough to tell grpclib's server.py from h2's stream.py and ours."""
+    return "/".join(filename.rsplit("/", 2)[-2:])
 
 
 @dataclass(frozen=True)
