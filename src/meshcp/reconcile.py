@@ -3,6 +3,11 @@
 Every compiled piece is memoised by exactly the policy inputs it depends on, so a change
 re-builds and re-encodes only what it touches: a moved endpoint re-encodes one
 ClusterLoadAssignment, a new TrafficTarget the inbound config of one identity.
+
+What grows with the mesh squared is composed, not encoded: every identity has a cluster
+per service port and every client namespace its outbound routes over every service, so
+those are filled into templates (`cache.encoding.Template`) from pieces encoded once, and
+what all classes share (templates, assignments, peers) is gathered once per round.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class _Key:
 
 @dataclass
 class _Hosts:
+    """Encoded outbound virtual hosts (own namespace, others) by upstream, and the outbound
+    route templates by port."""
+
     hosts: dict[Upstream, tuple[bytes, bytes]] = field(default_factory=dict)
     templates: dict[int, Template] = field(default_factory=dict)
 
@@ -99,9 +107,8 @@ class Reconciler:
         self._publisher = publisher
         self._metrics = metrics
         self._memo = _Memo()
-        #: Encoded outbound virtual hosts (own namespace, others) by upstream, and the
-        #: outbound route templates by port: kept while the outbound routes hit the
-        #: memo, replaced by what was used when they are next rebuilt.
+        #: Kept while the outbound routes hit the memo (the round's memo would drop
+        #: them), replaced by what was used when the routes are next rebuilt.
         self._hosts = _Hosts()
         self._hosts_used = _Hosts()
         self._policy = MeshPolicy({}, {}, {}, {})

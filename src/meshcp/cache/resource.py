@@ -57,7 +57,8 @@ class ComposedResource(Resource):
     service) that differ only in the client certificate's secret name: the parts before
     and after it are shared by every identity (per service) and the middle by every
     service (per identity). Holding references instead of joined bytes keeps a million
-    of them in about half the memory; joining costs ~0.1 µs when a response is framed.
+    of them in about a third of the memory (~200 bytes each instead of ~560 for a
+    340-byte cluster); joining costs ~0.1 µs when a response is framed.
     """
 
     __slots__ = ("_head", "_tail")
