@@ -26,6 +26,7 @@ from meshcp.lab.manifests import Manifest
 from meshcp.model.core import Namespace, Service
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.parse import InvalidObject, parse_object
+from meshcp.model.state import MeshObject
 
 #: Containers of meshed pods find the lab's copy of Envoy first (see `LabPaths.bin`).
 PROXY_USER = 1500
@@ -178,14 +179,9 @@ class PlanContext:
 
 def plan(manifests: Sequence[Manifest], allocation: Allocation, context: PlanContext) -> LabPlan:
     problems: list[str] = []
-    for manifest in manifests:
-        if manifest.kind not in ("Pod", "Service", "Namespace", "MeshConfig"):
-            try:
-                parse_object(manifest.body)
-            except InvalidObject as error:
-                problems.append(f"{manifest.display}: {error.reason}")
-    mesh = _mesh_config(manifests, problems)
-    namespaces = _namespaces(manifests, problems)
+    objects = _parse_all(manifests, problems)
+    mesh = _mesh_config(objects)
+    namespaces = _namespaces(objects)
     pod_manifests = [m for m in manifests if m.kind == "Pod"]
     service_manifests = [m for m in manifests if m.kind == "Service"]
 
@@ -254,34 +250,30 @@ class _PodProblem(Exception):
 # --- mesh-wide objects ------------------------------------------------------------------------
 
 
-def _mesh_config(manifests: Sequence[Manifest], problems: list[str]) -> MeshConfig:
-    found: list[MeshConfig] = []
+def _parse_all(manifests: Sequence[Manifest], problems: list[str]) -> list[MeshObject]:
+    """Every object but pods (checked by injection) and services (parsed with their
+    ClusterIP, see `_services`), with each invalid one reported where it was written."""
+    out = []
     for manifest in manifests:
-        if manifest.kind != "MeshConfig":
+        if manifest.kind in ("Pod", "Service"):
             continue
         try:
-            parsed = parse_object(manifest.body)
+            out.append(parse_object(manifest.body))
         except InvalidObject as error:
             problems.append(f"{manifest.display}: {error.reason}")
-            continue
-        if isinstance(parsed, MeshConfig):
-            found.append(parsed)
-    found.sort(key=lambda config: config.meta.name)
+    return out
+
+
+def _mesh_config(objects: Sequence[MeshObject]) -> MeshConfig:
+    found = sorted((o for o in objects if isinstance(o, MeshConfig)), key=lambda config: config.meta.name)
     return found[0] if found else MeshConfig()
 
 
-def _namespaces(manifests: Sequence[Manifest], problems: list[str]) -> dict[str, mutation.NamespaceInfo]:
+def _namespaces(objects: Sequence[MeshObject]) -> dict[str, mutation.NamespaceInfo]:
     out = {"default": mutation.NamespaceInfo("default")}
-    for manifest in manifests:
-        if manifest.kind != "Namespace":
-            continue
-        try:
-            parsed = parse_object(manifest.body)
-        except InvalidObject as error:
-            problems.append(f"{manifest.display}: {error.reason}")
-            continue
-        if isinstance(parsed, Namespace):
-            meta = parsed.meta
+    for obj in objects:
+        if isinstance(obj, Namespace):
+            meta = obj.meta
             out[meta.name] = mutation.NamespaceInfo(meta.name, dict(meta.labels), dict(meta.annotations))
     return out
 
