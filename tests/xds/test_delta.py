@@ -9,6 +9,7 @@ from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest, Delt
 from meshcp._proto.google.rpc import Status
 from meshcp.cache import Snapshot
 from meshcp.xds.delta import DeltaProtocol
+from meshcp.xds.stream import Shared
 from tests.factories import CDS, EDS, LDS, RDS, World
 from tests.xds.test_sotw import Recorder
 
@@ -18,9 +19,9 @@ class Client:
     #: diff only the names that changed), or comes unrelated (streams compare everything).
     follow = True
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, shared: Shared | None = None) -> None:
         self.recorder = Recorder()
-        self.protocol = DeltaProtocol(self.recorder)
+        self.protocol = DeltaProtocol(self.recorder, shared)
         self.snapshot = snapshot
         self.first = True
         self.held: dict[str, dict[str, str]] = {}
@@ -228,7 +229,9 @@ def test_streams_of_one_class_share_subscriptions_and_held_versions() -> None:
     and a stream that diverges gets its own copy without touching the shared one."""
     world = World()
     initial = world.snapshot()
-    first, second = Client(initial), Client(initial)
+    # Streams of one server share one `Shared` (the server makes it).
+    shared = Shared()
+    first, second = Client(initial, shared), Client(initial, shared)
     subscribe_all(first)
     subscribe_all(second)
     world.endpoints["a"] = (9001,)

@@ -10,7 +10,7 @@ from meshcp._proto.envoy.service.discovery.v3 import DiscoveryRequest, Discovery
 from meshcp._proto.google.rpc import Status
 from meshcp.cache import Snapshot
 from meshcp.xds.sotw import SotwProtocol
-from meshcp.xds.stream import Nack
+from meshcp.xds.stream import Nack, Shared
 from tests.factories import CDS, EDS, LDS, RDS, SDS, World
 
 
@@ -40,9 +40,9 @@ class Client:
     #: diff only the names that changed), or comes unrelated (streams compare everything).
     follow = True
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, shared: Shared | None = None) -> None:
         self.recorder = Recorder()
-        self.protocol = SotwProtocol(self.recorder)
+        self.protocol = SotwProtocol(self.recorder, shared)
         self.snapshot = snapshot
         self.last: dict[str, DiscoveryResponse] = {}
         self.first = True
@@ -372,7 +372,9 @@ def test_streams_of_one_class_share_subscriptions_and_held_content() -> None:
     a copy per stream (memory at 10,000 streams)."""
     world = World()
     snapshot = world.snapshot()
-    clients = [Client(snapshot), Client(snapshot)]
+    # Streams of one server share one `Shared` (the server makes it).
+    shared = Shared()
+    clients = [Client(snapshot, shared), Client(snapshot, shared)]
     for client in clients:
         for type_url, requested in ((CDS, []), (EDS, ["a", "b"]), (LDS, []), (RDS, ["r1"])):
             for response in client.request(type_url, requested):

@@ -16,14 +16,13 @@ from meshcp.cache.diff import diff
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import Snapshot
 from meshcp.xds.framing import delta_response
-from meshcp.xds.stream import Interner, NullObserver, Observer, Outgoing, Sent, error_message
+from meshcp.xds.stream import Interner, NullObserver, Observer, Outgoing, Sent, Shared, error_message
 
 WILDCARD = "*"
 _NO_NAMES: frozenset[str] = frozenset()
 _NOTHING: Mapping[str, str] = MappingProxyType({})
 
 #: Subscriptions, shared by every stream subscribed to the same names.
-_subscriptions: Interner[frozenset[str]] = Interner()
 
 
 @dataclass(slots=True)
@@ -35,7 +34,7 @@ class _TypeState:
     names and hold the same versions, so they share one object instead of a copy each.
     """
 
-    #: Interned by `_subscriptions`.
+    #: Interned by the server's `Shared.subscriptions`.
     names: frozenset[str] = _NO_NAMES
     explicit_wildcard: bool = False
     legacy: bool = False
@@ -95,19 +94,22 @@ class _TypeState:
             del known[name]
         self.share_known(snapshot, type_url)
 
-    def subscribe(self, added: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
-        self.names = _subscriptions(self.names.union(added).difference(removed))
+    def subscribe(
+        self, intern: Interner[frozenset[str]], added: Iterable[str] = (), removed: Iterable[str] = ()
+    ) -> None:
+        self.names = intern(self.names.union(added).difference(removed))
 
 
 class DeltaProtocol:
     """One DeltaAggregatedResources stream's subscriptions and what the client holds."""
 
     kind = "delta"
-    __slots__ = ("_nonce", "_observer", "_types", "node")
+    __slots__ = ("_nonce", "_observer", "_shared", "_types", "node")
 
-    def __init__(self, observer: Observer | None = None) -> None:
+    def __init__(self, observer: Observer | None = None, shared: Shared | None = None) -> None:
         self.node: Node | None = None
         self._observer = observer or NullObserver()
+        self._shared = shared or Shared()
         self._types: dict[str, _TypeState] = {}
         self._nonce = 0
 
@@ -137,14 +139,14 @@ class DeltaProtocol:
                 state.explicit_wildcard = True
             if named:
                 state.legacy = False
-                state.subscribe(added=named)
+                state.subscribe(self._shared.subscriptions, added=named)
                 state.force = state.force.union(named)  # rule 14: sent even if the client holds it
         if unsubscribe:
             if WILDCARD in unsubscribe:
                 state.explicit_wildcard = state.legacy = False
             dropped = state.names.intersection(unsubscribe)  # rule 15: unknown names are ignored
             if dropped:
-                state.subscribe(removed=dropped)
+                state.subscribe(self._shared.subscriptions, removed=dropped)
                 state.absent = state.absent - dropped
                 state.force = state.force - dropped
                 if not state.wildcard and any(name in state.known for name in dropped):
@@ -244,7 +246,7 @@ class DeltaProtocol:
         outgoing = Outgoing(
             type_url, nonce, version, payload, tuple(r.name for r in resources), tuple(removed or ())
         )
-        state.sent.record(outgoing, snapshot.created)
+        state.sent.record(outgoing, snapshot.created, self._shared.sent_names)
         return outgoing
 
     def holds_current(self, type_url: str, snapshot: Snapshot) -> bool:

@@ -43,7 +43,7 @@ from meshcp.xds.delta import DeltaProtocol
 from meshcp.xds.observe import MetricsObserver
 from meshcp.xds.registry import ConnectedProxies, Connection, StreamState
 from meshcp.xds.sotw import SotwProtocol
-from meshcp.xds.stream import Outgoing
+from meshcp.xds.stream import Outgoing, Shared
 
 log = logging.getLogger("meshcp.xds")
 
@@ -209,6 +209,7 @@ class AggregatedDiscoveryService:
         self._guard = guard
         self._admission = asyncio.Semaphore(admission)
         self._observer = MetricsObserver(metrics)
+        self._shared = Shared()
         self._open: dict[int, tuple[_Pusher, Connection]] = {}
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -236,10 +237,10 @@ class AggregatedDiscoveryService:
         return moved
 
     async def _sotw(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        await self._serve(stream, SotwProtocol(self._observer))
+        await self._serve(stream, SotwProtocol(self._observer, self._shared))
 
     async def _delta(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        await self._serve(stream, DeltaProtocol(self._observer))
+        await self._serve(stream, DeltaProtocol(self._observer, self._shared))
 
     async def _serve(self, stream: grpclib.server.Stream[Any, Any], protocol: _Protocol) -> None:
         first = await _receive(stream)

@@ -17,7 +17,7 @@ from meshcp.cache.diff import diff
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import Snapshot, set_version
 from meshcp.xds.framing import nonce_field, sotw_body
-from meshcp.xds.stream import NullObserver, Observer, Outgoing, Sent, error_message
+from meshcp.xds.stream import NullObserver, Observer, Outgoing, Sent, Shared, error_message
 
 WILDCARD = "*"
 _NOTHING: Mapping[str, Resource] = MappingProxyType({})
@@ -26,7 +26,7 @@ _NO_NAMES: frozenset[str] = frozenset()
 
 @dataclass(slots=True)
 class _TypeState:
-    #: Shared by every stream with the same subscription (see `_subscription`): never mutate.
+    #: Shared by every stream with the same subscription (`Shared.subscriptions`): never mutate.
     names: Set[str] = frozenset()
     explicit_wildcard: bool = False
     #: Legacy wildcard: the first request had no names (Listener/Cluster only).
@@ -56,11 +56,12 @@ class SotwProtocol:
     """One StreamAggregatedResources stream's subscriptions and what it was sent."""
 
     kind = "sotw"
-    __slots__ = ("_nonce", "_observer", "_types", "node")
+    __slots__ = ("_nonce", "_observer", "_shared", "_types", "node")
 
-    def __init__(self, observer: Observer | None = None) -> None:
+    def __init__(self, observer: Observer | None = None, shared: Shared | None = None) -> None:
         self.node: Node | None = None
         self._observer = observer or NullObserver()
+        self._shared = shared or Shared()
         self._types: dict[str, _TypeState] = {}
         self._nonce = 0
 
@@ -91,7 +92,9 @@ class SotwProtocol:
         return True
 
     def _subscribe(self, type_url: str, state: _TypeState, request: DiscoveryRequest, first: bool) -> None:
-        names, explicit_wildcard = _subscription(request.resource_names)
+        requested = request.resource_names
+        explicit_wildcard = WILDCARD in requested
+        names = self._shared.subscriptions(frozenset(requested).difference((WILDCARD,)))
         if not first and names is state.names and explicit_wildcard == state.explicit_wildcard:
             return  # an ACK repeating the subscription: nothing changes
         if first:
@@ -247,7 +250,7 @@ class SotwProtocol:
         self._nonce += 1
         nonce = str(self._nonce)
         outgoing = Outgoing(type_url, nonce, version, body + nonce_field(nonce), names)
-        state.sent.record(outgoing, snapshot.created)
+        state.sent.record(outgoing, snapshot.created, self._shared.sent_names)
         return outgoing
 
     # Introspection -------------------------------------------------------------
@@ -276,20 +279,6 @@ class SotwProtocol:
                 self._types.items(), key=lambda item: resource_types.push_rank(item[0])
             )
         }
-
-
-_SUBSCRIPTIONS: dict[tuple[str, ...], tuple[frozenset[str], bool]] = {}
-
-
-def _subscription(names: list[str]) -> tuple[frozenset[str], bool]:
-    """(names without "*", whether "*" is among them), shared by every stream asking the same."""
-    key = tuple(names)
-    found = _SUBSCRIPTIONS.get(key)
-    if found is None:
-        if len(_SUBSCRIPTIONS) >= 4096:
-            _SUBSCRIPTIONS.clear()
-        found = _SUBSCRIPTIONS[key] = (frozenset(key) - {WILDCARD}, WILDCARD in key)
-    return found
 
 
 def _differs(held: Resource | None, resource: Resource) -> bool:

@@ -88,8 +88,18 @@ class Interner(Generic[_T]):
         return found
 
 
-#: Names of sent responses (kept for NACK records), shared across streams.
-sent_names: Interner[tuple[str, ...]] = Interner()
+@dataclass(slots=True)
+class Shared:
+    """Values thousands of streams hold equal copies of, interned once per server.
+
+    Per server, not per module: two servers in one process (or two tests) share nothing,
+    and nothing outlives the server that filled it.
+    """
+
+    #: Subscribed name sets (SotW and delta).
+    subscriptions: Interner[frozenset[str]] = field(default_factory=Interner)
+    #: Names of sent responses (kept for NACK records).
+    sent_names: Interner[tuple[str, ...]] = field(default_factory=Interner)
 
 
 def error_message(status: Status | None) -> str | None:
@@ -131,10 +141,10 @@ class Sent:
         observer.on_nack(node.id if node is not None else "", type_url, self.nack)
         return False
 
-    def record(self, outgoing: Outgoing, created: float) -> None:
+    def record(self, outgoing: Outgoing, created: float, intern: Interner[tuple[str, ...]]) -> None:
         self.nonce = outgoing.nonce
         self.version = outgoing.version
-        self.names = sent_names(outgoing.names)
+        self.names = intern(outgoing.names)
         self.created = created
         self.outstanding = True
 
