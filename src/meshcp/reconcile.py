@@ -41,6 +41,8 @@ class _Memo:
     templates: dict[tuple[ServiceKey, int, bool], Template] = field(default_factory=dict)
     #: Interned `_Key`s: the same content gets the same key object round after round.
     keys: dict[_Key, _Key] = field(default_factory=dict)
+    #: Per identity, its upstream clusters with the templates they were filled from.
+    clusters: dict[Identity, tuple[tuple[Template, ...], list[Resource]]] = field(default_factory=dict)
     hits: int = 0
 
 
@@ -260,16 +262,27 @@ class Reconciler:
             for template, hosts in self._route_hosts(shared, old)
         ]
 
-    def _upstream_clusters(self, identity: Identity, templates: tuple[Template, ...]) -> list[Resource]:
-        """Every upstream cluster of `identity`, filled into the shared templates."""
+    def _upstream_clusters(
+        self, identity: Identity, templates: tuple[Template, ...], old: _Memo
+    ) -> list[Resource]:
+        """Every upstream cluster of `identity`, filled into the shared templates.
+
+        A service added or removed changes every identity's set of clusters: the clusters
+        of templates the identity already had are taken over, so only the new service's
+        are filled (S per change, not S²)."""
+        previous = self._memo.clusters.get(identity) or old.clusters.get(identity)
+        had = dict(zip(*previous, strict=True)) if previous is not None else {}
         value = cds.template_value(identity)
         fields: dict[bytes, bytes] = {}
         out = []
         for template in templates:
-            filled = fields.get(template.tag)
-            if filled is None:
-                filled = fields[template.tag] = template.field(value)
-            out.append(self._encoder.fill(template, filled))
+            found = had.get(template)
+            if found is None:
+                filled = fields.get(template.tag)
+                if filled is None:
+                    filled = fields[template.tag] = template.field(value)
+                found = self._encoder.fill(template, filled)
+            out.append(found)
         return out
 
     def _compile(self, key: str, policy: ProxyPolicy, shared: _Shared, old: _Memo) -> ProxyClass:
@@ -277,11 +290,13 @@ class Reconciler:
         egress, trust = policy.egress_passthrough, policy.trust_domain
         encoded = self._encoded
         resources: list[Resource] = []
-        resources += self._piece(
+        clusters = self._piece(
             old,
             ("cds-up", identity, shared.specs),
-            partial(self._upstream_clusters, identity, shared.templates),
+            partial(self._upstream_clusters, identity, shared.templates, old),
         )
+        self._memo.clusters[identity] = (shared.templates, clusters)
+        resources += clusters
         resources += self._piece(
             old,
             ("cds-local", cds.local_inputs(policy), egress),

@@ -90,3 +90,29 @@ async def test_a_split_weight_change_re_encodes_routes_only() -> None:
     namespaces = {p.identity.namespace for p in policies}
     http_ports = {u.port for u in policies[0].upstreams if u.is_http}
     assert encoder.encodes - count == 2 + len(namespaces) * len(http_ports) + 1
+
+
+async def test_a_new_service_fills_only_its_own_clusters() -> None:
+    rec, encoder = await reconciler()
+    before = rec.apply(state("10.244.5.1"))
+    old = {(c.key, r.name): r for c in before for r in c.resources if r.type_url == resource_types.CLUSTER}
+    count = encoder.encodes
+    extra = [
+        pod("bookstore", "audit", "audit", "10.244.5.9"),
+        service("bookstore", "audit", "10.96.0.31", (7100, "http")),
+    ]
+    after = rec.apply(state("10.244.5.1", *extra))
+    old_keys = {c.key for c in before}
+    new_clusters = {
+        (c.key, r.name)
+        for c in after
+        if c.key in old_keys
+        for r in c.resources
+        if r.type_url == resource_types.CLUSTER and old.get((c.key, r.name)) is not r
+    }
+    # Every existing class gets the new service's cluster and keeps every other one.
+    assert new_clusters == {(key, "bookstore/audit|7100") for key in old_keys}
+    # Refilling every class's clusters alone would take more encodes than the whole
+    # change does (one template, a fill per class, routes, listeners, the new class).
+    refill = sum(1 for c in after for r in c.resources if r.type_url == resource_types.CLUSTER)
+    assert encoder.encodes - count < refill
