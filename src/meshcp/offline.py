@@ -76,7 +76,7 @@ async def compile_pod(state: MeshState, namespace: str, name: str, provider: Cer
     classes = {c.key: c for c in reconciler.apply(state)}
     key = reconciler.policy.pod_classes[(namespace, name)]
     proxy_class = classes[key]
-    config: dict[str, Any] = dump(proxy_class.resources)
+    config: dict[str, Any] = dump(proxy_class.all_resources())
     secrets = [naming.service_cert(proxy_class.identity), naming.root_inbound(proxy_class.identity)]
     secrets += [naming.root_outbound(ns, svc) for ns, svc in sorted(proxy_class.upstreams)]
     config["secrets"] = [{"name": secret} for secret in secrets]

@@ -21,6 +21,7 @@ import betterproto2
 
 from meshcp.cache.encoding import Encoder, Template
 from meshcp.cache.resource import Resource
+from meshcp.cache.snapshot import ResourceSet
 from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.metrics import Metrics
@@ -43,6 +44,10 @@ class _Memo:
     keys: dict[_Key, _Key] = field(default_factory=dict)
     #: Per identity, its upstream clusters with the templates they were filled from.
     clusters: dict[Identity, tuple[tuple[Template, ...], list[Resource]]] = field(default_factory=dict)
+    #: The `ResourceSet` of each piece (by the piece list's id, with the list kept alive).
+    sets: dict[int, tuple[list[Resource], ResourceSet]] = field(default_factory=dict)
+    #: Upstream peers by the upstreams key: the same mapping object round after round.
+    peers: dict[_Key, Mapping[tuple[str, str], tuple[Identity, ...]]] = field(default_factory=dict)
     hits: int = 0
 
 
@@ -219,12 +224,21 @@ class Reconciler:
                     self._encoded(partial(_assignment, service, upstream.port, found)),
                 )
             peers[(upstream.service.namespace, upstream.service.name)] = upstream.identities
+        upstreams_key = self._key(old, upstreams)
+        # The same objects as last round when nothing changed: the publisher and the
+        # snapshots then recognise them by identity instead of comparing their contents.
+        values = list(assignments.values())
+        all_endpoints = self._piece(old, ("eds-all", tuple(values)), lambda: values)
+        held_peers = self._memo.peers.get(upstreams_key) or old.peers.get(upstreams_key)
+        if held_peers is None or held_peers != peers:
+            held_peers = peers
+        self._memo.peers[upstreams_key] = held_peers
         return _Shared(
-            self._key(old, upstreams),
+            upstreams_key,
             self._key(old, specs),
             tuple(templates),
-            list(assignments.values()),
-            peers,
+            all_endpoints,
+            held_peers,
             upstreams,
         )
 
@@ -289,41 +303,57 @@ class Reconciler:
         identity, inbound = policy.identity, policy.inbound
         egress, trust = policy.egress_passthrough, policy.trust_domain
         encoded = self._encoded
-        resources: list[Resource] = []
+        pieces: list[list[Resource]] = []
         clusters = self._piece(
             old,
             ("cds-up", identity, shared.specs),
             partial(self._upstream_clusters, identity, shared.templates, old),
         )
         self._memo.clusters[identity] = (shared.templates, clusters)
-        resources += clusters
-        resources += self._piece(
-            old,
-            ("cds-local", cds.local_inputs(policy), egress),
-            encoded(lambda: list(cds.local_clusters(policy))),
-        )
-        resources += self._piece(
-            old, ("lds-out", shared.upstreams, egress), encoded(lambda: [lds.outbound_listener(policy)])
-        )
-        resources += self._piece(old, ("lds-prom",), encoded(lambda: [lds.prometheus_listener()]))
-        if inbound:
-            resources += self._piece(
+        pieces.append(clusters)
+        pieces.append(
+            self._piece(
                 old,
-                ("lds-in", identity, inbound, trust),
-                encoded(lambda: [lds.inbound_listener(policy)]),
+                ("cds-local", cds.local_inputs(policy), egress),
+                encoded(lambda: list(cds.local_clusters(policy))),
             )
-        resources += self._piece(
-            old,
-            ("rds-out", identity.namespace, shared.upstreams),
-            partial(self._outbound_routes, identity.namespace, shared, old),
         )
-        resources += self._piece(
-            old, ("rds-in", inbound, trust), encoded(lambda: list(rds.inbound_routes(policy)))
+        pieces.append(
+            self._piece(
+                old, ("lds-out", shared.upstreams, egress), encoded(lambda: [lds.outbound_listener(policy)])
+            )
+        )
+        pieces.append(self._piece(old, ("lds-prom",), encoded(lambda: [lds.prometheus_listener()])))
+        if inbound:
+            pieces.append(
+                self._piece(
+                    old,
+                    ("lds-in", identity, inbound, trust),
+                    encoded(lambda: [lds.inbound_listener(policy)]),
+                )
+            )
+        pieces.append(
+            self._piece(
+                old,
+                ("rds-out", identity.namespace, shared.upstreams),
+                partial(self._outbound_routes, identity.namespace, shared, old),
+            )
+        )
+        pieces.append(
+            self._piece(old, ("rds-in", inbound, trust), encoded(lambda: list(rds.inbound_routes(policy))))
         )
         # Names are unique by construction: clusters per spec (deduplicated by name),
         # local ones with `|local`, assignments per (service, port), one listener each.
-        resources += shared.endpoints
-        return ProxyClass(key, identity, tuple(resources), shared.peers)
+        pieces.append(shared.endpoints)
+        return ProxyClass(key, identity, (), shared.peers, tuple(self._set(p, old) for p in pieces))
+
+    def _set(self, piece: list[Resource], old: _Memo) -> ResourceSet:
+        """The shared `ResourceSet` of a piece, made once for as long as the piece lives."""
+        found = self._memo.sets.get(id(piece)) or old.sets.get(id(piece))
+        if found is None or found[0] is not piece:
+            found = (piece, ResourceSet(piece))
+        self._memo.sets[id(piece)] = found
+        return found[1]
 
     def _report(self, problems: tuple[Problem, ...]) -> None:
         current = set(problems)

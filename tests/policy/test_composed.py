@@ -59,8 +59,8 @@ async def test_composed_resources_equal_the_encoded_typed_model(name: str) -> No
             resource = Encoder().encode(message)
             assert resource.body == bytes(pack(message))  # betterproto2's own encoding
             expected[(resource.type_url, resource.name)] = resource
-        got = {(r.type_url, r.name): r for r in proxy_class.resources}
-        assert len(got) == len(proxy_class.resources), "a resource name occurs twice"
+        got = {(r.type_url, r.name): r for r in proxy_class.all_resources()}
+        assert len(got) == len(proxy_class.all_resources()), "a resource name occurs twice"
         assert got.keys() == expected.keys()
         for key, resource in got.items():
             assert resource.body == expected[key].body, key

@@ -29,7 +29,7 @@ def state(echo_ip: str, *extra: object) -> MeshState:
 
 
 def encoded(classes: list[ProxyClass]) -> dict[tuple[str, str], Resource]:
-    return {(r.type_url, r.name): r for c in classes for r in c.resources}
+    return {(r.type_url, r.name): r for c in classes for r in c.all_resources()}
 
 
 async def test_one_endpoint_change_re_encodes_one_load_assignment_and_no_listener() -> None:
@@ -95,7 +95,9 @@ async def test_a_split_weight_change_re_encodes_routes_only() -> None:
 async def test_a_new_service_fills_only_its_own_clusters() -> None:
     rec, encoder = await reconciler()
     before = rec.apply(state("10.244.5.1"))
-    old = {(c.key, r.name): r for c in before for r in c.resources if r.type_url == resource_types.CLUSTER}
+    old = {
+        (c.key, r.name): r for c in before for r in c.all_resources() if r.type_url == resource_types.CLUSTER
+    }
     count = encoder.encodes
     extra = [
         pod("bookstore", "audit", "audit", "10.244.5.9"),
@@ -107,12 +109,12 @@ async def test_a_new_service_fills_only_its_own_clusters() -> None:
         (c.key, r.name)
         for c in after
         if c.key in old_keys
-        for r in c.resources
+        for r in c.all_resources()
         if r.type_url == resource_types.CLUSTER and old.get((c.key, r.name)) is not r
     }
     # Every existing class gets the new service's cluster and keeps every other one.
     assert new_clusters == {(key, "bookstore/audit|7100") for key in old_keys}
     # Refilling every class's clusters alone would take more encodes than the whole
     # change does (one template, a fill per class, routes, listeners, the new class).
-    refill = sum(1 for c in after for r in c.resources if r.type_url == resource_types.CLUSTER)
+    refill = sum(1 for c in after for r in c.all_resources() if r.type_url == resource_types.CLUSTER)
     assert encoder.encodes - count < refill

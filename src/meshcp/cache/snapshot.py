@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 from meshcp.cache.resource import Resource
@@ -13,38 +13,132 @@ _EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
 def set_version(resources: Iterable[Resource]) -> str:
-    """The version of a set of resources: a hash over its sorted (name, version) pairs."""
-    digest = hashlib.sha256()
-    for resource in sorted(resources, key=lambda item: item.name):
-        digest.update(resource.name.encode())
-        digest.update(b"\0")
-        digest.update(resource.version.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:32]
+    """The version of a set of resources: the sum, modulo 2**128, of their versions.
+
+    A resource's version is the SHA-256 of its bytes, which carry its name, so each
+    element counts as its (name, content) pair. A sum rather than a hash over the sorted
+    list: it needs no sorting, and a set made of shared parts sums their totals, so the
+    snapshots of a thousand classes that differ in one resource cost one addition each
+    instead of re-hashing everything they hold. Equal content gives equal versions in
+    any process, whatever the order.
+    """
+    return format(sum(map(_number, resources)) & _MASK, "032x")
+
+
+_MASK = (1 << 128) - 1
+
+
+def _number(resource: Resource) -> int:
+    version = resource.version
+    if len(version) == 32:
+        try:
+            return int(version, 16)
+        except ValueError:
+            pass
+    # Not one of our content hashes (hand-made resources): hash the pair itself.
+    pair = hashlib.sha256(f"{resource.name}\0{version}".encode()).digest()
+    return int.from_bytes(pair[:16], "big")
+
+
+class ResourceSet:
+    """Resources of one type, with unique names, that many snapshots hold together: a
+    class's upstream clusters, the endpoints of a set of services, the trust of its
+    upstreams.
+
+    At a thousand classes of two thousand resources each, anything a snapshot does per
+    resource costs seconds per change. A set is summed once when made, and indexed by name
+    (and diffed against the set it replaces) once, when first asked; every snapshot
+    holding it shares the result. Immutable.
+    """
+
+    __slots__ = ("__weakref__", "_mapping", "_resources", "_since", "_versions", "total", "type_url")
+
+    def __init__(self, resources: Iterable[Resource]) -> None:
+        self._resources = tuple(resources)
+        types = {resource.type_url for resource in self._resources}
+        if len(types) > 1:
+            raise ValueError(f"a resource set holds one type, got {sorted(types)}")
+        self.type_url = types.pop() if types else ""
+        #: The sum of the members' versions (see `set_version`).
+        self.total = sum(map(_number, self._resources))
+        self._mapping: Mapping[str, Resource] | None = None
+        self._versions: Mapping[str, str] | None = None
+        self._since: dict[int, tuple[ResourceSet, frozenset[str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+    def __iter__(self) -> Iterator[Resource]:
+        return iter(self._resources)
+
+    def mapping(self) -> Mapping[str, Resource]:
+        """By name, in name order."""
+        if self._mapping is None:
+            named: dict[str, Resource] = {}
+            _add(named, self._resources)
+            self._mapping = MappingProxyType(dict(sorted(named.items())))
+        return self._mapping
+
+    def versions(self) -> Mapping[str, str]:
+        if self._versions is None:
+            self._versions = MappingProxyType({name: r.version for name, r in self.mapping().items()})
+        return self._versions
+
+    def changed_since(self, older: ResourceSet) -> frozenset[str]:
+        """The names whose resources differ from `older`'s (added, changed or removed);
+        computed once per pair, however many classes make the same step."""
+        found = self._since.get(id(older))
+        if found is not None and found[0] is older:
+            return found[1]
+        before, after = older.mapping(), self.mapping()
+        names = {name for name, resource in after.items() if _differs(before.get(name), resource)}
+        names.update(name for name in before if name not in after)
+        if len(self._since) >= 8:
+            self._since.clear()
+        self._since[id(older)] = (older, frozenset(names))
+        return self._since[id(older)][1]
+
+
+def _add(named: dict[str, Resource], resources: Iterable[Resource]) -> None:
+    for resource in resources:
+        held = named.get(resource.name)
+        if held is not None and held.version != resource.version:
+            raise ValueError(f"two different {resource.type_url} resources named {resource.name!r}")
+        named[resource.name] = resource
 
 
 class Snapshot:
     """What every proxy of one class should hold, by type URL and name.
 
-    Two snapshots with equal content have equal versions in any process, so a proxy
-    reconnecting to another replica is not pushed anything. `memo` lets the server
-    keep framed responses next to the content they were framed from; it is dropped
-    with the snapshot.
+    Made of resources and shared `ResourceSet`s. Two snapshots with equal content have
+    equal versions in any process, so a proxy reconnecting to another replica is not
+    pushed anything. `memo` lets the server keep framed responses next to the content
+    they were framed from; it is dropped with the snapshot.
     """
 
-    __slots__ = ("_by_type", "_changes", "_name_versions", "_versions", "created", "memo")
+    __slots__ = ("_by_type", "_changes", "_name_versions", "_sets", "_versions", "created", "memo")
 
-    def __init__(self, resources: Iterable[Resource], created: float | None = None) -> None:
-        by_type: dict[str, dict[str, Resource]] = {}
-        for resource in resources:
-            named = by_type.setdefault(resource.type_url, {})
-            if resource.name in named and named[resource.name].version != resource.version:
-                raise ValueError(f"two different {resource.type_url} resources named {resource.name!r}")
-            named[resource.name] = resource
-        self._by_type: dict[str, Mapping[str, Resource]] = {
-            type_url: MappingProxyType(dict(sorted(named.items()))) for type_url, named in by_type.items()
+    def __init__(self, resources: Iterable[Resource | ResourceSet], created: float | None = None) -> None:
+        sets: dict[str, list[ResourceSet]] = {}
+        loose: dict[str, list[Resource]] = {}
+        for item in resources:
+            if isinstance(item, ResourceSet):
+                if len(item):
+                    sets.setdefault(item.type_url, []).append(item)
+            else:
+                loose.setdefault(item.type_url, []).append(item)
+        for type_url, members in loose.items():
+            named: dict[str, Resource] = {}
+            _add(named, members)  # equal duplicates count once; different ones are an error
+            sets.setdefault(type_url, []).append(ResourceSet(named.values()))
+        self._sets: dict[str, tuple[ResourceSet, ...]] = {t: tuple(group) for t, group in sets.items()}
+        self._versions = {
+            type_url: format(sum(s.total for s in group) & _MASK, "032x")
+            for type_url, group in self._sets.items()
         }
-        self._versions = {type_url: set_version(named.values()) for type_url, named in self._by_type.items()}
+        #: Built when first asked for. Names unique across the parts of a type is the
+        #: caller's promise (the reconciler's by construction); a merge checks it.
+        self._by_type: dict[str, Mapping[str, Resource]] = {}
         #: `time.monotonic()` when the content was built: the start of push latency.
         self.created = time.monotonic() if created is None else created
         self.memo: dict[Hashable, object] = {}
@@ -54,16 +148,33 @@ class Snapshot:
 
     def resources(self, type_url: str) -> Mapping[str, Resource]:
         """The resources of one type, by name (sorted); empty when the type is absent."""
-        return self._by_type.get(type_url, _EMPTY)
+        found = self._by_type.get(type_url)
+        if found is None:
+            group = self._sets.get(type_url)
+            if group is None:
+                return _EMPTY
+            if len(group) == 1:
+                found = group[0].mapping()
+            else:
+                named: dict[str, Resource] = {}
+                for part in group:
+                    _add(named, part.mapping().values())
+                found = MappingProxyType(dict(sorted(named.items())))
+            self._by_type[type_url] = found
+        return found
 
     def versions(self, type_url: str) -> Mapping[str, str]:
         """The version of each resource of one type, by name; one read-only mapping per
-        snapshot and type, so a stream whose client holds exactly this content can keep a
-        reference to it instead of its own copy."""
+        snapshot and type (per set, when the type is one set), so a stream whose client
+        holds exactly this content can keep a reference to it instead of its own copy."""
         found = self._name_versions.get(type_url)
         if found is None:
-            named = self.resources(type_url)
-            found = MappingProxyType({name: resource.version for name, resource in named.items()})
+            group = self._sets.get(type_url, ())
+            if len(group) == 1 and type_url not in self._by_type:
+                found = group[0].versions()
+            else:
+                named = self.resources(type_url)
+                found = MappingProxyType({name: resource.version for name, resource in named.items()})
             self._name_versions[type_url] = found
         return found
 
@@ -73,7 +184,7 @@ class Snapshot:
         return found if found is not None else _EMPTY_VERSION
 
     def type_urls(self) -> frozenset[str]:
-        return frozenset(self._by_type)
+        return frozenset(self._sets)
 
     def changed_types(self, other: Snapshot | None) -> frozenset[str]:
         """The types whose content differs between `other` and this snapshot."""
@@ -87,22 +198,33 @@ class Snapshot:
 
         Unchanged types take over the previous mappings (equal content, same objects), so
         what streams hold stays identical to what the snapshot has across changes of other
-        types. For changed types, the names that differ are computed here, once per class,
-        so that `changed_names` lets each of thousands of streams look at those alone
-        instead of diffing every resource (recompute only what a change touches).
+        types. For changed types, the names that differ are computed here (once per pair
+        of sets, when the type is one shared set), so that `changed_names` lets each of
+        thousands of streams look at those alone instead of diffing every resource
+        (recompute only what a change touches).
         """
         changed = self.changed_types(previous)
         if previous is None:
             return changed
-        for type_url in self._by_type.keys() & previous._by_type.keys():
+        for type_url in self._sets.keys() & previous._sets.keys():
             if type_url in changed:
-                before, after = previous._by_type[type_url], self._by_type[type_url]
-                names = {name for name, resource in after.items() if _differs(before.get(name), resource)}
-                names.update(name for name in before if name not in after)
+                before = previous.resources(type_url)
                 old_versions = previous._name_versions.get(type_url)
-                self._changes[type_url] = (before, old_versions, frozenset(names))
+                old_sets, new_sets = previous._sets[type_url], self._sets[type_url]
+                if len(old_sets) == 1 and len(new_sets) == 1:
+                    names = new_sets[0].changed_since(old_sets[0])
+                    if old_versions is None:
+                        old_versions = old_sets[0]._versions
+                else:
+                    after = self.resources(type_url)
+                    found = {name for name, resource in after.items() if _differs(before.get(name), resource)}
+                    found.update(name for name in before if name not in after)
+                    names = frozenset(found)
+                self._changes[type_url] = (before, old_versions, names)
             else:
-                self._by_type[type_url] = previous._by_type[type_url]
+                self._sets[type_url] = previous._sets[type_url]
+                if type_url in previous._by_type:
+                    self._by_type[type_url] = previous._by_type[type_url]
                 if type_url in previous._name_versions:
                     self._name_versions[type_url] = previous._name_versions[type_url]
         return changed
@@ -123,7 +245,8 @@ class Snapshot:
                 "version": self.version(type_url),
                 "resources": {name: resource.version for name, resource in named.items()},
             }
-            for type_url, named in self._by_type.items()
+            for type_url in sorted(self._sets)
+            for named in (self.resources(type_url),)
         }
 
 
