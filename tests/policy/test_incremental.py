@@ -118,3 +118,22 @@ async def test_a_new_service_fills_only_its_own_clusters() -> None:
     # change does (one template, a fill per class, routes, listeners, the new class).
     refill = sum(1 for c in after for r in c.all_resources() if r.type_url == resource_types.CLUSTER)
     assert encoder.encodes - count < refill
+
+
+async def test_classes_with_the_same_upstreams_share_their_pieces_across_changes() -> None:
+    """Publishing a thousand classes must not cost a thousand copies: classes that call the
+    same services hold the same endpoint and trust sets, and keep them while unchanged."""
+    encoder = Encoder()
+    ca = await InternalCA.open(MemoryStore())
+    cache = SnapshotCache()
+    publisher = Publisher(cache, encoder, workload_certificates(Issuer(ca)))
+    publisher.set_trust_bundle(await ca.trust_bundle())
+    rec = Reconciler(encoder, publisher)
+    first = rec.apply(state("10.244.5.1"))
+    endpoint_sets = {id(s) for c in first for s in c.sets if s.type_url == resource_types.ENDPOINT}
+    assert len(first) > 1 and len(endpoint_sets) == 1
+    second = rec.apply(
+        state("10.244.5.1", target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_BUY))
+    )
+    assert {id(s) for c in second for s in c.sets if s.type_url == resource_types.ENDPOINT} == endpoint_sets
+    assert {id(c.upstreams) for c in second} == {id(c.upstreams) for c in first}
