@@ -475,6 +475,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{med('meshcp', k) / med('sovereign', k):.2f}"
             for k in ("p50_ms", "p99_ms", "cpu_ms_per_request")
         ),
+        "",  # CPU share
+        f"{med('meshcp', 'client_cpu_ms_per_request') / med('sovereign', 'client_cpu_ms_per_request'):.2f}",
         f"{med('meshcp', 'response_bytes') / med('sovereign', 'response_bytes'):.2f}",
         "",
     ]
