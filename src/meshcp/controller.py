@@ -9,6 +9,7 @@ import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,8 @@ from meshcp.certs.provider import CertificateProvider, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
 from meshcp.http.app import Controller, HttpServer
 from meshcp.metrics import Metrics
+from meshcp.model.meshconfig import MeshConfig
+from meshcp.model.state import MeshState
 from meshcp.publisher import Publisher
 from meshcp.readiness import Readiness
 from meshcp.reconcile import Reconciler
@@ -149,6 +152,8 @@ class ControllerRuntime:
         async def on_rotated(identity: Identity, certificate: IssuedCertificate) -> None:
             await self.publisher.on_rotated(identity, certificate)
 
+        #: Workload certificate lifetime: `--cert-validity`, until a MeshConfig sets one.
+        self.cert_validity = ca.validity
         self.certificates: CertificateManager[Identity] = workload_certificates(
             self.issuer,
             ca.trust_domain,
@@ -156,6 +161,7 @@ class ControllerRuntime:
             key_spec=ca.key_spec,
             policy=RenewalPolicy(renew_share=ca.renew_share),
             on_rotated=on_rotated,
+            validity_of=lambda: self.cert_validity,
         )
         self.publisher = Publisher(self.cache, self.encoder, self.certificates, trust_domain=ca.trust_domain)
         self._api_client: ApiClientFactory = partial(
@@ -297,9 +303,25 @@ class ControllerRuntime:
     async def _reconcile(self) -> None:
         """Compile every settled state; the first one makes the controller ready."""
         async for state in self.store.states():
+            self.apply_mesh_config(state)
             self.reconciler.apply(state)
             self.service.reclassify()
             self.readiness.mark_synced("mesh")
+
+    def apply_mesh_config(self, state: MeshState) -> None:
+        """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
+        bounds (from the next burst of changes on) and the lifetime of certificates issued
+        from now on (those in use are renewed on their own schedule)."""
+        if not any(isinstance(obj, MeshConfig) for obj in state.objects.values()):
+            return
+        mesh = state.mesh_config
+        if self.store.debounce != (mesh.debounce_window, mesh.debounce_max):
+            self.store.set_debounce(mesh.debounce_window, mesh.debounce_max)
+            log.info("debounce: %gs quiet window, at most %gs", mesh.debounce_window, mesh.debounce_max)
+        validity = timedelta(seconds=mesh.cert_validity_seconds)
+        if validity != self.cert_validity:
+            self.cert_validity = validity
+            log.info("workload certificates are now issued for %s", validity)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self:

@@ -59,6 +59,16 @@ class Store:
         self._last_event = 0.0
         self._wake = asyncio.Event()
 
+    def set_debounce(self, window: float, max_wait: float) -> None:
+        """New debounce bounds (MeshConfig's), from the next burst of events on."""
+        if window < 0 or max_wait < window:
+            raise ValueError(f"need 0 <= window <= max_wait, got window={window}, max_wait={max_wait}")
+        self._window, self._max_wait = window, max_wait
+
+    @property
+    def debounce(self) -> tuple[float, float]:
+        return self._window, self._max_wait
+
     @property
     def state(self) -> MeshState:
         """The last state handed out (revision 0, empty, before the first)."""

@@ -275,11 +275,14 @@ def workload_certificates(
     max_wait: timedelta = timedelta(minutes=1),
     retry_interval: timedelta = timedelta(seconds=30),
     concurrency: int = 16,
+    validity_of: Callable[[], timedelta] | None = None,
 ) -> CertificateManager[Identity]:
-    """A manager of workload certificates, one per service account."""
+    """A manager of workload certificates, one per service account. `validity_of`, when
+    given, is asked at each issuance (MeshConfig's `certValidity` can change at run time)."""
 
     def request_for(identity: Identity) -> CertificateRequest:
-        return workload_request(identity, trust_domain, validity=validity, key_spec=key_spec)
+        lifetime = validity_of() if validity_of is not None else validity
+        return workload_request(identity, trust_domain, validity=lifetime, key_spec=key_spec)
 
     return CertificateManager(
         issuer,

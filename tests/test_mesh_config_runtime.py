@@ -1,0 +1,39 @@
+"""MeshConfig's run-time settings reach the running controller (debounce, certificate lifetime)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from meshcp.certs.identity import Identity
+from meshcp.controller import ControllerRuntime, Settings
+from meshcp.model.meshconfig import MeshConfig
+from meshcp.model.state import MeshState
+from meshcp.store import Store
+
+
+def test_store_debounce_can_change_and_is_checked() -> None:
+    store = Store(window=0.1, max_wait=1.0)
+    store.set_debounce(0.5, 2.0)
+    assert store.debounce == (0.5, 2.0)
+    with pytest.raises(ValueError, match="window <= max_wait"):
+        store.set_debounce(3.0, 2.0)
+    assert store.debounce == (0.5, 2.0)
+
+
+async def test_mesh_config_sets_debounce_and_certificate_lifetime() -> None:
+    runtime = await ControllerRuntime.open(Settings())
+    # Without a MeshConfig object the command line's settings stay.
+    runtime.apply_mesh_config(MeshState())
+    assert runtime.store.debounce == (0.1, 1.0)
+    assert runtime.cert_validity == timedelta(hours=24)
+
+    config = MeshConfig(debounce_window=0.25, debounce_max=3.0, cert_validity_seconds=3600)
+    runtime.apply_mesh_config(MeshState().with_changes([config]))
+    assert runtime.store.debounce == (0.25, 3.0)
+    assert runtime.cert_validity == timedelta(hours=1)
+    issued = await runtime.certificates.get(Identity("shop", "web"))
+    lifetime = issued.certificate.not_valid_after_utc - issued.certificate.not_valid_before_utc
+    # Issued for an hour (the CA may back-date the start a little against clock skew).
+    assert timedelta(minutes=59) <= lifetime <= timedelta(minutes=70)
