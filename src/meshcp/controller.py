@@ -7,7 +7,8 @@ import contextlib
 import ipaddress
 import logging
 import ssl
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -23,7 +24,7 @@ from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import xds_server_request
 from meshcp.certs.issuer import Issuer
-from meshcp.certs.provider import CertificateProvider, IssuedCertificate
+from meshcp.certs.provider import CertificateProvider, CertificateRequest, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
 from meshcp.http.app import Controller, HttpServer
 from meshcp.metrics import Metrics
@@ -125,6 +126,26 @@ class XdsServerCredentials:
         return IssuedCertificate(issued.chain_pem + crosses, issued.private_key_pem, issued.certificate)
 
 
+class _WorkloadIssuer(Issuer):
+    """Issues workload certificates and reports each identity it issued for (the manager
+    installs a certificate as soon as it is issued), so first issuances reach the metric too."""
+
+    def __init__(
+        self, provider: CertificateProvider, trust_domain: str, on_issued: Callable[[Identity], None]
+    ) -> None:
+        super().__init__(provider)
+        self._prefix = f"spiffe://{trust_domain}/ns/"
+        self._on_issued = on_issued
+
+    async def issue(self, request: CertificateRequest) -> IssuedCertificate:
+        issued = await super().issue(request)
+        for uri in request.uris:
+            namespace, sep, service_account = uri.removeprefix(self._prefix).partition("/sa/")
+            if uri.startswith(self._prefix) and sep:
+                self._on_issued(Identity(namespace, service_account))
+        return issued
+
+
 class ControllerRuntime:
     """Builds the parts of a controller; `async with` runs them (see `open`)."""
 
@@ -149,13 +170,18 @@ class ControllerRuntime:
         ca = settings.ca
         self.issuer = Issuer(provider)
 
+        def installed(identity: Identity) -> None:
+            live = map(str, self.certificates.keys())
+            self.metrics.certificate_installed_at(str(identity), time.time(), live)
+
         async def on_rotated(identity: Identity, certificate: IssuedCertificate) -> None:
+            installed(identity)
             await self.publisher.on_rotated(identity, certificate)
 
         #: Workload certificate lifetime: `--cert-validity`, until a MeshConfig sets one.
         self.cert_validity = ca.validity
         self.certificates: CertificateManager[Identity] = workload_certificates(
-            self.issuer,
+            _WorkloadIssuer(provider, ca.trust_domain, installed),
             ca.trust_domain,
             validity=ca.validity,
             key_spec=ca.key_spec,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Convergence buckets from 0.1 s to 30 s, as users watch it (xDS checklist, rule 22).
@@ -54,6 +56,21 @@ class Metrics:
         self.encodes = Gauge(
             "meshcp_cache_encodes", "Resources serialised since start (one per unique content).", registry=r
         )
+        self.certificate_installed = Gauge(
+            "meshcp_workload_certificate_installed_timestamp_seconds",
+            "Unix time the current workload certificate of an identity (ns/sa) was installed.",
+            ["identity"],
+            registry=r,
+        )
+        self._installed: set[str] = set()
+
+    def certificate_installed_at(self, identity: str, when: float, live: Iterable[str]) -> None:
+        """Record `identity`'s new certificate; drop the series of identities not in `live`."""
+        for gone in self._installed - set(live) - {identity}:
+            self.certificate_installed.remove(gone)
+            self._installed.discard(gone)
+        self.certificate_installed.labels(identity).set(when)
+        self._installed.add(identity)
 
     def exposition(self) -> bytes:
         """The text exposition format served at /metrics."""

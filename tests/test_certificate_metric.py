@@ -1,0 +1,34 @@
+"""The controller exports when each identity's current workload certificate was installed."""
+
+from __future__ import annotations
+
+import time
+
+from meshcp.certs.identity import Identity
+from meshcp.controller import ControllerRuntime, Settings
+
+GAUGE = "meshcp_workload_certificate_installed_timestamp_seconds"
+WEB, DB = Identity("shop", "web"), Identity("shop", "db")
+
+
+def installed(runtime: ControllerRuntime, identity: Identity) -> float | None:
+    return runtime.metrics.registry.get_sample_value(GAUGE, {"identity": str(identity)})
+
+
+async def test_gauge_follows_first_issuance_renewal_and_forgetting() -> None:
+    runtime = await ControllerRuntime.open(Settings())
+    assert installed(runtime, WEB) is None
+    before = time.time()
+    await runtime.certificates.get(WEB)
+    first = installed(runtime, WEB)
+    assert first is not None and before <= first <= time.time()
+
+    await runtime.certificates.renew_all()  # a renewal goes through on_rotated
+    renewed = installed(runtime, WEB)
+    assert renewed is not None and renewed >= first
+    assert b'identity="shop/web"' in runtime.metrics.exposition()
+
+    runtime.certificates.forget(WEB)
+    await runtime.certificates.get(DB)  # the next installation drops forgotten identities
+    assert installed(runtime, WEB) is None
+    assert installed(runtime, DB) is not None
