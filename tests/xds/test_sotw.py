@@ -383,3 +383,18 @@ def test_streams_of_one_class_share_subscriptions_and_held_content() -> None:
     for type_url in (CDS, EDS, LDS, RDS):
         assert a[type_url].names is b[type_url].names
         assert a[type_url].held is b[type_url].held is snapshot.resources(type_url)
+
+
+def test_streams_asking_the_same_names_share_one_framed_response() -> None:
+    """Framing a named response costs as much as the resources it holds: the streams of a
+    class, which ask for the same names, get it framed once per snapshot."""
+    world = World()
+    snapshot = world.snapshot()
+    shared = Shared()
+    sent: list[DiscoveryResponse] = []
+    for client in (Client(snapshot, shared), Client(snapshot, shared)):
+        sent += client.request(EDS, ["a", "b"])
+    named = [key for key in snapshot.memo if isinstance(key, tuple) and key[0] == "sotw-named"]
+    assert named == [("sotw-named", EDS, snapshot.version(EDS), ("a", "b"))]
+    assert len(sent) == 2 and sent[0].resources == sent[1].resources
+    assert [r.version_info for r in sent] == [snapshot.version(EDS)] * 2

@@ -232,10 +232,15 @@ class SotwProtocol:
         lacking = {n: held[n] for n in looked_at if n in held and n not in current}
         state.held = {**current, **lacking} if lacking else current
         version = snapshot.version(type_url)
-        body = sotw_body(version, type_url, updated)
-        return self._send(
-            type_url, state, snapshot, version=version, body=body, names=tuple(r.name for r in updated)
-        )
+        names = tuple(r.name for r in updated)
+        # The streams of a class ask for the same names (an Envoy asks for every cluster's
+        # endpoints and every secret it references), so they are sent the same responses:
+        # framed once per snapshot, like full-state ones.
+        key = ("sotw-named", type_url, version, names)
+        body = snapshot.memo.get(key)
+        if not isinstance(body, bytes):
+            body = snapshot.memo[key] = sotw_body(version, type_url, updated)
+        return self._send(type_url, state, snapshot, version=version, body=body, names=names)
 
     def _send(
         self,
