@@ -294,6 +294,7 @@ class Proxy:
         "stream_id",
         "subs",
         "version",
+        "watch_at",
         "window",
     )
 
@@ -313,6 +314,7 @@ class Proxy:
         self.ready_at = 0.0
         self.changes = 0
         self.change_at = 0.0
+        self.watch_at = 0.0  # last SDS response (while armed) carrying Tracker.watch
         self.pushed = [0] * 5
         self.error = ""
         self.lds_asked = False
@@ -330,6 +332,7 @@ class Tracker:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: list[str] = field(default_factory=list)
     armed: bool = False
+    watch: str = ""  # a secret name whose SDS responses are timed per proxy (`arm`)
     received_bytes: int = 0
     responses: int = 0
 
@@ -567,6 +570,9 @@ class AdsConnection(asyncio.Protocol):
             proxy.changes += 1
             proxy.change_at = time.monotonic()
             proxy.pushed[kind] += len(response.infos)
+            watch = self._tracker.watch
+            if watch and kind == SDS and any(info.name == watch for info in response.infos):
+                proxy.watch_at = proxy.change_at
         if not proxy.ready_at and proxy.converged():
             proxy.ready_at = time.monotonic()
             self._tracker.on_ready()
@@ -738,6 +744,7 @@ class _LoadProcess:
                 "ready_last": max(ready, default=0.0),
                 "ready_times": ready if len(ready) == len(self._proxies) else [],
                 "converged": sum(1 for p in self._proxies if p.converged()),
+                "watched": {p.node_id: p.watch_at for p in self._proxies if p.watch_at},
                 "missing": sum(p.missing() for p in self._proxies),
                 "responses": self._tracker.responses,
                 "bytes": self._tracker.received_bytes,
@@ -749,11 +756,13 @@ class _LoadProcess:
             }
         )
 
-    def _arm(self) -> None:
+    def _arm(self, watch: str = "") -> None:
         for proxy in self._proxies:
             proxy.changes = 0
             proxy.change_at = 0.0
+            proxy.watch_at = 0.0
             proxy.pushed = [0] * 5
+        self._tracker.watch = watch
         self._tracker.armed = True
         self._control.send({"armed": True, "bytes": self._tracker.received_bytes, "cpu": time.process_time()})
 
@@ -763,6 +772,7 @@ class _LoadProcess:
         self._control.send(
             {
                 "times": [p.change_at for p in changed],
+                "watched": {p.node_id: p.watch_at for p in self._proxies if p.watch_at},
                 "responses": sum(p.changes for p in changed),
                 "pushed": dict(zip(SHORT, pushed, strict=True)),
                 "unconverged": sum(1 for p in self._proxies if not p.converged()),

@@ -25,7 +25,18 @@ Per run (fresh directory, CA state and controller each time):
    - `rotate`: `meshcp ca rotate` on the controller's state directory: a *root* rotation
      (trust A+B pushed, every workload certificate re-issued from B, A dropped). meshcp
      has no command that renews one identity's certificate on demand; per-identity
-     renewal happens on a timer (`--cert-validity`, renewal at ~70 % of the lifetime).
+     renewal happens on a timer (`--cert-validity`, renewal at ~70 % of the lifetime);
+   - `renew`: one identity's certificate renewal (needs `--cert-validity`, written into
+     the generated MeshConfig too, whose `certValidity` overrides the command line). The
+     internal CA back-dates certificates by 5 min and renewal is due with 30-40 % of that
+     longer lifetime left, so below ~200 s certificates are renewed continuously; `300s`
+     renews each 60-120 s after its issuance. The identity of service 1 is picked;
+     /metrics is polled until its
+     `meshcp_workload_certificate_installed_timestamp_seconds` changes, and latency runs
+     from that timestamp (the controller's wall clock, mapped onto ours) to each of its
+     proxies' last ACK of an SDS response carrying `service-cert:<ns>/<sa>`; the affected
+     proxies are that identity's. Other identities renew on their own timers meanwhile, so
+     responses, encodes, CPU and bytes of this row include their renewals too.
 5. Peak RSS (VmHWM of the controller) and total CPU at the end.
 
 The debounce window (MeshConfig `debounceWindow`, 100 ms; the controller's store is built
@@ -68,7 +79,8 @@ import mesh_manifests as mm
 from mesh_client import LoadSpec
 
 POLL = 0.05
-CHANGES = ("endpoint", "target", "split", "rotate")
+CHANGES = ("endpoint", "target", "split", "rotate", "renew")
+INSTALLED = "meshcp_workload_certificate_installed_timestamp_seconds"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -346,6 +358,11 @@ class Run:
         self.mesh = workdir / "mesh"
         self.refs = mm.proxies(shape)
         self.objects = mm.write_mesh(self.mesh, shape)
+        if args.cert_validity:
+            # the mesh's MeshConfig sets the certificate lifetime over the command line's
+            config = mm.mesh_config(shape)
+            config["spec"]["certValidity"] = args.cert_validity
+            mm.write_documents(self.mesh, "meshconfig.yaml", [config])
         self.result = RunResult(
             "permissive" if shape.permissive else "smi",
             "delta" if delta else "sotw",
@@ -409,7 +426,7 @@ class Run:
                 continue
             controller.check()
             self._spy(name)
-            r.changes.append(self._change(name))
+            r.changes.append(self._renew() if name == "renew" else self._change(name))
             self._spy("")
         r.peak_rss_mb = controller.status_mb("VmHWM")
         r.total_cpu_s = controller.cpu()
@@ -559,6 +576,72 @@ class Run:
         result.cpu_s = controller.cpu() - cpu0
         result.bytes_sent = sum(rep["bytes"] for rep in reports) - bytes0
         result.unconverged = sum(rep["unconverged"] for rep in reports)
+        failures = [m for rep in reports for m in rep["failed"]]
+        if failures:
+            result.note += f" failures: {failures}"
+        return result
+
+    def _renew(self) -> ChangeResult:
+        """One identity's timed renewal: its installed-timestamp gauge changes, then its
+        proxies ACK an SDS response carrying its `service-cert:` secret."""
+        args, controller, shape = self.args, self.controller, self.shape
+        assert controller is not None
+        result = ChangeResult("renew")
+        if not args.cert_validity:
+            result.note = "needs --cert-validity (e.g. 30s)"
+            return result
+        identity = next(p.cluster for p in self.refs if p.service == min(1, shape.services - 1))
+        nodes = {p.node_id for p in self.refs if p.cluster == identity}
+        key = f'{INSTALLED}{{identity="{identity}"}}'
+        before = controller.metrics()
+        old = before.get(key)
+        armed = self.ask_all("arm", f"service-cert:{identity}")
+        bytes0 = sum(a["bytes"] for a in armed)
+        cpu0 = controller.cpu()
+        deadline = time.monotonic() + args.timeout
+        while True:  # the renewal: the gauge moves (the controller renews on its own timer)
+            controller.check()
+            after = controller.metrics()
+            value = after.get(key)
+            if value is not None and value != old:
+                break
+            if time.monotonic() > deadline:
+                result.note = f"no renewal of {identity} within {args.timeout:.0f} s"
+                return result
+            time.sleep(POLL * 2)
+        installed = value - (time.time() - time.monotonic())  # controller's Unix time -> our monotonic
+        last, quiet_since = 0.0, time.monotonic()
+        while True:  # every proxy of the identity ACKed it, then --settle quiet seconds
+            controller.check()
+            time.sleep(POLL * 2)
+            status = self.ask_all("status")
+            watched = [t for s in status for n, t in s["watched"].items() if n in nodes and t >= installed]
+            now = time.monotonic()
+            if max(watched, default=0.0) != last:
+                last, quiet_since = max(watched, default=0.0), now
+            if len(watched) == len(nodes) and now - quiet_since >= args.settle:
+                break
+            if now > deadline:
+                result.note = f"timeout: {len(watched)}/{len(nodes)} proxies of {identity}"
+                break
+        reports = self.ask_all("report")
+        after = controller.metrics()
+        self._metrics = after
+        times = [t - installed for rep in reports for n, t in rep["watched"].items() if n in nodes]
+        times = [t for t in times if t >= 0]
+        result.affected = len(times)
+        result.p50_ms = 1000 * percentile(times, 0.5)
+        result.p99_ms = 1000 * percentile(times, 0.99)
+        result.max_ms = 1000 * max(times, default=0.0)
+        result.responses = sum(rep["responses"] for rep in reports)
+        result.pushed = {k: sum(rep["pushed"][k] for rep in reports) for k in mesh_client.SHORT}
+        result.pushed = {k: v for k, v in result.pushed.items() if v}
+        result.encodes = after.get("meshcp_cache_encodes", 0.0) - before.get("meshcp_cache_encodes", 0.0)
+        result.resources_sent = metric_delta(before, after, "meshcp_xds_resources_sent_total")
+        result.cpu_s = controller.cpu() - cpu0
+        result.bytes_sent = sum(rep["bytes"] for rep in reports) - bytes0
+        result.unconverged = sum(rep["unconverged"] for rep in reports)
+        result.note = (result.note + f" identity {identity}, {len(nodes)} proxies; others renew too").strip()
         failures = [m for rep in reports for m in rep["failed"]]
         if failures:
             result.note += f" failures: {failures}"
@@ -716,7 +799,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="per phase")
     parser.add_argument("--load-processes", type=int, default=1)
     parser.add_argument("--streams-per-connection", type=int, default=100)
-    parser.add_argument("--cert-validity", default="", help="pass --cert-validity to serve")
+    parser.add_argument(
+        "--cert-validity",
+        default="",
+        help="workload certificate lifetime (serve's --cert-validity and the MeshConfig's certValidity)",
+    )
     parser.add_argument(
         "--py-spy",
         default="",
