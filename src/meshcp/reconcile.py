@@ -80,7 +80,8 @@ class _Hosts:
     route templates by port."""
 
     hosts: dict[Upstream, tuple[bytes, bytes]] = field(default_factory=dict)
-    templates: dict[int, Template] = field(default_factory=dict)
+    #: By (port, whether the 403 catch-all host is in it).
+    templates: dict[tuple[int, bool], Template] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +94,11 @@ class _Shared:
     endpoints: list[Resource]
     peers: Mapping[tuple[str, str], tuple[Identity, ...]]
     upstream_list: tuple[Upstream, ...]
+    #: What the outbound listener matches (all mesh services when pruned), its key, the
+    #: ports of its route configurations, and whether they end in the 403 catch-all.
+    listener: _Key
+    route_ports: tuple[int, ...]
+    denied: bool
     #: Per HTTP port: the outbound route template and, per virtual host in order, the
     #: service's namespace and the host's bytes for clients in it and for all others.
     #: Built when some namespace's outbound routes must be encoded.
@@ -149,7 +155,7 @@ class Reconciler:
             common = shared.get(id(class_policy.upstreams))
             if common is None:
                 common = shared[id(class_policy.upstreams)] = self._shared(
-                    class_policy.upstreams, policy.endpoints, old
+                    class_policy.upstreams, policy.endpoints, old, class_policy.listener_upstreams
                 )
             classes.append(self._compile(key, class_policy, common, old))
         if self._hosts_used.templates:
@@ -198,6 +204,7 @@ class Reconciler:
         upstreams: tuple[Upstream, ...],
         endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
         old: _Memo,
+        listener_upstreams: tuple[Upstream, ...] | None = None,
     ) -> _Shared:
         specs = cds.upstream_specs(upstreams)
         templates = []
@@ -233,6 +240,7 @@ class Reconciler:
         if held_peers is None or held_peers != peers:
             held_peers = peers
         self._memo.peers[upstreams_key] = held_peers
+        matched = upstreams if listener_upstreams is None else listener_upstreams
         return _Shared(
             upstreams_key,
             self._key(old, specs),
@@ -240,6 +248,9 @@ class Reconciler:
             all_endpoints,
             held_peers,
             upstreams,
+            upstreams_key if listener_upstreams is None else self._key(old, listener_upstreams),
+            rds.route_ports(matched),
+            listener_upstreams is not None,
         )
 
     def _route_hosts(
@@ -248,11 +259,14 @@ class Reconciler:
         if shared.route_hosts is not None:
             return shared.route_hosts
         out = []
-        for port, upstreams in rds.outbound_ports(shared.upstream_list):
-            template = self._hosts_used.templates.get(port) or self._hosts.templates.get(port)
+        by_port = dict(rds.outbound_ports(shared.upstream_list))
+        for port in shared.route_ports:
+            upstreams = by_port.get(port, [])
+            kind = (port, shared.denied)
+            template = self._hosts_used.templates.get(kind) or self._hosts.templates.get(kind)
             if template is None:
-                template = self._encoder.template(*rds.outbound_route_template(port))
-            self._hosts_used.templates[port] = template
+                template = self._encoder.template(*rds.outbound_route_template(port, shared.denied))
+            self._hosts_used.templates[kind] = template
             hosts = []
             for upstream in upstreams:
                 found = self._hosts_used.hosts.get(upstream) or self._hosts.hosts.get(upstream)
@@ -320,7 +334,7 @@ class Reconciler:
         )
         pieces.append(
             self._piece(
-                old, ("lds-out", shared.upstreams, egress), encoded(lambda: [lds.outbound_listener(policy)])
+                old, ("lds-out", shared.listener, egress), encoded(lambda: [lds.outbound_listener(policy)])
             )
         )
         pieces.append(self._piece(old, ("lds-prom",), encoded(lambda: [lds.prometheus_listener()])))
@@ -335,7 +349,7 @@ class Reconciler:
         pieces.append(
             self._piece(
                 old,
-                ("rds-out", identity.namespace, shared.upstreams),
+                ("rds-out", identity.namespace, shared.upstreams, shared.route_ports, shared.denied),
                 partial(self._outbound_routes, identity.namespace, shared, old),
             )
         )

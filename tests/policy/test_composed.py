@@ -14,6 +14,7 @@ import pytest
 from meshcp.cache import Encoder, SnapshotCache, pack
 from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.compile import cds, eds, lds, rds
+from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshObject, MeshState
 from meshcp.publisher import Publisher
 from meshcp.reconcile import Reconciler
@@ -37,6 +38,9 @@ def _states() -> dict[str, MeshState]:
         "bookstore": MeshState().with_changes(base),
         "more": MeshState().with_changes([*base, *grpc]),
         "split": MeshState().with_changes([*base, *grpc, *weighted]),
+        "pruned": MeshState().with_changes(
+            [*base, *grpc, *weighted, MeshConfig(prune_unreachable_upstreams=True)]
+        ),
     }
 
 

@@ -132,7 +132,10 @@ def _outbound_chain(upstream: Upstream) -> FilterChain | None:
 
 
 def outbound_listener(policy: ProxyPolicy) -> Listener:
-    chains = [chain for u in policy.upstreams if (chain := _outbound_chain(u)) is not None]
+    """A chain per mesh service port: with pruning also for the services this class may
+    not reach, whose routes answer 403 (HTTP) or whose missing cluster closes the
+    connection (TCP)."""
+    chains = [chain for u in policy.matched_upstreams if (chain := _outbound_chain(u)) is not None]
     default = None
     if policy.egress_passthrough:
         default = FilterChain(

@@ -7,7 +7,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
 
+from meshcp._proto.envoy.config.core.v3 import DataSource
 from meshcp._proto.envoy.config.route.v3 import (
+    DirectResponseAction,
     HeaderMatcher,
     Route,
     RouteAction,
@@ -100,20 +102,49 @@ def outbound_route(port: int, virtual_hosts: list[VirtualHost]) -> RouteConfigur
     )
 
 
+def route_ports(matched: Iterable[Upstream]) -> tuple[int, ...]:
+    """The ports of `rds-outbound.<port>`: every HTTP port the outbound listener matches
+    (its chains name these route configurations, and wait for them)."""
+    return tuple(sorted({u.port for u in matched if u.is_http}))
+
+
 def outbound_routes(policy: ProxyPolicy) -> list[RouteConfiguration]:
-    """`rds-outbound.<port>` for every HTTP port some upstream serves."""
+    """`rds-outbound.<port>` for every HTTP port the outbound listener matches: a virtual
+    host per upstream on that port and, with pruning, the 403 for every other host."""
     namespace = policy.identity.namespace
+    by_port = dict(outbound_ports(policy.upstreams))
     return [
-        outbound_route(port, [outbound_virtual_host(u, namespace) for u in ups])
-        for port, ups in outbound_ports(policy.upstreams)
+        outbound_route(
+            port,
+            [outbound_virtual_host(u, namespace) for u in by_port.get(port, [])]
+            + ([denied_virtual_host()] if policy.pruned else []),
+        )
+        for port in route_ports(policy.matched_upstreams)
     ]
+
+
+def denied_virtual_host() -> VirtualHost:
+    """Every host no other virtual host names: the services pruned from this class. The
+    answer is the one the destination's RBAC filter would give."""
+    return VirtualHost(
+        name="denied",
+        domains=["*"],
+        routes=[
+            Route(
+                match=RouteMatch(prefix="/"),
+                direct_response=DirectResponseAction(
+                    status=403, body=DataSource(inline_string="RBAC: access denied")
+                ),
+            )
+        ],
+    )
 
 
 #: The virtual host standing for all of them in an outbound route template.
 TEMPLATE_HOST = "\0virtual-hosts\0"
 
 
-def outbound_route_template(port: int) -> tuple[RouteConfiguration, bytes]:
+def outbound_route_template(port: int, denied: bool = False) -> tuple[RouteConfiguration, bytes]:
     """`rds-outbound.<port>` with one marker virtual host, and the marker's bytes.
 
     Each client namespace has its own outbound routes (short names resolve within it),
@@ -121,7 +152,8 @@ def outbound_route_template(port: int) -> tuple[RouteConfiguration, bytes]:
     the encoded hosts (`outbound_host_variants`) instead of encoding S hosts N times.
     """
     marker = VirtualHost(name=TEMPLATE_HOST)
-    return outbound_route(port, [marker]), canonical_bytes(marker)
+    hosts = [marker, denied_virtual_host()] if denied else [marker]
+    return outbound_route(port, hosts), canonical_bytes(marker)
 
 
 def outbound_host_variants(upstream: Upstream) -> tuple[VirtualHost, VirtualHost]:

@@ -26,6 +26,12 @@ class MeshConfig:
     permissive: bool = False
     #: Traffic to destinations outside the mesh passes through; off: refused.
     egress_passthrough: bool = False
+    #: Give each proxy only the upstream services its identity may reach (a TrafficTarget
+    #: of one of their identities names it, or their namespace is permissive); requests to
+    #: the others get 403 from the client's own sidecar (TCP: the connection is closed).
+    #: Off by default: every proxy gets every service and the destination answers 403, as
+    #: DESIGN says. On, a large mesh sends each proxy its few allowed services.
+    prune_unreachable_upstreams: bool = False
     cert_validity_seconds: int = 24 * 3600
     cert_provider: str = "internal"
     #: Debounce: a change is compiled after `debounce_window` of quiet, at most `debounce_max`

@@ -873,6 +873,7 @@ _MESH_CONFIG_FIELDS: dict[str, tuple[str, Callable[[_Node], Any]]] = {
     "trustDomain": ("trust_domain", _trust_domain),
     "permissive": ("permissive", lambda node: node.boolean(False)),
     "egressPassthrough": ("egress_passthrough", lambda node: node.boolean(False)),
+    "pruneUnreachableUpstreams": ("prune_unreachable_upstreams", lambda node: node.boolean(False)),
     "certValidity": ("cert_validity_seconds", _cert_validity),
     "certProvider": ("cert_provider", _choice(CERT_PROVIDERS)),
     "debounceWindow": ("debounce_window", _duration),

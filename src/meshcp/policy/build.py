@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshcp.certs.identity import Identity
@@ -254,6 +254,36 @@ class _Builder:
                 out.append(Upstream(key, port.port, port.protocol, addresses, identities, route))
         return tuple(out)
 
+    def reachable(self, upstreams: tuple[Upstream, ...]) -> Callable[[Identity], tuple[Upstream, ...]]:
+        """Per client identity, the upstreams it may reach at all: one of the service's
+        identities is named as destination of a TrafficTarget listing the client (any
+        rule, any port: the destination's RBAC still decides the rest), or lives in a
+        permissive namespace. Indexed by source once, so a class costs its own upstreams
+        rather than the mesh's; each identity gets one shared tuple."""
+        everyone: list[int] = []
+        by_source: dict[Identity, list[int]] = defaultdict(list)
+        for index, upstream in enumerate(upstreams):
+            sources: set[Identity] = set()
+            for destination in upstream.identities:
+                if self.state.permissive(destination.namespace):
+                    everyone.append(index)
+                    break
+                for target in self.targets(destination):
+                    sources.update(Identity(s.namespace, s.name) for s in target.sources)
+            else:
+                for source in sources:
+                    by_source[source].append(index)
+        found: dict[Identity, tuple[Upstream, ...]] = {}
+
+        def of(identity: Identity) -> tuple[Upstream, ...]:
+            held = found.get(identity)
+            if held is None:
+                indexes = sorted({*everyone, *by_source.get(identity, ())})
+                held = found[identity] = tuple(upstreams[i] for i in indexes)
+            return held
+
+        return of
+
     # Inbound -----------------------------------------------------------------
 
     def local_services(self, pod: Pod) -> list[Service]:
@@ -410,6 +440,7 @@ def build_policies(state: MeshState) -> MeshPolicy:
         builder.report(route.ref, "UDPRoute is not supported (meshcp proxies TCP and HTTP)")
     config = state.mesh_config
     upstreams = builder.upstreams()
+    reachable = builder.reachable(upstreams) if config.prune_unreachable_upstreams else None
     classes: dict[str, ProxyPolicy] = {}
     pod_classes: dict[tuple[str, str], str] = {}
     proxies: dict[str, tuple[str, str]] = {}
@@ -429,7 +460,12 @@ def build_policies(state: MeshState) -> MeshPolicy:
         key, inbound = found
         if key not in classes:
             classes[key] = ProxyPolicy(
-                identity, inbound, upstreams, config.egress_passthrough, config.trust_domain
+                identity,
+                inbound,
+                upstreams if reachable is None else reachable(identity),
+                config.egress_passthrough,
+                config.trust_domain,
+                None if reachable is None else upstreams,
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
         proxies[proxy_uuid(pod)] = (pod.meta.namespace, pod.meta.name)

@@ -86,6 +86,20 @@ class ProxyPolicy:
 
     identity: Identity
     inbound: tuple[InboundPort, ...]
+    #: The services this class gets clusters, endpoints, routes and trust for.
     upstreams: tuple[Upstream, ...]
     egress_passthrough: bool
     trust_domain: str
+    #: With pruning (MeshConfig `pruneUnreachableUpstreams`): every mesh service, which the
+    #: outbound listener still matches so that requests to the pruned ones get 403 from
+    #: this proxy. None: no pruning, the listener matches `upstreams`.
+    listener_upstreams: tuple[Upstream, ...] | None = None
+
+    @property
+    def matched_upstreams(self) -> tuple[Upstream, ...]:
+        """What the outbound listener has a filter chain for."""
+        return self.upstreams if self.listener_upstreams is None else self.listener_upstreams
+
+    @property
+    def pruned(self) -> bool:
+        return self.listener_upstreams is not None
