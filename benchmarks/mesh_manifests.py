@@ -39,6 +39,8 @@ class Shape:
     permissive: bool
     debounce_ms: int = 100
     debounce_max_ms: int = 1000
+    #: MeshConfig `pruneUnreachableUpstreams`: each proxy gets only what it may reach.
+    prune: bool = False
 
     @property
     def proxies(self) -> int:
@@ -127,6 +129,7 @@ def mesh_config(shape: Shape) -> dict[str, Any]:
             "trustDomain": TRUST_DOMAIN,
             "permissive": shape.permissive,
             "egressPassthrough": False,
+            "pruneUnreachableUpstreams": shape.prune,
             "debounceWindow": f"{shape.debounce_ms}ms",
             "debounceMax": f"{shape.debounce_max_ms}ms",
         },

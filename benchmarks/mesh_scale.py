@@ -792,6 +792,11 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=5, help="pods (proxies) per service")
     parser.add_argument("--sources", type=int, default=5, help="allowed client identities per service (SMI)")
     parser.add_argument("--mode", choices=["smi", "permissive", "both"], default="smi")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="MeshConfig pruneUnreachableUpstreams: each proxy gets only the services it may reach",
+    )
     parser.add_argument("--xds", choices=["sotw", "delta", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
@@ -869,6 +874,7 @@ def measure(args: argparse.Namespace, modes: list[str], xds_modes: list[str]) ->
                 args.pods,
                 args.sources,
                 permissive=mode == "permissive",
+                prune=args.prune,
             )
             for xds in xds_modes:
                 runs = []
