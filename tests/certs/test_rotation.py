@@ -221,3 +221,25 @@ async def test_a_failing_callback_does_not_stop_renewal(internal_ca: InternalCA,
     clock.now = first.not_after
     assert (await manager.renew_due()).renewed == [IDENTITY]
     assert manager.current(IDENTITY) is not first
+
+
+async def test_a_certificate_shorter_than_its_back_dating_is_not_renewed_in_a_loop(
+    internal_ca: InternalCA, clock: FakeClock
+) -> None:
+    """The CA back-dates certificates by 5 minutes against clock skew; measured from
+    there, a 60-second certificate was due on arrival and renewed over and over."""
+    provider = CountingProvider(internal_ca)
+    issuer = Issuer(provider, RetryPolicy(attempts=1), sleep=RecordingSleep())
+    manager = workload_certificates(
+        issuer, clock=clock, sleep=RecordingSleep(), validity=timedelta(seconds=60)
+    )
+    first = await manager.get(IDENTITY)
+    assert (first.not_after - first.not_before) > timedelta(minutes=5)  # back-dated
+    assert (await manager.renew_due()).renewed == []
+    wakeup = manager.next_wakeup()
+    assert wakeup is not None
+    # Renewed when 30-40 % of the 60 s it was issued for remain, not at once.
+    assert clock.now + timedelta(seconds=36) <= wakeup <= clock.now + timedelta(seconds=42)
+    clock.now = wakeup
+    assert (await manager.renew_due()).renewed == [IDENTITY]
+    assert provider.calls == 2

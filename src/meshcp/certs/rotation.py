@@ -81,6 +81,10 @@ OnRotated = Callable[[K, IssuedCertificate], Awaitable[None]]
 class _Entry:
     certificate: IssuedCertificate
     generation: int
+    #: When this manager got it. CAs back-date `not_before` against clock skew (ours by
+    #: 5 minutes, cfssl by an hour): measured from there, a certificate living a few
+    #: minutes is due the moment it arrives, and was renewed in a loop.
+    obtained: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -189,7 +193,13 @@ class CertificateManager(Generic[K]):
     def _due_at(self, entry: _Entry) -> datetime:
         if entry.generation < self._generation:
             return entry.certificate.not_before  # left over from before renew_all: due now
-        return self._policy.renew_at_for(entry.certificate)
+        certificate = entry.certificate
+        due_at = self._policy.renew_at_for(certificate)
+        obtained = entry.obtained
+        if obtained is not None and due_at <= obtained < certificate.not_after:
+            # Due on arrival: the back-dating ate the lifetime. Measure from arrival.
+            due_at = self._policy.renew_at(obtained, certificate.not_after, _unit_from_serial(certificate))
+        return due_at
 
     def _wakeup(self, key: K, entry: _Entry) -> datetime:
         due_at = self._due_at(entry)
@@ -252,7 +262,7 @@ class CertificateManager(Generic[K]):
         previous = self._entries.get(key)
         if previous is not None and previous.generation > generation:
             return  # a newer generation already replaced it; this one is stale
-        self._entries[key] = _Entry(certificate, generation)
+        self._entries[key] = _Entry(certificate, generation, self._clock())
         self._retry_after.pop(key, None)
         self._stored.set()
         if previous is not None and self._on_rotated is not None:
