@@ -88,3 +88,17 @@ def test_pruned_routes_cover_every_listener_port_and_end_in_a_403() -> None:
     # The TCP service has a chain in every listener; its cluster exists only where allowed.
     chains = {c.name for c in lds.outbound_listener(policies[THIEF]).filter_chains}
     assert "outbound:bookstore/warehouse|5432" in chains
+
+
+def test_a_reachable_split_brings_its_backends_even_of_other_identities() -> None:
+    """The apex's clusters route to the backends, whose own TrafficTargets may not name
+    the client: their clusters and trust come with the apex (a missing secret would keep
+    Envoy's clusters warming forever)."""
+    extra: list[MeshObject] = [
+        service("bookstore", "canary", "10.96.0.13", (14001, "http"), app="canary"),
+        pod("bookstore", "canary-0", "canary", "10.244.2.9", app="canary"),
+        split("bookstore", "s2", "bookstore-v1", ("bookstore-v1", 1), ("canary", 1)),
+    ]
+    services = _services(_policies(*extra)[BUYER])
+    assert "bookstore/canary" in services
+    assert "bookstore/canary" not in _services(_policies(*extra)[THIEF])

@@ -273,13 +273,23 @@ class _Builder:
             else:
                 for source in sources:
                     by_source[source].append(index)
+        # A split's backends come with its apex: the apex's clusters route to them (their
+        # identities already count for the apex), so their clusters need their trust.
+        by_service: dict[ServiceKey, list[int]] = defaultdict(list)
+        for index, upstream in enumerate(upstreams):
+            by_service[upstream.service].append(index)
         found: dict[Identity, tuple[Upstream, ...]] = {}
 
         def of(identity: Identity) -> tuple[Upstream, ...]:
             held = found.get(identity)
             if held is None:
-                indexes = sorted({*everyone, *by_source.get(identity, ())})
-                held = found[identity] = tuple(upstreams[i] for i in indexes)
+                indexes = {*everyone, *by_source.get(identity, ())}
+                for index in list(indexes):
+                    split = upstreams[index].split
+                    if split is not None:
+                        for backend, _ in split.backends:
+                            indexes.update(by_service.get(backend, ()))
+                held = found[identity] = tuple(upstreams[i] for i in sorted(indexes))
             return held
 
         return of
