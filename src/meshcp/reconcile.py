@@ -150,12 +150,16 @@ class Reconciler:
         self._report(state.problems + policy.problems)
         old, self._memo = self._memo, _Memo()
         shared: dict[int, _Shared] = {}  # by id(): the classes of a round share one tuple
+        listeners: dict[int, tuple[_Key, tuple[int, ...]]] = {}  # likewise, with pruning
         classes = []
         for key, class_policy in sorted(policy.classes.items()):
             common = shared.get(id(class_policy.upstreams))
             if common is None:
                 common = shared[id(class_policy.upstreams)] = self._shared(
-                    class_policy.upstreams, policy.endpoints, old, class_policy.listener_upstreams
+                    class_policy.upstreams,
+                    policy.endpoints,
+                    old,
+                    self._listener(class_policy.listener_upstreams, listeners, old),
                 )
             classes.append(self._compile(key, class_policy, common, old))
         if self._hosts_used.templates:
@@ -204,7 +208,7 @@ class Reconciler:
         upstreams: tuple[Upstream, ...],
         endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
         old: _Memo,
-        listener_upstreams: tuple[Upstream, ...] | None = None,
+        listener: tuple[_Key, tuple[int, ...]] | None = None,
     ) -> _Shared:
         specs = cds.upstream_specs(upstreams)
         templates = []
@@ -240,7 +244,9 @@ class Reconciler:
         if held_peers is None or held_peers != peers:
             held_peers = peers
         self._memo.peers[upstreams_key] = held_peers
-        matched = upstreams if listener_upstreams is None else listener_upstreams
+        listener_key, route_ports = (
+            (upstreams_key, rds.route_ports(upstreams)) if listener is None else listener
+        )
         return _Shared(
             upstreams_key,
             self._key(old, specs),
@@ -248,10 +254,25 @@ class Reconciler:
             all_endpoints,
             held_peers,
             upstreams,
-            upstreams_key if listener_upstreams is None else self._key(old, listener_upstreams),
-            rds.route_ports(matched),
-            listener_upstreams is not None,
+            listener_key,
+            route_ports,
+            listener is not None,
         )
+
+    def _listener(
+        self,
+        matched: tuple[Upstream, ...] | None,
+        round_cache: dict[int, tuple[_Key, tuple[int, ...]]],
+        old: _Memo,
+    ) -> tuple[_Key, tuple[int, ...]] | None:
+        """With pruning, what the listener matches (every mesh service) is one tuple for
+        all classes: key it and find its route ports once per round, not per class."""
+        if matched is None:
+            return None
+        found = round_cache.get(id(matched))
+        if found is None:
+            found = round_cache[id(matched)] = (self._key(old, matched), rds.route_ports(matched))
+        return found
 
     def _route_hosts(
         self, shared: _Shared, old: _Memo
