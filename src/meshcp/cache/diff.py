@@ -30,23 +30,21 @@ def diff(
         candidates = sorted({*changed, *force})
         if subscribed is not None:
             candidates = [name for name in candidates if name in subscribed]
-        updated = []
-        removed = []
-        for name in candidates:
-            resource = current.get(name)
-            if resource is None:
-                if name in known:
-                    removed.append(name)
-            elif known.get(name) != resource.version or name in force:
-                updated.append(resource)
-        return updated, removed
+        return _compare(candidates, current, known, force)
     if subscribed is None:
         updated = [r for name, r in current.items() if known.get(name) != r.version or name in force]
         removed = [name for name in known if name not in current]
         return updated, sorted(removed)
+    return _compare(sorted(subscribed), current, known, force)
+
+
+def _compare(
+    names: list[str], current: Mapping[str, Resource], known: Mapping[str, str], force: Collection[str]
+) -> tuple[list[Resource], list[str]]:
+    """`names` (in order) split into resources to send and held names that are gone."""
     updated = []
     removed = []
-    for name in sorted(subscribed):
+    for name in names:
         resource = current.get(name)
         if resource is None:
             if name in known:
