@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import ssl
@@ -44,6 +45,9 @@ from meshcp.xds.server import XdsServer
 from meshcp.xds.service import AggregatedDiscoveryService
 
 log = logging.getLogger("meshcp")
+
+#: Rounds between handing frozen objects back to the cyclic garbage collector.
+THAW_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -327,12 +331,26 @@ class ControllerRuntime:
                 tasks.create_task(self._reconcile(), name="reconcile")
 
     async def _reconcile(self) -> None:
-        """Compile every settled state; the first one makes the controller ready."""
+        """Compile every settled state; the first one makes the controller ready.
+
+        What a round leaves behind (compiled resources, snapshots, policies) lives long and
+        holds no reference cycles: it is moved out of the cyclic garbage collector's reach
+        (`gc.freeze`), so that a full collection does not walk millions of objects in the
+        middle of a change (py-spy: most of a change's time at 1,000 services went there).
+        Reference counting still frees it; every `THAW_EVERY` rounds it is handed back, so
+        a cycle that slipped in is collected after all.
+        """
+        rounds = 0
         async for state in self.store.states():
             self.apply_mesh_config(state)
             self.reconciler.apply(state)
             self.service.reclassify()
             self.readiness.mark_synced("mesh")
+            rounds += 1
+            if rounds % THAW_EVERY:
+                gc.freeze()
+            else:
+                gc.unfreeze()
 
     def apply_mesh_config(self, state: MeshState) -> None:
         """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
