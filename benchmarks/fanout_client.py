@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import hpack
 
@@ -261,21 +261,38 @@ class Tracker:
         self.on_ready()
 
 
-class AdsConnection(asyncio.Protocol):
-    """One HTTP/2 connection carrying the ADS streams of many proxies."""
+class StreamOwner(Protocol):
+    """What the HTTP/2 transport needs of a simulated proxy: its stream and its buffers."""
 
-    def __init__(
-        self, proxies: list[Proxy], plan: Plan, requests: Requests, authority: bytes, tracker: Tracker
-    ) -> None:
+    stream_id: int
+    window: int
+    rx: bytes
+    error: str
+
+
+class Failures(Protocol):
+    failed: list[str]
+
+    def on_failed(self, message: str) -> None: ...
+
+
+P = TypeVar("P", bound=StreamOwner)
+
+
+class H2Connection(asyncio.Protocol, Generic[P]):
+    """One HTTP/2 connection carrying the ADS streams of many proxies: framing, HPACK,
+    flow control and failures. What a proxy asks and does with an answer is the
+    subclass's (`_first_request`, `_on_message`, `_ready`); the fan-out and mesh scale
+    load processes share this part."""
+
+    def __init__(self, proxies: list[P], path: bytes, authority: bytes, failures: Failures) -> None:
         self._proxies = proxies
-        self._plan = plan
-        self._requests = requests
-        self._tracker = tracker
-        self._headers = header_block(DELTA_PATH if plan.delta else SOTW_PATH, authority)
-        self._streams: dict[int, Proxy] = {}
+        self._failures = failures
+        self._headers = header_block(path, authority)
+        self._streams: dict[int, P] = {}
         self._transport: asyncio.Transport | None = None
         self._pending = b""
-        self._queue: collections.deque[tuple[Proxy, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[P, bytes]] = collections.deque()
         self._send_window = 65_535
         self._stream_window = 65_535
         self._max_frame = 16_384
@@ -285,10 +302,28 @@ class AdsConnection(asyncio.Protocol):
         self._header_stream = 0
         self._header_end_stream = False
         self._decoder = hpack.Decoder()
-        self._opened = False
         self.settings_seen = asyncio.Event()
         self.closed = asyncio.Event()
         self.error = ""
+
+    # What the subclass decides ----------------------------------------------------
+
+    def _first_request(self, proxy: P) -> bytes:
+        raise NotImplementedError
+
+    def _on_message(self, proxy: P, data: bytes, start: int, end: int, now: float) -> None:
+        """One gRPC message (a response) of `proxy`'s stream: `data[start:end]`."""
+        raise NotImplementedError
+
+    def _ready(self, proxy: P) -> bool:
+        """Whether `proxy` got its initial configuration (a later failure is not its failure)."""
+        raise NotImplementedError
+
+    def _on_bytes(self, count: int) -> None:
+        """`count` bytes of DATA arrived."""
+
+    def _send(self, proxy: P, message: bytes) -> None:
+        self._queue.append((proxy, grpc_message(message)))
 
     # Connection lifetime --------------------------------------------------------
 
@@ -313,9 +348,9 @@ class AdsConnection(asyncio.Protocol):
         if not self.error:
             self.error = f"connection lost: {exc}" if exc else "connection closed"
         for proxy in self._streams.values():
-            if proxy.acked != ALL_TYPES and not proxy.error:
+            if not self._ready(proxy) and not proxy.error:
                 proxy.error = self.error
-                self._tracker.on_failed(self.error)
+                self._failures.on_failed(self.error)
         self.closed.set()
         self.settings_seen.set()
 
@@ -330,11 +365,8 @@ class AdsConnection(asyncio.Protocol):
             proxy.window = self._stream_window
             self._streams[stream_id] = proxy
             out.append(frame(_HEADERS, _END_HEADERS, stream_id, self._headers))
-            self._queue.append(
-                (proxy, grpc_message(self._requests.first(f"proxy-{proxy.index}", proxy.node_cluster)))
-            )
+            self._send(proxy, self._first_request(proxy))
             stream_id += 2
-        self._opened = True
         self._flush(out)
         self._write(out)
 
@@ -360,7 +392,7 @@ class AdsConnection(asyncio.Protocol):
             pos = end
             stream_id &= 0x7FFFFFFF
             if kind == _DATA:
-                self._on_data(buf, start, end, flags, stream_id, now, out)
+                self._on_data(buf, start, end, flags, stream_id, now)
             elif kind in (_HEADERS, _CONTINUATION):
                 self._on_headers(buf[start:end], kind, flags, stream_id)
             elif kind == _WINDOW_UPDATE:
@@ -426,15 +458,14 @@ class AdsConnection(asyncio.Protocol):
         if proxy is None or proxy.error:
             return
         proxy.error = message
-        if proxy.acked != ALL_TYPES:
-            self._tracker.on_failed(message)
+        if not self._ready(proxy):
+            self._failures.on_failed(message)
         else:
-            self._tracker.failed.append(message)
+            self._failures.failed.append(message)
 
-    def _on_data(
-        self, buf: bytes, start: int, end: int, flags: int, stream_id: int, now: float, out: list[bytes]
-    ) -> None:
+    def _on_data(self, buf: bytes, start: int, end: int, flags: int, stream_id: int, now: float) -> None:
         self._received += end - start
+        self._on_bytes(end - start)
         if flags & _PADDED:
             end -= buf[start]
             start += 1
@@ -450,34 +481,9 @@ class AdsConnection(asyncio.Protocol):
             size = int.from_bytes(data[pos + 1 : pos + 5], "big")
             if end - pos - 5 < size:
                 break
-            self._on_response(proxy, scan(data, pos + 5, pos + 5 + size, self._plan.delta), now)
+            self._on_message(proxy, data, pos + 5, pos + 5 + size, now)
             pos += 5 + size
         proxy.rx = data[pos:end] if pos < end else b""
-
-    def _on_response(self, proxy: Proxy, response: Scanned, now: float) -> None:
-        kind = _TYPE_INDEX.get(response.type_url)
-        if kind is None:
-            proxy.error = f"unexpected type {response.type_url!r}"
-            return
-        requests = self._requests
-        self._queue.append((proxy, grpc_message(requests.ack(kind, response.version, response.nonce))))
-        bit = 1 << kind
-        if not proxy.acked & bit:
-            proxy.acked |= bit
-            proxy.counts[kind] = response.resources
-            if kind != RDS:
-                self._queue.append((proxy, grpc_message(requests.subscribe(kind + 1))))
-            elif proxy.acked == ALL_TYPES:
-                proxy.ready_at = now
-                if tuple(proxy.counts) != self._plan.expected:
-                    proxy.error = f"initial resources {proxy.counts}, expected {list(self._plan.expected)}"
-                    self._tracker.failed.append(proxy.error)
-                self._tracker.on_ready()
-        elif self._tracker.armed and kind == EDS:
-            proxy.changes += 1
-            proxy.change_at = now
-            if response.resources != 1:
-                self._tracker.failed.append(f"change carried {response.resources} resources")
 
     # Sending (HTTP/2 flow control) --------------------------------------------
 
@@ -505,6 +511,52 @@ class AdsConnection(asyncio.Protocol):
     def _write(self, out: list[bytes]) -> None:
         if out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"".join(out))
+
+
+class AdsConnection(H2Connection[Proxy]):
+    """Fan-out proxies: the four types in order, then timed EDS changes."""
+
+    def __init__(
+        self, proxies: list[Proxy], plan: Plan, requests: Requests, authority: bytes, tracker: Tracker
+    ) -> None:
+        super().__init__(proxies, DELTA_PATH if plan.delta else SOTW_PATH, authority, tracker)
+        self._plan = plan
+        self._requests = requests
+        self._tracker = tracker
+
+    def _first_request(self, proxy: Proxy) -> bytes:
+        return self._requests.first(f"proxy-{proxy.index}", proxy.node_cluster)
+
+    def _ready(self, proxy: Proxy) -> bool:
+        return proxy.acked == ALL_TYPES
+
+    def _on_message(self, proxy: Proxy, data: bytes, start: int, end: int, now: float) -> None:
+        self._on_response(proxy, scan(data, start, end, self._plan.delta), now)
+
+    def _on_response(self, proxy: Proxy, response: Scanned, now: float) -> None:
+        kind = _TYPE_INDEX.get(response.type_url)
+        if kind is None:
+            proxy.error = f"unexpected type {response.type_url!r}"
+            return
+        requests = self._requests
+        self._send(proxy, requests.ack(kind, response.version, response.nonce))
+        bit = 1 << kind
+        if not proxy.acked & bit:
+            proxy.acked |= bit
+            proxy.counts[kind] = response.resources
+            if kind != RDS:
+                self._send(proxy, requests.subscribe(kind + 1))
+            elif proxy.acked == ALL_TYPES:
+                proxy.ready_at = now
+                if tuple(proxy.counts) != self._plan.expected:
+                    proxy.error = f"initial resources {proxy.counts}, expected {list(self._plan.expected)}"
+                    self._tracker.failed.append(proxy.error)
+                self._tracker.on_ready()
+        elif self._tracker.armed and kind == EDS:
+            proxy.changes += 1
+            proxy.change_at = now
+            if response.resources != 1:
+                self._tracker.failed.append(f"change carried {response.resources} resources")
 
 
 # The load process ------------------------------------------------------------------

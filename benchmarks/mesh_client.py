@@ -28,24 +28,19 @@ betterproto2 on real meshcp-shaped resources.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import functools
 import re
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import hpack
 from fanout_client import (
     DELTA_PATH,
     SOTW_PATH,
-    frame,
-    grpc_message,
-    header_block,
+    H2Connection,
     node_field,
     raise_file_limit,
 )
@@ -78,15 +73,6 @@ CDS, EDS, LDS, RDS, SDS = range(5)
 ALL_TYPES = 0b11111
 SHORT = ("cds", "eds", "lds", "rds", "sds")
 _TYPE_INDEX = {url.encode(): index for index, url in enumerate(TYPES)}
-
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
-_PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x6, 0x7, 0x8, 0x9
-_END_STREAM = _ACK = 0x1
-_END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
-_ENABLE_PUSH, _MAX_CONCURRENT_STREAMS, _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE = 0x2, 0x3, 0x4, 0x5
-_MAX_WINDOW = 2**31 - 1
-_REFILL = 2**30
-_FRAME_HEADER = struct.Struct(">HBBBI")
 
 _SECRET_REF = re.compile(rb"\x0a([\x01-\x7f])(?=(?:service-cert|root-cert-for-mtls-(?:inbound|outbound)):)")
 _ROUTE_REF = re.compile(rb"\x12([\x01-\x7f])(?=rds-)")
@@ -346,8 +332,9 @@ class Tracker:
         self.on_ready()
 
 
-class AdsConnection(asyncio.Protocol):
-    """One HTTP/2 connection carrying the ADS streams of many proxies (see fanout_client)."""
+class AdsConnection(H2Connection[Proxy]):
+    """Mesh proxies: subscriptions follow what they hold, as Envoy's do (the transport is
+    fanout_client's)."""
 
     def __init__(
         self,
@@ -358,190 +345,25 @@ class AdsConnection(asyncio.Protocol):
         authority: bytes,
         tracker: Tracker,
     ) -> None:
-        self._proxies = proxies
+        super().__init__(proxies, DELTA_PATH if delta else SOTW_PATH, authority, tracker)
         self._delta = delta
         self._requests = requests
         self._cache = cache
         self._tracker = tracker
-        self._headers = header_block(DELTA_PATH if delta else SOTW_PATH, authority)
-        self._streams: dict[int, Proxy] = {}
-        self._transport: asyncio.Transport | None = None
-        self._pending = b""
-        self._queue: collections.deque[tuple[Proxy, bytes]] = collections.deque()
-        self._send_window = 65_535
-        self._stream_window = 65_535
-        self._max_frame = 16_384
-        self._max_streams = 100
-        self._received = 0
-        self._header_block = b""
-        self._header_stream = 0
-        self._header_end_stream = False
-        self._decoder = hpack.Decoder()
-        self.settings_seen = asyncio.Event()
-        self.closed = asyncio.Event()
-        self.error = ""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        settings = b"".join(
-            struct.pack(">HI", key, value)
-            for key, value in (
-                (_ENABLE_PUSH, 0),
-                (_INITIAL_WINDOW_SIZE, _MAX_WINDOW),
-                (_MAX_FRAME_SIZE, 2**24 - 1),
-            )
-        )
-        transport.write(
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-            + frame(_SETTINGS, 0, 0, settings)
-            + frame(_WINDOW_UPDATE, 0, 0, (_MAX_WINDOW - 65_535).to_bytes(4, "big"))
-        )
+    def _first_request(self, proxy: Proxy) -> bytes:
+        return self._requests.first(proxy.node_id, proxy.cluster)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.error:
-            self.error = f"connection lost: {exc}" if exc else "connection closed"
-        for proxy in self._streams.values():
-            if not proxy.ready_at and not proxy.error:
-                proxy.error = self.error
-                self._tracker.on_failed(self.error)
-        self.closed.set()
-        self.settings_seen.set()
+    def _ready(self, proxy: Proxy) -> bool:
+        return bool(proxy.ready_at)
 
-    def open_streams(self) -> None:
-        if len(self._proxies) > self._max_streams:
-            raise RuntimeError(f"server allows {self._max_streams} streams per connection")
-        out: list[bytes] = []
-        stream_id = 1
-        for proxy in self._proxies:
-            proxy.stream_id = stream_id
-            proxy.window = self._stream_window
-            self._streams[stream_id] = proxy
-            out.append(frame(_HEADERS, _END_HEADERS, stream_id, self._headers))
-            self._queue.append((proxy, grpc_message(self._requests.first(proxy.node_id, proxy.cluster))))
-            stream_id += 2
-        self._flush(out)
-        self._write(out)
+    def _on_bytes(self, count: int) -> None:
+        self._tracker.received_bytes += count
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-    # receiving ---------------------------------------------------------------------------
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._pending + data if self._pending else data
-        size, pos = len(buf), 0
-        out: list[bytes] = []
-        unpack = _FRAME_HEADER.unpack_from
-        while size - pos >= 9:
-            high, low, kind, flags, stream_id = unpack(buf, pos)
-            length = high << 8 | low
-            start = pos + 9
-            end = start + length
-            if end > size:
-                break
-            pos = end
-            stream_id &= 0x7FFFFFFF
-            if kind == _DATA:
-                self._on_data(buf, start, end, flags, stream_id)
-            elif kind in (_HEADERS, _CONTINUATION):
-                self._on_headers(buf[start:end], kind, flags, stream_id)
-            elif kind == _WINDOW_UPDATE:
-                increment = int.from_bytes(buf[start:end], "big") & 0x7FFFFFFF
-                if stream_id == 0:
-                    self._send_window += increment
-                elif (proxy := self._streams.get(stream_id)) is not None:
-                    proxy.window += increment
-            elif kind == _SETTINGS:
-                if not flags & _ACK:
-                    self._on_settings(buf[start:end])
-                    out.append(frame(_SETTINGS, _ACK, 0))
-            elif kind == _PING:
-                if not flags & _ACK:
-                    out.append(frame(_PING, _ACK, 0, buf[start:end]))
-            elif kind == _RST_STREAM:
-                self._fail(stream_id, f"stream reset (error code {int.from_bytes(buf[start:end], 'big')})")
-            elif kind == _GOAWAY:
-                self.error = (
-                    f"GOAWAY {int.from_bytes(buf[start + 4 : start + 8], 'big')}: {buf[start + 8 : end]!r}"
-                )
-        self._pending = buf[pos:]
-        if self._received >= _REFILL:
-            out.append(frame(_WINDOW_UPDATE, 0, 0, self._received.to_bytes(4, "big")))
-            self._received = 0
-        self._flush(out)
-        self._write(out)
-
-    def _on_settings(self, payload: bytes) -> None:
-        for offset in range(0, len(payload), 6):
-            key, value = struct.unpack_from(">HI", payload, offset)
-            if key == _INITIAL_WINDOW_SIZE:
-                delta, self._stream_window = value - self._stream_window, value
-                for proxy in self._streams.values():
-                    proxy.window += delta
-            elif key == _MAX_FRAME_SIZE:
-                self._max_frame = value
-            elif key == _MAX_CONCURRENT_STREAMS:
-                self._max_streams = value
-        if self._max_streams >= len(self._proxies):
-            self.settings_seen.set()
-
-    def _on_headers(self, block: bytes, kind: int, flags: int, stream_id: int) -> None:
-        if kind == _HEADERS:
-            start, end = 0, len(block)
-            if flags & _PADDED:
-                start, end = 1, end - block[0]
-            if flags & _PRIORITY:
-                start += 5
-            self._header_block, self._header_stream = block[start:end], stream_id
-            self._header_end_stream = bool(flags & _END_STREAM)
-        else:
-            self._header_block += block
-        if not flags & _END_HEADERS:
-            return
-        headers = {str(k): str(v) for k, v in self._decoder.decode(self._header_block, raw=False)}
-        if self._header_end_stream:
-            status, message = headers.get("grpc-status", "?"), headers.get("grpc-message", "")
-            self._fail(self._header_stream, f"stream ended: grpc-status {status} {message}")
-
-    def _fail(self, stream_id: int, message: str) -> None:
-        proxy = self._streams.pop(stream_id, None)
-        if proxy is None or proxy.error:
-            return
-        proxy.error = message
-        if not proxy.ready_at:
-            self._tracker.on_failed(message)
-        else:
-            self._tracker.failed.append(message)
-
-    def _on_data(self, buf: bytes, start: int, end: int, flags: int, stream_id: int) -> None:
-        self._received += end - start
-        self._tracker.received_bytes += end - start
-        if flags & _PADDED:
-            end -= buf[start]
-            start += 1
-        proxy = self._streams.get(stream_id)
-        if proxy is None:
-            return
-        if proxy.rx:
-            data, pos = proxy.rx + buf[start:end], 0
-            end = len(data)
-        else:
-            data, pos = buf, start
-        while end - pos >= 5:
-            size = int.from_bytes(data[pos + 1 : pos + 5], "big")
-            if end - pos - 5 < size:
-                break
-            response = parse_response(data, pos + 5, pos + 5 + size, self._delta, self._cache)
-            self._on_response(proxy, response)
-            pos += 5 + size
-        proxy.rx = data[pos:end] if pos < end else b""
+    def _on_message(self, proxy: Proxy, data: bytes, start: int, end: int, now: float) -> None:
+        self._on_response(proxy, parse_response(data, start, end, self._delta, self._cache))
 
     # the proxy's behaviour -----------------------------------------------------------------
-
-    def _send(self, proxy: Proxy, message: bytes) -> None:
-        self._queue.append((proxy, grpc_message(message)))
 
     def _on_response(self, proxy: Proxy, response: Response) -> None:
         kind = response.kind
@@ -626,32 +448,6 @@ class AdsConnection(asyncio.Protocol):
             self._send(proxy, requests.delta_subscribe(kind, names - old, old - names))
         else:
             self._send(proxy, requests.sotw(kind, proxy.version[kind], names, proxy.nonce[kind]))
-
-    # sending -----------------------------------------------------------------------------
-
-    def _flush(self, out: list[bytes]) -> None:
-        queue = self._queue
-        while queue:
-            proxy, data = queue[0]
-            if proxy.error:
-                queue.popleft()
-                continue
-            size = min(len(data), self._send_window, proxy.window)
-            if size <= 0:
-                return
-            chunk = data if size == len(data) else data[:size]
-            for offset in range(0, size, self._max_frame):
-                out.append(frame(_DATA, 0, proxy.stream_id, chunk[offset : offset + self._max_frame]))
-            self._send_window -= size
-            proxy.window -= size
-            if size == len(data):
-                queue.popleft()
-            else:
-                queue[0] = (proxy, data[size:])
-
-    def _write(self, out: list[bytes]) -> None:
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(out))
 
 
 # --- the load process -------------------------------------------------------------------------
