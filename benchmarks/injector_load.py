@@ -29,7 +29,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import platform
 import ssl
 import statistics
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from bench_support import machine
 
 from meshcp.ca_setup import CaSettings
 from meshcp.certs import DirectoryStore, InternalCA
@@ -314,19 +314,6 @@ def median_of(runs: list[Measured]) -> dict[str, float]:
         "cpu_ms": statistics.median(r.cpu_ms_per_admission for r in runs),
         "per_half_cpu": statistics.median(r.per_half_cpu_second for r in runs),
     }
-
-
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    system = f"Linux {platform.release()}, Python {platform.python_version()}"
-    return f"{model or platform.processor()}, {os.cpu_count()} CPUs, {system}"
 
 
 def report(args: argparse.Namespace, results: dict[str, list[Measured]], load_average: float) -> str:

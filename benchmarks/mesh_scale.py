@@ -50,12 +50,10 @@ printed at start and end.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import json
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import signal
@@ -76,6 +74,7 @@ from typing import Any
 
 import mesh_client
 import mesh_manifests as mm
+from bench_support import machine, top_functions
 from mesh_client import LoadSpec
 
 POLL = 0.05
@@ -229,29 +228,6 @@ class Spy:
                 self.process.wait()
             if self.output.exists():
                 print(f"## py-spy, controller, {self.phase}\n{top_functions(self.output)}", file=sys.stderr)
-
-
-def top_functions(path: Path, count: int = 20) -> str:
-    """Share of samples per function in py-spy's raw output: self time, then inclusive."""
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, samples = line.rpartition(" ")
-        n = int(samples)
-        total += n
-        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-    if not total:
-        return "no samples"
-    lines = [f"{total} samples; self:"]
-    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in own.most_common(count)]
-    lines.append("inclusive (below the event loop):")
-    below = [(f, n) for f, n in inclusive.most_common() if n < 0.99 * total]
-    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in below[:count]]
-    return "\n".join(lines)
 
 
 def free_port() -> int:
@@ -757,16 +733,6 @@ def table(summary: dict[str, Any], debounce_ms: int) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def machine() -> str:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
 
 
 @contextlib.contextmanager

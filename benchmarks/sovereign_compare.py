@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import mesh_manifests as mm
+from bench_support import machine
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 from mesh_client import InfoCache, parse_response
-from mesh_scale import CLK_TCK, Controller, export_source, free_port, load_average, machine, percentile
+from mesh_scale import CLK_TCK, Controller, export_source, free_port, load_average, percentile
 
 from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node

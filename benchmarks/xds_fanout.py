@@ -25,11 +25,9 @@ See RESULTS.md for figures and findings.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import multiprocessing
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -42,6 +40,7 @@ from typing import Any
 
 import fanout_client
 import fanout_server
+from bench_support import top_functions
 from fanout_client import LoadSpec, Plan
 from fanout_workload import endpoint_names, route_names
 
@@ -137,28 +136,7 @@ class Sampler:
             self._process.send_signal(signal.SIGINT)
             self._process.communicate(timeout=60)
             self._process = None
-            print(f"## py-spy, server, {self._phase}\n{top_functions(self._output)}", file=sys.stderr)
-
-
-def top_functions(path: Path, count: int = 15) -> str:
-    """Share of samples per function in py-spy's raw output: self time, then inclusive."""
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, samples = line.rpartition(" ")
-        n = int(samples)
-        total += n
-        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-    lines = [f"{total} samples; self:"]
-    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in own.most_common(count)]
-    lines.append("inclusive (below the event loop):")
-    below = [(f, n) for f, n in inclusive.most_common() if n < 0.99 * total]
-    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in below[:count]]
-    return "\n".join(lines)
+            print(f"## py-spy, server, {self._phase}\n{top_functions(self._output, 15)}", file=sys.stderr)
 
 
 def _check(replies: list[dict[str, Any]], what: str) -> None:
