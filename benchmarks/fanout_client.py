@@ -596,17 +596,18 @@ async def _main(control: Connection, spec: LoadSpec) -> None:
     await _LoadProcess(control, spec).main()
 
 
-class _LoadProcess:
-    def __init__(self, control: Connection, spec: LoadSpec) -> None:
+class ControlledLoad:
+    """A load process's life: commands from the parent over a pipe (each handler may be
+    a coroutine), until "stop" closes every connection and reports the CPU it used."""
+
+    def __init__(self, control: Connection) -> None:
         self._control = control
-        self._spec = spec
-        self._proxies = [
-            Proxy(i, f"class-{i % spec.classes}") for i in range(spec.first, spec.first + spec.count)
-        ]
-        self._connections: list[AdsConnection] = []
-        self._tracker = Tracker(pending=spec.count)
+        self._connections: list[H2Connection[Any]] = []
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        raise NotImplementedError
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -622,17 +623,24 @@ class _LoadProcess:
 
     def _on_command(self) -> None:
         command, *args = self._control.recv()
-        handlers: dict[str, Callable[..., Any]] = {
-            "connect": self._connect,
-            "arm": self._arm,
-            "report": self._report,
-            "stop": self._stop.set,
-        }
-        result = handlers[command](*args)
+        result = {**self.handlers(), "stop": self._stop.set}[command](*args)
         if asyncio.iscoroutine(result):
             task = asyncio.ensure_future(result)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+
+class _LoadProcess(ControlledLoad):
+    def __init__(self, control: Connection, spec: LoadSpec) -> None:
+        super().__init__(control)
+        self._spec = spec
+        self._proxies = [
+            Proxy(i, f"class-{i % spec.classes}") for i in range(spec.first, spec.first + spec.count)
+        ]
+        self._tracker = Tracker(pending=spec.count)
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {"connect": self._connect, "arm": self._arm, "report": self._report}
 
     async def _connect(self) -> None:
         spec = self._spec
@@ -647,11 +655,11 @@ class _LoadProcess:
                 _factory(group, spec.plan, requests, authority, self._tracker), spec.host, spec.port
             )
             self._connections.append(connection)
-        for connection in self._connections:
-            await connection.settings_seen.wait()
-            if connection.error:
-                raise RuntimeError(connection.error)
-            connection.open_streams()
+        for opened in self._connections:
+            await opened.settings_seen.wait()
+            if opened.error:
+                raise RuntimeError(opened.error)
+            opened.open_streams()
         await self._tracker.ready.wait()
         ready = [p.ready_at for p in self._proxies if p.ready_at]
         self._control.send(

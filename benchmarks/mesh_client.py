@@ -40,6 +40,7 @@ from typing import Any
 from fanout_client import (
     DELTA_PATH,
     SOTW_PATH,
+    ControlledLoad,
     H2Connection,
     node_field,
     raise_file_limit,
@@ -468,44 +469,22 @@ def run(control: Connection, spec: LoadSpec) -> None:
     asyncio.run(_LoadProcess(control, spec).main())
 
 
-class _LoadProcess:
+class _LoadProcess(ControlledLoad):
     def __init__(self, control: Connection, spec: LoadSpec) -> None:
-        self._control = control
+        super().__init__(control)
         self._spec = spec
         self._proxies = [Proxy(i, node, cluster) for i, (node, cluster) in enumerate(spec.proxies)]
-        self._connections: list[AdsConnection] = []
         self._tracker = Tracker(pending=len(self._proxies))
         self._cache = InfoCache()
-        self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def main(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._control.fileno(), self._on_command)
-        self._control.send({"hello": True})
-        await self._stop.wait()
-        loop.remove_reader(self._control.fileno())
-        for connection in self._connections:
-            connection.close()
-        for connection in self._connections:
-            await connection.closed.wait()
-        self._control.send({"stopped": True, "cpu": time.process_time()})
-
-    def _on_command(self) -> None:
-        command, *args = self._control.recv()
-        handlers: dict[str, Callable[..., Any]] = {
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {
             "connect_to": self._connect_to,
             "connect": self._connect,
             "status": self._status,
             "arm": self._arm,
             "report": self._report,
-            "stop": self._stop.set,
         }
-        result = handlers[command](*args)
-        if asyncio.iscoroutine(result):
-            task = asyncio.ensure_future(result)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     def _connect_to(self, port: int) -> None:
         self._spec = dataclasses.replace(self._spec, port=port)
@@ -525,11 +504,11 @@ class _LoadProcess:
             )
             _, connection = await loop.create_connection(factory, spec.host, spec.port)
             self._connections.append(connection)
-        for connection in self._connections:
-            await connection.settings_seen.wait()
-            if connection.error:
-                raise RuntimeError(connection.error)
-            connection.open_streams()
+        for opened in self._connections:
+            await opened.settings_seen.wait()
+            if opened.error:
+                raise RuntimeError(opened.error)
+            opened.open_streams()
         self._control.send({"connected": time.monotonic()})
 
     def _status(self) -> None:
