@@ -84,7 +84,7 @@ class _Entry:
     #: When this manager got it. CAs back-date `not_before` against clock skew (ours by
     #: 5 minutes, cfssl by an hour): measured from there, a certificate living a few
     #: minutes is due the moment it arrives, and was renewed in a loop.
-    obtained: datetime | None = None
+    obtained: datetime
 
 
 @dataclass(slots=True)
@@ -196,7 +196,7 @@ class CertificateManager(Generic[K]):
         certificate = entry.certificate
         due_at = self._policy.renew_at_for(certificate)
         obtained = entry.obtained
-        if obtained is not None and due_at <= obtained < certificate.not_after:
+        if due_at <= obtained < certificate.not_after:
             # Due on arrival: the back-dating ate the lifetime. Measure from arrival.
             due_at = self._policy.renew_at(obtained, certificate.not_after, _unit_from_serial(certificate))
         return due_at

@@ -264,6 +264,11 @@ def _parse_all(manifests: Sequence[Manifest], problems: list[str]) -> list[MeshO
     return out
 
 
+def mesh_config(manifests: Sequence[Manifest]) -> MeshConfig:
+    """The MeshConfig the manifests declare (the first by name), else the defaults."""
+    return _mesh_config(_parse_all(manifests, []))
+
+
 def _mesh_config(objects: Sequence[MeshObject]) -> MeshConfig:
     found = sorted((o for o in objects if isinstance(o, MeshConfig)), key=lambda config: config.meta.name)
     return found[0] if found else MeshConfig()

@@ -20,7 +20,8 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,16 @@ from meshcp.lab.layout import LabPaths
 from meshcp.lab.manifests import Manifest, ManifestError, expand_deployments, read_directory
 from meshcp.lab.netns_http import connect_in, get, get_json
 from meshcp.lab.network import LabError
-from meshcp.lab.plan import PROXY_USER, Allocation, Container, LabPlan, PlanContext, PlannedPod, plan
+from meshcp.lab.plan import (
+    PROXY_USER,
+    Allocation,
+    Container,
+    LabPlan,
+    PlanContext,
+    PlannedPod,
+    mesh_config,
+    plan,
+)
 
 log = logging.getLogger("meshcp.lab")
 
@@ -56,11 +66,15 @@ class PodRuntime:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(
-        self, group: asyncio.TaskGroup, volume: Callable[[PlannedPod], Any], service_rules: str
+        self,
+        group: asyncio.TaskGroup,
+        volume: Callable[[PlannedPod], Awaitable[None]] | None,
+        service_rules: str,
     ) -> None:
         pod = self.planned
         await network.create_pod(pod.netns, pod.ip, pod.interface)
         if pod.sidecar is not None:
+            assert volume is not None
             await volume(pod)
         else:
             await network.restore_nat(pod.netns, service_rules, flush=True)
@@ -213,13 +227,23 @@ class Lab:
         for runtime in keep.values():
             if runtime.planned.sidecar is None:
                 await network.restore_nat(runtime.planned.netns, new.pod_service_rules, flush=True)
-        results = await asyncio.gather(
-            *(
-                runtime.start(self.group, self._write_volume, new.pod_service_rules)
-                for runtime in started.values()
-            ),
-            return_exceptions=True,
-        )
+        # The CA is opened once for all the sidecars starting now (and anew each apply:
+        # the controller may have rotated its root since).
+        provider = None
+        if any(runtime.planned.sidecar is not None for runtime in started.values()):
+            settings = CaSettings(state_dir=self.paths.controller_state, trust_domain=new.mesh.trust_domain)
+            provider = await open_provider(settings, create=True)
+        try:
+            volume = None
+            if provider is not None:
+                volume = partial(self._write_volume, Issuer(provider), await provider.trust_bundle())
+            results = await asyncio.gather(
+                *(runtime.start(self.group, volume, new.pod_service_rules) for runtime in started.values()),
+                return_exceptions=True,
+            )
+        finally:
+            if provider is not None:
+                await close_provider(provider)
         for result in results:
             if isinstance(result, LabError):
                 problems.append(str(result))
@@ -241,20 +265,12 @@ class Lab:
         temporary.write_text(yaml.safe_dump_all([dict(obj) for obj in new.source], sort_keys=False))
         temporary.replace(target)
 
-    async def _write_volume(self, pod: PlannedPod) -> None:
+    async def _write_volume(self, issuer: Issuer, bundle: str, pod: PlannedPod) -> None:
         """The bootstrap volume the webhook would have put in a Secret: bootstrap, xDS client
         certificate and key (readable by the sidecar's user only), and the trust bundle."""
         sidecar = pod.sidecar
         assert sidecar is not None
-        plan_ = self.plan
-        assert plan_ is not None
-        settings = CaSettings(state_dir=self.paths.controller_state, trust_domain=plan_.mesh.trust_domain)
-        provider = await open_provider(settings, create=True)
-        try:
-            issued = await Issuer(provider).issue(xds_client_request(sidecar.proxy))
-            bundle = await provider.trust_bundle()
-        finally:
-            await close_provider(provider)
+        issued = await issuer.issue(xds_client_request(sidecar.proxy))
         renderer = mutation.BootstrapRenderer(sidecar.template)
         secret = mutation.bootstrap_secret(sidecar.candidate, sidecar.proxy, renderer, issued, bundle)
         directory = Path(sidecar.template.bootstrap_dir)
@@ -479,15 +495,7 @@ async def _bring_up(
     shutil.copy2(envoy, paths.bin / "envoy")
     (paths.bin / "envoy").chmod(0o755)
     manifests, _ = read_directory(directory)
-    trust_domain = "cluster.local"
-    for manifest in manifests:
-        spec = manifest.body.get("spec")
-        if (
-            manifest.kind == "MeshConfig"
-            and isinstance(spec, dict)
-            and isinstance(spec.get("trustDomain"), str)
-        ):
-            trust_domain = spec["trustDomain"]
+    trust_domain = mesh_config(manifests).trust_domain
     provider = await open_provider(CaSettings(state_dir=paths.controller_state, trust_domain=trust_domain))
     await close_provider(provider)
     paths.source.mkdir(parents=True, exist_ok=True)
