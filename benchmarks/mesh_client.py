@@ -61,7 +61,7 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     UpstreamTlsContext,
 )
 from meshcp._proto.google.protobuf import Any as AnyMessage
-from meshcp.cache.wire import length_delimited, varint
+from meshcp.cache.wire import length_delimited, read_varint, varint
 
 TYPES = (
     resource_types.CLUSTER,
@@ -83,30 +83,19 @@ _EDS_TYPE = 3  # Cluster.DiscoveryType.EDS
 # --- protobuf scanning ----------------------------------------------------------------------
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def fields(data: bytes, pos: int = 0, end: int = -1) -> Iterable[tuple[int, int, int, int]]:
     """(field number, wire type, start, end or varint value) of each top-level field."""
     if end < 0:
         end = len(data)
     while pos < end:
-        tag, pos = _varint(data, pos)
+        tag, pos = read_varint(data, pos)
         number, wire = tag >> 3, tag & 7
         if wire == 2:
-            length, pos = _varint(data, pos)
+            length, pos = read_varint(data, pos)
             yield number, wire, pos, pos + length
             pos += length
         elif wire == 0:
-            value, pos = _varint(data, pos)
+            value, pos = read_varint(data, pos)
             yield number, wire, pos, value
         elif wire == 5:
             pos += 4

@@ -23,7 +23,7 @@ from meshcp._proto.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
 from meshcp._proto.google.protobuf import Any
 from meshcp._proto.message_pool import default_message_pool
 from meshcp.cache.resource import ComposedResource, Resource, resource_name
-from meshcp.cache.wire import varint
+from meshcp.cache.wire import read_varint, varint
 
 _MAP, _MESSAGE, _PLAIN = 0, 1, 2
 
@@ -325,36 +325,23 @@ class Template:
         return self.head(len(fields)) + fields + self.tail
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
 def _field_holding(buf: bytes, marker: bytes) -> tuple[int, int, int, int]:
     """(start, end of tag, start of payload, end) of the one length-delimited field of
     message `buf` whose payload contains `marker`."""
     pos = 0
     while pos < len(buf):
         start = pos
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         tag_end = pos
         wire_type = key & 7
         if wire_type == 0:
-            _, pos = _read_varint(buf, pos)
+            _, pos = read_varint(buf, pos)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 5:
             pos += 4
         elif wire_type == 2:
-            length, payload_start = _read_varint(buf, pos)
+            length, payload_start = read_varint(buf, pos)
             pos = payload_start + length
             if pos <= len(buf) and marker in buf[payload_start:pos]:
                 return start, tag_end, payload_start, pos

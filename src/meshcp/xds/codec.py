@@ -9,6 +9,7 @@ from grpclib.encoding.base import CodecBase
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest, DiscoveryRequest
 from meshcp._proto.google.rpc import Status
+from meshcp.cache.wire import read_varint
 
 # The scalar fields of each request kind, by field number (discovery.proto).
 _SOTW = {1: "version_info", 4: "type_url", 5: "response_nonce"}
@@ -36,7 +37,7 @@ class NameCache:
             pos = start
             while pos < end:
                 pos += 1  # the tag (a single byte for fields 3 and 4)
-                length, pos = _varint(data, pos)
+                length, pos = read_varint(data, pos)
                 decoded.append(data[pos : pos + length].decode())
                 pos += length
             if self._bytes + len(key) > self._max_bytes:
@@ -45,17 +46,6 @@ class NameCache:
             found = self._lists[key] = tuple(decoded)
             self._bytes += len(key)
         return list(found)  # the strings are shared; the list is the caller's
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
 
 
 def fast_parse(data: bytes, message_type: Any, cache: NameCache) -> Any:
@@ -82,7 +72,7 @@ def fast_parse(data: bytes, message_type: Any, cache: NameCache) -> Any:
             while run < end and data[run] == tag:
                 length = data[run + 1]
                 if length & 0x80:
-                    length, after = _varint(data, run + 1)
+                    length, after = read_varint(data, run + 1)
                     run = after + length
                 else:
                     run += 2 + length
@@ -96,7 +86,7 @@ def fast_parse(data: bytes, message_type: Any, cache: NameCache) -> Any:
             values[attr] = cache.names(data, pos, run)
             pos = run
             continue
-        length, start = _varint(data, pos + 1)
+        length, start = read_varint(data, pos + 1)
         pos = start + length
         if number in strings:
             values[strings[number]] = data[start:pos].decode()
