@@ -21,6 +21,7 @@ import pytest
 from meshcp.lab import layout
 from meshcp.lab.commands import find_envoy
 from meshcp.lab.network import LabError
+from meshcp.lab.processes import running
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOKSTORE = ROOT / "examples" / "bookstore"
@@ -69,16 +70,6 @@ def lab_leftovers() -> list[str]:
             if b"_supervise" in cmdline and b"lab" in cmdline:
                 found.append(f"supervisor {entry.name}")
     return found
-
-
-def running(pid: int) -> bool:
-    """Whether a process exists and is not a zombie (an orphan of a killed supervisor may
-    wait a while for its new parent to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not stat.rsplit(") ", 1)[1].startswith("Z")
 
 
 def bookstore_copy(target: Path) -> Path:

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from meshcp.lab import layout
-from tests.lab.driver import PROBE, LabDriver, bookstore_copy, lab_leftovers, require_lab, running, wait_for
+from meshcp.lab.processes import running
+from tests.lab.driver import PROBE, LabDriver, bookstore_copy, lab_leftovers, require_lab, wait_for
 
 BOOKSTORE = "http://bookstore.bookstore:14001"
 BUYER = "bookbuyer/bookbuyer-0"

@@ -12,7 +12,8 @@ import pytest
 from meshcp.lab import commands, network
 from meshcp.lab.demo import run_demo
 from meshcp.lab.layout import LabPaths
-from tests.lab.driver import LabDriver, lab_leftovers, require_lab, running, wait_for
+from meshcp.lab.processes import running
+from tests.lab.driver import LabDriver, lab_leftovers, require_lab, wait_for
 
 SMALL = """apiVersion: v1
 kind: Namespace

@@ -265,9 +265,9 @@ def down(paths: LabPaths, out: TextIO = sys.stdout) -> None:
         with contextlib.suppress(LabError):
             request(paths, {"op": "down"}, timeout=10)
         deadline = time.monotonic() + DOWN_TIMEOUT
-        while supervisor_pid(paths) == pid and _alive(pid) and time.monotonic() < deadline:
+        while supervisor_pid(paths) == pid and processes.running(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if processes.running(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     removed = asyncio.run(teardown(paths))
@@ -275,20 +275,6 @@ def down(paths: LabPaths, out: TextIO = sys.stdout) -> None:
         print("lab removed", file=out)
     else:
         print("no lab to remove", file=out)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (the supervisor's parent has not reaped it) is gone for our purposes.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
 
 
 def _tail(path: Path, lines: int = 20) -> str:

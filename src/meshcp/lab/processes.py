@@ -30,6 +30,16 @@ BACKOFF_MAX = 30.0
 STEADY = 10.0
 
 
+def running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie: an orphan of a killed supervisor may
+    wait a while for its new parent to reap it, and is gone for every purpose of ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat.rsplit(") ", 1)[1].startswith("Z")
+
+
 def command_line(netns: str, container: Container) -> list[str]:
     argv = ["ip", "netns", "exec", netns]
     if container.uid != 0 or container.gid != 0:
