@@ -29,7 +29,6 @@ from meshcp.certs.provider import CertificateProvider, CertificateRequest, Issue
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
 from meshcp.http.app import Controller, HttpServer
 from meshcp.metrics import Metrics
-from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshState
 from meshcp.publisher import Publisher
 from meshcp.readiness import Readiness
@@ -356,7 +355,7 @@ class ControllerRuntime:
         """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
         bounds (from the next burst of changes on) and the lifetime of certificates issued
         from now on (those in use are renewed on their own schedule)."""
-        if not any(isinstance(obj, MeshConfig) for obj in state.objects.values()):
+        if not state.mesh_configs:
             return
         mesh = state.mesh_config
         if self.store.debounce != (mesh.debounce_window, mesh.debounce_max):

@@ -119,10 +119,14 @@ class MeshState:
         return self._of(TrafficSplit)
 
     @cached_property
+    def mesh_configs(self) -> tuple[MeshConfig, ...]:
+        """The MeshConfig objects declared, by name."""
+        return self._of(MeshConfig)
+
+    @cached_property
     def mesh_config(self) -> MeshConfig:
         """The MeshConfig object (the first by name if there are several), else defaults."""
-        configs = self._of(MeshConfig)
-        return configs[0] if configs else MeshConfig()
+        return self.mesh_configs[0] if self.mesh_configs else MeshConfig()
 
     @cached_property
     def meshed_namespaces(self) -> frozenset[str]:
