@@ -48,8 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshcp import resource_types
-from meshcp.cache import Encoder, SnapshotCache
+from meshcp.cache import Encoder, SnapshotCache, resource_types
 from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.model.core import EndpointSlice, Namespace, Pod, Service, ServicePort, SliceEndpoint, SlicePort
 from meshcp.model.meshconfig import MESH_LABEL, MeshConfig
@@ -64,8 +63,8 @@ from meshcp.model.smi import (
     TrafficTarget,
 )
 from meshcp.model.state import MeshObject, MeshState
-from meshcp.publisher import ProxyClass, Publisher
-from meshcp.reconcile import Reconciler
+from meshcp.runtime.publish import ProxyClass, Publisher
+from meshcp.runtime.reconcile import Reconciler
 
 PORT = 8080
 ROUTES = "routes"

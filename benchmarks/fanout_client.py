@@ -24,8 +24,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import hpack
 
-from meshcp import resource_types
 from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest, DiscoveryRequest
+from meshcp.cache import resource_types
 from meshcp.cache.wire import length_delimited, varint
 
 SOTW_PATH = b"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"

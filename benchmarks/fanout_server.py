@@ -31,8 +31,8 @@ from prometheus_client import Counter
 
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp.cache import Encoder, SnapshotCache
-from meshcp.metrics import Metrics
-from meshcp.readiness import Readiness
+from meshcp.telemetry.metrics import Metrics
+from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
 from meshcp.xds.server import XdsServer
 from meshcp.xds.service import AggregatedDiscoveryService

@@ -43,9 +43,9 @@ import aiohttp
 from aiohttp import web
 from bench_support import machine
 
-from meshcp.ca_setup import CaSettings
 from meshcp.certs import DirectoryStore, InternalCA
 from meshcp.certs.issuance import xds_server_request
+from meshcp.certs.setup import CaSettings
 from meshcp.injector.server import InjectorSettings, run_injector
 
 REPO = Path(__file__).resolve().parents[1]

@@ -46,7 +46,6 @@ from fanout_client import (
     raise_file_limit,
 )
 
-from meshcp import resource_types
 from meshcp._proto.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterEdsClusterConfig
 from meshcp._proto.envoy.config.core.v3 import TransportSocket
 from meshcp._proto.envoy.config.listener.v3 import Filter, FilterChain, Listener
@@ -61,6 +60,7 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     UpstreamTlsContext,
 )
 from meshcp._proto.google.protobuf import Any as AnyMessage
+from meshcp.cache import resource_types
 from meshcp.cache.wire import length_delimited, read_varint, varint
 
 TYPES = (

@@ -53,9 +53,9 @@ from grpclib.encoding.base import CodecBase
 from mesh_client import InfoCache, parse_response
 from mesh_scale import CLK_TCK, Controller, export_source, free_port, load_average, percentile
 
-from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import DiscoveryRequest
+from meshcp.cache import resource_types
 
 SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 TEMPLATE = '''"""sovereign template: the clusters meshcp compiled for one pod (clusters.json)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from meshcp import resource_types
 from meshcp._proto.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
 from meshcp._proto.envoy.config.core.v3 import Address, SocketAddress
 from meshcp._proto.envoy.config.endpoint.v3 import (
@@ -14,7 +13,7 @@ from meshcp._proto.envoy.config.endpoint.v3 import (
 from meshcp._proto.envoy.config.listener.v3 import Listener
 from meshcp._proto.envoy.config.route.v3 import RouteConfiguration
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret
-from meshcp.cache import Encoder, Resource, Snapshot
+from meshcp.cache import Encoder, Resource, Snapshot, resource_types
 
 
 def cluster(name: str, timeout_ms: int = 0) -> Cluster:

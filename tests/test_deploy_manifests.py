@@ -16,13 +16,13 @@ import pytest
 import yaml
 
 from meshcp import __version__
-from meshcp.cli import _ca_settings, _settings, build_parser
-from meshcp.controller import Address
+from meshcp.cli.main import _ca_settings, _settings, build_parser
 from meshcp.injector import kube
 from meshcp.injector.mutation import SYSTEM_NAMESPACES
 from meshcp.injector.server import DEFAULT_DEADLINE, MUTATE_PATH, InjectorSettings
 from meshcp.model.meshconfig import CERT_PROVIDERS, MESH_LABEL, SIDECAR_LOG_LEVELS, MeshConfig
 from meshcp.model.parse import _MESH_CONFIG_FIELDS, parse_object
+from meshcp.runtime.controller import Address
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE
 

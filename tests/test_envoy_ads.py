@@ -18,9 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meshcp import resource_types
-from meshcp.cache import Encoder, Snapshot
-from meshcp.controller import Address, ControllerRuntime, Settings
+from meshcp.cache import Encoder, Snapshot, resource_types
+from meshcp.runtime.controller import Address, ControllerRuntime, Settings
 from tests.support import eventually
 from tests.support.envoy import EnvoyProcess, ads_bootstrap
 from tests.support.resources import (

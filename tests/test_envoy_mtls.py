@@ -26,14 +26,14 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from meshcp.ca_setup import CaSettings
 from meshcp.cache import Resource
 from meshcp.certs import Identity, InternalCA, IssuedCertificate, ProxyIdentity
 from meshcp.certs import pem as pem_util
 from meshcp.certs.issuance import workload_request, xds_client_request
+from meshcp.certs.setup import CaSettings
 from meshcp.compile import naming
-from meshcp.controller import Address, ControllerRuntime, Settings
-from meshcp.publisher import ProxyClass
+from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.runtime.publish import ProxyClass
 from tests.support import eventually
 from tests.support.envoy import EnvoyProcess, mtls_ads_bootstrap
 from tests.support.mtls import (

@@ -18,14 +18,14 @@ import grpclib.const
 import pytest
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from meshcp import resource_types
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret
-from meshcp.ca_setup import CaSettings
+from meshcp.cache import resource_types
 from meshcp.certs import Identity, InternalCA, IssuedCertificate, ProxyIdentity, pem
 from meshcp.certs.issuance import workload_request, xds_client_request
+from meshcp.certs.setup import CaSettings
 from meshcp.compile import sds as compile_sds
-from meshcp.controller import Address, ControllerRuntime, Settings
-from meshcp.publisher import ProxyClass
+from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.runtime.publish import ProxyClass
 from tests.certs.support import free_port
 from tests.factories import cluster
 from tests.support import eventually

@@ -1,3 +1,3 @@
-from meshcp.cli import main
+from meshcp.cli.main import main
 
 raise SystemExit(main())

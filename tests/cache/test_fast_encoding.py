@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshcp import offline
 from meshcp._proto.envoy.config.cluster.v3 import Cluster
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.config.endpoint.v3 import ClusterLoadAssignment
@@ -32,8 +31,9 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret, Upst
 from meshcp._proto.envoy.service.discovery.v3 import DiscoveryResponse
 from meshcp.cache import Encoder, pack
 from meshcp.cache.encoding import Template, canonical_bytes, digest, message_bytes
-from meshcp.certs.identity import Identity
+from meshcp.cli import offline
 from meshcp.compile import cds, eds, lds, naming, rds
+from meshcp.identity import Identity
 from meshcp.policy.build import build_policies
 from meshcp.policy.types import ServiceKey
 from tests.golden.test_bookstore import EXAMPLE

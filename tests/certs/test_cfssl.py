@@ -21,11 +21,11 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshcp.certs import pem
 from meshcp.certs.external.cfssl import CfsslProvider
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.certs.issuance import workload_request, xds_client_request, xds_server_request
 from meshcp.certs.keys import KeySpec, key_spec_of, load_private_key
 from meshcp.certs.provider import CertificateError
 from meshcp.certs.xds_identity import verify_xds_client
+from meshcp.identity import Identity, ProxyIdentity
 
 from .support import free_port
 

@@ -17,7 +17,6 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from meshcp.certs import ca_persistence, pem
 from meshcp.certs.authority import Root, create_root, cross_sign
 from meshcp.certs.cli_support import ca_show
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import xds_client_request, xds_server_request
 from meshcp.certs.keys import KeySpec, same_public_key
@@ -25,6 +24,7 @@ from meshcp.certs.provider import CertificateError
 from meshcp.certs.root_rotation import Phase
 from meshcp.certs.storage import DirectoryStore, MemoryStore
 from meshcp.certs.xds_identity import RejectReason, XdsClientRejected, verify_xds_client
+from meshcp.identity import Identity, ProxyIdentity
 
 from .support import FakeClock
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshcp.certs.identity import Identity, ProxyIdentity, validate_trust_domain
+from meshcp.identity import Identity, ProxyIdentity, validate_trust_domain
 
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 

@@ -11,11 +11,11 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshcp.certs import pem
 from meshcp.certs.authority import CLOCK_SKEW
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import workload_request, xds_client_request, xds_server_request
 from meshcp.certs.keys import KeySpec, load_private_key, same_public_key
 from meshcp.certs.storage import MemoryStore
+from meshcp.identity import Identity, ProxyIdentity
 
 from .support import FakeClock
 

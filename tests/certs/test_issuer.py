@@ -4,13 +4,13 @@ import asyncio
 
 import pytest
 
-from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import workload_request
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.provider import CertificateError
 from meshcp.certs.rotation import workload_certificates
 from meshcp.certs.singleflight import SingleFlight
+from meshcp.identity import Identity
 
 from .support import CountingProvider, FakeClock, RecordingSleep, wait_until
 

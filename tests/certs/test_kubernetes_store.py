@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from meshcp.ca_setup import CaSettings, close_provider, open_provider
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.kubernetes_store import SecretStore
 from meshcp.certs.provider import CertificateError
+from meshcp.certs.setup import CaSettings, close_provider, open_provider
 
 from .support import FakeClock
 

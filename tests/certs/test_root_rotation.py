@@ -11,13 +11,13 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from meshcp.certs import ca_persistence, pem
 from meshcp.certs.authority import create_root
 from meshcp.certs.cli_support import ca_show
-from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import workload_request
 from meshcp.certs.keys import KeySpec, key_spec_of
 from meshcp.certs.provider import CertificateError, IssuedCertificate
 from meshcp.certs.root_rotation import Phase, root_rotation_due
 from meshcp.certs.storage import DirectoryStore, MemoryStore
+from meshcp.identity import Identity
 
 from .support import FakeClock
 

@@ -5,12 +5,12 @@ from datetime import timedelta
 
 import pytest
 
-from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import workload_request
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.provider import CertificateError, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
+from meshcp.identity import Identity
 
 from .support import START, CountingProvider, FakeClock, RecordingSleep, wait_until
 

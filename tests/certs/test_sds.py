@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from meshcp.certs import pem
-from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import workload_request
 from meshcp.certs.sds import allowed_sans, identity_secrets
+from meshcp.identity import Identity
 
 IDENTITY = Identity("bookstore", "bookstore")
 

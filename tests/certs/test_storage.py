@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from meshcp.certs import ca_persistence
-from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import workload_request
 from meshcp.certs.provider import CertificateError
 from meshcp.certs.storage import DirectoryStore, MemoryStore
+from meshcp.identity import Identity
 
 from .support import FakeClock
 

@@ -4,10 +4,10 @@ import pytest
 
 from meshcp.certs.external.cfssl import CfsslProvider
 from meshcp.certs.external.vault import VaultProvider
-from meshcp.certs.identity import Identity
 from meshcp.certs.issuance import workload_request
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.provider import CertificateError
+from meshcp.identity import Identity
 
 from .support import RecordingSleep, free_port
 

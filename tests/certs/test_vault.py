@@ -11,13 +11,13 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshcp.certs import pem
 from meshcp.certs.external.vault import VaultProvider
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.certs.issuance import workload_request, xds_client_request, xds_server_request
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.keys import load_private_key
 from meshcp.certs.provider import CertificateError
 from meshcp.certs.rotation import workload_certificates
 from meshcp.certs.xds_identity import verify_xds_client
+from meshcp.identity import Identity, ProxyIdentity
 
 from .fake_vault import FakeVault, Role
 from .support import RecordingSleep

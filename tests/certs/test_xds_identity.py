@@ -5,12 +5,12 @@ from datetime import timedelta
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import workload_request, xds_client_request
 from meshcp.certs.provider import IssuedCertificate
 from meshcp.certs.storage import MemoryStore
 from meshcp.certs.xds_identity import RejectReason, XdsClientRejected, verify_xds_client
+from meshcp.identity import Identity, ProxyIdentity
 
 from .support import FakeClock
 

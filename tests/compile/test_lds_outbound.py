@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from meshcp.certs.identity import Identity
 from meshcp.compile import lds, naming
+from meshcp.identity import Identity
 from meshcp.policy.types import ProxyPolicy
 
 

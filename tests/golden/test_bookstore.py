@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from meshcp import offline
 from meshcp.certs import InternalCA, MemoryStore
+from meshcp.cli import offline
 from meshcp.model.state import MeshState
 from meshcp.policy.build import build_policies
 

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from meshcp.ca_setup import CaSettings
 from meshcp.certs import DirectoryStore, InternalCA, ProxyIdentity
 from meshcp.certs.pem import load_certificates
+from meshcp.certs.setup import CaSettings
 from meshcp.injector.kube import KubeCluster
 from meshcp.injector.mutation import ORIGINAL_PROBES_ANNOTATION
 from meshcp.injector.server import MUTATE_PATH, InjectorError, InjectorSettings, run_injector

@@ -16,8 +16,8 @@ from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshObject, MeshState
-from meshcp.publisher import Publisher
-from meshcp.reconcile import Reconciler
+from meshcp.runtime.publish import Publisher
+from meshcp.runtime.reconcile import Reconciler
 from tests.policy.mesh import RULE_BUY, Bookstore, namespace, pod, service, split, target
 
 

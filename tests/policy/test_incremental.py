@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from meshcp import resource_types
-from meshcp.cache import Encoder, Resource, SnapshotCache
+from meshcp.cache import Encoder, Resource, SnapshotCache, resource_types
 from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.model.state import MeshState
-from meshcp.publisher import ProxyClass, Publisher
-from meshcp.reconcile import Reconciler
+from meshcp.runtime.publish import ProxyClass, Publisher
+from meshcp.runtime.reconcile import Reconciler
 from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, split, target
 
 

@@ -3,8 +3,8 @@ may reach; the outbound listener still matches every service, and their routes a
 
 from __future__ import annotations
 
-from meshcp.certs.identity import Identity
 from meshcp.compile import lds, rds
+from meshcp.identity import Identity
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshObject, MeshState
 from meshcp.policy.build import build_policies

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshcp.certs.identity import Identity
+from meshcp.identity import Identity
 from meshcp.model.smi import SplitMatch, TargetRule
 from meshcp.model.state import MeshState
 from meshcp.policy.build import MeshPolicy, build_policies

@@ -20,9 +20,9 @@ import pytest
 from meshcp.model.core import Namespace, ServiceAccount
 from meshcp.model.meta import Meta, ObjectRef, frozen_map
 from meshcp.model.state import Problem
+from meshcp.runtime.store import Store
 from meshcp.sources.events import Delete, Event, Invalid, Resolved, Synced, Upsert
 from meshcp.sources.files import FileSource, SourceError
-from meshcp.store import Store
 
 TIMEOUT = 10.0
 EXAMPLES = Path(__file__).parents[2] / "examples"

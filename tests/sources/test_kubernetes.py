@@ -17,10 +17,11 @@ import pytest
 import yaml
 from kubernetes_asyncio.client import ApiClient, Configuration
 
+from meshcp.kube.client import default_api_client
 from meshcp.model.meta import ObjectRef
 from meshcp.model.parse import parse_object
 from meshcp.sources.events import Delete, Event, Invalid, Resolved, Synced, Upsert
-from meshcp.sources.kubernetes import RESOURCES, KubernetesSource, default_api_client
+from meshcp.sources.kubernetes import RESOURCES, KubernetesSource
 from meshcp.sources.kubernetes_rbac import CLIENT_RULES, RULES, SOURCE_RULES, Rule, render
 from meshcp.sources.kubernetes_watch import Resource, WatchSettings
 from tests.sources.kube_fixtures import NAMESPACES, Emulator, status_410

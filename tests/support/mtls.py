@@ -26,7 +26,6 @@ import grpclib.client
 import grpclib.const
 from aiohttp import web
 
-from meshcp import resource_types
 from meshcp._proto.envoy.config.cluster.v3 import Cluster
 from meshcp._proto.envoy.config.core.v3 import (
     Http1ProtocolOptions,
@@ -62,7 +61,7 @@ from meshcp._proto.envoy.service.discovery.v3 import (
     DiscoveryRequest,
     DiscoveryResponse,
 )
-from meshcp.cache import pack
+from meshcp.cache import pack, resource_types
 from meshcp.certs import Identity, InternalCA, IssuedCertificate, MemoryStore, ProxyIdentity
 from meshcp.xds.service import DELTA_PATH, SOTW_PATH
 from tests.support.envoy import HTTP_PROTOCOL_OPTIONS, EnvoyProcess

@@ -19,8 +19,8 @@ from meshcp._proto.envoy.service.discovery.v3 import (
     DiscoveryRequest,
     DiscoveryResponse,
 )
-from meshcp.controller import Address, ControllerRuntime, Settings
-from meshcp.readiness import Readiness
+from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.auth import PeerCertificate, StreamRejected
 from meshcp.xds.service import DELTA_PATH, SOTW_PATH
 from tests.factories import CDS, EDS, World

@@ -4,7 +4,6 @@ Provider-independent. External CA clients live in `meshcp.certs.external` (the o
 place here that speaks HTTP) and are not imported by this package.
 """
 
-from meshcp.certs.identity import DEFAULT_TRUST_DOMAIN, Identity, ProxyIdentity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.keys import KeySpec
@@ -17,6 +16,7 @@ from meshcp.certs.provider import (
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
 from meshcp.certs.storage import DirectoryStore, MemoryStore, StateStore
 from meshcp.certs.xds_identity import RejectReason, XdsClientRejected, verify_xds_client
+from meshcp.identity import DEFAULT_TRUST_DOMAIN, Identity, ProxyIdentity
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -35,6 +34,7 @@ from meshcp.certs.provider import (
     IssuedCertificate,
     check_matches_request,
 )
+from meshcp.kube.client import describe_api_error
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +205,14 @@ class CertManagerProvider:
             )
         except ApiException as error:
             if error.status != 404:
-                log.warning("cannot delete %s: %s", where, _describe(error))
+                log.warning("cannot delete %s: %s", where, describe_api_error(error))
         except _CONNECTION_ERRORS as error:
             log.warning("cannot delete %s: %r", where, error)
 
     def _api_error(self, what: str, error: ApiException) -> CertificateError:
         status = error.status or 0
         retryable = status >= 500 or status == 429
-        return CertificateError(_NAME, f"{what}: {_describe(error)}", retryable=retryable)
+        return CertificateError(_NAME, f"{what}: {describe_api_error(error)}", retryable=retryable)
 
     def _unreachable(self, what: str, error: BaseException) -> CertificateError:
         host = self._api.configuration.host if self._api is not None else "?"
@@ -265,16 +265,3 @@ def _normalise_ca(ca_pem: str) -> str:
         return pem.to_pem(pem.load_certificates(ca_pem))
     except ValueError as exc:
         raise CertificateError(_NAME, f"unusable CA certificate: {exc}") from None
-
-
-def _describe(error: ApiException) -> str:
-    """`403 Forbidden: ... is forbidden: ...` from the API's Status, when it sent one."""
-    message = ""
-    body = error.body
-    if isinstance(body, str | bytes):
-        try:
-            status = json.loads(body)
-            message = status.get("message", "") if isinstance(status, dict) else ""
-        except ValueError:
-            message = ""
-    return f"{error.status} {error.reason}" + (f": {message}" if message else "")

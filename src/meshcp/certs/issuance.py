@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from datetime import timedelta
 from ipaddress import IPv4Address, IPv6Address
 
-from meshcp.certs.identity import DEFAULT_TRUST_DOMAIN, Identity, ProxyIdentity
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.provider import DEFAULT_WORKLOAD_VALIDITY, CertificateRequest
+from meshcp.identity import DEFAULT_TRUST_DOMAIN, Identity, ProxyIdentity
 
 DEFAULT_XDS_VALIDITY = timedelta(days=365)
 """xDS client certificates sit in a proxy's bootstrap, which is written once when the pod

@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from meshcp.certs.clock import Clock, utc_now
-from meshcp.certs.identity import DEFAULT_TRUST_DOMAIN, Identity
 from meshcp.certs.issuance import workload_request
 from meshcp.certs.issuer import Issuer, Sleep
 from meshcp.certs.keys import KeySpec
@@ -33,6 +32,7 @@ from meshcp.certs.provider import (
     IssuedCertificate,
 )
 from meshcp.certs.singleflight import SingleFlight
+from meshcp.identity import DEFAULT_TRUST_DOMAIN, Identity
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshcp.certs import pem
-from meshcp.certs.identity import DEFAULT_TRUST_DOMAIN, Identity
 from meshcp.certs.provider import IssuedCertificate
+from meshcp.identity import DEFAULT_TRUST_DOMAIN, Identity
 
 
 @dataclass(frozen=True, slots=True)

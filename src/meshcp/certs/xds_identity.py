@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from meshcp.certs import pem
-from meshcp.certs.identity import DEFAULT_TRUST_DOMAIN, ProxyIdentity
+from meshcp.identity import DEFAULT_TRUST_DOMAIN, ProxyIdentity
 
 
 class RejectReason(enum.StrEnum):

@@ -30,9 +30,9 @@ from meshcp._proto.envoy.extensions.upstreams.http.v3 import (
 )
 from meshcp._proto.google.protobuf import Any as AnyMessage
 from meshcp.cache.encoding import pack
-from meshcp.certs.identity import Identity
 from meshcp.compile import naming
 from meshcp.compile.common import ads, sds, tls_socket
+from meshcp.identity import Identity
 from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
 
 CONNECT_TIMEOUT = timedelta(seconds=1)

@@ -17,7 +17,7 @@ from meshcp._proto.envoy.config.rbac.v3 import Principal, PrincipalAuthenticated
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import SdsSecretConfig
 from meshcp._proto.envoy.type.matcher.v3 import StringMatcher
 from meshcp.cache.encoding import pack
-from meshcp.certs.identity import Identity
+from meshcp.identity import Identity
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 

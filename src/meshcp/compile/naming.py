@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshcp.certs.identity import Identity
+from meshcp.identity import Identity
 
 SERVICE_CERT = "service-cert"
 ROOT_OUTBOUND = "root-cert-for-mtls-outbound"

@@ -18,8 +18,8 @@ from meshcp._proto.envoy.config.rbac.v3 import (
 )
 from meshcp._proto.envoy.config.route.v3 import HeaderMatcher
 from meshcp._proto.envoy.type.matcher.v3 import PathMatcher, RegexMatcher, StringMatcher
-from meshcp.certs.identity import Identity
 from meshcp.compile.common import principals
+from meshcp.identity import Identity
 from meshcp.model.smi import HTTPMatch
 from meshcp.policy.types import HttpRule
 

@@ -13,8 +13,8 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     TlsCertificate,
 )
 from meshcp._proto.envoy.type.matcher.v3 import StringMatcher
-from meshcp.certs.identity import Identity
 from meshcp.compile import naming
+from meshcp.identity import Identity
 
 
 def service_cert(identity: Identity, chain_pem: str, private_key_pem: str) -> Secret:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from meshcp.cache.dump import dump
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.inspect_config import dump
-from meshcp.metrics import Metrics
 from meshcp.model.state import Problem
-from meshcp.readiness import Readiness
+from meshcp.telemetry.metrics import Metrics
+from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -8,7 +8,6 @@ request in flight, so a namespace labelled a moment ago is seen as labelled.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -16,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from meshcp.certs.singleflight import SingleFlight
 from meshcp.injector.mutation import NamespaceInfo
+from meshcp.kube.client import describe_api_error, load_configuration
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.parse import InvalidObject, parse_object
 
@@ -55,7 +55,7 @@ class KubeCluster:
         """In-cluster credentials when running in a pod, else `kubeconfig` (or the default
         kubeconfig); `configuration` overrides both (tests point it at a mock API)."""
         if configuration is None:
-            configuration = await load_configuration(kubeconfig)
+            configuration = await load_configuration(None, str(kubeconfig) if kubeconfig else None)
         api = client.ApiClient(configuration)
         try:
             yield cls(api)
@@ -72,7 +72,7 @@ class KubeCluster:
         except ApiException as error:
             if error.status == 404:
                 return None
-            raise ClusterError(f"cannot read namespace {name}: {_describe(error)}") from None
+            raise ClusterError(f"cannot read namespace {name}: {describe_api_error(error)}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise ClusterError(f"cannot read namespace {name}: {error!r}") from None
         metadata = found.metadata
@@ -95,7 +95,7 @@ class KubeCluster:
         except ApiException as error:
             if error.status == 404:
                 return MeshConfig()
-            raise ClusterError(f"cannot read MeshConfig {name}: {_describe(error)}") from None
+            raise ClusterError(f"cannot read MeshConfig {name}: {describe_api_error(error)}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise ClusterError(f"cannot read MeshConfig {name}: {error!r}") from None
         try:
@@ -113,38 +113,8 @@ class KubeCluster:
         try:
             await self._core.create_namespaced_secret(namespace, body, _request_timeout=self._timeout)
         except ApiException as error:
-            raise ClusterError(f"cannot create secret {namespace}/{name}: {_describe(error)}") from None
+            raise ClusterError(
+                f"cannot create secret {namespace}/{name}: {describe_api_error(error)}"
+            ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise ClusterError(f"cannot create secret {namespace}/{name}: {error!r}") from None
-
-
-async def load_configuration(kubeconfig: Path | None) -> client.Configuration:
-    """Credentials for the API: in-cluster when there is no kubeconfig and we run in a pod."""
-    configuration = client.Configuration()
-    try:
-        if kubeconfig is None and _in_cluster():
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            await config.load_kube_config(
-                config_file=str(kubeconfig) if kubeconfig else None, client_configuration=configuration
-            )
-    except (config.ConfigException, OSError) as error:
-        raise ClusterError(f"no Kubernetes credentials: {error}") from None
-    return configuration
-
-
-def _in_cluster() -> bool:
-    return Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
-
-
-def _describe(error: ApiException) -> str:
-    """`403 Forbidden: secrets is forbidden: ...` from the API's Status, when it sent one."""
-    message = ""
-    body = error.body
-    if isinstance(body, str | bytes):
-        try:
-            status = json.loads(body)
-            message = status.get("message", "") if isinstance(status, dict) else ""
-        except ValueError:
-            message = ""
-    return f"{error.status} {error.reason}" + (f": {message}" if message else "")

@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.certs.provider import IssuedCertificate
+from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.meshconfig import MESH_LABEL, MeshConfig
 from meshcp.policy.build import INJECTION_ANNOTATION, PROXY_UUID_LABEL
 from meshcp.sidecar import iptables

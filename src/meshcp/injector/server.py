@@ -32,13 +32,13 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from meshcp.ca_setup import CaSettings, close_provider, open_provider
-from meshcp.certs.identity import ProxyIdentity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.provider import CertificateError, CertificateProvider
+from meshcp.certs.setup import CaSettings, close_provider, open_provider
 from meshcp.certs.storage import DirectoryStore
+from meshcp.identity import ProxyIdentity
 from meshcp.injector.kube import ClusterError, KubeCluster
 from meshcp.injector.mutation import (
     DEFAULT_INIT_IMAGE,
@@ -58,8 +58,8 @@ from meshcp.injector.mutation import (
     pod_creation,
     sidecar_patch,
 )
+from meshcp.kube.client import default_api_client
 from meshcp.model.meshconfig import MeshConfig
-from meshcp.sources.kubernetes import default_api_client
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import jsonpatch
 
-from meshcp.certs.identity import ProxyIdentity
+from meshcp.identity import ProxyIdentity
 from meshcp.injector import mutation
 from meshcp.lab import layout
 from meshcp.lab.manifests import Manifest

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from meshcp.ca_setup import CaSettings, close_provider, open_provider
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.issuer import Issuer
+from meshcp.certs.setup import CaSettings, close_provider, open_provider
 from meshcp.injector import mutation
 from meshcp.lab import layout, network, processes
 from meshcp.lab.layout import LabPaths

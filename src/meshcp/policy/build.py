@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from meshcp.certs.identity import Identity
+from meshcp.identity import Identity
 from meshcp.model.core import ContainerPort, EndpointSlice, Pod, Service, ServicePort
 from meshcp.model.meta import ObjectRef
 from meshcp.model.smi import HTTPMatch, TrafficSplit, TrafficTarget

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshcp.certs.identity import Identity
+from meshcp.identity import Identity
 from meshcp.model.smi import HTTPMatch
 
 #: Every authenticated mesh identity (permissive mode).

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubernetes_asyncio import config
-from kubernetes_asyncio.client import ApiClient, Configuration
-
+from meshcp.kube.client import ApiClientFactory
 from meshcp.model.meta import ObjectRef
 from meshcp.model.parse import InvalidObject, parse_object
 from meshcp.model.state import MeshObject, Problem
@@ -49,21 +46,6 @@ RESOURCES: tuple[Resource, ...] = (
 )
 
 _NAMESPACE = "Namespace"
-
-ApiClientFactory = Callable[[], Awaitable[ApiClient]]
-
-
-async def default_api_client(context: str | None = None, config_file: str | None = None) -> ApiClient:
-    """An API client configured as kubectl would be: in-cluster (the pod's service account)
-    when running in a pod, else the kubeconfig (`config_file`, `$KUBECONFIG` as it is now,
-    or `~/.kube/config`), using `context` or the current context."""
-    configuration = Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        path = config_file or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        await config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
-    return ApiClient(configuration)
 
 
 class KubernetesSource:

@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest
+from meshcp.cache import resource_types
 from meshcp.cache.diff import diff
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import Snapshot

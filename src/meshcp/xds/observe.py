@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from meshcp import resource_types
-from meshcp.metrics import Metrics
+from meshcp.cache import resource_types
+from meshcp.telemetry.metrics import Metrics
 from meshcp.xds.stream import Nack, Outgoing
 
 log = logging.getLogger("meshcp.xds")

@@ -18,7 +18,6 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import (
     DeltaDiscoveryRequest,
@@ -26,10 +25,11 @@ from meshcp._proto.envoy.service.discovery.v3 import (
     DiscoveryRequest,
     DiscoveryResponse,
 )
+from meshcp.cache import resource_types
 from meshcp.cache.snapshot import Snapshot
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.metrics import Metrics
-from meshcp.readiness import Readiness
+from meshcp.telemetry.metrics import Metrics
+from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.auth import (
     Authorizer,
     Classifier,

@@ -20,8 +20,7 @@ import grpclib.client
 import pytest
 from cryptography import x509
 
-from meshcp import resource_types
-from meshcp.ca_setup import CaSettings
+from meshcp.cache import resource_types
 from meshcp.certs import (
     CertificateProvider,
     Identity,
@@ -34,8 +33,9 @@ from meshcp.certs import pem as pem_util
 from meshcp.certs.cli_support import ca_show
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.root_rotation import Phase
-from meshcp.controller import Address, ControllerRuntime, Settings
-from meshcp.publisher import ProxyClass
+from meshcp.certs.setup import CaSettings
+from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.runtime.publish import ProxyClass
 from tests.certs.support import CountingProvider, FakeClock
 from tests.support import eventually
 from tests.support.mtls import (

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from meshcp.certs.identity import Identity
-from meshcp.controller import ControllerRuntime, Settings
+from meshcp.identity import Identity
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshState
-from meshcp.store import Store
+from meshcp.runtime.controller import ControllerRuntime, Settings
+from meshcp.runtime.store import Store
 
 
 def test_store_debounce_can_change_and_is_checked() -> None:

@@ -17,27 +17,28 @@ from pathlib import Path
 from types import TracebackType
 
 from meshcp._proto.envoy.config.core.v3 import Node
-from meshcp.access import claimed_identity, may_receive, verified_identity
-from meshcp.ca_setup import CaSettings, close_provider, open_provider
 from meshcp.cache.encoding import Encoder
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuance import xds_server_request
 from meshcp.certs.issuer import Issuer
 from meshcp.certs.provider import CertificateProvider, CertificateRequest, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
+from meshcp.certs.setup import CaSettings, close_provider, open_provider
 from meshcp.http.app import Controller, HttpServer
-from meshcp.metrics import Metrics
+from meshcp.identity import Identity
+from meshcp.kube.client import ApiClientFactory, default_api_client
 from meshcp.model.state import MeshState
-from meshcp.publisher import Publisher
-from meshcp.readiness import Readiness
-from meshcp.reconcile import Reconciler
+from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
+from meshcp.runtime.publish import Publisher
+from meshcp.runtime.reconcile import Reconciler
+from meshcp.runtime.store import Store
+from meshcp.runtime.trust import TrustCoordinator
 from meshcp.sources.files import FileSource
-from meshcp.sources.kubernetes import ApiClientFactory, KubernetesSource, default_api_client
+from meshcp.sources.kubernetes import KubernetesSource
 from meshcp.sources.kubernetes_events import EventRecorder
-from meshcp.store import Store
-from meshcp.trust import TrustCoordinator
+from meshcp.telemetry.metrics import Metrics
+from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.auth import Authorizer, Classifier, by_node_id
 from meshcp.xds.registry import ConnectedProxies
 from meshcp.xds.server import XdsServer

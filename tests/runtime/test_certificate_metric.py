@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from meshcp.certs.identity import Identity
-from meshcp.controller import ControllerRuntime, Settings
+from meshcp.identity import Identity
+from meshcp.runtime.controller import ControllerRuntime, Settings
 
 GAUGE = "meshcp_workload_certificate_installed_timestamp_seconds"
 WEB, DB = Identity("shop", "web"), Identity("shop", "db")

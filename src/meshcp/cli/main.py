@@ -19,20 +19,21 @@ from typing import Any
 
 import yaml
 
-from meshcp import __version__, offline
-from meshcp.ca_setup import PROVIDERS, CaSettings, close_provider, default_state_dir, open_provider
+from meshcp import __version__
 from meshcp.certs.cli_support import ca_rotate, ca_show
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.provider import CertificateError
-from meshcp.controller import Address, ControllerRuntime, ListenError, Settings
+from meshcp.certs.setup import PROVIDERS, CaSettings, close_provider, default_state_dir, open_provider
+from meshcp.cli import offline
+from meshcp.cli.offline import OfflineError
 from meshcp.injector.server import InjectorError, InjectorSettings, run_injector
+from meshcp.kube.client import default_api_client
 from meshcp.lab import commands as lab
 from meshcp.lab.demo import run_demo
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.network import LabError
-from meshcp.offline import OfflineError
+from meshcp.runtime.controller import Address, ControllerRuntime, ListenError, Settings
 from meshcp.sources.files import SourceError
-from meshcp.sources.kubernetes import default_api_client
 from meshcp.xds.tls import server_context
 
 log = logging.getLogger("meshcp")

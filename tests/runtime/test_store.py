@@ -10,8 +10,8 @@ import pytest
 from meshcp.model.core import ServiceAccount
 from meshcp.model.meta import Meta, ObjectRef, frozen_map
 from meshcp.model.state import MeshState, Problem
+from meshcp.runtime.store import Store
 from meshcp.sources.events import Delete, Invalid, Resolved, Synced, Upsert
-from meshcp.store import Store
 
 WINDOW = 2.0
 MAX_WAIT = 5.0

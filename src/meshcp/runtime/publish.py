@@ -18,12 +18,12 @@ from meshcp.cache.encoding import Encoder
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet, Snapshot
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.certs.identity import Identity
 from meshcp.certs.provider import CertificateError, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager
 from meshcp.compile import sds
+from meshcp.identity import Identity
 
-log = logging.getLogger("meshcp.publisher")
+log = logging.getLogger("meshcp.runtime.publish")
 
 
 @dataclass(frozen=True)

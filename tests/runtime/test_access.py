@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshcp import resource_types
 from meshcp._proto.envoy.config.core.v3 import Node
-from meshcp.access import claimed_identity, may_receive, verified_identity
+from meshcp.cache import resource_types
 from meshcp.certs import Identity, InternalCA, IssuedCertificate, MemoryStore, ProxyIdentity
 from meshcp.certs.clock import utc_now
 from meshcp.certs.issuance import workload_request, xds_client_request
+from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
 from meshcp.xds.auth import Authorizer, StreamRejected
 
 SDS = resource_types.SECRET

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from meshcp import resource_types
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret, SubjectAltNameMatcherSanType
 from meshcp._proto.google.protobuf import Any as AnyMessage
-from meshcp.cache import Encoder, Snapshot, SnapshotCache
+from meshcp.cache import Encoder, Snapshot, SnapshotCache, resource_types
 from meshcp.certs import (
     CertificateError,
     CertificateProvider,
@@ -33,7 +32,7 @@ from meshcp.certs import (
 )
 from meshcp.certs import pem as pem_util
 from meshcp.certs.clock import utc_now
-from meshcp.publisher import ProxyClass, Publisher
+from meshcp.runtime.publish import ProxyClass, Publisher
 from tests.certs.support import CountingProvider, FakeClock, wait_until
 from tests.factories import cluster, listener
 from tests.support import eventually

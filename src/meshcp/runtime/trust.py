@@ -26,19 +26,19 @@ import ssl
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from meshcp import resource_types
+from meshcp.cache import resource_types
 from meshcp.cache.snapshot import Snapshot
 from meshcp.certs.clock import Clock, utc_now
-from meshcp.certs.identity import Identity
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.provider import CertificateError, CertificateProvider, IssuedCertificate
 from meshcp.certs.root_rotation import Phase
 from meshcp.certs.rotation import CertificateManager
-from meshcp.publisher import Publisher
+from meshcp.identity import Identity
+from meshcp.runtime.publish import Publisher
 from meshcp.xds.registry import ConnectedProxies
 from meshcp.xds.tls import reload_server_certificate, server_context_from_pem
 
-log = logging.getLogger("meshcp.trust")
+log = logging.getLogger("meshcp.runtime.trust")
 
 ServerCertificateSource = Callable[[], Awaitable[IssuedCertificate]]
 """Issues the xDS server's certificate (chain including any cross certificates, and key)."""

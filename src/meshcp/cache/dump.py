@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from meshcp import resource_types
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret
 from meshcp._proto.google.protobuf import Any as AnyMessage
+from meshcp.cache import resource_types
 from meshcp.cache.resource import Resource
 
 SECTIONS = {

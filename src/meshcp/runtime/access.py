@@ -8,12 +8,12 @@ from datetime import datetime
 
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp.certs.clock import utc_now
-from meshcp.certs.identity import DEFAULT_TRUST_DOMAIN, ProxyIdentity
 from meshcp.certs.xds_identity import XdsClientRejected, verify_xds_client
 from meshcp.compile.naming import secret_owner
+from meshcp.identity import DEFAULT_TRUST_DOMAIN, ProxyIdentity
 from meshcp.xds.auth import Authorizer, PeerCertificate, StreamRejected
 
-log = logging.getLogger("meshcp.access")
+log = logging.getLogger("meshcp.runtime.access")
 
 
 def verified_identity(

@@ -10,24 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshcp.cache.dump import dump
 from meshcp.cache.encoding import Encoder
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.issuer import Issuer
 from meshcp.certs.provider import CertificateProvider
 from meshcp.certs.rotation import workload_certificates
 from meshcp.compile import naming
-from meshcp.inspect_config import dump
+from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.core import Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
 from meshcp.policy.build import is_meshed, proxy_uuid
-from meshcp.publisher import Publisher
-from meshcp.reconcile import Reconciler
+from meshcp.runtime.publish import Publisher
+from meshcp.runtime.reconcile import Reconciler
+from meshcp.runtime.store import Store
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
 from meshcp.sources.files import FileSource
-from meshcp.store import Store
 
 
 class OfflineError(Exception):

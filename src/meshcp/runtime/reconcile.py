@@ -22,15 +22,15 @@ import betterproto2
 from meshcp.cache.encoding import Encoder, Template
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
-from meshcp.certs.identity import Identity, ProxyIdentity
 from meshcp.compile import cds, eds, lds, rds
-from meshcp.metrics import Metrics
+from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.build import MeshPolicy, build_policies
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
-from meshcp.publisher import ProxyClass, Publisher
+from meshcp.runtime.publish import ProxyClass, Publisher
+from meshcp.telemetry.metrics import Metrics
 
-log = logging.getLogger("meshcp.reconcile")
+log = logging.getLogger("meshcp.runtime.reconcile")
 
 
 @dataclass

@@ -1,0 +1,2 @@
+"""The `meshcp` command line: argument parsing, the commands, and the one-shot offline work
+behind `compile` and `bootstrap`."""

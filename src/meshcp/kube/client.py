@@ -1,0 +1,54 @@
+"""Making a Kubernetes API client, and reading the API's errors.
+
+One place decides where credentials come from, so `serve --source kubernetes`, the CA in a
+Secret, cert-manager and the injector all find the cluster the same way kubectl would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+
+from kubernetes_asyncio import config
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.client.rest import ApiException
+
+#: Makes an API client; whoever calls it closes the client when done.
+ApiClientFactory = Callable[[], Awaitable[ApiClient]]
+
+
+async def load_configuration(context: str | None = None, config_file: str | None = None) -> Configuration:
+    """Credentials as kubectl finds them: an explicit `config_file` first; else in-cluster
+    (the pod's service account) when running in a pod; else `$KUBECONFIG` as it is now, or
+    `~/.kube/config`; `context` or the current context. Raises `config.ConfigException` or
+    `OSError` when there are none."""
+    configuration = Configuration()
+    if config_file is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            pass
+        else:
+            return configuration
+    path = config_file or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    await config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+    return configuration
+
+
+async def default_api_client(context: str | None = None, config_file: str | None = None) -> ApiClient:
+    """An API client configured by `load_configuration`."""
+    return ApiClient(await load_configuration(context, config_file))
+
+
+def describe_api_error(error: ApiException) -> str:
+    """`403 Forbidden: secrets is forbidden: ...` from the API's Status, when it sent one."""
+    message = ""
+    body = error.body
+    if isinstance(body, str | bytes):
+        try:
+            status = json.loads(body)
+            message = status.get("message", "") if isinstance(status, dict) else ""
+        except ValueError:
+            message = ""
+    return f"{error.status} {error.reason}" + (f": {message}" if message else "")
