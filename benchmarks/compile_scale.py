@@ -63,7 +63,8 @@ from meshcp.model.smi import (
     TrafficTarget,
 )
 from meshcp.model.state import MeshObject, MeshState
-from meshcp.runtime.publish import ProxyClass, Publisher
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 
 PORT = 8080

@@ -22,7 +22,7 @@ from meshcp.injector.mutation import SYSTEM_NAMESPACES
 from meshcp.injector.server import DEFAULT_DEADLINE, MUTATE_PATH, InjectorSettings
 from meshcp.model.meshconfig import CERT_PROVIDERS, MESH_LABEL, SIDECAR_LOG_LEVELS, MeshConfig
 from meshcp.model.parse import _MESH_CONFIG_FIELDS, parse_object
-from meshcp.runtime.controller import Address
+from meshcp.runtime.settings import Address
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE
 

@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 
 from meshcp.cache import Encoder, Snapshot, resource_types
-from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Address, Settings
 from tests.support import eventually
 from tests.support.envoy import EnvoyProcess, ads_bootstrap
 from tests.support.resources import (

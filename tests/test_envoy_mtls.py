@@ -32,8 +32,9 @@ from meshcp.certs import pem as pem_util
 from meshcp.certs.issuance import workload_request, xds_client_request
 from meshcp.certs.setup import CaSettings
 from meshcp.compile import naming
-from meshcp.runtime.controller import Address, ControllerRuntime, Settings
-from meshcp.runtime.publish import ProxyClass
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.settings import Address, Settings
 from tests.support import eventually
 from tests.support.envoy import EnvoyProcess, mtls_ads_bootstrap
 from tests.support.mtls import (

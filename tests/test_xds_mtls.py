@@ -24,8 +24,9 @@ from meshcp.certs import Identity, InternalCA, IssuedCertificate, ProxyIdentity,
 from meshcp.certs.issuance import workload_request, xds_client_request
 from meshcp.certs.setup import CaSettings
 from meshcp.compile import sds as compile_sds
-from meshcp.runtime.controller import Address, ControllerRuntime, Settings
-from meshcp.runtime.publish import ProxyClass
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.settings import Address, Settings
 from tests.certs.support import free_port
 from tests.factories import cluster
 from tests.support import eventually

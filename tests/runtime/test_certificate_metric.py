@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from meshcp.identity import Identity
-from meshcp.runtime.controller import ControllerRuntime, Settings
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Settings
 
 GAUGE = "meshcp_workload_certificate_installed_timestamp_seconds"
 WEB, DB = Identity("shop", "web"), Identity("shop", "db")

@@ -9,7 +9,8 @@ import pytest
 from meshcp.identity import Identity
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshState
-from meshcp.runtime.controller import ControllerRuntime, Settings
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Settings
 from meshcp.runtime.store import Store
 
 
@@ -25,14 +26,14 @@ def test_store_debounce_can_change_and_is_checked() -> None:
 async def test_mesh_config_sets_debounce_and_certificate_lifetime() -> None:
     runtime = await ControllerRuntime.open(Settings())
     # Without a MeshConfig object the command line's settings stay.
-    runtime.apply_mesh_config(MeshState())
+    runtime.rounds.apply_mesh_config(MeshState())
     assert runtime.store.debounce == (0.1, 1.0)
-    assert runtime.cert_validity == timedelta(hours=24)
+    assert runtime.rounds.cert_validity == timedelta(hours=24)
 
     config = MeshConfig(debounce_window=0.25, debounce_max=3.0, cert_validity_seconds=3600)
-    runtime.apply_mesh_config(MeshState().with_changes([config]))
+    runtime.rounds.apply_mesh_config(MeshState().with_changes([config]))
     assert runtime.store.debounce == (0.25, 3.0)
-    assert runtime.cert_validity == timedelta(hours=1)
+    assert runtime.rounds.cert_validity == timedelta(hours=1)
     issued = await runtime.certificates.get(Identity("shop", "web"))
     lifetime = issued.certificate.not_valid_after_utc - issued.certificate.not_valid_before_utc
     # Issued for an hour (the CA may back-date the start a little against clock skew).

@@ -32,7 +32,8 @@ from meshcp.certs import (
 )
 from meshcp.certs import pem as pem_util
 from meshcp.certs.clock import utc_now
-from meshcp.runtime.publish import ProxyClass, Publisher
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.publish import Publisher
 from tests.certs.support import CountingProvider, FakeClock, wait_until
 from tests.factories import cluster, listener
 from tests.support import eventually

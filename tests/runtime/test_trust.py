@@ -34,8 +34,9 @@ from meshcp.certs.cli_support import ca_show
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.root_rotation import Phase
 from meshcp.certs.setup import CaSettings
-from meshcp.runtime.controller import Address, ControllerRuntime, Settings
-from meshcp.runtime.publish import ProxyClass
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.settings import Address, Settings
 from tests.certs.support import CountingProvider, FakeClock
 from tests.support import eventually
 from tests.support.mtls import (

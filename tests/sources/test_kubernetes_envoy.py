@@ -17,7 +17,8 @@ from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.core import Pod
 from meshcp.model.parse import parse_object
 from meshcp.policy.build import proxy_uuid
-from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.kubernetes import RESOURCES
 from tests.sources.kube_fixtures import Emulator
 from tests.sources.test_kubernetes import BY_KIND, key, namespace, seed, stored, url_of

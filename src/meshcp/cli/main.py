@@ -32,7 +32,8 @@ from meshcp.lab import commands as lab
 from meshcp.lab.demo import run_demo
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.network import LabError
-from meshcp.runtime.controller import Address, ControllerRuntime, ListenError, Settings
+from meshcp.runtime.controller import ControllerRuntime, ListenError
+from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.files import SourceError
 from meshcp.xds.tls import server_context
 

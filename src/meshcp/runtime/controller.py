@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
-import ssl
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from types import TracebackType
 
-from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp.cache import resource_types
 from meshcp.cache.encoding import Encoder
 from meshcp.cache.snapshot_cache import SnapshotCache
 from meshcp.certs.internal import InternalCA
@@ -24,14 +19,16 @@ from meshcp.certs.issuance import xds_server_request
 from meshcp.certs.issuer import Issuer
 from meshcp.certs.provider import CertificateProvider, CertificateRequest, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
-from meshcp.certs.setup import CaSettings, close_provider, open_provider
+from meshcp.certs.setup import close_provider, open_provider
 from meshcp.http.app import Controller, HttpServer
 from meshcp.identity import Identity
 from meshcp.kube.client import ApiClientFactory, default_api_client
-from meshcp.model.state import MeshState
 from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
+from meshcp.runtime.classify import ProxyClassifier
 from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
+from meshcp.runtime.rounds import MESH, Rounds
+from meshcp.runtime.settings import Address, Settings
 from meshcp.runtime.store import Store
 from meshcp.runtime.trust import TrustCoordinator
 from meshcp.sources.files import FileSource
@@ -45,57 +42,6 @@ from meshcp.xds.server import XdsServer
 from meshcp.xds.service import AggregatedDiscoveryService
 
 log = logging.getLogger("meshcp")
-
-#: Rounds between handing frozen objects back to the cyclic garbage collector.
-THAW_EVERY = 50
-
-
-@dataclass(frozen=True)
-class Address:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        """`host:port` (IPv6 as `[::1]:15128`); raises ValueError with a readable message."""
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{text!r} is not HOST:PORT")
-        return cls(host.strip("[]") or "0.0.0.0", int(port))
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass
-class Settings:
-    """How a controller runs. The defaults suit embedding and tests (plaintext xDS, CA in
-    memory); `meshcp serve` asks for mutual TLS and a state directory."""
-
-    #: gRPC (ADS) listener.
-    xds_address: Address = field(default_factory=lambda: Address("127.0.0.1", 15128))
-    #: HTTP listener for /healthz, /readyz, /metrics and /debug.
-    http_address: Address = field(default_factory=lambda: Address("127.0.0.1", 9091))
-    #: Plaintext xDS with identities taken from node ids: local work only.
-    insecure_xds: bool = True
-    #: TLS of the xDS listener from files; None with `insecure_xds` off: issued by the mesh CA.
-    xds_tls: ssl.SSLContext | None = None
-    #: DNS names and IP addresses proxies dial the controller by (its certificate's SANs).
-    xds_names: tuple[str, ...] = ("localhost", "127.0.0.1")
-    #: New streams served their initial configuration at once (reconnect storms).
-    admission: int = 256
-    ca: CaSettings = field(default_factory=CaSettings)
-    #: Seconds between trust-bundle checks (root rotation progress, `meshcp ca rotate`).
-    trust_interval: float = 1.0
-    #: Directory of manifests to serve (None: snapshots are set by the embedding code).
-    source: Path | None = None
-    #: Watch the Kubernetes API instead (in-cluster, else the kubeconfig below).
-    kubernetes: bool = False
-    kubeconfig: str | None = None
-    kube_context: str | None = None
-    #: Debounce of source changes: quiet window, and the longest a change may wait.
-    debounce_window: float = 0.1
-    debounce_max: float = 1.0
 
 
 class XdsServerCredentials:
@@ -182,8 +128,6 @@ class ControllerRuntime:
             installed(identity)
             await self.publisher.on_rotated(identity, certificate)
 
-        #: Workload certificate lifetime: `--cert-validity`, until a MeshConfig sets one.
-        self.cert_validity = ca.validity
         self.certificates: CertificateManager[Identity] = workload_certificates(
             _WorkloadIssuer(provider, ca.trust_domain, installed),
             ca.trust_domain,
@@ -191,7 +135,7 @@ class ControllerRuntime:
             key_spec=ca.key_spec,
             policy=RenewalPolicy(renew_share=ca.renew_share),
             on_rotated=on_rotated,
-            validity_of=lambda: self.cert_validity,
+            validity_of=lambda: self.rounds.cert_validity,
         )
         self.publisher = Publisher(self.cache, self.encoder, self.certificates, trust_domain=ca.trust_domain)
         self._api_client: ApiClientFactory = partial(
@@ -206,19 +150,19 @@ class ControllerRuntime:
             self.metrics,
             self.events.report if self.events is not None else None,
         )
+        self.classifier = ProxyClassifier(ca.trust_domain)
         if settings.source is not None or settings.kubernetes:
             self.store.expect("kubernetes" if settings.kubernetes else "files")
-            self.readiness.expect("mesh")
+            self.readiness.expect(MESH)
             if classify is by_node_id:
-                classify = self._classify
+                classify = self.classifier
         self.xds_tls = settings.xds_tls
         self.xds_credentials = XdsServerCredentials(self.issuer, provider, settings.xds_names)
         self.trust = TrustCoordinator(
             provider,
-            self.publisher,
             self.certificates,
-            self.proxies,
-            self.cache.get,
+            publish_bundle=self.publisher.set_trust_bundle,
+            lagging=lambda: self.proxies.lagging(resource_types.SECRET, self.cache.get),
             interval=settings.trust_interval,
         )
         if authorize is None:
@@ -238,15 +182,20 @@ class ControllerRuntime:
             admission=settings.admission,
         )
         self.xds = XdsServer(self.service)
+        self.rounds = Rounds(
+            self.store,
+            self.reconciler,
+            self.classifier,
+            self.readiness,
+            reclassify=self.service.reclassify,
+            cert_validity=ca.validity,
+        )
         self.http = HttpServer(
             Controller(
                 self.readiness, self.metrics, self.proxies, self.cache, lambda: self.store.state.problems
             )
         )
         self._background: asyncio.Task[None] | None = None
-
-    def _classify(self, node: Node) -> str:
-        return self.reconciler.classify(node.id, self.settings.ca.trust_domain)
 
     @classmethod
     async def open(
@@ -325,47 +274,10 @@ class ControllerRuntime:
                     ),
                 )
                 tasks.create_task(source.run(), name="kubernetes")
-                tasks.create_task(self._reconcile(), name="reconcile")
+                tasks.create_task(self.rounds.run(), name="reconcile")
             elif settings.source is not None:
                 tasks.create_task(FileSource(settings.source, self.store.apply).run(), name="files")
-                tasks.create_task(self._reconcile(), name="reconcile")
-
-    async def _reconcile(self) -> None:
-        """Compile every settled state; the first one makes the controller ready.
-
-        What a round leaves behind (compiled resources, snapshots, policies) lives long and
-        holds no reference cycles: it is moved out of the cyclic garbage collector's reach
-        (`gc.freeze`), so that a full collection does not walk millions of objects in the
-        middle of a change (py-spy: most of a change's time at 1,000 services went there).
-        Reference counting still frees it; every `THAW_EVERY` rounds it is handed back, so
-        a cycle that slipped in is collected after all.
-        """
-        rounds = 0
-        async for state in self.store.states():
-            self.apply_mesh_config(state)
-            self.reconciler.apply(state)
-            self.service.reclassify()
-            self.readiness.mark_synced("mesh")
-            rounds += 1
-            if rounds % THAW_EVERY:
-                gc.freeze()
-            else:
-                gc.unfreeze()
-
-    def apply_mesh_config(self, state: MeshState) -> None:
-        """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
-        bounds (from the next burst of changes on) and the lifetime of certificates issued
-        from now on (those in use are renewed on their own schedule)."""
-        if not state.mesh_configs:
-            return
-        mesh = state.mesh_config
-        if self.store.debounce != (mesh.debounce_window, mesh.debounce_max):
-            self.store.set_debounce(mesh.debounce_window, mesh.debounce_max)
-            log.info("debounce: %gs quiet window, at most %gs", mesh.debounce_window, mesh.debounce_max)
-        validity = timedelta(seconds=mesh.cert_validity_seconds)
-        if validity != self.cert_validity:
-            self.cert_validity = validity
-            log.info("workload certificates are now issued for %s", validity)
+                tasks.create_task(self.rounds.run(), name="reconcile")
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret
 from meshcp.cache.encoding import Encoder
@@ -22,30 +21,9 @@ from meshcp.certs.provider import CertificateError, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager
 from meshcp.compile import sds
 from meshcp.identity import Identity
+from meshcp.runtime.proxy_class import ProxyClass
 
 log = logging.getLogger("meshcp.runtime.publish")
-
-
-@dataclass(frozen=True)
-class ProxyClass:
-    """Proxies that receive identical configuration: one identity, one set of services."""
-
-    key: str
-    identity: Identity
-    #: The compiled, encoded non-secret configuration (clusters, endpoints, listeners, routes).
-    resources: tuple[Resource, ...] = ()
-    #: Upstream services `(namespace, name)` the class calls, with the identities their
-    #: endpoints may present: each gets a `root-cert-for-mtls-outbound` secret.
-    upstreams: Mapping[tuple[str, str], tuple[Identity, ...]] = field(default_factory=dict)
-    #: More of the configuration, as the shared pieces it was compiled in. Classes that
-    #: share a piece share its `ResourceSet`, so publishing costs O(pieces), not
-    #: O(resources): at a thousand classes that is the difference between milliseconds
-    #: and seconds per change.
-    sets: tuple[ResourceSet, ...] = ()
-
-    def all_resources(self) -> list[Resource]:
-        """`resources` and the members of `sets`: everything but the secrets."""
-        return [*self.resources, *(resource for part in self.sets for resource in part)]
 
 
 class Publisher:

@@ -23,11 +23,12 @@ from meshcp.cache.encoding import Encoder, Template
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
 from meshcp.compile import cds, eds, lds, rds
-from meshcp.identity import Identity, ProxyIdentity
+from meshcp.identity import Identity
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.build import MeshPolicy, build_policies
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
-from meshcp.runtime.publish import ProxyClass, Publisher
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.publish import Publisher
 from meshcp.telemetry.metrics import Metrics
 
 log = logging.getLogger("meshcp.runtime.reconcile")
@@ -131,18 +132,6 @@ class Reconciler:
     @property
     def policy(self) -> MeshPolicy:
         return self._policy
-
-    def classify(self, node_id: str, trust_domain: str = "cluster.local") -> str:
-        """The class of a proxy from its node id (`<uuid>.sidecar.<sa>.<ns>.<td>`); unknown
-        proxies get their node id (nothing is published for it, so they wait)."""
-        try:
-            proxy = ProxyIdentity.parse(node_id, trust_domain)
-        except ValueError:
-            return node_id
-        pod = self._policy.proxies.get(proxy.proxy_uuid)
-        if pod is None:
-            return node_id
-        return self._policy.pod_classes.get(pod, node_id)
 
     def apply(self, state: MeshState) -> list[ProxyClass]:
         """Compile `state` and publish it; returns the classes published."""

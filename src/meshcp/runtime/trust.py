@@ -23,19 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
-from meshcp.cache import resource_types
-from meshcp.cache.snapshot import Snapshot
 from meshcp.certs.clock import Clock, utc_now
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.provider import CertificateError, CertificateProvider, IssuedCertificate
 from meshcp.certs.root_rotation import Phase
 from meshcp.certs.rotation import CertificateManager
 from meshcp.identity import Identity
-from meshcp.runtime.publish import Publisher
-from meshcp.xds.registry import ConnectedProxies
 from meshcp.xds.tls import reload_server_certificate, server_context_from_pem
 
 log = logging.getLogger("meshcp.runtime.trust")
@@ -49,26 +45,27 @@ even if no root changed (as workload certificates are renewed)."""
 
 
 class TrustCoordinator:
-    """Keeps the publisher's trust bundle equal to the CA's, and the xDS listener's trust
-    and certificate in step with the CA's roots."""
+    """Keeps the served trust bundle equal to the CA's, and the xDS listener's trust and
+    certificate in step with the CA's roots."""
 
     def __init__(
         self,
         provider: CertificateProvider,
-        publisher: Publisher,
         certificates: CertificateManager[Identity],
-        proxies: ConnectedProxies,
-        snapshot_of: Callable[[str], Snapshot | None],
         *,
+        publish_bundle: Callable[[str], None],
+        lagging: Callable[[], Sequence[str]],
         interval: float = 1.0,
         auto_rotate: bool = True,
         clock: Clock = utc_now,
     ) -> None:
+        """`publish_bundle` hands a new workload trust bundle to whoever serves it (the
+        publisher); `lagging` names the connected proxies that have not ACKed their current
+        secrets yet (a rotation waits for them)."""
         self._provider = provider
-        self._publisher = publisher
         self._certificates = certificates
-        self._proxies = proxies
-        self._snapshot_of = snapshot_of
+        self._publish_bundle = publish_bundle
+        self._lagging = lagging
         #: The xDS listener's TLS context, which must trust every root proxies present.
         self.listener_tls: ssl.SSLContext | None = None
         self._interval = interval
@@ -94,7 +91,7 @@ class TrustCoordinator:
         xds_bundle = bundle if ca is None else await ca.xds_trust_bundle()
         if bundle != self.bundle:
             self.bundle = bundle
-            self._publisher.set_trust_bundle(bundle)
+            self._publish_bundle(bundle)
             log.info("trust bundle now holds %d root(s)", bundle.count("BEGIN CERTIFICATE"))
         if xds_bundle != self.xds_bundle:
             self.xds_bundle = xds_bundle
@@ -171,7 +168,7 @@ class TrustCoordinator:
         await self.refresh()
         if ca is None or ca.state.phase == Phase.STABLE:
             return
-        lagging = self._proxies.lagging(resource_types.SECRET, self._snapshot_of)
+        lagging = self._lagging()
         if lagging:
             log.debug("root rotation waits for %d proxies: %s", len(lagging), ", ".join(lagging[:5]))
             return

@@ -1,0 +1,57 @@
+"""How one controller runs: its listeners, its CA, its source and its debounce."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshcp.certs.setup import CaSettings
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """`host:port` (IPv6 as `[::1]:15128`); raises ValueError with a readable message."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        return cls(host.strip("[]") or "0.0.0.0", int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass
+class Settings:
+    """How a controller runs. The defaults suit embedding and tests (plaintext xDS, CA in
+    memory); `meshcp serve` asks for mutual TLS and a state directory."""
+
+    #: gRPC (ADS) listener.
+    xds_address: Address = field(default_factory=lambda: Address("127.0.0.1", 15128))
+    #: HTTP listener for /healthz, /readyz, /metrics and /debug.
+    http_address: Address = field(default_factory=lambda: Address("127.0.0.1", 9091))
+    #: Plaintext xDS with identities taken from node ids: local work only.
+    insecure_xds: bool = True
+    #: TLS of the xDS listener from files; None with `insecure_xds` off: issued by the mesh CA.
+    xds_tls: ssl.SSLContext | None = None
+    #: DNS names and IP addresses proxies dial the controller by (its certificate's SANs).
+    xds_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    #: New streams served their initial configuration at once (reconnect storms).
+    admission: int = 256
+    ca: CaSettings = field(default_factory=CaSettings)
+    #: Seconds between trust-bundle checks (root rotation progress, `meshcp ca rotate`).
+    trust_interval: float = 1.0
+    #: Directory of manifests to serve (None: snapshots are set by the embedding code).
+    source: Path | None = None
+    #: Watch the Kubernetes API instead (in-cluster, else the kubeconfig below).
+    kubernetes: bool = False
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    #: Debounce of source changes: quiet window, and the longest a change may wait.
+    debounce_window: float = 0.1
+    debounce_max: float = 1.0
