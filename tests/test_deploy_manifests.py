@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from meshcp import __version__
-from meshcp.cli.main import _ca_settings, _settings, build_parser
+from meshcp.cli.options import ca_settings
+from meshcp.cli.options import controller_settings
+from meshcp.cli.parser import build_parser
 from meshcp.injector import kube
 from meshcp.injector.mutation import SYSTEM_NAMESPACES
 from meshcp.injector.server import DEFAULT_DEADLINE, MUTATE_PATH, InjectorSettings
@@ -266,7 +268,7 @@ def test_controller_arguments_parse_into_a_cluster_controller() -> None:
     deployment = _find("Deployment", "meshcp-controller", file="controller.yaml")
     args = _args(deployment)
     assert args.command == "serve"
-    settings = _settings(args)  # the checks `meshcp serve` makes before it starts
+    settings = controller_settings(args)  # the checks `meshcp serve` makes before it starts
     assert settings.kubernetes and settings.source is None
     assert not settings.insecure_xds
     assert settings.ca.provider == "internal"
@@ -278,7 +280,7 @@ def test_controller_arguments_parse_into_a_cluster_controller() -> None:
 
 def test_controller_service_probes_and_scrape_annotations_match_its_listeners() -> None:
     deployment = _find("Deployment", "meshcp-controller")
-    settings = _settings(_args(deployment))
+    settings = controller_settings(_args(deployment))
     service = _find("Service", "meshcp-controller", file="controller.yaml")
     assert _service_target(service, deployment, "grpc") == (15128, settings.xds_address.port)
     assert _service_target(service, deployment, "http-metrics") == (9091, settings.http_address.port)
@@ -312,9 +314,9 @@ def test_controller_is_bound_to_the_generated_cluster_role() -> None:
 
 def test_injector_arguments_reach_the_controller_and_share_its_ca() -> None:
     injector = _args(_find("Deployment", "meshcp-injector", file="injector.yaml"))
-    controller = _settings(_args(_find("Deployment", "meshcp-controller")))
+    controller = controller_settings(_args(_find("Deployment", "meshcp-controller")))
     assert injector.command == "inject"
-    ca = _ca_settings(injector)  # the checks `meshcp inject` makes before it starts
+    ca = ca_settings(injector)  # the checks `meshcp inject` makes before it starts
     assert ca.provider == controller.ca.provider == "internal"
     assert ca.secret == controller.ca.secret, "injector and controller must share one CA root"
     assert ca.trust_domain == controller.ca.trust_domain

@@ -1,0 +1,135 @@
+"""What each `meshcp` command does, given its parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshcp.certs.setup import CaSettings, close_provider, open_provider
+from meshcp.cli import offline
+from meshcp.cli.options import UsageError, ca_settings
+from meshcp.injector.server import InjectorSettings, run_injector
+from meshcp.kube.client import default_api_client
+from meshcp.lab import commands as lab
+from meshcp.lab.layout import LabPaths
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Address, Settings
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runtime = await ControllerRuntime.open(settings)
+    await runtime.run(stop)
+
+
+async def compile_pod(args: argparse.Namespace) -> None:
+    namespace, name = args.pod
+    state = await offline.load(args.source)
+    provider = await open_provider(CaSettings())
+    compiled = await offline.compile_pod(state, namespace, name, provider)
+    document = {"pod": f"{namespace}/{name}", "class": compiled.class_key, "identity": str(compiled.identity)}
+    document.update(compiled.config)
+    if args.output == "yaml":
+        print(yaml.safe_dump(document, sort_keys=False), end="")
+    else:
+        print(json.dumps(document, indent=2))
+
+
+async def bootstrap(args: argparse.Namespace) -> None:
+    namespace, name = args.pod
+    try:
+        xds = Address.parse(args.xds_address)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    ca = ca_settings(args)
+    state = await offline.load(args.source)
+    provider = await open_provider(ca, partial(default_api_client, args.context, args.kubeconfig))
+    try:
+        proxy = await offline.write_bootstrap(
+            state,
+            namespace,
+            name,
+            provider=provider,
+            xds_host=xds.host,
+            xds_port=xds.port,
+            out=args.out,
+            trust_domain=ca.trust_domain,
+            server_name=args.xds_server_name,
+            delta=args.delta,
+            insecure=args.insecure_xds,
+        )
+    finally:
+        await close_provider(provider)
+    print(f"wrote {args.out}/bootstrap.json for node {proxy.name}")
+
+
+async def inject(args: argparse.Namespace) -> None:
+    try:
+        listen, xds = Address.parse(args.address), Address.parse(args.xds_address)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    settings = InjectorSettings(
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        host=listen.host,
+        port=listen.port,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        xds_host=xds.host,
+        xds_port=xds.port,
+        xds_server_name=args.xds_server_name,
+        xds_trust_bundle=args.xds_trust_bundle,
+        delta_xds=args.delta_xds,
+        mesh_config_name=args.mesh_config,
+        ca=ca_settings(args),
+    )
+    if args.init_image:
+        settings.init_image = args.init_image
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run_injector(settings, stop)
+
+
+def print_ca(report: dict[str, Any], output: str) -> None:
+    if output == "json":
+        print(json.dumps(report, indent=2))
+        return
+    print(f"phase: {report['phase']}")
+    for label, key in (("root", "root"), ("previous root", "previous_root")):
+        root = report.get(key)
+        if root:
+            print(f"{label}:")
+            for field, value in root.items():
+                print(f"  {field}: {value}")
+
+
+def lab_command(args: argparse.Namespace) -> int:
+    paths = LabPaths.default()
+    action = args.lab_command
+    if action == "up":
+        lab.up(args.directory, paths)
+    elif action == "apply":
+        lab.apply(args.directory, paths)
+    elif action == "status":
+        lab.status(paths, args.output)
+    elif action == "exec":
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        lab.exec_in(args.pod, command, paths, args.container)
+    elif action == "logs":
+        lab.logs(args.pod, paths, args.container)
+    elif action == "down":
+        lab.down(paths)
+    elif action == "_supervise":
+        return lab.run_supervisor(args.directory, args.envoy, paths)
+    return 0

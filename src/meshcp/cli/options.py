@@ -1,0 +1,82 @@
+"""From parsed arguments to the settings of a controller and of its CA; bad input is a
+`UsageError` (printed as one line, exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from pathlib import Path
+
+from meshcp.certs.setup import CaSettings
+from meshcp.runtime.settings import Address, Settings
+from meshcp.xds.tls import server_context
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as `meshcp: error: ...`, exit status 2."""
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    files = (args.xds_cert, args.xds_key, args.xds_client_ca)
+    if args.insecure_xds and any(files):
+        raise UsageError("--insecure-xds cannot be combined with --xds-cert/--xds-key/--xds-client-ca")
+    if not any(files):
+        return None
+    if not all(files):
+        raise UsageError("--xds-cert, --xds-key and --xds-client-ca go together")
+    try:
+        return server_context(args.xds_cert, args.xds_key, args.xds_client_ca)
+    except (OSError, ssl.SSLError) as error:
+        raise UsageError(f"cannot load the xDS TLS files: {error}") from None
+
+
+def controller_settings(args: argparse.Namespace) -> Settings:
+    try:
+        xds, http = Address.parse(args.xds_address), Address.parse(args.http_address)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.admission < 1:
+        raise UsageError("--admission must be at least 1")
+    return Settings(
+        xds_address=xds,
+        http_address=http,
+        insecure_xds=args.insecure_xds,
+        xds_tls=_tls(args),
+        xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),
+        admission=args.admission,
+        ca=ca_settings(args),
+        source=None if args.source in (None, "kubernetes") else Path(args.source),
+        kubernetes=args.source == "kubernetes",
+        kubeconfig=args.kubeconfig,
+        kube_context=args.context,
+    )
+
+
+def ca_settings(args: argparse.Namespace) -> CaSettings:
+    if not 0 < args.renew_share < 1:
+        raise UsageError("--renew-share must be between 0 and 1")
+    if args.ca_provider == "cfssl" and not args.cfssl_url:
+        raise UsageError("--cfssl-url is required with --ca-provider cfssl")
+    if args.ca_provider == "vault" and not (args.vault_address and args.vault_token):
+        raise UsageError("--vault-address and a token (--vault-token or VAULT_TOKEN) are required with vault")
+    if args.ca_provider == "cert-manager" and not args.cert_manager_issuer:
+        raise UsageError("--cert-manager-issuer is required with --ca-provider cert-manager")
+    if args.ca_secret and args.ca_secret.count("/") != 1:
+        raise UsageError(f"--ca-secret {args.ca_secret!r} is not NAMESPACE/NAME")
+    return CaSettings(
+        provider=args.ca_provider,
+        state_dir=args.state_dir,
+        key_spec=args.ca_key_type,
+        trust_domain=args.trust_domain,
+        validity=args.cert_validity,
+        renew_share=args.renew_share,
+        cfssl_url=args.cfssl_url,
+        vault_address=args.vault_address,
+        vault_token=args.vault_token,
+        vault_role=args.vault_role,
+        vault_mount=args.vault_mount,
+        secret=args.ca_secret,
+        cert_manager_issuer=args.cert_manager_issuer,
+        cert_manager_issuer_kind=args.cert_manager_issuer_kind,
+        cert_manager_namespace=args.cert_manager_namespace,
+    )

@@ -1,0 +1,185 @@
+"""The `meshcp` argument parser: every command, its options and their value types."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from meshcp import __version__
+from meshcp.certs.keys import KeySpec
+from meshcp.certs.setup import PROVIDERS, default_state_dir
+
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def duration(text: str) -> timedelta:
+    """`30s`, `10m`, `24h` or `7d`."""
+    match = _DURATION.match(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 10m, 24h or 7d")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def key_spec(text: str) -> KeySpec:
+    try:
+        return KeySpec.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshcp", description="A service mesh control plane for Envoy.")
+    parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the controller (ADS server, CA, HTTP endpoint)")
+    serve.add_argument(
+        "--xds-address", default="127.0.0.1:15128", help="gRPC ADS listener (default %(default)s)"
+    )
+    serve.add_argument("--http-address", default="127.0.0.1:9091", help="HTTP listener (default %(default)s)")
+    serve.add_argument("--insecure-xds", action="store_true", help="serve xDS in plaintext (local work only)")
+    serve.add_argument(
+        "--xds-name",
+        action="append",
+        dest="xds_names",
+        metavar="NAME",
+        help="DNS name or IP proxies dial the controller by (repeatable; default localhost and 127.0.0.1)",
+    )
+    serve.add_argument("--xds-cert", type=Path, help="PEM chain of the xDS server (instead of the mesh CA's)")
+    serve.add_argument("--xds-key", type=Path, help="PEM private key for --xds-cert")
+    serve.add_argument(
+        "--xds-client-ca", type=Path, help="PEM bundle that signs proxies' client certificates"
+    )
+    serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
+    serve.add_argument(
+        "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
+    )
+    _add_ca_options(serve)
+
+    compile_ = commands.add_parser("compile", help="print the Envoy config one pod's proxy would receive")
+    compile_.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    compile_.add_argument("--pod", type=_pod, required=True, metavar="NS/NAME")
+    compile_.add_argument("--output", choices=["json", "yaml"], default="json")
+
+    boot = commands.add_parser("bootstrap", help="write one pod's Envoy bootstrap and xDS client certificate")
+    boot.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    boot.add_argument("--pod", type=_pod, required=True, metavar="NS/NAME")
+    boot.add_argument(
+        "--xds-address", default="127.0.0.1:15128", help="where the proxy reaches the controller"
+    )
+    boot.add_argument("--xds-server-name", default="localhost", help="name in the controller's certificate")
+    boot.add_argument("--out", type=Path, required=True, help="directory to write into")
+    boot.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
+    boot.add_argument(
+        "--insecure-xds", action="store_true", help="plaintext xDS (controller runs --insecure-xds)"
+    )
+    _add_ca_options(boot)
+
+    inject = commands.add_parser("inject", help="run the sidecar injector (HTTPS mutating webhook)")
+    inject.add_argument(
+        "--tls-cert", type=Path, required=True, help="PEM chain the webhook serves (reloaded)"
+    )
+    inject.add_argument("--tls-key", type=Path, required=True, help="PEM key for --tls-cert (reloaded)")
+    inject.add_argument("--address", default="0.0.0.0:9090", help="listener (default %(default)s)")
+    inject.add_argument(
+        "--xds-address",
+        default="meshcp-controller.meshcp-system.svc:15128",
+        help="controller, as sidecars dial it",
+    )
+    inject.add_argument("--xds-server-name", default="", help="name on the controller's certificate")
+    inject.add_argument("--xds-trust-bundle", type=Path, help="PEM bundle sidecars trust for the controller")
+    inject.add_argument("--init-image", default=None, help="image of the iptables init container")
+    inject.add_argument("--mesh-config", default="meshcp", help="name of the MeshConfig object")
+    inject.add_argument("--delta-xds", action="store_true", help="sidecars use incremental (delta) ADS")
+    _add_ca_options(inject)
+
+    ca = commands.add_parser("ca", help="inspect or rotate the internal CA")
+    ca_commands = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("show", "print the root certificate (never the key)"),
+        ("rotate", "start a root rotation"),
+    ):
+        action = ca_commands.add_parser(name, help=text)
+        action.add_argument("--state-dir", type=Path, default=default_state_dir(), help="CA state directory")
+        action.add_argument("--output", choices=["text", "json"], default="text")
+    _add_lab(commands)
+    demo = commands.add_parser("demo", help="run the bookstore mesh in a lab, drive traffic, print a report")
+    demo.add_argument(
+        "--source", type=Path, default=Path("examples/bookstore"), help="manifests (%(default)s)"
+    )
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (%(default)s)")
+    return parser
+
+
+def _add_lab(commands: Any) -> None:
+    lab_parser = commands.add_parser(
+        "lab", help="the mesh on this machine: pods as network namespaces (root)"
+    )
+    actions = lab_parser.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="start a lab from a directory of manifests")
+    up.add_argument("directory", type=Path)
+    apply = actions.add_parser("apply", help="apply changed manifests to the running lab")
+    apply.add_argument("directory", type=Path)
+    status = actions.add_parser("status", help="pods, addresses, sidecars and their last xDS ACK")
+    status.add_argument("--output", choices=["text", "json"], default="text")
+    exec_ = actions.add_parser("exec", help="run a command in a pod's network namespace")
+    exec_.add_argument("pod", metavar="NAMESPACE/POD")
+    exec_.add_argument("-c", "--container", help="whose user and environment (default: the first app)")
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+    logs = actions.add_parser("logs", help="a container's output (or `controller`, `supervisor`)")
+    logs.add_argument("pod", metavar="NAMESPACE/POD")
+    logs.add_argument("-c", "--container", help="container name (default: the first app)")
+    actions.add_parser("down", help="stop the lab and remove all it made (also after a crash)")
+    supervise = actions.add_parser("_supervise")
+    supervise.add_argument("directory", type=Path)
+    supervise.add_argument("--envoy", type=Path, required=True)
+
+
+def _pod(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
+    return namespace, name
+
+
+def _add_ca_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("certificates")
+    group.add_argument(
+        "--state-dir", type=Path, default=default_state_dir(), help="internal CA state (%(default)s)"
+    )
+    group.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (%(default)s)")
+    group.add_argument("--ca-provider", choices=PROVIDERS, default="internal", help="who signs (%(default)s)")
+    group.add_argument(
+        "--ca-key-type", type=key_spec, default=KeySpec.ECDSA_P256, help="ecdsa-p256 or rsa-2048/3072/4096"
+    )
+    group.add_argument(
+        "--cert-validity", type=duration, default=timedelta(hours=24), help="workload certificates (24h)"
+    )
+    group.add_argument(
+        "--renew-share", type=float, default=0.3, help="renew below this share of validity (0.3)"
+    )
+    group.add_argument("--cfssl-url", default="", help="cfssl server, e.g. http://127.0.0.1:8888")
+    group.add_argument("--vault-address", default="", help="Vault server, e.g. https://vault:8200")
+    group.add_argument(
+        "--vault-token", default=os.environ.get("VAULT_TOKEN", ""), help="Vault token ($VAULT_TOKEN)"
+    )
+    group.add_argument("--vault-role", default="meshcp", help="Vault PKI role (%(default)s)")
+    group.add_argument("--vault-mount", default="pki", help="Vault PKI mount (%(default)s)")
+    group.add_argument(
+        "--ca-secret", default="", metavar="NS/NAME", help="keep the internal CA in this Secret"
+    )
+    group.add_argument("--cert-manager-issuer", default="", help="cert-manager issuer name")
+    group.add_argument("--cert-manager-issuer-kind", default="Issuer", help="Issuer or ClusterIssuer")
+    group.add_argument(
+        "--cert-manager-namespace", default="meshcp-system", help="where CertificateRequests go"
+    )
+    group.add_argument(
+        "--kubeconfig", help="Kubernetes access outside a pod (default: in-cluster, ~/.kube/config)"
+    )
+    group.add_argument("--context", help="kubeconfig context (default: the current one)")
