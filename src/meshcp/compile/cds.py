@@ -8,7 +8,6 @@ application, the egress passthrough cluster, and the cluster of Envoy's own metr
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
 
 from meshcp._proto.envoy.config.cluster.v3 import (
     Cluster,
@@ -16,28 +15,13 @@ from meshcp._proto.envoy.config.cluster.v3 import (
     ClusterEdsClusterConfig,
     ClusterLbPolicy,
 )
-from meshcp._proto.envoy.config.core.v3 import Address, Http2ProtocolOptions, SocketAddress
-from meshcp._proto.envoy.config.endpoint.v3 import (
-    ClusterLoadAssignment,
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
-)
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsContext, UpstreamTlsContext
-from meshcp._proto.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptions,
-    HttpProtocolOptionsExplicitHttpConfig,
-)
-from meshcp._proto.google.protobuf import Any as AnyMessage
-from meshcp.cache.encoding import pack
 from meshcp.compile import naming
-from meshcp.compile.common import ads, sds, tls_socket
+from meshcp.compile.common import sds
 from meshcp.identity import Identity
 from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
-
-CONNECT_TIMEOUT = timedelta(seconds=1)
-HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
+from meshcp.sidecar.envoy_parts import CONNECT_TIMEOUT, LOOPBACK, ads, http2_only, static_cluster, tls_socket
+from meshcp.sidecar.ports import ADMIN_PORT
 
 #: The client certificate secret name in an upstream cluster template: no identity's name
 #: contains a NUL, so it occurs nowhere else in the encoding.
@@ -85,52 +69,16 @@ def _upstream_cluster(client_secret: str, service: ServiceKey, port: int, http2:
         ),
     )
     if http2:  # gRPC needs HTTP/2 end to end
-        cluster.typed_extension_protocol_options = _http2_only()
+        cluster.typed_extension_protocol_options = http2_only()
     return cluster
-
-
-def _http2_only() -> dict[str, AnyMessage]:
-    options = HttpProtocolOptions(
-        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http2_protocol_options=Http2ProtocolOptions()
-        )
-    )
-    return {HTTP_OPTIONS: pack(options)}
-
-
-def _static(name: str, address: str, port: int) -> Cluster:
-    return Cluster(
-        name=name,
-        type=ClusterDiscoveryType.STATIC,
-        connect_timeout=CONNECT_TIMEOUT,
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                LocalityLbEndpoints(
-                    lb_endpoints=[
-                        LbEndpoint(
-                            endpoint=Endpoint(
-                                address=Address(
-                                    socket_address=SocketAddress(address=address, port_value=port)
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
 
 
 def local_cluster(port: InboundPort) -> Cluster:
     """The application behind this sidecar, on loopback at its target port."""
-    cluster = _static(
-        naming.local_cluster(port.service.namespace, port.service.name, port.port),
-        "127.0.0.1",
-        port.target_port,
-    )
+    name = naming.local_cluster(port.service.namespace, port.service.name, port.port)
+    cluster = static_cluster(name, LOOPBACK, port.target_port)
     if port.protocol == "grpc":
-        cluster.typed_extension_protocol_options = _http2_only()
+        cluster.typed_extension_protocol_options = http2_only()
     return cluster
 
 
@@ -145,7 +93,8 @@ def passthrough_cluster() -> Cluster:
 
 
 def metrics_cluster() -> Cluster:
-    return _static(naming.METRICS_CLUSTER, "127.0.0.1", naming.ADMIN_PORT)
+    """Envoy's own admin API, for the Prometheus listener's one route."""
+    return static_cluster(naming.METRICS_CLUSTER, LOOPBACK, ADMIN_PORT)
 
 
 def upstream_clusters(policy: ProxyPolicy) -> list[Cluster]:

@@ -10,9 +10,7 @@ RBAC, TCP via network RBAC. Prometheus (15010): Envoy's own stats.
 
 from __future__ import annotations
 
-import betterproto2
-
-from meshcp._proto.envoy.config.core.v3 import Address, CidrRange, SocketAddress, TrafficDirection
+from meshcp._proto.envoy.config.core.v3 import CidrRange, TrafficDirection
 from meshcp._proto.envoy.config.listener.v3 import (
     Filter,
     FilterChain,
@@ -21,15 +19,8 @@ from meshcp._proto.envoy.config.listener.v3 import (
     ListenerFilter,
 )
 from meshcp._proto.envoy.config.rbac.v3 import Rbac, RbacAction
-from meshcp._proto.envoy.config.route.v3 import (
-    Route,
-    RouteAction,
-    RouteConfiguration,
-    RouteMatch,
-    VirtualHost,
-)
+from meshcp._proto.envoy.config.route.v3 import Route, RouteAction, RouteMatch
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
-from meshcp._proto.envoy.extensions.filters.http.router.v3 import Router
 from meshcp._proto.envoy.extensions.filters.listener.original_dst.v3 import OriginalDst
 from meshcp._proto.envoy.extensions.filters.listener.tls_inspector.v3 import TlsInspector
 from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -47,23 +38,25 @@ from meshcp._proto.envoy.extensions.filters.network.tcp_proxy.v3 import (
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsContext, DownstreamTlsContext
 from meshcp.cache.encoding import pack
 from meshcp.compile import naming
-from meshcp.compile.common import ads, sds, tls_socket
+from meshcp.compile.common import sds
 from meshcp.compile.rbac import tcp_rbac
 from meshcp.policy.types import InboundPort, ProxyPolicy, Upstream
+from meshcp.sidecar.envoy_parts import (
+    ANY_ADDRESS,
+    HCM,
+    TCP_PROXY,
+    ads,
+    network_filter,
+    plaintext_listener,
+    router_filter,
+    socket_address,
+    static_http_manager,
+    tls_socket,
+)
+from meshcp.sidecar.ports import INBOUND_PORT, OUTBOUND_PORT, PROMETHEUS_PORT
 
-HCM = "envoy.filters.network.http_connection_manager"
-TCP_PROXY = "envoy.filters.network.tcp_proxy"
 NETWORK_RBAC = "envoy.filters.network.rbac"
 HTTP_RBAC = "envoy.filters.http.rbac"
-ROUTER = "envoy.filters.http.router"
-
-
-def _address(port: int, host: str = "0.0.0.0") -> Address:
-    return Address(socket_address=SocketAddress(address=host, port_value=port))
-
-
-def _filter(name: str, message: betterproto2.Message) -> Filter:
-    return Filter(name=name, typed_config=pack(message))
 
 
 def _hcm(stat_prefix: str, route_config_name: str, *, rbac: bool) -> Filter:
@@ -72,8 +65,8 @@ def _hcm(stat_prefix: str, route_config_name: str, *, rbac: bool) -> Filter:
         http_filters.append(
             HttpFilter(name=HTTP_RBAC, typed_config=pack(HttpRbac(rules=Rbac(action=RbacAction.ALLOW))))
         )
-    http_filters.append(HttpFilter(name=ROUTER, typed_config=pack(Router())))
-    return _filter(
+    http_filters.append(router_filter())
+    return network_filter(
         HCM,
         HttpConnectionManager(
             stat_prefix=stat_prefix,
@@ -91,7 +84,7 @@ def _hcm(stat_prefix: str, route_config_name: str, *, rbac: bool) -> Filter:
 def _tcp_proxy(stat_prefix: str, upstream: Upstream) -> Filter:
     split = upstream.split
     if split is not None:
-        return _filter(
+        return network_filter(
             TCP_PROXY,
             TcpProxy(
                 stat_prefix=stat_prefix,
@@ -106,7 +99,7 @@ def _tcp_proxy(stat_prefix: str, upstream: Upstream) -> Filter:
             ),
         )
     service = upstream.service
-    return _filter(
+    return network_filter(
         TCP_PROXY,
         TcpProxy(
             stat_prefix=stat_prefix, cluster=naming.cluster(service.namespace, service.name, upstream.port)
@@ -141,7 +134,9 @@ def outbound_listener(policy: ProxyPolicy) -> Listener:
         default = FilterChain(
             name="outbound:passthrough",
             filters=[
-                _filter(TCP_PROXY, TcpProxy(stat_prefix="passthrough", cluster=naming.PASSTHROUGH_CLUSTER))
+                network_filter(
+                    TCP_PROXY, TcpProxy(stat_prefix="passthrough", cluster=naming.PASSTHROUGH_CLUSTER)
+                )
             ],
         )
     elif not chains:
@@ -152,18 +147,18 @@ def outbound_listener(policy: ProxyPolicy) -> Listener:
         default = FilterChain(
             name="outbound:denied",
             filters=[
-                _filter(
+                network_filter(
                     NETWORK_RBAC,
                     NetworkRbac(stat_prefix="outbound.denied.", rules=Rbac(action=RbacAction.ALLOW)),
                 ),
-                _filter(
+                network_filter(
                     TCP_PROXY, TcpProxy(stat_prefix="outbound.denied", cluster=naming.PASSTHROUGH_CLUSTER)
                 ),
             ],
         )
     return Listener(
         name=naming.OUTBOUND_LISTENER,
-        address=_address(naming.OUTBOUND_PORT),
+        address=socket_address(ANY_ADDRESS, OUTBOUND_PORT),
         traffic_direction=TrafficDirection.OUTBOUND,
         listener_filters=[
             ListenerFilter(name="envoy.filters.listener.original_dst", typed_config=pack(OriginalDst()))
@@ -189,8 +184,8 @@ def _inbound_chain(port: InboundPort, policy: ProxyPolicy) -> FilterChain:
     else:
         rules = tcp_rbac(port.tcp_sources, port.any_source, policy.trust_domain)
         filters = [
-            _filter(NETWORK_RBAC, NetworkRbac(stat_prefix=f"inbound.{name}.", rules=rules)),
-            _filter(TCP_PROXY, TcpProxy(stat_prefix=f"inbound.{name}", cluster=name)),
+            network_filter(NETWORK_RBAC, NetworkRbac(stat_prefix=f"inbound.{name}.", rules=rules)),
+            network_filter(TCP_PROXY, TcpProxy(stat_prefix=f"inbound.{name}", cluster=name)),
         ]
     return FilterChain(
         name=f"inbound:{name}",
@@ -207,7 +202,7 @@ def _inbound_chain(port: InboundPort, policy: ProxyPolicy) -> FilterChain:
 def inbound_listener(policy: ProxyPolicy) -> Listener:
     return Listener(
         name=naming.INBOUND_LISTENER,
-        address=_address(naming.INBOUND_PORT),
+        address=socket_address(ANY_ADDRESS, INBOUND_PORT),
         traffic_direction=TrafficDirection.INBOUND,
         listener_filters=[
             ListenerFilter(name="envoy.filters.listener.original_dst", typed_config=pack(OriginalDst())),
@@ -218,34 +213,12 @@ def inbound_listener(policy: ProxyPolicy) -> Listener:
 
 
 def prometheus_listener() -> Listener:
-    """Envoy's stats in Prometheus format on 15010, without exposing the admin API."""
-    routes = RouteConfiguration(
-        name="prometheus",
-        virtual_hosts=[
-            VirtualHost(
-                name="prometheus",
-                domains=["*"],
-                routes=[
-                    Route(
-                        match=RouteMatch(path="/stats/prometheus"),
-                        route=RouteAction(cluster=naming.METRICS_CLUSTER),
-                    )
-                ],
-            )
-        ],
+    """Envoy's stats in Prometheus format, without exposing the admin API."""
+    route = Route(
+        match=RouteMatch(path="/stats/prometheus"), route=RouteAction(cluster=naming.METRICS_CLUSTER)
     )
-    manager = HttpConnectionManager(
-        stat_prefix="prometheus",
-        codec_type=HttpConnectionManagerCodecType.AUTO,
-        route_config=routes,
-        http_filters=[HttpFilter(name=ROUTER, typed_config=pack(Router()))],
-    )
-    return Listener(
-        name=naming.PROMETHEUS_LISTENER,
-        address=_address(naming.PROMETHEUS_PORT),
-        traffic_direction=TrafficDirection.INBOUND,
-        filter_chains=[FilterChain(filters=[_filter(HCM, manager)])],
-    )
+    manager = static_http_manager("prometheus", [route])
+    return plaintext_listener(naming.PROMETHEUS_LISTENER, PROMETHEUS_PORT, network_filter(HCM, manager))
 
 
 def listeners(policy: ProxyPolicy) -> list[Listener]:

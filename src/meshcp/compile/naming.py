@@ -44,10 +44,6 @@ INBOUND_LISTENER = "inbound-listener"
 PROMETHEUS_LISTENER = "inbound-prometheus-listener"
 PASSTHROUGH_CLUSTER = "passthrough-outbound"
 METRICS_CLUSTER = "envoy-metrics-cluster"
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15003
-PROMETHEUS_PORT = 15010
-ADMIN_PORT = 15000
 CLUSTER_DOMAIN = "cluster.local"
 
 
@@ -57,15 +53,20 @@ def cluster(namespace: str, service: str, port: int) -> str:
 
 
 def local_cluster(namespace: str, service: str, port: int) -> str:
-    """`<ns>/<svc>|<port>|local`: the application behind this sidecar."""
-    return f"{namespace}/{service}|{port}|local"
+    """`<ns>/<svc>|<port>|local`: the application behind this sidecar. It differs from the
+    upstream cluster of the same port only by the suffix, as in OSM."""
+    return f"{cluster(namespace, service, port)}|local"
 
 
 def outbound_routes(port: int) -> str:
+    """`rds-outbound.<port>`: the routes of every upstream HTTP service on that port, a
+    virtual host each. The HTTP chains of the port share it; the Host header picks."""
     return f"rds-outbound.{port}"
 
 
 def inbound_routes(port: int) -> str:
+    """`rds-inbound.<port>`: the routes, with their RBAC, of every local HTTP service on
+    that port, a virtual host each."""
     return f"rds-inbound.{port}"
 
 

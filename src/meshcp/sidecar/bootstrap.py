@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from meshcp._proto.envoy.config.bootstrap.v3 import (
     Admin,
@@ -15,25 +14,13 @@ from meshcp._proto.envoy.config.bootstrap.v3 import (
 )
 from meshcp._proto.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
 from meshcp._proto.envoy.config.core.v3 import (
-    Address,
-    AggregatedConfigSource,
     ApiConfigSource,
     ApiConfigSourceApiType,
     ApiVersion,
-    ConfigSource,
     DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
-    Http2ProtocolOptions,
     Node,
-    SocketAddress,
-    TransportSocket,
-)
-from meshcp._proto.envoy.config.endpoint.v3 import (
-    ClusterLoadAssignment,
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
 )
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
@@ -41,17 +28,13 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     TlsCertificate,
     UpstreamTlsContext,
 )
-from meshcp._proto.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptions,
-    HttpProtocolOptionsExplicitHttpConfig,
-)
-from meshcp.cache.encoding import pack
+from meshcp.sidecar.envoy_parts import LOOPBACK, ads, http2_only, socket_address, static_cluster, tls_socket
 
-if TYPE_CHECKING:  # at run time: probes -> iptables -> bootstrap would be a cycle
-    from meshcp.sidecar.probes import ProbeResources
+# Also re-exported: lab.demo reads it here until it imports meshcp.sidecar.ports.
+from meshcp.sidecar.ports import ADMIN_PORT as ADMIN_PORT  # noqa: PLC0414
+from meshcp.sidecar.probes import ProbeResources
 
 CONTROLLER_CLUSTER = "meshcp-controller"
-ADMIN_PORT = 15000
 
 
 @dataclass(frozen=True)
@@ -73,7 +56,7 @@ def bootstrap(
     *,
     tls: XdsTls | None,
     delta: bool = False,
-    admin_address: str = "127.0.0.1",
+    admin_address: str = LOOPBACK,
     admin_port: int = ADMIN_PORT,
     probes: ProbeResources | None = None,
 ) -> Bootstrap:
@@ -81,15 +64,12 @@ def bootstrap(
     static listeners and clusters serving the pod's rewritten probes
     (`sidecar.probes.probe_resources` of the injector's original-probes annotation).
 
-    The node is sent only on the first request of the stream: decoding it on every ACK
-    costs the controller ~50 µs each (../shared/DEPENDENCY-FACTS.md).
+    The node is sent only on the first request of the stream: the controller would
+    otherwise decode it again with every ACK, and it never changes within a stream.
     """
-    ads = ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
     return Bootstrap(
         node=Node(id=node_id, cluster=cluster),
-        admin=Admin(
-            address=Address(socket_address=SocketAddress(address=admin_address, port_value=admin_port))
-        ),
+        admin=Admin(address=socket_address(admin_address, admin_port)),
         dynamic_resources=BootstrapDynamicResources(
             ads_config=ApiConfigSource(
                 api_type=ApiConfigSourceApiType.DELTA_GRPC if delta else ApiConfigSourceApiType.GRPC,
@@ -97,8 +77,8 @@ def bootstrap(
                 set_node_on_first_message_only=True,
                 grpc_services=[GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=CONTROLLER_CLUSTER))],
             ),
-            cds_config=ads,
-            lds_config=ads,
+            cds_config=ads(),
+            lds_config=ads(),
         ),
         static_resources=BootstrapStaticResources(
             listeners=list(probes.listeners) if probes else [],
@@ -108,39 +88,14 @@ def bootstrap(
 
 
 def _controller(host: str, port: int, tls: XdsTls | None) -> Cluster:
+    """The controller over HTTP/2 (gRPC), at an IP address or a name Envoy resolves."""
     try:
         ipaddress.ip_address(host)
         kind = ClusterDiscoveryType.STATIC
     except ValueError:
         kind = ClusterDiscoveryType.STRICT_DNS
-    cluster = Cluster(
-        name=CONTROLLER_CLUSTER,
-        type=kind,
-        connect_timeout=timedelta(seconds=1),
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=CONTROLLER_CLUSTER,
-            endpoints=[
-                LocalityLbEndpoints(
-                    lb_endpoints=[
-                        LbEndpoint(
-                            endpoint=Endpoint(
-                                address=Address(socket_address=SocketAddress(address=host, port_value=port))
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-        typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(
-                HttpProtocolOptions(
-                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                        http2_protocol_options=Http2ProtocolOptions()
-                    )
-                )
-            )
-        },
-    )
+    cluster = static_cluster(CONTROLLER_CLUSTER, host, port, kind)
+    cluster.typed_extension_protocol_options = http2_only()
     if tls is not None:
         context = UpstreamTlsContext(
             common_tls_context=CommonTlsContext(
@@ -157,9 +112,7 @@ def _controller(host: str, port: int, tls: XdsTls | None) -> Cluster:
             ),
             sni=tls.server_name,
         )
-        cluster.transport_socket = TransportSocket(
-            name="envoy.transport_sockets.tls", typed_config=pack(context)
-        )
+        cluster.transport_socket = tls_socket(context)
     return cluster
 
 

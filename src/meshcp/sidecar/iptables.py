@@ -29,15 +29,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from meshcp.model.meshconfig import MeshConfig
-from meshcp.sidecar.bootstrap import ADMIN_PORT
+from meshcp.sidecar.ports import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT
 
-#: Envoy runs as this UID; the rules recognise its traffic by it.
-PROXY_UID = 1500
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15003
-PROMETHEUS_PORT = 15010
-#: Where kubelet's probes are sent once the injector has rewritten them.
-PROBE_PORTS = {"liveness": 15901, "readiness": 15902, "startup": 15903}
+# Also re-exported: injector.mutation and its tests read them here until they import
+# meshcp.sidecar.ports. Then these become plain imports.
+from meshcp.sidecar.ports import PROBE_PORTS as PROBE_PORTS  # noqa: PLC0414
+from meshcp.sidecar.ports import PROMETHEUS_PORT as PROMETHEUS_PORT  # noqa: PLC0414
+from meshcp.sidecar.ports import PROXY_UID as PROXY_UID  # noqa: PLC0414
 
 OUTBOUND_PORT_EXCLUSIONS = "meshcp.dev/outbound-port-exclusion-list"
 INBOUND_PORT_EXCLUSIONS = "meshcp.dev/inbound-port-exclusion-list"

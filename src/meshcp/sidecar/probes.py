@@ -20,45 +20,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from meshcp._proto.envoy.config.bootstrap.v3 import BootstrapStaticResources
-from meshcp._proto.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
-from meshcp._proto.envoy.config.core.v3 import Address, SocketAddress, TrafficDirection, TransportSocket
-from meshcp._proto.envoy.config.endpoint.v3 import (
-    ClusterLoadAssignment,
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
-)
-from meshcp._proto.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from meshcp._proto.envoy.config.route.v3 import (
-    Route,
-    RouteAction,
-    RouteConfiguration,
-    RouteMatch,
-    VirtualHost,
-)
-from meshcp._proto.envoy.extensions.filters.http.router.v3 import Router
-from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 import (
-    HttpConnectionManager,
-    HttpConnectionManagerCodecType,
-    HttpFilter,
-)
+from meshcp._proto.envoy.config.cluster.v3 import Cluster
+from meshcp._proto.envoy.config.listener.v3 import Listener
+from meshcp._proto.envoy.config.route.v3 import Route, RouteAction, RouteMatch
 from meshcp._proto.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsContext, UpstreamTlsContext
-from meshcp.cache.encoding import pack
-from meshcp.sidecar.iptables import PROBE_PORTS
+from meshcp.sidecar.envoy_parts import (
+    HCM,
+    LOOPBACK,
+    TCP_PROXY,
+    network_filter,
+    plaintext_listener,
+    static_cluster,
+    static_http_manager,
+    tls_socket,
+)
+from meshcp.sidecar.ports import PROBE_PORTS
 
-HCM = "envoy.filters.network.http_connection_manager"
-TCP_PROXY = "envoy.filters.network.tcp_proxy"
-ROUTER = "envoy.filters.http.router"
-TLS = "envoy.transport_sockets.tls"
-#: Where Envoy reaches the application: loopback is not redirected for Envoy's UID.
-APP_HOST = "127.0.0.1"
 SCHEMES = ("HTTP", "HTTPS", "TCP")
-CONNECT_TIMEOUT = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,23 +137,16 @@ def listener_name(kind: str) -> str:
 
 
 def _listener(kind: str, probes: Sequence[OriginalProbe]) -> Listener:
+    name = listener_name(kind)
     if probes[0].scheme == "TCP":  # then it is the only one (parse_probes)
-        network = Filter(
-            name=TCP_PROXY,
-            typed_config=pack(TcpProxy(stat_prefix=listener_name(kind), cluster=probes[0].cluster_name)),
-        )
+        network = network_filter(TCP_PROXY, TcpProxy(stat_prefix=name, cluster=probes[0].cluster_name))
     else:
-        network = Filter(name=HCM, typed_config=pack(_http_manager(kind, probes)))
-    return Listener(
-        name=listener_name(kind),
-        address=Address(socket_address=SocketAddress(address="0.0.0.0", port_value=PROBE_PORTS[kind])),
-        traffic_direction=TrafficDirection.INBOUND,
-        filter_chains=[FilterChain(filters=[network])],
-    )
+        network = network_filter(HCM, static_http_manager(name, _routes(probes)))
+    return plaintext_listener(name, PROBE_PORTS[kind], network)
 
 
-def _http_manager(kind: str, probes: Sequence[OriginalProbe]) -> HttpConnectionManager:
-    routes = [
+def _routes(probes: Sequence[OriginalProbe]) -> list[Route]:
+    return [
         Route(
             name=probe.cluster_name,
             match=RouteMatch(path=probe.sidecar_path),
@@ -180,42 +155,12 @@ def _http_manager(kind: str, probes: Sequence[OriginalProbe]) -> HttpConnectionM
         )
         for probe in probes
     ]
-    return HttpConnectionManager(
-        stat_prefix=listener_name(kind),
-        codec_type=HttpConnectionManagerCodecType.AUTO,
-        route_config=RouteConfiguration(
-            name=listener_name(kind),
-            virtual_hosts=[VirtualHost(name=listener_name(kind), domains=["*"], routes=routes)],
-        ),
-        http_filters=[HttpFilter(name=ROUTER, typed_config=pack(Router()))],
-    )
 
 
 def _cluster(probe: OriginalProbe) -> Cluster:
-    cluster = Cluster(
-        name=probe.cluster_name,
-        type=ClusterDiscoveryType.STATIC,
-        connect_timeout=CONNECT_TIMEOUT,
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=probe.cluster_name,
-            endpoints=[
-                LocalityLbEndpoints(
-                    lb_endpoints=[
-                        LbEndpoint(
-                            endpoint=Endpoint(
-                                address=Address(
-                                    socket_address=SocketAddress(address=APP_HOST, port_value=probe.port)
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
+    """The application's port, on loopback: Envoy's own traffic there is not redirected."""
+    cluster = static_cluster(probe.cluster_name, LOOPBACK, probe.port)
     if probe.scheme == "HTTPS":
         # No validation context: kubelet does not verify the application's certificate either.
-        cluster.transport_socket = TransportSocket(
-            name=TLS, typed_config=pack(UpstreamTlsContext(common_tls_context=CommonTlsContext()))
-        )
+        cluster.transport_socket = tls_socket(UpstreamTlsContext(common_tls_context=CommonTlsContext()))
     return cluster
