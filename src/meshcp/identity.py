@@ -65,6 +65,17 @@ class Identity:
         validate_trust_domain(trust_domain)
         return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
 
+    @classmethod
+    def from_spiffe_id(cls, uri: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Identity:
+        """Read `spiffe_id` back; ValueError if `uri` names no workload of `trust_domain`.
+
+        A namespace is a DNS label (no slash), so the first `/sa/` after it ends it."""
+        prefix = f"spiffe://{validate_trust_domain(trust_domain)}/ns/"
+        namespace, sep, service_account = uri.removeprefix(prefix).partition("/sa/")
+        if not uri.startswith(prefix) or not sep:
+            raise ValueError(f"{uri!r} is not a SPIFFE id spiffe://{trust_domain}/ns/<ns>/sa/<sa>")
+        return cls(namespace, service_account)
+
     def dns_name(self, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
         """The DNS SAN, for peers that cannot match URI SANs."""
         validate_trust_domain(trust_domain)

@@ -18,12 +18,14 @@ from meshcp.certs import ca_persistence, pem
 from meshcp.certs.authority import Root, create_root, cross_sign
 from meshcp.certs.cli_support import ca_show
 from meshcp.certs.internal import InternalCA
-from meshcp.certs.issuance import xds_client_request, xds_server_request
+from meshcp.certs.issuance import xds_client_request
+from meshcp.certs.issuer import Issuer
 from meshcp.certs.keys import KeySpec, same_public_key
 from meshcp.certs.provider import CertificateError
 from meshcp.certs.root_rotation import Phase
 from meshcp.certs.storage import DirectoryStore, MemoryStore
 from meshcp.certs.xds_identity import RejectReason, XdsClientRejected, verify_xds_client
+from meshcp.certs.xds_server import XdsServerCredentials
 from meshcp.identity import Identity, ProxyIdentity
 
 from .support import FakeClock
@@ -34,9 +36,8 @@ PROXY = ProxyIdentity("6f1c3a52-0d6a-4b55-9a59-1d8a5f0e2b11", Identity("bookstor
 
 async def server_chain(ca: InternalCA) -> list[x509.Certificate]:
     """What the controller's xDS listener presents: a leaf, then the cross certificates."""
-    issued = await ca.issue(xds_server_request(["localhost"]))
-    crosses = ca.cross_chain_pem(issued.certificate)
-    return [issued.certificate, *(pem.load_certificates(crosses) if crosses else [])]
+    issued = await XdsServerCredentials(Issuer(ca), ca, ["localhost"]).issue()
+    return pem.load_certificates(issued.chain_pem)
 
 
 def verifies(chain: list[x509.Certificate], roots: list[Root], clock: FakeClock) -> bool:

@@ -50,3 +50,32 @@ def test_proxy_name_round_trips_with_dots_in_account_and_domain() -> None:
 def test_proxy_name_parse_rejects(name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ProxyIdentity.parse(name)
+
+
+@pytest.mark.parametrize("trust_domain", ["cluster.local", "mesh.example.com"])
+def test_spiffe_id_round_trips_with_dots_in_the_account(trust_domain: str) -> None:
+    identity = Identity("bookstore", "my.dotted.sa")
+    assert Identity.from_spiffe_id(identity.spiffe_id(trust_domain), trust_domain) == identity
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("spiffe://other.domain/ns/ns/sa/sa", "is not a SPIFFE id"),
+        ("spiffe://cluster.local.evil/ns/ns/sa/sa", "is not a SPIFFE id"),
+        ("spiffe://cluster.local/ns/ns", "is not a SPIFFE id"),
+        ("spiffe://cluster.local/sa/sa", "is not a SPIFFE id"),
+        ("https://cluster.local/ns/ns/sa/sa", "is not a SPIFFE id"),
+        ("spiffe://cluster.local/ns/a/b/sa/sa", "invalid namespace"),
+        ("spiffe://cluster.local/ns/ns/sa/a/sa/b", "invalid service account"),
+        ("spiffe://cluster.local/ns//sa/sa", "invalid namespace"),
+    ],
+)
+def test_from_spiffe_id_rejects(uri: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Identity.from_spiffe_id(uri, "cluster.local")
+
+
+def test_from_spiffe_id_checks_the_trust_domain() -> None:
+    with pytest.raises(ValueError, match="invalid trust domain"):
+        Identity.from_spiffe_id("spiffe://Bad/ns/ns/sa/sa", "Bad")

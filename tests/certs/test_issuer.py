@@ -5,9 +5,9 @@ import asyncio
 import pytest
 
 from meshcp.certs.internal import InternalCA
-from meshcp.certs.issuance import workload_request
-from meshcp.certs.issuer import Issuer, RetryPolicy
-from meshcp.certs.provider import CertificateError
+from meshcp.certs.issuance import workload_request, xds_server_request
+from meshcp.certs.issuer import Issuer, ReportingIssuer, RetryPolicy
+from meshcp.certs.provider import CertificateError, CertificateRequest
 from meshcp.certs.rotation import workload_certificates
 from meshcp.certs.singleflight import SingleFlight
 from meshcp.identity import Identity
@@ -82,6 +82,41 @@ async def test_unexpected_provider_exceptions_become_certificate_errors(internal
     provider.failures = [KeyError("oops")]
     with pytest.raises(CertificateError, match=r"'counting': unexpected error: KeyError\('oops'\)"):
         await Issuer(provider, sleep=RecordingSleep()).issue(REQUEST)
+
+
+async def test_the_reporting_issuer_reports_each_workload_it_issued_for(internal_ca: InternalCA) -> None:
+    reported: list[Identity] = []
+    issuer = ReportingIssuer(internal_ca, "mesh.example", reported.append)
+    dotted = Identity("bookstore", "my.dotted.sa")
+    await issuer.issue(workload_request(dotted, "mesh.example"))
+    two = CertificateRequest(
+        "two", uris=(IDENTITY.spiffe_id("mesh.example"), "spiffe://mesh.example/ns/ns/sa/other")
+    )
+    await issuer.issue(two)
+    assert reported == [dotted, IDENTITY, Identity("ns", "other")]
+    assert issuer.issued == 2
+
+
+async def test_the_reporting_issuer_ignores_what_names_no_workload_of_its_domain(
+    internal_ca: InternalCA,
+) -> None:
+    reported: list[Identity] = []
+    issuer = ReportingIssuer(internal_ca, "mesh.example", reported.append)
+    await issuer.issue(workload_request(IDENTITY, "other.example"))
+    await issuer.issue(xds_server_request(["meshcp.meshcp-system.svc"]))
+    await issuer.issue(CertificateRequest("x", uris=("spiffe://mesh.example/ns/a/b/sa/c",)))
+    assert reported == []
+    assert issuer.issued == 3
+
+
+async def test_the_reporting_issuer_reports_nothing_when_issuance_fails(internal_ca: InternalCA) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.failures = [CertificateError("counting", "HTTP 403: permission denied")]
+    reported: list[Identity] = []
+    issuer = ReportingIssuer(provider, "cluster.local", reported.append, sleep=RecordingSleep())
+    with pytest.raises(CertificateError, match="permission denied"):
+        await issuer.issue(REQUEST)
+    assert reported == []
 
 
 async def test_concurrent_requests_for_one_identity_make_one_certificate(

@@ -148,14 +148,19 @@ async def read_index(store: StateStore) -> tuple[str, str | None, Phase] | None:
     return None if index is None else _parse_index(store, index)
 
 
-async def _read_certificate(store: StateStore, root_id: str) -> x509.Certificate:
-    raw = await store.read(certificate_entry(root_id))
+async def _read_pem(store: StateStore, entry: str) -> x509.Certificate:
+    """The (first) certificate in `entry`, which must exist."""
+    raw = await store.read(entry)
     if raw is None:
-        raise _corrupt(store, f"{certificate_entry(root_id)} is missing")
+        raise _corrupt(store, f"{entry} is missing")
     try:
-        certificate = pem.load_certificates(raw)[0]
+        return pem.load_certificates(raw)[0]
     except ValueError as exc:
-        raise _corrupt(store, f"{certificate_entry(root_id)} is not a PEM certificate ({exc})") from exc
+        raise _corrupt(store, f"{entry} is not a PEM certificate ({exc})") from exc
+
+
+async def _read_certificate(store: StateStore, root_id: str) -> x509.Certificate:
+    certificate = await _read_pem(store, certificate_entry(root_id))
     if root_id_of(certificate) != root_id:
         raise _corrupt(store, f"{certificate_entry(root_id)} holds a different certificate")
     return certificate
@@ -182,13 +187,7 @@ async def _read_cross(
     new, old = roots.get(new_id), roots.get(old_id)
     if new is None or old is None:
         raise _corrupt(store, f"{entry} joins roots the state does not name ({new_id}, {old_id})")
-    raw = await store.read(entry)
-    if raw is None:
-        raise _corrupt(store, f"{entry} is missing")
-    try:
-        certificate = pem.load_certificates(raw)[0]
-    except ValueError as exc:
-        raise _corrupt(store, f"{entry} is not a PEM certificate ({exc})") from exc
+    certificate = await _read_pem(store, entry)
     public_key = new.public_key()
     if (
         certificate.subject != new.subject

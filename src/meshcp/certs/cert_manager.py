@@ -18,7 +18,6 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -26,11 +25,12 @@ from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.rest import ApiException
 
 from meshcp.certs import pem
-from meshcp.certs.external.cfssl import build_csr
-from meshcp.certs.keys import generate_private_key, private_key_pem
+from meshcp.certs.csr import new_key_and_csr
+from meshcp.certs.keys import private_key_pem
 from meshcp.certs.provider import (
     CertificateError,
     CertificateRequest,
+    ClosableProvider,
     IssuedCertificate,
     check_matches_request,
 )
@@ -56,12 +56,14 @@ def go_duration(validity: timedelta) -> str:
     return f"{hours}h{minutes}m{seconds}s"
 
 
-class CertManagerProvider:
+class CertManagerProvider(ClosableProvider):
     """Signs through cert-manager; use as an async context manager (or `aclose`).
 
     `api_client` is an `ApiClient` (owned by the caller, not closed here) or a factory of
     one (called on first use; the provider closes what it made).
     """
+
+    NAME = _NAME
 
     def __init__(
         self,
@@ -92,18 +94,6 @@ class CertManagerProvider:
         self._ca_pem = _normalise_ca(trust_bundle_pem) if trust_bundle_pem else None
         self._owns = owns_client or self._factory is not None
 
-    @property
-    def name(self) -> str:
-        return _NAME
-
-    async def __aenter__(self) -> CertManagerProvider:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """Close the API client if this provider made or was given ownership of it."""
         if self._owns and self._api is not None:
@@ -117,8 +107,7 @@ class CertManagerProvider:
         return CustomObjectsApi(self._api)
 
     async def issue(self, request: CertificateRequest) -> IssuedCertificate:
-        key = await asyncio.to_thread(generate_private_key, request.key_spec)
-        csr_pem = build_csr(key, request)
+        key, csr_pem = await new_key_and_csr(request)
         name = "meshcp-" + hashlib.sha256(csr_pem.encode("ascii")).hexdigest()[:16]
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",

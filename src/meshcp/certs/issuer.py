@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from meshcp.certs.provider import CertificateError, CertificateProvider, CertificateRequest, IssuedCertificate
+from meshcp.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +107,37 @@ class Issuer:
             # A provider bug: keep the traceback for developers, give users one line.
             log.debug("provider %s raised unexpectedly", name, exc_info=True)
             raise CertificateError(name, f"unexpected error: {exc!r}") from exc
+
+
+class ReportingIssuer(Issuer):
+    """An `Issuer` that reports each workload identity it issued a certificate for.
+
+    A `CertificateManager` installs a certificate as soon as it is issued, and reports to
+    `on_rotated` only replacements; reporting here, from the SPIFFE URI SANs of each
+    request, lets first issuances reach an "installed at" metric too. URIs that name no
+    workload of `trust_domain` are not reported.
+    """
+
+    def __init__(
+        self,
+        provider: CertificateProvider,
+        trust_domain: str,
+        on_issued: Callable[[Identity], None],
+        retry: RetryPolicy | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        unit_random: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(provider, retry, sleep=sleep, unit_random=unit_random)
+        self._trust_domain = trust_domain
+        self._on_issued = on_issued
+
+    async def issue(self, request: CertificateRequest) -> IssuedCertificate:
+        issued = await super().issue(request)
+        for uri in request.uris:
+            try:
+                identity = Identity.from_spiffe_id(uri, self._trust_domain)
+            except ValueError:
+                continue
+            self._on_issued(identity)
+        return issued

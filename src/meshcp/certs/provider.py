@@ -9,10 +9,12 @@ messages in logs and a stack trace tells them nothing about their CA.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
-from typing import Protocol
+from types import TracebackType
+from typing import ClassVar, Protocol, Self
 
 from cryptography import x509
 
@@ -124,6 +126,34 @@ class CertificateProvider(Protocol):
     async def trust_bundle(self) -> str:
         """The PEM trust anchors peers must trust to accept certificates from `issue`."""
         ...
+
+
+class ClosableProvider(ABC):
+    """The lifecycle of a provider that holds a connection open (an HTTP session, a
+    Kubernetes API client): `async with provider:` or `aclose()` releases it.
+
+    One base for every such provider, so that whoever opened one can close it without
+    knowing which CA it is (`certs.setup.close_provider`).
+    """
+
+    NAME: ClassVar[str]
+    """The provider's `name`, fixed per class."""
+
+    @property
+    def name(self) -> str:
+        return self.NAME
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release what the provider holds open; closing twice is harmless."""
 
 
 def check_matches_request(provider: str, issued: IssuedCertificate, request: CertificateRequest) -> None:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Generic, TypedDict, TypeVar, Unpack
 
 from meshcp.certs.clock import Clock, utc_now
 from meshcp.certs.issuance import workload_request
@@ -85,6 +85,19 @@ class _Entry:
     #: 5 minutes, cfssl by an hour): measured from there, a certificate living a few
     #: minutes is due the moment it arrives, and was renewed in a loop.
     obtained: datetime
+
+
+class ManagerOptions(TypedDict, Generic[K], total=False):
+    """The keyword options of `CertificateManager`, for factories that pass them through
+    (`workload_certificates`); the defaults are the manager's."""
+
+    policy: RenewalPolicy | None
+    on_rotated: OnRotated[K] | None
+    clock: Clock
+    sleep: Sleep
+    max_wait: timedelta
+    retry_interval: timedelta
+    concurrency: int
 
 
 @dataclass(slots=True)
@@ -278,30 +291,15 @@ def workload_certificates(
     *,
     validity: timedelta = DEFAULT_WORKLOAD_VALIDITY,
     key_spec: KeySpec = KeySpec.ECDSA_P256,
-    policy: RenewalPolicy | None = None,
-    on_rotated: OnRotated[Identity] | None = None,
-    clock: Clock = utc_now,
-    sleep: Sleep = asyncio.sleep,
-    max_wait: timedelta = timedelta(minutes=1),
-    retry_interval: timedelta = timedelta(seconds=30),
-    concurrency: int = 16,
     validity_of: Callable[[], timedelta] | None = None,
+    **options: Unpack[ManagerOptions[Identity]],
 ) -> CertificateManager[Identity]:
     """A manager of workload certificates, one per service account. `validity_of`, when
-    given, is asked at each issuance (MeshConfig's `certValidity` can change at run time)."""
+    given, is asked at each issuance (MeshConfig's `certValidity` can change at run time);
+    `options` go to the `CertificateManager`."""
 
     def request_for(identity: Identity) -> CertificateRequest:
         lifetime = validity_of() if validity_of is not None else validity
         return workload_request(identity, trust_domain, validity=lifetime, key_spec=key_spec)
 
-    return CertificateManager(
-        issuer,
-        request_for,
-        policy=policy,
-        on_rotated=on_rotated,
-        clock=clock,
-        sleep=sleep,
-        max_wait=max_wait,
-        retry_interval=retry_interval,
-        concurrency=concurrency,
-    )
+    return CertificateManager(issuer, request_for, **options)

@@ -13,76 +13,40 @@ URI SAN first and falls back to the DNS SAN). A warning says so once per provide
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-from types import TracebackType
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-
 from meshcp.certs import pem
-from meshcp.certs.authority import leaf_subject, subject_alt_names
-from meshcp.certs.external.client import HttpClient
-from meshcp.certs.keys import PrivateKey, generate_private_key, private_key_pem
-from meshcp.certs.provider import (
-    CertificateRequest,
-    IssuedCertificate,
-    check_matches_request,
-)
+from meshcp.certs.csr import new_key_and_csr
+from meshcp.certs.external.client import HttpProvider
+from meshcp.certs.keys import private_key_pem
+from meshcp.certs.provider import CertificateRequest, IssuedCertificate, check_matches_request
 
 log = logging.getLogger(__name__)
 
 _NAME = "cfssl"
 
 
-def build_csr(key: PrivateKey, request: CertificateRequest) -> str:
-    """A PEM CSR carrying the request's subject and SANs, signed by `key`."""
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(leaf_subject(request.common_name))
-        .add_extension(subject_alt_names(request), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-class CfsslProvider:
+class CfsslProvider(HttpProvider):
     """Signs through a running `cfssl serve`; use as an async context manager (or `aclose`)."""
 
+    NAME = _NAME
+
     def __init__(self, url: str, *, profile: str = "", label: str = "", timeout: float = 10.0) -> None:
-        self._http = HttpClient(_NAME, url, timeout=timeout)
+        super().__init__(url, timeout=timeout)
         self._profile = profile
         self._warned_uris = False
         self._label = label
 
-    @property
-    def name(self) -> str:
-        return _NAME
-
-    async def __aenter__(self) -> CfsslProvider:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
     async def issue(self, request: CertificateRequest) -> IssuedCertificate:
-        key = await asyncio.to_thread(generate_private_key, request.key_spec)
-        body: dict[str, Any] = {"certificate_request": build_csr(key, request)}
+        key, csr_pem = await new_key_and_csr(request)
+        body: dict[str, Any] = {"certificate_request": csr_pem}
         if self._profile:
             body["profile"] = self._profile
         if self._label:
             body["label"] = self._label
-        result = await self._call("/api/v1/cfssl/sign", body)
-        certificate_pem = result.get("certificate")
-        if not isinstance(certificate_pem, str):
-            raise self._http.malformed("result.certificate is missing")
+        certificate_pem = await self._certificate("/api/v1/cfssl/sign", body)
         try:
             issued = IssuedCertificate.from_pem(certificate_pem, private_key_pem(key))
         except ValueError as exc:
@@ -101,14 +65,18 @@ class CfsslProvider:
 
     async def trust_bundle(self) -> str:
         body: dict[str, Any] = {"label": self._label, "profile": self._profile}
-        result = await self._call("/api/v1/cfssl/info", body)
-        certificate_pem = result.get("certificate")
-        if not isinstance(certificate_pem, str):
-            raise self._http.malformed("result.certificate is missing")
+        certificate_pem = await self._certificate("/api/v1/cfssl/info", body)
         try:
             return pem.to_pem(pem.load_certificates(certificate_pem))
         except ValueError as exc:
             raise self._http.malformed(f"unusable CA certificate: {exc}") from exc
+
+    async def _certificate(self, path: str, body: dict[str, Any]) -> str:
+        """POST to the cfssl API; returns `result.certificate` of a successful answer."""
+        certificate_pem = (await self._call(path, body)).get("certificate")
+        if not isinstance(certificate_pem, str):
+            raise self._http.malformed("result.certificate is missing")
+        return certificate_pem
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the cfssl API; returns `result` of a successful answer."""

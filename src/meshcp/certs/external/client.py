@@ -1,7 +1,8 @@
 """HTTP plumbing shared by the external CA clients: one request, every failure classified.
 
 Connection failures, timeouts and 5xx/429 answers are retryable; other 4xx answers mean
-the CA refused the request and retrying will not change its mind.
+the CA refused the request and retrying will not change its mind. `HttpProvider` is the
+part of a provider that owns the session, so each CA client holds only its own protocol.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from meshcp.certs.provider import CertificateError
+from meshcp.certs.provider import CertificateError, ClosableProvider
 
 _SNIPPET = 200
 
@@ -74,3 +75,13 @@ class HttpClient:
 
     def malformed(self, detail: str) -> CertificateError:
         return self._error(f"malformed response: {detail}", retryable=False)
+
+
+class HttpProvider(ClosableProvider):
+    """A provider that talks to its CA through one `HttpClient`, closed with the provider."""
+
+    def __init__(self, base_url: str, *, timeout: float, headers: dict[str, str] | None = None) -> None:
+        self._http = HttpClient(self.NAME, base_url, timeout=timeout, headers=headers)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -12,14 +12,13 @@ under the trust domain, and any common name (xDS client names exceed 64 characte
 from __future__ import annotations
 
 from datetime import timedelta
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 from cryptography import x509
 
 from meshcp.certs import pem
-from meshcp.certs.external.client import HttpClient
+from meshcp.certs.external.client import HttpProvider
 from meshcp.certs.provider import CertificateRequest, IssuedCertificate, check_matches_request
 
 _NAME = "vault"
@@ -38,30 +37,17 @@ def _vault_errors(answer: object) -> str:
     return "request failed without an error message"
 
 
-class VaultProvider:
+class VaultProvider(HttpProvider):
     """Issues through `POST /v1/<mount>/issue/<role>`; use as an async context manager."""
+
+    NAME = _NAME
 
     def __init__(
         self, address: str, token: str, *, role: str, mount: str = "pki", timeout: float = 10.0
     ) -> None:
-        self._http = HttpClient(_NAME, address, timeout=timeout, headers={"X-Vault-Token": token})
+        super().__init__(address, timeout=timeout, headers={"X-Vault-Token": token})
         self._mount = "/".join(quote(part, safe="") for part in mount.strip("/").split("/"))
         self._role = quote(role, safe="")
-
-    @property
-    def name(self) -> str:
-        return _NAME
-
-    async def __aenter__(self) -> VaultProvider:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def issue(self, request: CertificateRequest) -> IssuedCertificate:
         body = {
