@@ -22,7 +22,7 @@ from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.core import Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
-from meshcp.policy.build import is_meshed, proxy_uuid
+from meshcp.policy.membership import is_meshed, proxy_uuid
 from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.store import Store

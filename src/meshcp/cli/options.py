@@ -53,17 +53,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
 
 
 def ca_settings(args: argparse.Namespace) -> CaSettings:
-    if not 0 < args.renew_share < 1:
-        raise UsageError("--renew-share must be between 0 and 1")
-    if args.ca_provider == "cfssl" and not args.cfssl_url:
-        raise UsageError("--cfssl-url is required with --ca-provider cfssl")
-    if args.ca_provider == "vault" and not (args.vault_address and args.vault_token):
-        raise UsageError("--vault-address and a token (--vault-token or VAULT_TOKEN) are required with vault")
-    if args.ca_provider == "cert-manager" and not args.cert_manager_issuer:
-        raise UsageError("--cert-manager-issuer is required with --ca-provider cert-manager")
-    if args.ca_secret and args.ca_secret.count("/") != 1:
-        raise UsageError(f"--ca-secret {args.ca_secret!r} is not NAMESPACE/NAME")
-    return CaSettings(
+    settings = CaSettings(
         provider=args.ca_provider,
         state_dir=args.state_dir,
         key_spec=args.ca_key_type,
@@ -80,3 +70,7 @@ def ca_settings(args: argparse.Namespace) -> CaSettings:
         cert_manager_issuer_kind=args.cert_manager_issuer_kind,
         cert_manager_namespace=args.cert_manager_namespace,
     )
+    problems = settings.problems()
+    if problems:
+        raise UsageError(problems[0])
+    return settings

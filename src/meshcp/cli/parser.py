@@ -12,6 +12,7 @@ from typing import Any
 from meshcp import __version__
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.setup import PROVIDERS, default_state_dir
+from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, WEBHOOK_PORT, XDS_PORT
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -40,9 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the controller (ADS server, CA, HTTP endpoint)")
     serve.add_argument(
-        "--xds-address", default="127.0.0.1:15128", help="gRPC ADS listener (default %(default)s)"
+        "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="gRPC ADS listener (default %(default)s)"
     )
-    serve.add_argument("--http-address", default="127.0.0.1:9091", help="HTTP listener (default %(default)s)")
+    serve.add_argument(
+        "--http-address",
+        default=f"127.0.0.1:{CONTROLLER_HTTP_PORT}",
+        help="HTTP listener (default %(default)s)",
+    )
     serve.add_argument("--insecure-xds", action="store_true", help="serve xDS in plaintext (local work only)")
     serve.add_argument(
         "--xds-name",
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--source", type=Path, required=True, help="directory of manifests")
     boot.add_argument("--pod", type=_pod, required=True, metavar="NS/NAME")
     boot.add_argument(
-        "--xds-address", default="127.0.0.1:15128", help="where the proxy reaches the controller"
+        "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="where the proxy reaches the controller"
     )
     boot.add_argument("--xds-server-name", default="localhost", help="name in the controller's certificate")
     boot.add_argument("--out", type=Path, required=True, help="directory to write into")
@@ -86,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-cert", type=Path, required=True, help="PEM chain the webhook serves (reloaded)"
     )
     inject.add_argument("--tls-key", type=Path, required=True, help="PEM key for --tls-cert (reloaded)")
-    inject.add_argument("--address", default="0.0.0.0:9090", help="listener (default %(default)s)")
+    inject.add_argument("--address", default=f"0.0.0.0:{WEBHOOK_PORT}", help="listener (default %(default)s)")
     inject.add_argument(
         "--xds-address",
-        default="meshcp-controller.meshcp-system.svc:15128",
+        default=f"meshcp-controller.meshcp-system.svc:{XDS_PORT}",
         help="controller, as sidecars dial it",
     )
     inject.add_argument("--xds-server-name", default="", help="name on the controller's certificate")

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
 from functools import partial
 from types import TracebackType
 
 from meshcp.cache import resource_types
 from meshcp.cache.encoding import Encoder
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.certs.internal import InternalCA
-from meshcp.certs.issuance import xds_server_request
-from meshcp.certs.issuer import Issuer
-from meshcp.certs.provider import CertificateProvider, CertificateRequest, IssuedCertificate
+from meshcp.certs.issuer import Issuer, ReportingIssuer
+from meshcp.certs.provider import CertificateProvider, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
 from meshcp.certs.setup import close_provider, open_provider
+from meshcp.certs.xds_server import XdsServerCredentials
 from meshcp.http.app import Controller, HttpServer
 from meshcp.identity import Identity
 from meshcp.kube.client import ApiClientFactory, default_api_client
@@ -42,58 +39,6 @@ from meshcp.xds.server import XdsServer
 from meshcp.xds.service import AggregatedDiscoveryService
 
 log = logging.getLogger("meshcp")
-
-
-class XdsServerCredentials:
-    """The xDS listener's certificate from the mesh CA, for the names proxies dial.
-
-    With the internal CA the chain carries the cross certificates from the signing root
-    back to every older root still trusted for xDS: a proxy keeps the roots its bootstrap
-    was written with for life, so one bootstrapped before a root rotation trusts only the
-    old root and verifies the server as leaf -> cross certificate -> old root, while one
-    bootstrapped after it stops at the new root.
-    """
-
-    def __init__(self, issuer: Issuer, provider: CertificateProvider, names: Iterable[str]) -> None:
-        dns_names: list[str] = []
-        addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-        for name in names:
-            try:
-                addresses.append(ipaddress.ip_address(name))
-            except ValueError:
-                dns_names.append(name)
-        self._request = xds_server_request(dns_names, addresses)
-        self._issuer = issuer
-        self._provider = provider
-
-    async def issue(self) -> IssuedCertificate:
-        issued = await self._issuer.issue(self._request)
-        if not isinstance(self._provider, InternalCA):
-            return issued
-        crosses = self._provider.cross_chain_pem(issued.certificate)
-        if not crosses:
-            return issued
-        return IssuedCertificate(issued.chain_pem + crosses, issued.private_key_pem, issued.certificate)
-
-
-class _WorkloadIssuer(Issuer):
-    """Issues workload certificates and reports each identity it issued for (the manager
-    installs a certificate as soon as it is issued), so first issuances reach the metric too."""
-
-    def __init__(
-        self, provider: CertificateProvider, trust_domain: str, on_issued: Callable[[Identity], None]
-    ) -> None:
-        super().__init__(provider)
-        self._prefix = f"spiffe://{trust_domain}/ns/"
-        self._on_issued = on_issued
-
-    async def issue(self, request: CertificateRequest) -> IssuedCertificate:
-        issued = await super().issue(request)
-        for uri in request.uris:
-            namespace, sep, service_account = uri.removeprefix(self._prefix).partition("/sa/")
-            if uri.startswith(self._prefix) and sep:
-                self._on_issued(Identity(namespace, service_account))
-        return issued
 
 
 class ControllerRuntime:
@@ -129,7 +74,7 @@ class ControllerRuntime:
             await self.publisher.on_rotated(identity, certificate)
 
         self.certificates: CertificateManager[Identity] = workload_certificates(
-            _WorkloadIssuer(provider, ca.trust_domain, installed),
+            ReportingIssuer(provider, ca.trust_domain, installed),
             ca.trust_domain,
             validity=ca.validity,
             key_spec=ca.key_spec,

@@ -132,7 +132,8 @@ class Publisher:
         parts: list[ResourceSet | Resource] = [*proxy_class.resources, *proxy_class.sets]
         parts.append(self._identity_secrets(identity, certificate))
         parts.append(self._upstream_secrets(proxy_class.upstreams))
-        self._cache.set_snapshot(proxy_class.key, Snapshot(parts))
+        key = proxy_class.key
+        self._cache.set_snapshot(key, Snapshot(parts, previous=self._cache.get(key)))
 
     def _identity_secrets(self, identity: Identity, certificate: IssuedCertificate) -> ResourceSet:
         held = self._identity_sets.get(identity)

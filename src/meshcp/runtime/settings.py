@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshcp.certs.setup import CaSettings
+from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, XDS_PORT
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,9 @@ class Settings:
     memory); `meshcp serve` asks for mutual TLS and a state directory."""
 
     #: gRPC (ADS) listener.
-    xds_address: Address = field(default_factory=lambda: Address("127.0.0.1", 15128))
+    xds_address: Address = field(default_factory=lambda: Address("127.0.0.1", XDS_PORT))
     #: HTTP listener for /healthz, /readyz, /metrics and /debug.
-    http_address: Address = field(default_factory=lambda: Address("127.0.0.1", 9091))
+    http_address: Address = field(default_factory=lambda: Address("127.0.0.1", CONTROLLER_HTTP_PORT))
     #: Plaintext xDS with identities taken from node ids: local work only.
     insecure_xds: bool = True
     #: TLS of the xDS listener from files; None with `insecure_xds` off: issued by the mesh CA.
