@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshcp.identity import Identity
+from meshcp.model.meta import ObjectRef
 from meshcp.model.smi import HTTPMatch
+
+#: How a build step reports an object it skips (or applies only in part), and why.
+Report = Callable[[ObjectRef, str], None]
 
 #: Every authenticated mesh identity (permissive mode).
 ANY_IDENTITY: frozenset[Identity] = frozenset()

@@ -1,0 +1,132 @@
+"""Which pods stand behind each meshed service, and which services each pod backs.
+
+A service's backends come from its EndpointSlices when it has any, else from the pods its
+selector matches, as the endpoint controller would. Upstream endpoints and identities and
+a pod's inbound ports are all derived from this one answer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from meshcp.identity import Identity
+from meshcp.model.core import EndpointSlice, Pod, Service, ServicePort
+from meshcp.model.state import MeshState
+from meshcp.policy.membership import is_meshed
+from meshcp.policy.types import Endpoint
+
+#: (pod if known, address, ready) of one backend of a service.
+Backend = tuple[Pod | None, str, bool]
+
+
+def selects(service: Service, pod: Pod) -> bool:
+    selector = service.selector
+    return (
+        bool(selector)
+        and pod.meta.namespace == service.meta.namespace
+        and selector is not None
+        and all(pod.meta.labels.get(key) == value for key, value in selector.items())
+    )
+
+
+def target_port(port: ServicePort, pod: Pod | None) -> int | None:
+    """The container port a service port reaches on `pod` (named target ports resolved)."""
+    if isinstance(port.target_port, int):
+        return port.target_port
+    if pod is not None:
+        for container_port in pod.ports:
+            if container_port.name == port.target_port:
+                return container_port.port
+    return None
+
+
+class Backends:
+    """The meshed pods and services of one MeshState, and the backends of each service.
+
+    Each answer is computed once per service and state: endpoints, identities, inbound
+    ports and local services all ask, and a scan of every pod per question is quadratic.
+    """
+
+    def __init__(self, state: MeshState) -> None:
+        self.state = state
+        self.meshed_ns = state.meshed_namespaces
+        self.meshed_pods = [p for p in state.pods if is_meshed(p, self.meshed_ns)]
+        #: The services of meshed namespaces: the mesh's upstreams.
+        self.services = [s for s in state.services if s.meta.namespace in self.meshed_ns]
+        self._pods = {(p.meta.namespace, p.meta.name): p for p in state.pods}
+        self._pods_by_namespace: dict[str, list[Pod]] = defaultdict(list)
+        for pod in state.pods:
+            self._pods_by_namespace[pod.meta.namespace].append(pod)
+        self._slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+        for endpoint_slice in state.endpoint_slices:
+            self._slices[(endpoint_slice.meta.namespace, endpoint_slice.service)].append(endpoint_slice)
+        self._backends: dict[tuple[str, str], list[Backend]] = {}
+        self._local: dict[int, list[Service]] | None = None
+
+    def of(self, service: Service) -> list[Backend]:
+        """(pod, address, ready) behind a service: from its EndpointSlices if it has any,
+        else from the pods its selector matches."""
+        key = (service.meta.namespace, service.meta.name)
+        found = self._backends.get(key)
+        if found is not None:
+            return found
+        slices = self._slices.get(key)
+        out: list[Backend] = []
+        if slices:
+            for endpoint_slice in slices:
+                for endpoint in endpoint_slice.endpoints:
+                    pod = self._pods.get((service.meta.namespace, endpoint.pod)) if endpoint.pod else None
+                    out.extend((pod, address, endpoint.ready) for address in endpoint.addresses)
+        else:
+            for pod in self._pods_by_namespace.get(service.meta.namespace, ()):
+                if selects(service, pod) and pod.ip:
+                    out.append((pod, pod.ip, pod.ready))
+        self._backends[key] = out
+        return out
+
+    def endpoints(self, service: Service, port: ServicePort) -> tuple[Endpoint, ...]:
+        """Ready, meshed endpoints only: an unmeshed pod cannot speak mTLS."""
+        found = set()
+        for pod, address, ready in self.of(service):
+            if not ready or pod is None or not is_meshed(pod, self.meshed_ns):
+                continue
+            number = target_port(port, pod)
+            if number is not None:
+                found.add(Endpoint(address, number))
+        return tuple(sorted(found, key=lambda e: (e.address, e.port)))
+
+    def identities(self, service: Service) -> tuple[Identity, ...]:
+        found = {
+            Identity(pod.meta.namespace, pod.service_account)
+            for pod, _, _ in self.of(service)
+            if pod is not None and is_meshed(pod, self.meshed_ns)
+        }
+        return tuple(sorted(found))
+
+    def local_services(self, pod: Pod) -> list[Service]:
+        """The services a pod backs (selected by them, or named in their EndpointSlices)."""
+        if self._local is None:
+            by_label: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
+            for pod_ in self.state.pods:
+                for label, value in pod_.meta.labels.items():
+                    by_label[(pod_.meta.namespace, label, value)].append(pod_)
+            index: dict[int, list[Service]] = defaultdict(list)
+            for service in self.services:
+                local = {id(p): p for p, _, _ in self.of(service) if p is not None}
+                for candidate in _selected(service, by_label):
+                    local[id(candidate)] = candidate
+                for backend_pod in local.values():
+                    index[id(backend_pod)].append(service)
+            self._local = index
+        return self._local.get(id(pod), [])
+
+
+def _selected(service: Service, by_label: Mapping[tuple[str, str, str], list[Pod]]) -> list[Pod]:
+    """The pods `service` selects, looked up by the rarest label of its selector
+    (checking every pod of the namespace per service is quadratic)."""
+    if not service.selector:
+        return []
+    ns = service.meta.namespace
+    rarest = min((by_label.get((ns, label, value), []) for label, value in service.selector.items()), key=len)
+    return [pod for pod in rarest if selects(service, pod)]

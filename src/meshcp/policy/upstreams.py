@@ -1,0 +1,42 @@
+"""Upstreams: every TCP port of every meshed service, as its clients reach it.
+
+An upstream carries the addresses the client's outbound listener matches, the identities
+the client accepts from the servers (a split's backends' too), and the split route if a
+TrafficSplit applies to the service.
+"""
+
+from __future__ import annotations
+
+from meshcp.model.state import MeshState
+from meshcp.policy.backends import Backends
+from meshcp.policy.splits import split_route, valid_splits
+from meshcp.policy.types import Report, ServiceKey, Upstream
+
+
+def upstreams(state: MeshState, backends: Backends, report: Report) -> tuple[Upstream, ...]:
+    splits = valid_splits(state, report)
+    out = []
+    for service in backends.services:
+        key = ServiceKey(service.meta.namespace, service.meta.name)
+        split = splits.get(key)
+        route = split_route(state, key, split, report) if split is not None else None
+        identities = backends.identities(service)
+        if route is not None:  # clients accept whichever backend answers
+            backend_identities = set(identities)
+            for backend, _ in route.backends:
+                backend_service = state.service_index.get((backend.namespace, backend.name))
+                if backend_service is not None:
+                    backend_identities.update(backends.identities(backend_service))
+            identities = tuple(sorted(backend_identities))
+        for port in service.ports:
+            if port.transport != "TCP":
+                continue
+            if service.headless:
+                addresses = tuple(sorted({a for _, a, ready in backends.of(service) if ready}))
+            elif service.cluster_ip:
+                addresses = (service.cluster_ip,)
+            else:
+                addresses = ()  # not assigned yet: reachable once it is
+                report(service.ref, "has no clusterIP yet; clients reach it once one is assigned")
+            out.append(Upstream(key, port.port, port.protocol, addresses, identities, route))
+    return tuple(out)
