@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from meshcp import __version__
-from meshcp.cli.options import ca_settings
-from meshcp.cli.options import controller_settings
+from meshcp.cli.options import ca_settings, controller_settings
 from meshcp.cli.parser import build_parser
 from meshcp.injector import kube
 from meshcp.injector.mutation import SYSTEM_NAMESPACES
 from meshcp.injector.server import DEFAULT_DEADLINE, MUTATE_PATH, InjectorSettings
 from meshcp.model.meshconfig import CERT_PROVIDERS, MESH_LABEL, SIDECAR_LOG_LEVELS, MeshConfig
-from meshcp.model.parse import _MESH_CONFIG_FIELDS, parse_object
+from meshcp.model.parse import parse_object
+from meshcp.model.read_meshconfig import MESH_CONFIG_FIELDS
 from meshcp.runtime.settings import Address
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE
@@ -235,7 +235,7 @@ def test_meshconfig_crd_serves_what_meshcp_reads() -> None:
     assert version["served"] and version["storage"]
     fields = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     # A field the CRD does not declare is pruned by the API server: meshcp would never see it.
-    assert fields.keys() == _MESH_CONFIG_FIELDS.keys()
+    assert fields.keys() == MESH_CONFIG_FIELDS.keys()
     assert tuple(fields["certProvider"]["enum"]) == CERT_PROVIDERS
     assert tuple(fields["sidecarLogLevel"]["enum"]) == SIDECAR_LOG_LEVELS
 

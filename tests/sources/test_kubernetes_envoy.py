@@ -16,7 +16,7 @@ import yaml
 from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.core import Pod
 from meshcp.model.parse import parse_object
-from meshcp.policy.build import proxy_uuid
+from meshcp.policy.membership import proxy_uuid
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.kubernetes import RESOURCES

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,18 +11,19 @@ from typing import Any
 from meshcp import __version__
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.setup import PROVIDERS, default_state_dir
+from meshcp.model.durations import parse_duration
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, WEBHOOK_PORT, XDS_PORT
-
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def duration(text: str) -> timedelta:
-    """`30s`, `10m`, `24h` or `7d`."""
-    match = _DURATION.match(text.strip())
-    if match is None or int(match[1]) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 10m, 24h or 7d")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    """`30s`, `10m`, `24h` or `7d` (Go forms such as `1h30m` too); at least a second."""
+    try:
+        seconds = parse_duration(text.strip(), allow_days=True)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration of at least 1s")
+    return timedelta(seconds=seconds)
 
 
 def key_spec(text: str) -> KeySpec:
