@@ -15,16 +15,13 @@ from kubernetes_asyncio import client
 
 from meshcp.certs import InternalCA, IssuedCertificate, Issuer, MemoryStore
 from meshcp.certs.issuance import xds_server_request
+from meshcp.injector.admission import ISSUE_RETRY, Injector
+from meshcp.injector.app import create_app
 from meshcp.injector.kube import KubeCluster
-from meshcp.injector.mutation import SidecarTemplate
-from meshcp.injector.server import (
-    ISSUE_RETRY,
-    Injector,
-    InjectorMetrics,
-    InjectorServer,
-    ReloadingTls,
-    create_app,
-)
+from meshcp.injector.metrics import InjectorMetrics
+from meshcp.injector.server import InjectorServer
+from meshcp.injector.template import SidecarTemplate
+from meshcp.injector.tls_reload import ReloadingTls
 from meshcp.model.meshconfig import MESH_LABEL
 from tests.injector.reviews import MESH_NAMESPACE, PLAIN_NAMESPACE
 

@@ -16,10 +16,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from meshcp.certs import InternalCA, Issuer
+from meshcp.injector.admission import ISSUE_RETRY, Injector
+from meshcp.injector.app import MUTATE_PATH, create_app
 from meshcp.injector.kube import KubeCluster
-from meshcp.injector.mutation import ADMISSION_VERSIONS
-from meshcp.injector.server import ISSUE_RETRY, MUTATE_PATH, Injector, InjectorMetrics, create_app
-from meshcp.policy.build import INJECTION_ANNOTATION, PROXY_UUID_LABEL
+from meshcp.injector.metrics import InjectorMetrics
+from meshcp.injector.review import ADMISSION_VERSIONS
+from meshcp.policy.membership import INJECTION_ANNOTATION, PROXY_UUID_LABEL
 from meshcp.sidecar import iptables
 from tests.injector.conftest import TEMPLATE, FakeApi
 from tests.injector.reviews import MESH_NAMESPACE, PLAIN_NAMESPACE, bare_pod, deployment_pod, review

@@ -16,11 +16,13 @@ from cryptography import x509
 from meshcp.certs import DirectoryStore, InternalCA, ProxyIdentity
 from meshcp.certs.pem import load_certificates
 from meshcp.certs.setup import CaSettings
+from meshcp.injector.app import MUTATE_PATH
 from meshcp.injector.kube import KubeCluster
-from meshcp.injector.mutation import ORIGINAL_PROBES_ANNOTATION
-from meshcp.injector.server import MUTATE_PATH, InjectorError, InjectorSettings, run_injector
+from meshcp.injector.pod_patch import ORIGINAL_PROBES_ANNOTATION
+from meshcp.injector.server import InjectorError, run_injector
+from meshcp.injector.settings import InjectorSettings
 from meshcp.model.meshconfig import MESH_LABEL
-from meshcp.policy.build import PROXY_UUID_LABEL
+from meshcp.policy.membership import PROXY_UUID_LABEL
 from tests.injector.conftest import SERVER_NAME, FakeApi, RunningInjector, serving_pair, write_pair
 from tests.injector.reviews import (
     MESH_NAMESPACE,

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from meshcp.injector import mutation
+from meshcp.injector.template import INIT_CONTAINER, SIDECAR_CONTAINER
 from meshcp.lab import layout
+from meshcp.lab.addresses import Allocation
 from meshcp.lab.manifests import Manifest, expand_deployments, read_directory
-from meshcp.lab.plan import PROXY_USER, Allocation, LabPlan, PlanContext, plan
+from meshcp.lab.plan import LabPlan, PlanContext, plan
+from meshcp.lab.pods import PROXY_USER
 
 HERE = Path("/manifests")
 
@@ -79,11 +81,11 @@ def test_meshed_pod_is_injected_with_the_webhooks_mutation() -> None:
     result = _plan(_namespace("shop"), _pod("shop-0"))
     pod = result.pods["shop/shop-0"]
     assert pod.sidecar is not None
-    assert [c.name for c in pod.init] == [mutation.INIT_CONTAINER]
+    assert [c.name for c in pod.init] == [INIT_CONTAINER]
     assert "iptables-restore --noflush" in pod.init[0].argv[-1]
     assert pod.init[0].uid == 0
     names = [c.name for c in pod.containers]
-    assert names == ["app", mutation.SIDECAR_CONTAINER]
+    assert names == ["app", SIDECAR_CONTAINER]
     envoy = pod.containers[1]
     assert envoy.uid == PROXY_USER and envoy.gid == PROXY_USER
     assert envoy.argv[:3] == ("envoy", "--config-path", "/run/lab/pods/shop.shop-0/bootstrap.json")

@@ -19,7 +19,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from meshcp.certs.singleflight import SingleFlight
-from meshcp.injector.mutation import NamespaceInfo
+from meshcp.injector.decision import NamespaceInfo
 from meshcp.kube.client import describe_api_error, load_configuration
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.parse import InvalidObject, parse_object

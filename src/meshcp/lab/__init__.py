@@ -5,8 +5,13 @@ injected by the webhook's own mutation, their init container's iptables rules ru
 real in the pod's namespace, and Envoy runs as UID 1500 from the generated bootstrap.
 `meshcp serve` runs in a node namespace and watches the lab's rendering of the manifests.
 
-Modules: `layout` (names and paths), `manifests` (reading), `plan` (pure: manifests to
-pods, addresses, rules), `network` and `processes` (the machine), `netns_http` (reaching
-servers inside namespaces), `supervisor` (the background process), `commands` (the CLI's
-side), `demo`.
+Pure (manifests to what must run): `plan`, which puts in order `addresses`, `webhook`
+(the injector's decision and patch), `kubelet` (containers as processes), `endpoints`,
+`kube_proxy` (the DNAT rules) and `hosts` (/etc/hosts); `pods` (what a planned pod is),
+`proxy_status` (reading the controller's proxy view), `layout` (names and paths).
+
+I/O: `manifests` (reading the files), `network` and `processes` (the machine),
+`netns_http` (reaching servers inside namespaces), `bootstrap_volume` (a sidecar's
+files), `pod_runtime` (one running pod), `cluster` (apply and status), `supervisor` (the
+background process), `commands` (the CLI's side), `demo`.
 """

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from meshcp.injector.mutation import SIDECAR_CONTAINER
+from meshcp.injector.template import SIDECAR_CONTAINER
 from meshcp.lab import network, processes
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.network import LabError
-from meshcp.lab.plan import PROXY_USER, Container
+from meshcp.lab.pods import PROXY_USER, Container
 from meshcp.lab.supervisor import supervise, teardown
 
 REQUEST_TIMEOUT = 180.0
@@ -184,13 +184,18 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
                 "-" if last is None else f"{now - last:.0f}s ago",
             )
         )
+    print_table(rows, out)
+    for problem in report.get("problems", ()):
+        print(f"problem: {problem}", file=out)
+
+
+def print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Rows as left-aligned columns two spaces apart, the first row being the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out
         )
-    for problem in report.get("problems", ()):
-        print(f"problem: {problem}", file=out)
 
 
 def _state(paths: LabPaths) -> dict[str, Any]:

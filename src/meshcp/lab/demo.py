@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from meshcp.lab import commands, network, processes
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.netns_http import get
-from meshcp.lab.plan import Container
+from meshcp.lab.pods import Container
 from meshcp.sidecar.bootstrap import ADMIN_PORT
 
 
@@ -121,12 +121,8 @@ def _report(results: Sequence[tuple[Call, dict[str, Any]]], handshakes: dict[str
         if call.url.startswith(BOOKSTORE) and call.expect == "allowed":
             for pod, count in summary["served_by"].items():
                 split[pod] = split.get(pod, 0) + count
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print("", file=out)
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out
-        )
+    commands.print_table(rows, out)
     total = sum(split.values())
     if total:
         shares = ", ".join(

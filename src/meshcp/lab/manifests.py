@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from meshcp.injector import fields
+
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -46,12 +48,12 @@ class Manifest:
 
     @property
     def namespace(self) -> str:
-        value = _mapping(self.body.get("metadata")).get("namespace")
+        value = fields.mapping(self.body.get("metadata")).get("namespace")
         return value if isinstance(value, str) and value else "default"
 
     @property
     def name(self) -> str:
-        value = _mapping(self.body.get("metadata")).get("name")
+        value = fields.mapping(self.body.get("metadata")).get("name")
         return value if isinstance(value, str) else ""
 
     @property
@@ -141,22 +143,22 @@ def expand_deployments(manifests: list[Manifest]) -> tuple[list[Manifest], list[
         if manifest.kind != "Deployment":
             out.append(manifest)
             continue
-        spec = _mapping(manifest.body.get("spec"))
+        spec = fields.mapping(manifest.body.get("spec"))
         replicas = spec.get("replicas", 1)
-        template = _mapping(spec.get("template"))
+        template = fields.mapping(spec.get("template"))
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             problems.append(f"{manifest.display}: spec.replicas must be a whole number ≥ 0, got {replicas!r}")
             continue
         if not manifest.name or not isinstance(template.get("spec"), dict):
             problems.append(f"{manifest.display}: needs metadata.name and spec.template.spec")
             continue
-        metadata = _mapping(template.get("metadata"))
+        metadata = fields.mapping(template.get("metadata"))
         for index in range(replicas):
             pod_metadata = {
                 "name": f"{manifest.name}-{index}",
                 "namespace": manifest.namespace,
-                "labels": dict(_mapping(metadata.get("labels"))),
-                "annotations": dict(_mapping(metadata.get("annotations"))),
+                "labels": dict(fields.mapping(metadata.get("labels"))),
+                "annotations": dict(fields.mapping(metadata.get("annotations"))),
             }
             body = {
                 "apiVersion": "v1",
@@ -166,7 +168,3 @@ def expand_deployments(manifests: list[Manifest]) -> tuple[list[Manifest], list[
             }
             out.append(Manifest(body, manifest.location, manifest.path))
     return out, problems
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from meshcp.lab.plan import Container
+from meshcp.lab.pods import Container
 
 log = logging.getLogger("meshcp.lab")
 

@@ -1,0 +1,114 @@
+"""The Secret an injected sidecar boots from: Envoy's bootstrap, its xDS client certificate and
+key, and the bundle that signs the controller's certificate.
+
+The pod mounts it as its bootstrap volume (see `pod_patch`); `meshcp lab` writes the same
+files into a directory instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from meshcp.certs.provider import IssuedCertificate
+from meshcp.identity import ProxyIdentity
+from meshcp.injector.decision import Candidate
+from meshcp.injector.probe_rewrite import original_probes
+from meshcp.injector.template import (
+    BOOTSTRAP_FILE,
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    SidecarTemplate,
+    secret_name,
+)
+from meshcp.policy.membership import PROXY_UUID_LABEL
+from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sidecar.probes import probe_resources
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "meshcp-injector"
+_STATIC_RESOURCES = "staticResources"
+
+
+class BootstrapRenderer:
+    """Renders sidecar bootstraps as JSON for one template.
+
+    Only the node (id and cluster) and the probe listeners differ between sidecars, and
+    converting a whole bootstrap with betterproto's `to_dict` is the costliest step of an
+    injection: the shared part is converted once, here. The probe parts are converted only
+    for pods with probes, and remembered: the pods of a Deployment all have the same probes.
+    Immutable once built (but for that memory, which is the renderer's own).
+    """
+
+    def __init__(self, template: SidecarTemplate) -> None:
+        tls = XdsTls(
+            certificate=f"{template.bootstrap_dir}/{CERT_FILE}",
+            private_key=f"{template.bootstrap_dir}/{KEY_FILE}",
+            trust_bundle=f"{template.bootstrap_dir}/{CA_FILE}",
+            server_name=template.server_name,
+        )
+        config = bootstrap("", "", template.xds_host, template.xds_port, tls=tls, delta=template.delta_xds)
+        self._shared = {key: value for key, value in as_dict(config).items() if key != "node"}
+        self._probe_parts = functools.lru_cache(maxsize=256)(_probe_parts)
+
+    def render(self, node_id: str, cluster: str, probes: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The bootstrap of one sidecar as JSON: `as_dict(bootstrap(node_id, cluster, ...,
+        probes=probe_resources(probes)))`; `probes` are the original-probes annotation's entries."""
+        document = {**self._shared, "node": {"id": node_id, "cluster": cluster}}
+        if probes:
+            listeners, clusters = self._probe_parts(json.dumps(probes, sort_keys=True, separators=(",", ":")))
+            static = document[_STATIC_RESOURCES]
+            document[_STATIC_RESOURCES] = {
+                **static,
+                "listeners": [*static.get("listeners", ()), *listeners],
+                "clusters": [*static.get("clusters", ()), *clusters],
+            }
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def _probe_parts(probes_json: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The probe listeners and clusters as proto3 JSON (shared: never mutate them)."""
+    listeners, clusters = probe_resources(json.loads(probes_json)).as_dicts()
+    return tuple(listeners), tuple(clusters)
+
+
+def bootstrap_secret(
+    candidate: Candidate,
+    proxy: ProxyIdentity,
+    renderer: BootstrapRenderer,
+    certificate: IssuedCertificate,
+    trust_bundle: str,
+) -> dict[str, Any]:
+    """The Secret the sidecar boots from: Envoy bootstrap (with the listeners serving the
+    pod's rewritten probes), xDS client certificate and key, and the bundle that signs the
+    controller's certificate.
+
+    Labelled with the proxy UUID (as the pod is) so that secrets of pods that never came to
+    exist can be found and collected.
+    """
+    identity = candidate.identity
+    files = {
+        BOOTSTRAP_FILE: renderer.render(
+            proxy.name,
+            f"{identity.service_account}.{identity.namespace}",
+            original_probes(candidate.creation.pod),
+        ),
+        CERT_FILE: certificate.chain_pem,
+        KEY_FILE: certificate.private_key_pem,
+        CA_FILE: trust_bundle,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": secret_name(proxy),
+            "namespace": identity.namespace,
+            "labels": {PROXY_UUID_LABEL: proxy.proxy_uuid, MANAGED_BY_LABEL: MANAGED_BY},
+        },
+        "data": {name: base64.b64encode(text.encode()).decode() for name, text in sorted(files.items())},
+    }

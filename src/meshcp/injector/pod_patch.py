@@ -1,0 +1,128 @@
+"""The JSONPatch that injects a pod: the sidecar and init containers, the bootstrap volume, the
+proxy UUID label, and the probes pointed at the sidecar.
+
+The init container installs the iptables redirection before any container starts; the
+sidecar runs Envoy as the proxy UID (whose traffic the rules let through) from the bootstrap
+Secret mounted read-only. The proxy UUID label ties pod, sidecar and Secret together.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from meshcp.identity import ProxyIdentity
+from meshcp.injector.decision import Candidate
+from meshcp.injector.patch_ops import Patch, add_entries, append
+from meshcp.injector.probe_rewrite import rewrite_probes
+from meshcp.injector.template import (
+    BOOTSTRAP_FILE,
+    BOOTSTRAP_VOLUME,
+    INIT_CONTAINER,
+    SIDECAR_CONTAINER,
+    SidecarTemplate,
+    secret_name,
+)
+from meshcp.model.meshconfig import MeshConfig
+from meshcp.policy.membership import PROXY_UUID_LABEL
+from meshcp.sidecar import iptables
+
+#: JSON list of the probes the injector rewrote; the sidecar's bootstrap serves them.
+ORIGINAL_PROBES_ANNOTATION = "meshcp.dev/original-probes"
+#: Secret volume files are read by Envoy (UID 1500); only its container mounts the volume.
+SECRET_MODE = 0o444
+
+
+def sidecar_patch(
+    candidate: Candidate, proxy: ProxyIdentity, template: SidecarTemplate, mesh: MeshConfig
+) -> Patch:
+    """The JSONPatch adding the sidecar, init container, bootstrap volume and proxy label,
+    and pointing HTTP/TCP probes at the sidecar's probe listeners."""
+    pod = candidate.creation.pod
+    metadata, spec = pod["metadata"], pod["spec"]
+    ops: list[dict[str, Any]] = []
+    probes = rewrite_probes(spec["containers"])
+    ops += probes.operations
+    add_entries(ops, metadata, "/metadata", "labels", {PROXY_UUID_LABEL: proxy.proxy_uuid})
+    if probes.annotation:
+        add_entries(
+            ops,
+            metadata,
+            "/metadata",
+            "annotations",
+            {ORIGINAL_PROBES_ANNOTATION: json.dumps(probes.annotation, separators=(",", ":"))},
+        )
+    append(ops, spec, "/spec", "initContainers", _init_container(candidate.redirection, template))
+    ops.append(
+        {"op": "add", "path": "/spec/containers/-", "value": _sidecar_container(proxy, template, mesh)}
+    )
+    append(ops, spec, "/spec", "volumes", _bootstrap_volume(proxy))
+    return Patch(ops, tuple(probes.warnings))
+
+
+def _sidecar_container(proxy: ProxyIdentity, template: SidecarTemplate, mesh: MeshConfig) -> dict[str, Any]:
+    env = [
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        _field_env("POD_IP", "status.podIP"),
+        _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        {"name": "MESHCP_PROXY_UUID", "value": proxy.proxy_uuid},
+    ]
+    return {
+        "name": SIDECAR_CONTAINER,
+        "image": mesh.sidecar_image,
+        "imagePullPolicy": template.image_pull_policy,
+        "command": ["envoy"],
+        # Nothing in a pod hot-restarts Envoy; without it, Envoys sharing an IPC namespace
+        # (meshcp lab) cannot collide on the hot-restart socket.
+        "args": [
+            "--config-path",
+            f"{template.bootstrap_dir}/{BOOTSTRAP_FILE}",
+            "--log-level",
+            mesh.sidecar_log_level,
+            "--disable-hot-restart",
+        ],
+        "ports": [{"name": "meshcp-metrics", "containerPort": iptables.PROMETHEUS_PORT, "protocol": "TCP"}],
+        "env": env,
+        # MeshConfig's sidecarResources win over the injector's configured defaults.
+        "resources": mesh.sidecar_resources() or copy.deepcopy(dict(template.resources or {})),
+        "securityContext": {
+            "runAsUser": iptables.PROXY_UID,
+            "runAsGroup": iptables.PROXY_UID,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": template.bootstrap_dir, "readOnly": True}],
+    }
+
+
+def _init_container(redirection: iptables.Redirection, template: SidecarTemplate) -> dict[str, Any]:
+    return {
+        "name": INIT_CONTAINER,
+        "image": template.init_image,
+        "imagePullPolicy": template.image_pull_policy,
+        "command": iptables.init_command(iptables.render(redirection)),
+        # Root with exactly the capabilities iptables needs, also under a pod-wide
+        # runAsNonRoot (which would otherwise keep the init container from starting).
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "privileged": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }
+
+
+def _bootstrap_volume(proxy: ProxyIdentity) -> dict[str, Any]:
+    return {
+        "name": BOOTSTRAP_VOLUME,
+        "secret": {"secretName": secret_name(proxy), "defaultMode": SECRET_MODE},
+    }
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}

@@ -1,0 +1,130 @@
+"""Which pod creations get a sidecar, which are left alone, and which are refused with the reason."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from meshcp.certs import Identity
+from meshcp.injector.decision import Candidate, Deny, NamespaceInfo, Skip, pod_creation
+from meshcp.model.meshconfig import MESH_LABEL
+from meshcp.policy.membership import INJECTION_ANNOTATION, PROXY_UUID_LABEL
+from meshcp.sidecar.iptables import OUTBOUND_PORT_EXCLUSIONS
+from tests.injector.injection import (
+    MONITORED,
+    candidate_for,
+    decision_for,
+    inject,
+    to_review,
+    with_annotations,
+)
+from tests.injector.reviews import MESH_NAMESPACE, bare_pod, deployment_pod, review
+
+
+def test_namespace_comes_from_the_request_when_the_pod_has_none() -> None:
+    pod = deployment_pod(namespace_in_object=False)
+    candidate = candidate_for(review(pod, namespace=MESH_NAMESPACE))
+    assert candidate.identity == Identity(MESH_NAMESPACE, "bookstore")
+    assert candidate.creation.display_name == "bookstore/bookstore-v1-5c7f9d8b6-*"
+
+
+@pytest.mark.parametrize(
+    ("pod", "namespace", "reason"),
+    [
+        (deployment_pod(), NamespaceInfo(MESH_NAMESPACE), "not monitored by mesh meshcp"),
+        (deployment_pod(), NamespaceInfo(MESH_NAMESPACE, {MESH_LABEL: "other"}), "not monitored"),
+        (deployment_pod(), None, "not found"),
+        ({**bare_pod(), "spec": {**bare_pod()["spec"], "hostNetwork": True}}, MONITORED, "host network"),
+        (
+            with_annotations(deployment_pod(), **{INJECTION_ANNOTATION: "disabled"}),
+            MONITORED,
+            "disabled by the pod annotation",
+        ),
+        (
+            deployment_pod(),
+            NamespaceInfo(MESH_NAMESPACE, {MESH_LABEL: "meshcp"}, {INJECTION_ANNOTATION: "disabled"}),
+            "disabled by the namespace bookstore annotation",
+        ),
+        # The pod annotation cannot pull a pod into a namespace outside the mesh.
+        (
+            with_annotations(deployment_pod(), **{INJECTION_ANNOTATION: "enabled"}),
+            NamespaceInfo("x"),
+            "not monitored",
+        ),
+    ],
+)
+def test_skipped(pod: dict[str, Any], namespace: NamespaceInfo | None, reason: str) -> None:
+    decision = decision_for(pod, namespace)
+    assert isinstance(decision, Skip)
+    assert reason in decision.reason
+
+
+def test_pod_annotation_overrides_namespace_annotation() -> None:
+    namespace = NamespaceInfo(MESH_NAMESPACE, {MESH_LABEL: "meshcp"}, {INJECTION_ANNOTATION: "disabled"})
+    pod = with_annotations(deployment_pod(), **{INJECTION_ANNOTATION: "enabled"})
+    assert isinstance(decision_for(pod, namespace), Candidate)
+
+
+def test_system_namespaces_are_never_injected() -> None:
+    namespace = NamespaceInfo("kube-system", {MESH_LABEL: "meshcp"})
+    decision = decision_for(deployment_pod(), namespace, namespace="kube-system")
+    assert isinstance(decision, Skip) and "system namespace" in decision.reason
+
+
+def test_injection_is_idempotent() -> None:
+    pod = deployment_pod()
+    patched, _, _ = inject(pod)
+    decision = decision_for(patched)
+    assert isinstance(decision, Skip) and "already has a sidecar" in decision.reason
+    labelled = deployment_pod()
+    labelled["metadata"]["labels"][PROXY_UUID_LABEL] = str(uuid.uuid4())
+    assert isinstance(decision_for(labelled), Skip)
+    with_envoy = bare_pod()
+    with_envoy["spec"]["containers"].append({"name": "envoy", "image": "envoyproxy/envoy:v1.40.0"})
+    assert isinstance(decision_for(with_envoy), Skip)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"operation": "UPDATE"}, "operation UPDATE"),
+        ({"subResource": "ephemeralcontainers"}, "subresource"),
+        ({"kind": {"group": "apps", "version": "v1", "kind": "Deployment"}}, "not a Pod but Deployment"),
+        ({"object": None}, "no Pod object"),
+        ({"object": {"metadata": {}, "spec": {"containers": []}}}, "not a valid Pod"),
+    ],
+)
+def test_not_a_pod_creation(change: dict[str, Any], reason: str) -> None:
+    document = review(deployment_pod())
+    document["request"].update(change)
+    creation = pod_creation(to_review(document))
+    assert isinstance(creation, Skip)
+    assert reason in creation.reason
+
+
+@pytest.mark.parametrize(
+    ("annotations", "words"),
+    [
+        ({INJECTION_ANNOTATION: "yes"}, [INJECTION_ANNOTATION, "'yes'", "'enabled' or 'disabled'"]),
+        (
+            {OUTBOUND_PORT_EXCLUSIONS: "80,smtp"},
+            [OUTBOUND_PORT_EXCLUSIONS, "'80,smtp'", "'smtp' is not a port"],
+        ),
+    ],
+)
+def test_impossible_injection_is_refused_with_the_reason(
+    annotations: dict[str, str], words: list[str]
+) -> None:
+    decision = decision_for(with_annotations(deployment_pod(), **annotations))
+    assert isinstance(decision, Deny)
+    for word in words:
+        assert word in decision.message
+
+
+def test_invalid_service_account_is_refused() -> None:
+    pod = deployment_pod()
+    pod["spec"]["serviceAccountName"] = "Book_Store"
+    decision = decision_for(pod)
+    assert isinstance(decision, Deny) and "Book_Store" in decision.message
