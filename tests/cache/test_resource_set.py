@@ -66,9 +66,9 @@ def test_one_shared_set_is_indexed_and_diffed_once_for_every_class() -> None:
     world.endpoints["a"] = (9100,)
     after = ResourceSet([r for r in world.resources() if r.type_url == EDS])
     olds = [Snapshot([before]) for _ in range(3)]
-    news = [Snapshot([after]) for _ in range(3)]
+    news = [Snapshot([after], previous=old) for old in olds]
     for old, new in zip(olds, news, strict=True):
-        assert new.follow(old) == {EDS}
+        assert new.changed_types(old) == {EDS}
         assert new.changed_names(EDS, old.resources(EDS)) == frozenset({"a"})
     # The classes share the set's index, not copies of it.
     assert news[0].resources(EDS) is news[1].resources(EDS) is after.mapping()
@@ -82,6 +82,6 @@ def test_unchanged_type_keeps_the_previous_objects() -> None:
     held = first.resources(CDS)
     world.endpoints["a"] = (9100,)
     _, sets_again = _split(world)
-    second = Snapshot(sets_again)
-    assert second.follow(first) == {EDS}
+    second = Snapshot(sets_again, previous=first)
+    assert second.changed_types(first) == {EDS}
     assert second.resources(CDS) is held

@@ -47,8 +47,8 @@ def test_set_snapshot_wakes_only_watchers_of_changed_content() -> None:
     }
     assert len(seen["one"]) == 1 and seen["two"] == []
 
-    # Same content built again: nobody is woken and the first object (and its memo) stays.
-    first.memo["k"] = b"framed"
+    # Same content built again: nobody is woken and the first object (and with it what
+    # servers derived from it, e.g. framed responses) stays.
     assert cache.set_snapshot("one", world.snapshot()) == frozenset()
     assert len(seen["one"]) == 1
     assert cache.get("one") is first
@@ -104,7 +104,7 @@ def test_diff_named_subscription_and_force() -> None:
     assert [r.name for r in updated] == ["a"]
 
 
-def test_a_followed_snapshot_names_what_changed_and_keeps_unchanged_mappings() -> None:
+def test_a_snapshot_built_after_another_names_what_changed_and_keeps_unchanged_mappings() -> None:
     """Streams diff a one-resource change in O(changed): the names are computed once per
     class, and a stream uses them only if it holds exactly the replaced content."""
     cache = SnapshotCache()
@@ -115,7 +115,7 @@ def test_a_followed_snapshot_names_what_changed_and_keeps_unchanged_mappings() -
     world.endpoints["a"] = (9000,)
     world.endpoints["c"] = (9001,)
     del world.endpoints["b"]
-    after = world.snapshot()
+    after = Snapshot(world.resources(), previous=cache.get("k"))
     cache.set_snapshot("k", after)
     assert after.changed_names(EDS, held_eds) == frozenset({"a", "b", "c"})
     assert after.changed_names(EDS, held_versions) == frozenset({"a", "b", "c"})
@@ -130,9 +130,8 @@ def test_diff_limited_to_changed_names_agrees_with_the_full_diff() -> None:
     world.endpoints["a"] = (9000,)
     world.endpoints["c"] = (9001,)
     del world.endpoints["b"]
-    after = world.snapshot()
     known = before.versions(EDS)
-    after.follow(before)
+    after = Snapshot(world.resources(), previous=before)
     changed = after.changed_names(EDS, known)
     assert changed == frozenset({"a", "b", "c"})
     for subscribed in (None, {"a", "b"}, {"b", "c", "missing"}):

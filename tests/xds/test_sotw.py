@@ -1,4 +1,4 @@
-"""State-of-the-world ADS rules (numbers as in ../shared/XDS-PROTOCOL.md), driven as a client would."""
+"""State-of-the-world ADS rules (numbers as in docs/xds-protocol.md), driven as a client would."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ class Recorder:
 class Client:
     """Drives one SotwProtocol like an Envoy would, decoding every response."""
 
-    #: Whether a new snapshot follows the previous one, as in `SnapshotCache` (streams then
-    #: diff only the names that changed), or comes unrelated (streams compare everything).
+    #: Whether a new snapshot is built with the previous one as `previous`, as the publisher
+    #: does (streams then diff only the names that changed), or comes unrelated (streams
+    #: compare everything).
     follow = True
 
     def __init__(self, snapshot: Snapshot, shared: Shared | None = None) -> None:
@@ -76,8 +77,8 @@ class Client:
         return self.request(response.type_url, names, nonce=response.nonce, version=response.version_info)
 
     def update(self, snapshot: Snapshot) -> list[DiscoveryResponse]:
-        if self.follow:
-            snapshot.follow(self.snapshot)
+        if self.follow:  # the same content, built knowing the snapshot it replaces
+            snapshot = Snapshot(snapshot.parts(), snapshot.created, previous=self.snapshot)
         self.snapshot = snapshot
         return self.pump()
 
@@ -369,7 +370,7 @@ def test_nacks_during_make_before_break_settle_without_a_loop() -> None:
 
 def test_streams_of_one_class_share_subscriptions_and_held_content() -> None:
     """What each stream holds is the snapshot's own mapping and one shared name set, not
-    a copy per stream (memory at 10,000 streams)."""
+    a copy per stream (memory with many streams)."""
     world = World()
     snapshot = world.snapshot()
     # Streams of one server share one `Shared` (the server makes it).
@@ -394,7 +395,7 @@ def test_streams_asking_the_same_names_share_one_framed_response() -> None:
     sent: list[DiscoveryResponse] = []
     for client in (Client(snapshot, shared), Client(snapshot, shared)):
         sent += client.request(EDS, ["a", "b"])
-    named = [key for key in snapshot.memo if isinstance(key, tuple) and key[0] == "sotw-named"]
+    named = [key for key in shared.framed[snapshot] if isinstance(key, tuple) and key[0] == "sotw-named"]
     assert named == [("sotw-named", EDS, snapshot.version(EDS), ("a", "b"))]
     assert len(sent) == 2 and sent[0].resources == sent[1].resources
     assert [r.version_info for r in sent] == [snapshot.version(EDS)] * 2

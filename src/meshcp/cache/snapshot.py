@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 from meshcp.cache.resource import Resource
@@ -112,13 +112,27 @@ class Snapshot:
 
     Made of resources and shared `ResourceSet`s. Two snapshots with equal content have
     equal versions in any process, so a proxy reconnecting to another replica is not
-    pushed anything. `memo` lets the server keep framed responses next to the content
-    they were framed from; it is dropped with the snapshot.
+    pushed anything. A value: nothing changes it once built, and what a server derives
+    from it (framed responses) the server keeps, keyed by it weakly.
+
+    `previous`, the snapshot this one replaces, is looked at once, here: unchanged types
+    take over its mappings (equal content, same objects), so what streams hold stays
+    identical to what the snapshot has across changes of other types; for changed types
+    the names that differ are computed once (once per pair of sets, when the type is one
+    shared set), so that `changed_names` lets each of thousands of streams look at those
+    alone instead of diffing every resource (recompute only what a change touches). The
+    previous snapshot itself is not kept.
     """
 
-    __slots__ = ("_by_type", "_changes", "_name_versions", "_sets", "_versions", "created", "memo")
+    __slots__ = ("__weakref__", "_by_type", "_changes", "_name_versions", "_sets", "_versions", "created")
 
-    def __init__(self, resources: Iterable[Resource | ResourceSet], created: float | None = None) -> None:
+    def __init__(
+        self,
+        resources: Iterable[Resource | ResourceSet],
+        created: float | None = None,
+        *,
+        previous: Snapshot | None = None,
+    ) -> None:
         sets: dict[str, list[ResourceSet]] = {}
         loose: dict[str, list[Resource]] = {}
         for item in resources:
@@ -141,10 +155,41 @@ class Snapshot:
         self._by_type: dict[str, Mapping[str, Resource]] = {}
         #: `time.monotonic()` when the content was built: the start of push latency.
         self.created = time.monotonic() if created is None else created
-        self.memo: dict[Hashable, object] = {}
         self._name_versions: dict[str, Mapping[str, str]] = {}
         #: Per changed type: the replaced snapshot's mappings and the names that differ.
         self._changes: dict[str, tuple[Mapping[str, Resource], Mapping[str, str] | None, frozenset[str]]] = {}
+        if previous is not None:
+            self._follow(previous)
+
+    def _follow(self, previous: Snapshot) -> None:
+        """Relate this snapshot to the one it replaces (see the class docstring)."""
+        changed = self.changed_types(previous)
+        for type_url in self._sets.keys() & previous._sets.keys():
+            if type_url in changed:
+                before = previous.resources(type_url)
+                old_versions = previous._name_versions.get(type_url)
+                old_sets, new_sets = previous._sets[type_url], self._sets[type_url]
+                if len(old_sets) == 1 and len(new_sets) == 1:
+                    names = new_sets[0].changed_since(old_sets[0])
+                    if old_versions is None:
+                        old_versions = old_sets[0]._versions
+                else:
+                    after = self.resources(type_url)
+                    found = {name for name, resource in after.items() if _differs(before.get(name), resource)}
+                    found.update(name for name in before if name not in after)
+                    names = frozenset(found)
+                self._changes[type_url] = (before, old_versions, names)
+            else:
+                self._sets[type_url] = previous._sets[type_url]
+                if type_url in previous._by_type:
+                    self._by_type[type_url] = previous._by_type[type_url]
+                if type_url in previous._name_versions:
+                    self._name_versions[type_url] = previous._name_versions[type_url]
+
+    def parts(self) -> tuple[ResourceSet, ...]:
+        """The sets this snapshot is made of (loose resources grouped by type): with
+        `created`, enough to build an equal snapshot, e.g. one related to a `previous`."""
+        return tuple(part for group in self._sets.values() for part in group)
 
     def resources(self, type_url: str) -> Mapping[str, Resource]:
         """The resources of one type, by name (sorted); empty when the type is absent."""
@@ -193,46 +238,10 @@ class Snapshot:
         types = self.type_urls() | other.type_urls()
         return frozenset(t for t in types if self.version(t) != other.version(t))
 
-    def follow(self, previous: Snapshot | None) -> frozenset[str]:
-        """Relate this snapshot to the one it replaces; return the types whose content changed.
-
-        Unchanged types take over the previous mappings (equal content, same objects), so
-        what streams hold stays identical to what the snapshot has across changes of other
-        types. For changed types, the names that differ are computed here (once per pair
-        of sets, when the type is one shared set), so that `changed_names` lets each of
-        thousands of streams look at those alone instead of diffing every resource
-        (recompute only what a change touches).
-        """
-        changed = self.changed_types(previous)
-        if previous is None:
-            return changed
-        for type_url in self._sets.keys() & previous._sets.keys():
-            if type_url in changed:
-                before = previous.resources(type_url)
-                old_versions = previous._name_versions.get(type_url)
-                old_sets, new_sets = previous._sets[type_url], self._sets[type_url]
-                if len(old_sets) == 1 and len(new_sets) == 1:
-                    names = new_sets[0].changed_since(old_sets[0])
-                    if old_versions is None:
-                        old_versions = old_sets[0]._versions
-                else:
-                    after = self.resources(type_url)
-                    found = {name for name, resource in after.items() if _differs(before.get(name), resource)}
-                    found.update(name for name in before if name not in after)
-                    names = frozenset(found)
-                self._changes[type_url] = (before, old_versions, names)
-            else:
-                self._sets[type_url] = previous._sets[type_url]
-                if type_url in previous._by_type:
-                    self._by_type[type_url] = previous._by_type[type_url]
-                if type_url in previous._name_versions:
-                    self._name_versions[type_url] = previous._name_versions[type_url]
-        return changed
-
     def changed_names(self, type_url: str, since: Mapping[str, object]) -> frozenset[str] | None:
         """The names of `type_url` whose resources differ between `since` and this snapshot,
-        when `since` is the `resources()` or `versions()` mapping of the snapshot this one
-        followed (see `follow`); None otherwise, and the caller must compare everything."""
+        when `since` is the `resources()` or `versions()` mapping of the `previous` snapshot
+        this one was built with; None otherwise, and the caller must compare everything."""
         found = self._changes.get(type_url)
         if found is None or (since is not found[0] and since is not found[1]):
             return None

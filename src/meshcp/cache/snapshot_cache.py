@@ -14,8 +14,9 @@ class SnapshotCache:
     """Holds the current snapshot of every proxy class and notifies its watchers.
 
     Setting a snapshot whose content equals the current one keeps the current object
-    (and the framed responses memoised on it) and wakes nobody: identical content never
-    causes a push.
+    (and what servers derived from it, e.g. framed responses) and wakes nobody: identical
+    content never causes a push. Build a new snapshot with `previous=cache.get(key)` so
+    that streams diff only the names that changed (see `Snapshot`).
     """
 
     def __init__(self) -> None:
@@ -32,7 +33,7 @@ class SnapshotCache:
     def set_snapshot(self, key: str, snapshot: Snapshot) -> frozenset[str]:
         """Install `snapshot` for `key`; return the changed types (empty: nothing to push)."""
         current = self._snapshots.get(key)
-        changed = snapshot.follow(current)
+        changed = snapshot.changed_types(current)
         if current is not None and not changed:
             return changed
         self._snapshots[key] = snapshot

@@ -54,7 +54,8 @@ def fast_parse(data: bytes, message_type: Any, cache: NameCache) -> Any:
     Names and scalars are read directly; `node` and `error_detail` (first request, NACKs)
     go through betterproto2. Returns None for anything else (resource locators,
     `initial_resource_versions`, unknown fields), which the caller decodes normally.
-    betterproto2 needs ~340 µs for a SotW ACK repeating 100 names; this ~12 µs.
+    betterproto2's per-field machinery dominates the cost of an ACK that repeats a long
+    list of names; reading them directly avoids it.
     """
     delta = message_type is DeltaDiscoveryRequest
     strings = _DELTA if delta else _SOTW
@@ -103,7 +104,7 @@ class FramedCodec(CodecBase):
     """Lets handlers send `bytes` (a response framed from cached resources) unchanged.
 
     grpclib's ProtoCodec insists on message objects; re-encoding a response we already
-    hold as bytes would cost ~10 µs per resource per proxy.
+    hold as bytes would cost a full encoding per resource per proxy.
     """
 
     __content_subtype__ = "proto"

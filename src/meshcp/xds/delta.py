@@ -1,6 +1,9 @@
 """The incremental (delta) ADS protocol for one stream, without any I/O.
 
-Rules are numbered as in ../shared/XDS-PROTOCOL.md.
+Rules are numbered as in docs/xds-protocol.md. What delta shares with SotW (requests'
+common steps, the response passes, nonces) is `stream.StreamProtocol`; here are its own:
+subscribe/unsubscribe, `initial_resource_versions`, per-resource updates and
+`removed_resources`.
 """
 
 from __future__ import annotations
@@ -9,49 +12,37 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest
 from meshcp.cache import resource_types
 from meshcp.cache.diff import diff
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import Snapshot
 from meshcp.xds.framing import delta_response
-from meshcp.xds.stream import Interner, NullObserver, Observer, Outgoing, Sent, Shared, error_message
+from meshcp.xds.stream import NO_NAMES, WILDCARD, Interner, Outgoing, StreamProtocol, TypeState
 
-WILDCARD = "*"
-_NO_NAMES: frozenset[str] = frozenset()
 _NOTHING: Mapping[str, str] = MappingProxyType({})
-
-#: Subscriptions, shared by every stream subscribed to the same names.
 
 
 @dataclass(slots=True)
-class _TypeState:
+class _TypeState(TypeState):
     """What one stream knows of one type.
 
-    Every set and mapping here is replaced, never mutated in place, except `known` once
-    `own_known` made it the stream's own: most streams of a class subscribe to the same
-    names and hold the same versions, so they share one object instead of a copy each.
+    `known` is replaced, never mutated in place, except once `own_known` made it the
+    stream's own: streams that hold the same versions share one object.
     """
 
-    #: Interned by the server's `Shared.subscriptions`.
-    names: frozenset[str] = _NO_NAMES
-    explicit_wildcard: bool = False
-    legacy: bool = False
     #: Versions the client holds, by name (from responses and initial_resource_versions).
     #: Either the stream's own dict or, while the client holds exactly a snapshot's content
     #: of the type, that snapshot's read-only `versions()` mapping.
     known: Mapping[str, str] = field(default_factory=lambda: _NOTHING)
     #: Subscribed names already reported as not existing (rule 16), so we say it once.
-    absent: frozenset[str] | set[str] = _NO_NAMES
-    force: frozenset[str] | set[str] = _NO_NAMES
-    sent: Sent = field(default_factory=Sent)
-    #: Snapshot version of this type with nothing left to send or remove (O(1) skip).
-    quiet: str = ""
+    absent: frozenset[str] | set[str] = NO_NAMES
 
-    @property
-    def wildcard(self) -> bool:
-        return self.explicit_wildcard or (self.legacy and not self.names)
+    def holds(self, name: str, resource: Resource) -> bool:
+        return self.known.get(name) == resource.version
+
+    def details(self) -> dict[str, object]:
+        return {"resources_held": len(self.known)}
 
     def own_known(self) -> dict[str, str]:
         """`known` as a dict this stream may change (copied first if shared)."""
@@ -100,175 +91,113 @@ class _TypeState:
         self.names = intern(self.names.union(added).difference(removed))
 
 
-class DeltaProtocol:
+class DeltaProtocol(StreamProtocol[_TypeState, DeltaDiscoveryRequest]):
     """One DeltaAggregatedResources stream's subscriptions and what the client holds."""
 
     kind = "delta"
-    __slots__ = ("_nonce", "_observer", "_shared", "_types", "node")
+    __slots__ = ()
 
-    def __init__(self, observer: Observer | None = None, shared: Shared | None = None) -> None:
-        self.node: Node | None = None
-        self._observer = observer or NullObserver()
-        self._shared = shared or Shared()
-        self._types: dict[str, _TypeState] = {}
-        self._nonce = 0
+    # Requests ------------------------------------------------------------------
 
-    def receive(self, request: DeltaDiscoveryRequest) -> bool:
-        """Apply one request; False when there is nothing to reconsider."""
-        if self.node is None and request.node is not None:
-            self.node = request.node
-        type_url = request.type_url
-        if not type_url:
-            return False
-        state = self._types.get(type_url)
-        first = state is None
-        if state is None:
-            state = self._types[type_url] = _TypeState()
-            state.legacy = not request.resource_names_subscribe and resource_types.allows_legacy_wildcard(
-                type_url
-            )
+    def _new_state(self) -> _TypeState:
+        return _TypeState()
+
+    def _apply(self, request: DeltaDiscoveryRequest, type_url: str, state: _TypeState, first: bool) -> bool:
+        subscribe, unsubscribe = request.resource_names_subscribe, request.resource_names_unsubscribe
+        if first:
+            state.legacy = not subscribe and resource_types.allows_legacy_wildcard(type_url)
             if request.initial_resource_versions:
                 state.known = dict(request.initial_resource_versions)  # rule 14
         # Rule 13: subscriptions apply even when the nonce is stale.
-        subscribe, unsubscribe = request.resource_names_subscribe, request.resource_names_unsubscribe
         if subscribe or unsubscribe:
             state.quiet = ""
         if subscribe:
-            named = [name for name in subscribe if name != WILDCARD]
-            if len(named) < len(subscribe):
-                state.explicit_wildcard = True
-            if named:
-                state.legacy = False
-                state.subscribe(self._shared.subscriptions, added=named)
-                state.force = state.force.union(named)  # rule 14: sent even if the client holds it
+            self._subscribe(state, subscribe)
         if unsubscribe:
-            if WILDCARD in unsubscribe:
-                state.explicit_wildcard = state.legacy = False
-            dropped = state.names.intersection(unsubscribe)  # rule 15: unknown names are ignored
-            if dropped:
-                state.subscribe(self._shared.subscriptions, removed=dropped)
-                state.absent = state.absent - dropped
-                state.force = state.force - dropped
-                if not state.wildcard and any(name in state.known for name in dropped):
-                    known = state.own_known()
-                    for name in dropped:
-                        known.pop(name, None)
+            self._unsubscribe(state, unsubscribe)
         nonce = request.response_nonce
         if nonce:
-            if nonce != state.sent.nonce:
-                self._observer.on_stale(type_url)
-            else:
-                state.sent.settle(
-                    nonce, error_message(request.error_detail), self.node, type_url, self._observer
-                )
-        return (
-            True
-            if first
-            else bool(request.resource_names_subscribe or request.resource_names_unsubscribe or nonce)
-        )
+            self._settle(type_url, state, nonce, request.error_detail)
+        return first or bool(subscribe or unsubscribe or nonce)
 
-    def responses(self, snapshot: Snapshot) -> list[Outgoing]:
-        """Updates in make-before-break order; removals once every update is ACKed (rule 18)."""
-        out: list[Outgoing] = []
-        unsettled = False
-        order = sorted(self._types, key=resource_types.push_rank)
-        for type_url in order:
-            state = self._types[type_url]
-            if state.sent.outstanding:
-                unsettled = True
-                continue
-            if state.quiet == snapshot.version(type_url) and not state.force:
-                continue
-            current = snapshot.resources(type_url)
-            changed = snapshot.changed_names(type_url, state.known)
-            subscribed = None if state.wildcard else state.names
-            updated, _ = diff(current, state.known, subscribed, state.force, changed)
-            state.force = _NO_NAMES
-            if not updated:
-                continue
-            unsettled = True
-            if type_url == resource_types.CLUSTER:
-                self._mark_endpoints(updated, state.known)
-            state.hold(updated, snapshot, type_url, changed)
-            if state.absent:
-                state.absent = state.absent.difference(r.name for r in updated)
-            out.append(self._send(type_url, state, snapshot, updated=updated))
-            keys = current.keys()
-            held_all = state.known is snapshot.versions(type_url) or state.known.keys() <= keys
-            if held_all and (state.wildcard or state.names <= keys):
-                state.quiet = snapshot.version(type_url)  # nothing can be left to remove
-        if not unsettled:
-            for type_url in order:
-                state = self._types[type_url]
-                if state.quiet == snapshot.version(type_url):
-                    continue
-                state.quiet = snapshot.version(type_url)
-                current = snapshot.resources(type_url)
-                changed = snapshot.changed_names(type_url, state.known)
-                subscribed = None if state.wildcard else state.names
-                _, removed = diff(current, state.known, subscribed, changed=changed)
-                missing = [n for n in sorted(state.names) if n not in current and n not in state.known]
-                missing = [n for n in missing if n not in state.absent]
-                if not removed and not missing:
-                    continue
-                if removed:
-                    state.forget(removed, snapshot, type_url)
-                newly_absent = [name for name in removed if name in state.names] + missing
-                if newly_absent:
-                    state.absent = state.absent.union(newly_absent)
-                out.append(self._send(type_url, state, snapshot, removed=sorted({*removed, *missing})))
-        for outgoing in out:
-            self._observer.on_response(outgoing)
-        return out
+    def _subscribe(self, state: _TypeState, subscribe: list[str]) -> None:
+        named = [name for name in subscribe if name != WILDCARD]
+        if len(named) < len(subscribe):
+            state.explicit_wildcard = True
+        if named:
+            state.legacy = False
+            state.subscribe(self._shared.subscriptions, added=named)
+            state.force = state.force.union(named)  # rule 14: sent even if the client holds it
 
-    def _mark_endpoints(self, updated: list[Resource], known: Mapping[str, str]) -> None:
-        """Rule 19: an updated EDS cluster needs its endpoints again to finish warming."""
-        endpoints = self._types.get(resource_types.ENDPOINT)
-        if endpoints is None:
-            return
-        for resource in updated:
-            if resource.endpoints and resource.name in known:
-                endpoints.force = {*endpoints.force, resource.endpoints}
+    def _unsubscribe(self, state: _TypeState, unsubscribe: list[str]) -> None:
+        if WILDCARD in unsubscribe:
+            state.explicit_wildcard = state.legacy = False
+        dropped = state.names.intersection(unsubscribe)  # rule 15: unknown names are ignored
+        if dropped:
+            state.subscribe(self._shared.subscriptions, removed=dropped)
+            state.absent = state.absent - dropped
+            state.force = state.force - dropped
+            if not state.wildcard and any(name in state.known for name in dropped):
+                known = state.own_known()
+                for name in dropped:
+                    known.pop(name, None)
 
-    def _send(
+    # Responses -----------------------------------------------------------------
+
+    def _update(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing | None:
+        current = snapshot.resources(type_url)
+        changed = snapshot.changed_names(type_url, state.known)
+        subscribed = None if state.wildcard else state.names
+        updated, _ = diff(current, state.known, subscribed, state.force, changed)
+        state.force = NO_NAMES
+        if not updated:
+            return None
+        if type_url == resource_types.CLUSTER:
+            known = state.known
+            self._warm_endpoints(r for r in updated if r.name in known)
+        state.hold(updated, snapshot, type_url, changed)
+        if state.absent:
+            state.absent = state.absent.difference(r.name for r in updated)
+        outgoing = self._send_delta(type_url, state, snapshot, updated, ())
+        keys = current.keys()
+        held_all = state.known is snapshot.versions(type_url) or state.known.keys() <= keys
+        if held_all and (state.wildcard or state.names <= keys):
+            state.quiet = snapshot.version(type_url)  # nothing can be left to remove
+        return outgoing
+
+    def _remove(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing | None:
+        """Rule 16: deletions and subscribed names that do not exist, each reported once."""
+        state.quiet = snapshot.version(type_url)
+        current = snapshot.resources(type_url)
+        changed = snapshot.changed_names(type_url, state.known)
+        subscribed = None if state.wildcard else state.names
+        _, removed = diff(current, state.known, subscribed, changed=changed)
+        missing = [n for n in sorted(state.names) if n not in current and n not in state.known]
+        missing = [n for n in missing if n not in state.absent]
+        if not removed and not missing:
+            return None
+        if removed:
+            state.forget(removed, snapshot, type_url)
+        newly_absent = [name for name in removed if name in state.names] + missing
+        if newly_absent:
+            state.absent = state.absent.union(newly_absent)
+        return self._send_delta(type_url, state, snapshot, [], tuple(sorted({*removed, *missing})))
+
+    def _send_delta(
         self,
         type_url: str,
         state: _TypeState,
         snapshot: Snapshot,
-        updated: list[Resource] | None = None,
-        removed: list[str] | None = None,
+        updated: list[Resource],
+        removed: tuple[str, ...],
     ) -> Outgoing:
-        resources = updated or []
-        self._nonce += 1
-        nonce = str(self._nonce)
         version = snapshot.version(type_url)
-        payload = delta_response(version, type_url, nonce, resources, removed or ())
-        outgoing = Outgoing(
-            type_url, nonce, version, payload, tuple(r.name for r in resources), tuple(removed or ())
+        return self._send(
+            type_url,
+            state,
+            snapshot,
+            version=version,
+            frame=lambda nonce: delta_response(version, type_url, nonce, updated, removed),
+            names=tuple(r.name for r in updated),
+            removed=removed,
         )
-        state.sent.record(outgoing, snapshot.created, self._shared.sent_names)
-        return outgoing
-
-    def holds_current(self, type_url: str, snapshot: Snapshot) -> bool:
-        """Whether the client has ACKed the snapshot's content of every name it subscribed to."""
-        state = self._types.get(type_url)
-        if state is None:
-            return True
-        if state.sent.outstanding or state.sent.acked_version != state.sent.version:
-            return False
-        current = snapshot.resources(type_url)
-        names = current.keys() if state.wildcard else state.names
-        return all(state.known.get(name) == current[name].version for name in names if name in current)
-
-    def status(self) -> dict[str, object]:
-        return {
-            resource_types.short_name(type_url): {
-                "wildcard": state.wildcard,
-                "names": sorted(state.names),
-                "resources_held": len(state.known),
-                **state.sent.status(),
-            }
-            for type_url, state in sorted(
-                self._types.items(), key=lambda item: resource_types.push_rank(item[0])
-            )
-        }

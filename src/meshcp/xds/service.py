@@ -64,8 +64,8 @@ class _Pusher:
 
     There is no writer task per stream: after a request, the stream's handler computes
     and sends the responses itself; after a snapshot change, a short-lived task does,
-    and ends when nothing is left. At 10,000 idle streams a task, its frame and an Event
-    each would be a tenth of the memory per stream. Only one of them sends at a time
+    and ends when nothing is left: with many idle streams, a task, its frame and an Event
+    each would be a large share of a stream's memory. Only one of them sends at a time
     (`_sending`); a wake-up during a send marks the stream `_dirty` and the sender looks
     again before it stops.
     """

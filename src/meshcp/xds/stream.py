@@ -1,14 +1,28 @@
-"""What both ADS stream kinds share: outgoing responses, NACK records, the observer."""
+"""What both ADS stream kinds share: one stream's per-type state, its requests' common
+steps, the response passes, outgoing responses, NACK records, the observer.
+
+Rules are numbered as in docs/xds-protocol.md. `sotw` and `delta` keep only their own
+protocol's rules; everything the two do alike is written once here.
+"""
 
 from __future__ import annotations
 
+import abc
 import time
-from collections.abc import Hashable
+import weakref
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest, DiscoveryRequest
 from meshcp._proto.google.rpc import Status
+from meshcp.cache import resource_types
+from meshcp.cache.resource import Resource
+from meshcp.cache.snapshot import Snapshot
+
+WILDCARD = "*"
+NO_NAMES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +114,12 @@ class Shared:
     subscriptions: Interner[frozenset[str]] = field(default_factory=Interner)
     #: Names of sent responses (kept for NACK records).
     sent_names: Interner[tuple[str, ...]] = field(default_factory=Interner)
+    #: Response bodies framed from a snapshot, by the protocol's key: every stream sent the
+    #: same response shares one framing. Kept here, not on the snapshot (a value that knows
+    #: nothing of the wire), and dropped with the snapshot.
+    framed: weakref.WeakKeyDictionary[Snapshot, dict[Hashable, bytes]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
 
 
 def error_message(status: Status | None) -> str | None:
@@ -163,4 +183,193 @@ class Sent:
                 "resources": list(nack.names),
                 "at": nack.at,
             },
+        }
+
+
+@dataclass(slots=True)
+class TypeState:
+    """What one stream knows of one type, in either protocol.
+
+    Sets here are replaced, never mutated in place: most streams of a class subscribe to
+    the same names, so they share one object instead of a copy each.
+    """
+
+    #: Interned by the server's `Shared.subscriptions`.
+    names: frozenset[str] = NO_NAMES
+    explicit_wildcard: bool = False
+    #: Legacy wildcard: the first request named nothing (Listener/Cluster only, rule 8).
+    legacy: bool = False
+    #: Names to send even if the client holds them unchanged (rules 9, 14 and 19).
+    force: frozenset[str] | set[str] = NO_NAMES
+    sent: Sent = field(default_factory=Sent)
+    #: The snapshot version of this type for which nothing is left to send (until the
+    #: subscription changes or names are forced): lets `responses` skip the type in O(1).
+    #: Whatever else makes a type due must clear it.
+    quiet: str = ""
+
+    @property
+    def wildcard(self) -> bool:
+        return self.explicit_wildcard or (self.legacy and not self.names)
+
+    def holds(self, name: str, resource: Resource) -> bool:
+        """Whether the client holds `resource` under `name` at its version."""
+        raise NotImplementedError
+
+    def details(self) -> dict[str, object]:
+        """Protocol-specific entries of the debug view."""
+        return {}
+
+
+StateT = TypeVar("StateT", bound=TypeState)
+RequestT = TypeVar("RequestT", bound=DiscoveryRequest | DeltaDiscoveryRequest)
+
+
+class StreamProtocol(abc.ABC, Generic[StateT, RequestT]):
+    """One ADS stream's subscriptions and what it was sent, without any I/O.
+
+    `receive` applies a request, `responses` says what to send for a snapshot; the
+    adapter moves bytes. A subclass supplies its protocol's rules: how a request changes
+    a type's subscription, and what one type's update and removal responses are.
+    """
+
+    #: "sotw" or "delta", for the debug view and metrics.
+    kind: str
+    __slots__ = ("_nonce", "_observer", "_shared", "_types", "node")
+
+    def __init__(self, observer: Observer | None = None, shared: Shared | None = None) -> None:
+        self.node: Node | None = None
+        self._observer = observer or NullObserver()
+        self._shared = shared or Shared()
+        self._types: dict[str, StateT] = {}
+        self._nonce = 0
+
+    # Requests ------------------------------------------------------------------
+
+    def receive(self, request: RequestT) -> bool:
+        """Apply one request; False when there is nothing to reconsider (no type, or what
+        the protocol ignores)."""
+        if self.node is None and request.node is not None:
+            self.node = request.node  # rule 2: only the first request must carry it
+        type_url = request.type_url
+        if not type_url:
+            return False
+        state = self._types.get(type_url)
+        first = state is None
+        if state is None:
+            state = self._types[type_url] = self._new_state()
+        return self._apply(request, type_url, state, first)
+
+    @abc.abstractmethod
+    def _new_state(self) -> StateT: ...
+
+    @abc.abstractmethod
+    def _apply(self, request: RequestT, type_url: str, state: StateT, first: bool) -> bool:
+        """The protocol's handling of a request for `type_url` (`first`: the type's first)."""
+
+    def _settle(self, type_url: str, state: StateT, nonce: str, error_detail: Status | None) -> bool | None:
+        """Apply what a request with `nonce` says of the type's responses (rules 3 and 12):
+        True for the ACK of the latest one, False for its NACK or when none awaited an
+        answer, None when the nonce is stale (a newer response went out since)."""
+        if nonce != state.sent.nonce:
+            self._observer.on_stale(type_url)
+            return None
+        error = error_message(error_detail)
+        return state.sent.settle(nonce, error, self.node, type_url, self._observer) is True
+
+    # Responses -----------------------------------------------------------------
+
+    def responses(self, snapshot: Snapshot) -> list[Outgoing]:
+        """Everything to send now for `snapshot`, in make-before-break order (rule 18).
+
+        A type with a response awaiting its ACK gets nothing new (rule 21: one outstanding
+        push per type; the newest content goes out after the ACK). Removals wait until
+        every update is ACKed, so nothing is removed before its replacement is in place.
+        """
+        out: list[Outgoing] = []
+        unsettled = False
+        order = sorted(self._types, key=resource_types.push_rank)
+        for type_url in order:
+            state = self._types[type_url]
+            if state.sent.outstanding:
+                unsettled = True
+            elif state.quiet != snapshot.version(type_url) or state.force:
+                outgoing = self._update(type_url, state, snapshot)
+                if outgoing is not None:
+                    out.append(outgoing)
+                    unsettled = True
+        if not unsettled:
+            for type_url in order:
+                state = self._types[type_url]
+                if state.quiet != snapshot.version(type_url):
+                    outgoing = self._remove(type_url, state, snapshot)
+                    if outgoing is not None:
+                        out.append(outgoing)
+        for outgoing in out:
+            self._observer.on_response(outgoing)
+        return out
+
+    @abc.abstractmethod
+    def _update(self, type_url: str, state: StateT, snapshot: Snapshot) -> Outgoing | None:
+        """The response that brings one type's new or changed resources, if any."""
+
+    @abc.abstractmethod
+    def _remove(self, type_url: str, state: StateT, snapshot: Snapshot) -> Outgoing | None:
+        """The response that removes what one type's client holds and should no longer,
+        once every update is ACKed; it sets `state.quiet` when nothing is left."""
+
+    def _warm_endpoints(self, clusters: Iterable[Resource]) -> None:
+        """Rule 19: an updated EDS cluster warms only after its endpoints arrive again, so
+        they are sent even if unchanged."""
+        endpoints = self._types.get(resource_types.ENDPOINT)
+        if endpoints is None:
+            return
+        for cluster in clusters:
+            if cluster.endpoints:
+                endpoints.force = {*endpoints.force, cluster.endpoints}
+
+    def _send(
+        self,
+        type_url: str,
+        state: StateT,
+        snapshot: Snapshot,
+        *,
+        version: str,
+        frame: Callable[[str], bytes],
+        names: tuple[str, ...],
+        removed: tuple[str, ...] = (),
+    ) -> Outgoing:
+        """A response framed by `frame` with the stream's next nonce (rules 1 and 12),
+        recorded as the type's outstanding one."""
+        self._nonce += 1
+        nonce = str(self._nonce)
+        outgoing = Outgoing(type_url, nonce, version, frame(nonce), names, removed)
+        state.sent.record(outgoing, snapshot.created, self._shared.sent_names)
+        return outgoing
+
+    # Introspection -------------------------------------------------------------
+
+    def holds_current(self, type_url: str, snapshot: Snapshot) -> bool:
+        """Whether the client has ACKed the snapshot's content of every name it subscribed
+        to (vacuously true for a type it never asked for)."""
+        state = self._types.get(type_url)
+        if state is None:
+            return True
+        if state.sent.outstanding or state.sent.acked_version != state.sent.version:
+            return False
+        current = snapshot.resources(type_url)
+        names = current.keys() if state.wildcard else state.names
+        return all(state.holds(name, current[name]) for name in names if name in current)
+
+    def status(self) -> dict[str, object]:
+        """Per type: subscription and send/ACK/NACK state (for /debug/proxies)."""
+        return {
+            resource_types.short_name(type_url): {
+                "wildcard": state.wildcard,
+                "names": sorted(state.names),
+                **state.details(),
+                **state.sent.status(),
+            }
+            for type_url, state in sorted(
+                self._types.items(), key=lambda item: resource_types.push_rank(item[0])
+            )
         }
