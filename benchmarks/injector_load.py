@@ -46,7 +46,8 @@ from bench_support import machine
 from meshcp.certs import DirectoryStore, InternalCA
 from meshcp.certs.issuance import xds_server_request
 from meshcp.certs.setup import CaSettings
-from meshcp.injector.server import InjectorSettings, run_injector
+from meshcp.injector.server import run_injector
+from meshcp.injector.settings import InjectorSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,9 @@ from meshcp import __version__
 from meshcp.cli.options import ca_settings, controller_settings
 from meshcp.cli.parser import build_parser
 from meshcp.injector import kube
-from meshcp.injector.mutation import SYSTEM_NAMESPACES
-from meshcp.injector.server import DEFAULT_DEADLINE, MUTATE_PATH, InjectorSettings
+from meshcp.injector.app import MUTATE_PATH
+from meshcp.injector.decision import SYSTEM_NAMESPACES
+from meshcp.injector.settings import DEFAULT_DEADLINE, InjectorSettings
 from meshcp.model.meshconfig import CERT_PROVIDERS, MESH_LABEL, SIDECAR_LOG_LEVELS, MeshConfig
 from meshcp.model.parse import parse_object
 from meshcp.model.read_meshconfig import MESH_CONFIG_FIELDS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from meshcp.injector.pod_patch import ORIGINAL_PROBES_ANNOTATION
-from meshcp.sidecar.iptables import PROBE_PORTS
+from meshcp.sidecar.ports import PROBE_PORTS
 from tests.injector.injection import inject
 from tests.injector.reviews import bare_pod, container, deployment_pod
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from meshcp.cache import Encoder, Resource, SnapshotCache, resource_types
 from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
 from meshcp.model.state import MeshState
-from meshcp.runtime.publish import ProxyClass, Publisher
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, split, target
 

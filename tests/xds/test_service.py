@@ -19,7 +19,8 @@ from meshcp._proto.envoy.service.discovery.v3 import (
     DiscoveryRequest,
     DiscoveryResponse,
 )
-from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Address, Settings
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.auth import PeerCertificate, StreamRejected
 from meshcp.xds.service import DELTA_PATH, SOTW_PATH

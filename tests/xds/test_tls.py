@@ -14,7 +14,8 @@ from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from meshcp.certs import InternalCA, MemoryStore, ProxyIdentity
 from meshcp.certs.issuance import xds_client_request, xds_server_request
-from meshcp.runtime.controller import Address, ControllerRuntime, Settings
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Address, Settings
 from meshcp.xds.auth import PeerCertificate
 from meshcp.xds.service import SOTW_PATH
 from meshcp.xds.tls import server_context

@@ -15,7 +15,8 @@ import yaml
 from meshcp.certs.setup import CaSettings, close_provider, open_provider
 from meshcp.cli import offline
 from meshcp.cli.options import UsageError, ca_settings
-from meshcp.injector.server import InjectorSettings, run_injector
+from meshcp.injector.server import run_injector
+from meshcp.injector.settings import InjectorSettings
 from meshcp.kube.client import default_api_client
 from meshcp.lab import commands as lab
 from meshcp.lab.layout import LabPaths

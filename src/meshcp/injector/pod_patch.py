@@ -26,7 +26,7 @@ from meshcp.injector.template import (
 )
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.policy.membership import PROXY_UUID_LABEL
-from meshcp.sidecar import iptables
+from meshcp.sidecar import iptables, ports
 
 #: JSON list of the probes the injector rewrote; the sidecar's bootstrap serves them.
 ORIGINAL_PROBES_ANNOTATION = "meshcp.dev/original-probes"
@@ -83,13 +83,13 @@ def _sidecar_container(proxy: ProxyIdentity, template: SidecarTemplate, mesh: Me
             mesh.sidecar_log_level,
             "--disable-hot-restart",
         ],
-        "ports": [{"name": "meshcp-metrics", "containerPort": iptables.PROMETHEUS_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "meshcp-metrics", "containerPort": ports.PROMETHEUS_PORT, "protocol": "TCP"}],
         "env": env,
         # MeshConfig's sidecarResources win over the injector's configured defaults.
         "resources": mesh.sidecar_resources() or copy.deepcopy(dict(template.resources or {})),
         "securityContext": {
-            "runAsUser": iptables.PROXY_UID,
-            "runAsGroup": iptables.PROXY_UID,
+            "runAsUser": ports.PROXY_UID,
+            "runAsGroup": ports.PROXY_UID,
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshcp.injector import fields
-from meshcp.sidecar import iptables
+from meshcp.sidecar import iptables, ports
 
 PROBE_FIELDS = {"liveness": "livenessProbe", "readiness": "readinessProbe", "startup": "startupProbe"}
 
@@ -71,7 +71,7 @@ def rewrite_probes(containers: Sequence[Mapping[str, Any]]) -> ProbeRewrite:
     ops: list[dict[str, Any]] = []
     annotation: list[Any] = []
     for probe in found:
-        port = iptables.PROBE_PORTS[probe.kind]
+        port = ports.PROBE_PORTS[probe.kind]
         same_kind = [p for p in found if p.kind == probe.kind]
         new = {k: copy.deepcopy(v) for k, v in probe.probe.items() if k not in ("httpGet", "tcpSocket")}
         entry: dict[str, Any] = {"container": probe.container, "probe": probe.kind, "sidecarPort": port}

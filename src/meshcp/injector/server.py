@@ -26,20 +26,13 @@ from meshcp.injector.admission import ISSUE_RETRY, Injector
 from meshcp.injector.app import MUTATE_PATH, create_app
 from meshcp.injector.kube import ClusterError, KubeCluster
 from meshcp.injector.metrics import InjectorMetrics
-from meshcp.injector.settings import DEFAULT_DEADLINE, InjectorSettings
+from meshcp.injector.settings import InjectorSettings
 from meshcp.injector.tls_reload import ReloadingTls
 from meshcp.kube.client import default_api_client
 
 # DEFAULT_DEADLINE, MUTATE_PATH and InjectorSettings are also exported for the callers outside
 # the injector that import them from here (the command line, tests/test_deploy_manifests.py).
-__all__ = [
-    "DEFAULT_DEADLINE",
-    "MUTATE_PATH",
-    "InjectorError",
-    "InjectorServer",
-    "InjectorSettings",
-    "run_injector",
-]
+
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from meshcp.certs.setup import CaSettings
 from meshcp.injector.template import DEFAULT_INIT_IMAGE, SidecarTemplate
+from meshcp.sidecar.ports import WEBHOOK_PORT, XDS_PORT
 
 #: Seconds to answer in: the API server's webhook timeout is 10 s by default.
 DEFAULT_DEADLINE = 8.0
@@ -22,12 +23,12 @@ class InjectorSettings:
     tls_cert: Path
     tls_key: Path
     host: str = "0.0.0.0"
-    port: int = 9090
+    port: int = WEBHOOK_PORT
     #: None: in-cluster credentials in a pod, else the default kubeconfig.
     kubeconfig: Path | None = None
     #: Where sidecars reach the controller's ADS server.
     xds_host: str = "meshcp-controller.meshcp-system.svc"
-    xds_port: int = 15128
+    xds_port: int = XDS_PORT
     #: The name on the controller's certificate (SNI); default `xds_host`.
     xds_server_name: str = ""
     #: PEM bundle sidecars trust for the controller; default the mesh CA's (as `serve` uses).

@@ -36,6 +36,7 @@ from meshcp.lab.plan import LabPlan, PlanContext, plan
 from meshcp.lab.pod_runtime import PodRuntime
 from meshcp.lab.pods import Container
 from meshcp.lab.proxy_status import acked_versions, converged, lag
+from meshcp.sidecar import ports
 
 log = logging.getLogger("meshcp.lab")
 
@@ -69,9 +70,9 @@ class Lab:
             "--source",
             str(self.paths.source),
             "--xds-address",
-            f"{layout.GATEWAY}:{layout.XDS_PORT}",
+            f"{layout.GATEWAY}:{ports.XDS_PORT}",
             "--http-address",
-            f"127.0.0.1:{layout.CONTROLLER_HTTP_PORT}",
+            f"127.0.0.1:{ports.CONTROLLER_HTTP_PORT}",
             "--state-dir",
             str(self.paths.controller_state),
             "--xds-name",
@@ -86,7 +87,7 @@ class Lab:
 
     async def proxies(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = await get_json(
-            layout.NODE_NETNS, layout.CONTROLLER_HTTP_PORT, "/debug/proxies"
+            layout.NODE_NETNS, ports.CONTROLLER_HTTP_PORT, "/debug/proxies"
         )
         return found
 

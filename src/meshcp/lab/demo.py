@@ -22,7 +22,7 @@ from meshcp.lab import commands, network, processes
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.netns_http import get
 from meshcp.lab.pods import Container
-from meshcp.sidecar.bootstrap import ADMIN_PORT
+from meshcp.sidecar.ports import ADMIN_PORT
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,7 @@ GATEWAY = IPv4Address("10.244.0.1")
 FIRST_POD = IPv4Address("10.244.1.2")
 FIRST_SERVICE = IPv4Address("10.96.0.10")
 
-XDS_PORT = 15128
 #: The controller's HTTP endpoint, on the node namespace's loopback.
-CONTROLLER_HTTP_PORT = 9091
 #: The name sidecars expect on the controller's certificate.
 CONTROLLER_NAME = "meshcp-controller.meshcp-system.svc"
 

@@ -12,11 +12,11 @@ from meshcp.identity import ProxyIdentity
 from meshcp.injector.decision import Candidate
 from meshcp.injector.template import SidecarTemplate
 from meshcp.lab import layout
-from meshcp.sidecar import iptables
+from meshcp.sidecar import ports
 
 #: The sidecar's user, as the injector sets it: the bootstrap volume's key is readable by it
 #: alone, and `lab exec` never runs a command as it (its traffic would bypass the sidecar).
-PROXY_USER = iptables.PROXY_UID
+PROXY_USER = ports.PROXY_UID
 
 
 class PodProblem(Exception):

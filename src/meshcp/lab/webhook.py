@@ -22,6 +22,7 @@ from meshcp.lab.pods import PodProblem, Sidecar
 from meshcp.model.core import Namespace
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshObject
+from meshcp.sidecar import ports
 
 
 def namespaces(objects: Sequence[MeshObject]) -> dict[str, NamespaceInfo]:
@@ -55,7 +56,7 @@ def admit(
     proxy = ProxyIdentity(proxy_uuid, decision.identity, mesh.trust_domain)
     template = SidecarTemplate(
         xds_host=str(layout.GATEWAY),
-        xds_port=layout.XDS_PORT,
+        xds_port=ports.XDS_PORT,
         xds_server_name=layout.CONTROLLER_NAME,
         bootstrap_dir=bootstrap_dir,
     )

@@ -29,9 +29,7 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     UpstreamTlsContext,
 )
 from meshcp.sidecar.envoy_parts import LOOPBACK, ads, http2_only, socket_address, static_cluster, tls_socket
-
-# Also re-exported: lab.demo reads it here until it imports meshcp.sidecar.ports.
-from meshcp.sidecar.ports import ADMIN_PORT as ADMIN_PORT  # noqa: PLC0414
+from meshcp.sidecar.ports import ADMIN_PORT
 from meshcp.sidecar.probes import ProbeResources
 
 CONTROLLER_CLUSTER = "meshcp-controller"

@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from meshcp.model.meshconfig import MeshConfig
-from meshcp.sidecar.ports import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT
-
-# Also re-exported: injector.mutation and its tests read them here until they import
-# meshcp.sidecar.ports. Then these become plain imports.
-from meshcp.sidecar.ports import PROBE_PORTS as PROBE_PORTS  # noqa: PLC0414
-from meshcp.sidecar.ports import PROMETHEUS_PORT as PROMETHEUS_PORT  # noqa: PLC0414
-from meshcp.sidecar.ports import PROXY_UID as PROXY_UID  # noqa: PLC0414
+from meshcp.sidecar.ports import (
+    ADMIN_PORT,
+    INBOUND_PORT,
+    OUTBOUND_PORT,
+    PROBE_PORTS,
+    PROMETHEUS_PORT,
+    PROXY_UID,
+)
 
 OUTBOUND_PORT_EXCLUSIONS = "meshcp.dev/outbound-port-exclusion-list"
 INBOUND_PORT_EXCLUSIONS = "meshcp.dev/inbound-port-exclusion-list"

@@ -2,7 +2,7 @@
 
 The injector points HTTP(S) probes at `<pod>:1590x/meshcp/<kind>/<container>` and a TCP probe
 (when it is the only probe of its kind) at `<pod>:1590x`, and records the originals in the
-`meshcp.dev/original-probes` annotation (a JSON list; see `injector.mutation`). From that same
+`meshcp.dev/original-probes` annotation (a JSON list; see `injector.pod_patch`). From that same
 list this module builds static Envoy listeners and clusters, one listener per probe kind that
 has probes:
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-#: Convergence buckets from 0.1 s to 30 s, as users watch it (xDS checklist, rule 22).
+#: Convergence buckets from 0.1 s to 30 s, as users watch it (rule 22 of docs/xds-protocol.md).
 PUSH_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
