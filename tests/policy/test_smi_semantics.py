@@ -1,4 +1,4 @@
-"""SMI semantics of ../shared/DESIGN.md, table by table: who may reach what."""
+"""SMI semantics of docs/smi-compiler.md, table by table: who may reach what."""
 
 from __future__ import annotations
 

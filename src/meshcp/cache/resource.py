@@ -70,7 +70,7 @@ class ComposedResource(Resource):
         parts: tuple[bytes, bytes, bytes],
         endpoints: str | None = None,
     ) -> None:
-        # Not through Resource.__init__: a million of these are made per full compile.
+        # Not through Resource.__init__: one is made per resource of a full compile.
         self.type_url = type_url
         self.name = name
         self.version = version

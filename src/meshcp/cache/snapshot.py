@@ -45,8 +45,8 @@ class ResourceSet:
     class's upstream clusters, the endpoints of a set of services, the trust of its
     upstreams.
 
-    At a thousand classes of two thousand resources each, anything a snapshot does per
-    resource costs seconds per change. A set is summed once when made, and indexed by name
+    Snapshots times resources is large in a big mesh, so a snapshot must do nothing per
+    resource on a change. A set is summed once when made, and indexed by name
     (and diffed against the set it replaces) once, when first asked; every snapshot
     holding it shares the result. Immutable.
     """

@@ -1,6 +1,6 @@
 """MeshState in, proxy classes and their policies out (pure).
 
-SMI semantics as decided in ../shared/DESIGN.md: default deny in SMI mode, TrafficTargets
+SMI semantics as docs/smi-compiler.md states them: default deny in SMI mode, TrafficTargets
 additive and enforced at the destination, TCPRoute and HTTPRouteGroup intersecting, splits
 on the client side. Invalid or conflicting objects become `Problem`s and are skipped;
 everything else still compiles. The steps live in their own modules (`backends`,

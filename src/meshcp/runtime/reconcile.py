@@ -8,6 +8,9 @@ What grows with the mesh squared is composed, not encoded: every identity has a 
 per service port and every client namespace its outbound routes over every service, so
 those are filled into templates (`cache.encoding.Template`) from pieces encoded once, and
 what all classes share (templates, assignments, peers) is gathered once per round.
+
+One module: the memo, the shared per-round pieces and the per-class compile are one
+algorithm whose keys must agree with each other; split, they would only be read together.
 """
 
 from __future__ import annotations
