@@ -24,6 +24,8 @@ _SHORT = re.compile(
     r"`((?:cli|lab|injector|runtime|http|sources|xds|compile|sidecar|policy|cache|model|certs|kube"
     r"|telemetry)(?:\.\w+)+)(?:\(\))?`"
 )
+#: `test_something`: a test a page cites as the proof of a rule.
+_TEST = re.compile(r"`(test_\w+)`")
 #: `some/path.py` in backticks.
 _PY_FILE = re.compile(r"`([\w./-]+\.py)`")
 
@@ -48,12 +50,20 @@ def _file_exists(path: str) -> bool:
     return any((base / path).is_file() for base in bases if base.is_dir())
 
 
+def _test_names() -> set[str]:
+    found: set[str] = set()
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        found.update(re.findall(r"^\s*(?:async )?def (test_\w+)", path.read_text(), re.MULTILINE))
+    return found
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_module_and_file_a_page_names_exists(page: Path) -> None:
     text = page.read_text()
     named = {*_DOTTED.findall(text), *(f"meshcp.{m}" for m in _SHORT.findall(text))}
     missing = sorted(m for m in named if not _resolves(m))
     missing += sorted({f for f in _PY_FILE.findall(text) if not _file_exists(f)})
+    missing += sorted(set(_TEST.findall(text)) - _test_names())
     assert missing == [], f"{page.name} names what is not in the tree: {missing}"
 
 
