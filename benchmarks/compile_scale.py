@@ -178,7 +178,7 @@ class Step:
 
 
 def _measure(
-    rec: Reconciler, encoder: Encoder, state: MeshState, before: list[ProxyClass]
+    rec: Reconciler, publisher: Publisher, encoder: Encoder, state: MeshState, before: list[ProxyClass]
 ) -> tuple[Step, list[ProxyClass]]:
     seen = {id(r) for c in before for r in c.resources}
     gc.collect()
@@ -187,6 +187,7 @@ def _measure(
     hwm = _reset_hwm()
     cpu0, t0 = time.process_time(), time.perf_counter()
     classes = rec.apply(state)
+    publisher.update(classes)  # as a controller round does (it only queues: no certificates)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = (_status_kb("VmHWM") - rss0) / 1024 if hwm else 0.0
     held = (_status_kb("VmRSS") - rss0) / 1024
@@ -202,11 +203,11 @@ def _measure(
     return step, classes
 
 
-async def _reconciler() -> tuple[Reconciler, Encoder]:
+async def _reconciler() -> tuple[Reconciler, Publisher, Encoder]:
     encoder = Encoder()
     ca = await InternalCA.open(MemoryStore())
     publisher = Publisher(SnapshotCache(), encoder, workload_certificates(Issuer(ca)))
-    return Reconciler(encoder, publisher), encoder
+    return Reconciler(encoder), publisher, encoder
 
 
 def _changes(scale: Scale, permissive: bool) -> list[tuple[str, Callable[[MeshState], MeshState]]]:
@@ -240,22 +241,22 @@ async def one_run(scale: Scale, permissive: bool, naive: bool) -> Run:
     t0 = time.perf_counter()
     state = MeshState().with_changes(mesh(scale, permissive))
     build_s = time.perf_counter() - t0
-    rec, encoder = await _reconciler()
-    full, classes = _measure(rec, encoder, state, [])
+    rec, publisher, encoder = await _reconciler()
+    full, classes = _measure(rec, publisher, encoder, state, [])
     changes: dict[str, Step] = {}
     naive_steps: dict[str, Step] = {}
     for name, change in _changes(scale, permissive):
         state = change(state)
-        changes[name], classes = _measure(rec, encoder, state, classes)
+        changes[name], classes = _measure(rec, publisher, encoder, state, classes)
         if naive:
             rec.forget()  # the baseline: forget every compiled piece, recompile all
-            naive_steps[name], classes = _measure(rec, encoder, state, classes)
+            naive_steps[name], classes = _measure(rec, publisher, encoder, state, classes)
     return Run(full, changes, naive_steps, build_s)
 
 
 async def trace_peak(scale: Scale, permissive: bool) -> float:
     state = MeshState().with_changes(mesh(scale, permissive))
-    rec, _ = await _reconciler()
+    rec, _, _ = await _reconciler()
     gc.collect()
     tracemalloc.start()
     rec.apply(state)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from meshcp.certs import InternalCA, MemoryStore
 from meshcp.cli import offline
 from meshcp.model.state import MeshState
 from meshcp.policy.build import build_policies
@@ -34,10 +33,9 @@ def golden_name(namespace: str, pod: str) -> str:
 async def test_every_meshed_pod_matches_its_golden_file(state: MeshState) -> None:
     pods = sorted(build_policies(state).pod_classes)
     assert pods, "the example has no meshed pods"
-    ca = await InternalCA.open(MemoryStore())
     seen = set()
     for namespace, pod in pods:
-        compiled = await offline.compile_pod(state, namespace, pod, ca)
+        compiled = offline.compile_pod(state, namespace, pod)
         document = {"class": compiled.class_key, "identity": str(compiled.identity), **compiled.config}
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
         path = GOLDEN / golden_name(namespace, pod)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from meshcp.cache import Encoder, SnapshotCache, pack
-from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
+from meshcp.cache import Encoder, pack
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshObject, MeshState
-from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from tests.policy.mesh import RULE_BUY, Bookstore, namespace, pod, service, split, target
 
@@ -47,8 +45,7 @@ def _states() -> dict[str, MeshState]:
 @pytest.mark.parametrize("name", sorted(_states()))
 async def test_composed_resources_equal_the_encoded_typed_model(name: str) -> None:
     encoder = Encoder()
-    ca = await InternalCA.open(MemoryStore())
-    rec = Reconciler(encoder, Publisher(SnapshotCache(), encoder, workload_certificates(Issuer(ca))))
+    rec = Reconciler(encoder)
     classes = rec.apply(_states()[name])
     assert classes
     for proxy_class in classes:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from meshcp.cache import Encoder, Resource, SnapshotCache, resource_types
-from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
+from meshcp.cache import Encoder, Resource, resource_types
 from meshcp.model.state import MeshState
 from meshcp.runtime.proxy_class import ProxyClass
-from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, split, target
 
 
 async def reconciler() -> tuple[Reconciler, Encoder]:
     encoder = Encoder()
-    ca = await InternalCA.open(MemoryStore())
-    publisher = Publisher(SnapshotCache(), encoder, workload_certificates(Issuer(ca)))
-    return Reconciler(encoder, publisher), encoder
+    return Reconciler(encoder), encoder
 
 
 def state(echo_ip: str, *extra: object) -> MeshState:
@@ -123,12 +119,7 @@ async def test_a_new_service_fills_only_its_own_clusters() -> None:
 async def test_classes_with_the_same_upstreams_share_their_pieces_across_changes() -> None:
     """Publishing a thousand classes must not cost a thousand copies: classes that call the
     same services hold the same endpoint and trust sets, and keep them while unchanged."""
-    encoder = Encoder()
-    ca = await InternalCA.open(MemoryStore())
-    cache = SnapshotCache()
-    publisher = Publisher(cache, encoder, workload_certificates(Issuer(ca)))
-    publisher.set_trust_bundle(await ca.trust_bundle())
-    rec = Reconciler(encoder, publisher)
+    rec = Reconciler(Encoder())
     first = rec.apply(state("10.244.5.1"))
     endpoint_sets = {id(s) for c in first for s in c.sets if s.type_url == resource_types.ENDPOINT}
     assert len(first) > 1 and len(endpoint_sets) == 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from meshcp.certs.setup import CaSettings, close_provider, open_provider
+from meshcp.certs.setup import close_provider, open_provider
 from meshcp.cli import offline
 from meshcp.cli.options import UsageError, ca_settings
 from meshcp.injector.server import run_injector
@@ -36,8 +36,7 @@ async def serve(settings: Settings) -> None:
 async def compile_pod(args: argparse.Namespace) -> None:
     namespace, name = args.pod
     state = await offline.load(args.source)
-    provider = await open_provider(CaSettings())
-    compiled = await offline.compile_pod(state, namespace, name, provider)
+    compiled = offline.compile_pod(state, namespace, name)
     document = {"pod": f"{namespace}/{name}", "class": compiled.class_key, "identity": str(compiled.identity)}
     document.update(compiled.config)
     if args.output == "yaml":

@@ -12,18 +12,15 @@ from typing import Any
 
 from meshcp.cache.dump import dump
 from meshcp.cache.encoding import Encoder
-from meshcp.cache.snapshot_cache import SnapshotCache
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.issuer import Issuer
 from meshcp.certs.provider import CertificateProvider
-from meshcp.certs.rotation import workload_certificates
 from meshcp.compile import naming
 from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.core import Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
 from meshcp.policy.membership import is_meshed, proxy_uuid
-from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.store import Store
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
@@ -67,12 +64,11 @@ class Compiled:
     config: dict[str, Any]
 
 
-async def compile_pod(state: MeshState, namespace: str, name: str, provider: CertificateProvider) -> Compiled:
-    """The configuration the proxy of one pod would receive (secrets by name only)."""
+def compile_pod(state: MeshState, namespace: str, name: str) -> Compiled:
+    """The configuration the proxy of one pod would receive (secrets by name only: no
+    certificate is issued, so no CA is needed)."""
     find_pod(state, namespace, name)
-    encoder = Encoder()
-    publisher = Publisher(SnapshotCache(), encoder, workload_certificates(Issuer(provider)))
-    reconciler = Reconciler(encoder, publisher)
+    reconciler = Reconciler(Encoder())
     classes = {c.key: c for c in reconciler.apply(state)}
     key = reconciler.policy.pod_classes[(namespace, name)]
     proxy_class = classes[key]

@@ -91,7 +91,6 @@ class ControllerRuntime:
             self.events = EventRecorder(self._api_client)
         self.reconciler = Reconciler(
             self.encoder,
-            self.publisher,
             self.metrics,
             self.events.report if self.events is not None else None,
         )
@@ -130,6 +129,7 @@ class ControllerRuntime:
         self.rounds = Rounds(
             self.store,
             self.reconciler,
+            self.publisher,
             self.classifier,
             self.readiness,
             reclassify=self.service.reclassify,

@@ -1,4 +1,4 @@
-"""From a MeshState to published snapshots: build policies, compile, encode, publish.
+"""From a MeshState to proxy classes: build policies, compile, encode once.
 
 Every compiled piece is memoised by exactly the policy inputs it depends on, so a change
 re-builds and re-encodes only what it touches: a moved endpoint re-encodes one
@@ -31,7 +31,6 @@ from meshcp.model.state import MeshState, Problem
 from meshcp.policy.build import MeshPolicy, build_policies
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.runtime.proxy_class import ProxyClass
-from meshcp.runtime.publish import Publisher
 from meshcp.telemetry.metrics import Metrics
 
 log = logging.getLogger("meshcp.runtime.reconcile")
@@ -115,13 +114,11 @@ class Reconciler:
     def __init__(
         self,
         encoder: Encoder,
-        publisher: Publisher,
         metrics: Metrics | None = None,
         on_problem: Callable[[Problem], None] | None = None,
     ) -> None:
         self._encoder = encoder
         self._on_problem = on_problem
-        self._publisher = publisher
         self._metrics = metrics
         self._memo = _Memo()
         #: Kept while the outbound routes hit the memo (the round's memo would drop
@@ -137,7 +134,7 @@ class Reconciler:
         return self._policy
 
     def apply(self, state: MeshState) -> list[ProxyClass]:
-        """Compile `state` and publish it; returns the classes published."""
+        """Compile `state` into its proxy classes (the publisher installs them)."""
         policy = build_policies(state)
         self._report(state.problems + policy.problems)
         old, self._memo = self._memo, _Memo()
@@ -157,7 +154,6 @@ class Reconciler:
         if self._hosts_used.templates:
             self._hosts, self._hosts_used = self._hosts_used, _Hosts()
         self._policy = policy
-        self._publisher.update(classes)
         self.revision = state.revision
         log.debug(
             "revision %d: %d classes, %d pieces reused, %d encodes so far",

@@ -1,7 +1,7 @@
 """Reconcile rounds: every settled mesh state, compiled, published and handed to the streams.
 
 A round applies the state's MeshConfig run-time settings, compiles and publishes every
-proxy class (`Reconciler`), gives the classifier the round's tables and lets the xDS
+proxy class (`Reconciler`, then `Publisher`), gives the classifier the round's tables and lets the xDS
 server move streams whose class changed; the first round makes the controller ready.
 """
 
@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from meshcp.model.state import MeshState
 from meshcp.runtime.classify import ProxyClassifier
+from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.store import Store
 from meshcp.telemetry.readiness import Readiness
@@ -34,6 +35,7 @@ class Rounds:
         self,
         store: Store,
         reconciler: Reconciler,
+        publisher: Publisher,
         classifier: ProxyClassifier,
         readiness: Readiness,
         *,
@@ -42,6 +44,7 @@ class Rounds:
     ) -> None:
         self._store = store
         self._reconciler = reconciler
+        self._publisher = publisher
         self._classifier = classifier
         self._readiness = readiness
         self._reclassify = reclassify
@@ -61,7 +64,7 @@ class Rounds:
         rounds = 0
         async for state in self._store.states():
             self.apply_mesh_config(state)
-            self._reconciler.apply(state)
+            self._publisher.update(self._reconciler.apply(state))
             policy = self._reconciler.policy
             self._classifier.update(policy.proxies, policy.pod_classes)
             self._reclassify()
