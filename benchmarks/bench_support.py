@@ -1,12 +1,10 @@
-"""Helpers the benchmarks share: describing the machine, reading py-spy's output."""
+"""Small helpers the benchmarks share: describing the machine, its load, a percentile."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import platform
-import re
 from pathlib import Path
 
 
@@ -21,24 +19,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
 
 
-def top_functions(path: Path, count: int = 20) -> str:
-    """Share of samples per function in py-spy's raw output: self time, then inclusive."""
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, samples = line.rpartition(" ")
-        n = int(samples)
-        total += n
-        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-    if not total:
-        return "no samples"
-    lines = [f"{total} samples; self:"]
-    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in own.most_common(count)]
-    lines.append("inclusive (below the event loop):")
-    below = [(f, n) for f, n in inclusive.most_common() if n < 0.99 * total]
-    lines += [f"  {100 * n / total:5.1f}% {frame}" for frame, n in below[:count]]
-    return "\n".join(lines)
+def load_average() -> float:
+    """The 1-minute load average (other work on a shared machine moves wall times)."""
+    return os.getloadavg()[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The value at rank `q` (0..1) of `values`, nearest rank; 0.0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]

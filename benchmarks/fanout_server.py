@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fanout_client import raise_file_limit
+from control_pipe import CommandLoop, run_child
 from fanout_workload import Workload
 from prometheus_client import Counter
 
 from meshcp._proto.envoy.config.core.v3 import Node
-from meshcp.cache import Encoder, Snapshot, SnapshotCache
+from meshcp.cache import Encoder, SnapshotCache
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
@@ -132,18 +132,12 @@ class ServerSpec:
 
 def run(control: Connection, spec: ServerSpec) -> None:
     """Entry point of the server process."""
-    raise_file_limit()
-    asyncio.run(_main(control, spec))
+    run_child(lambda: _ServerProcess(control, spec).main())
 
 
-async def _main(control: Connection, spec: ServerSpec) -> None:
-    # Built inside the running loop: grpclib binds its server to the loop current at construction.
-    await _ServerProcess(control, spec).main()
-
-
-class _ServerProcess:
+class _ServerProcess(CommandLoop):
     def __init__(self, control: Connection, spec: ServerSpec) -> None:
-        self._control = control
+        super().__init__(control)
         self._spec = spec
         self._encoder = Encoder()
         self._workload = Workload(spec.resources, spec.classes, self._encoder)
@@ -155,8 +149,6 @@ class _ServerProcess:
             self._cache, Readiness(), self._metrics, self._proxies, classify=by_cluster
         )
         self._xds = XdsServer(service)
-        self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._profiler: cProfile.Profile | None = None
         self._traced: tracemalloc.Snapshot | None = None
 
@@ -167,8 +159,7 @@ class _ServerProcess:
         for key, snapshot in build.snapshots.items():
             self._cache.set_snapshot(key, snapshot)
         await self._xds.start("127.0.0.1", 0)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._control.fileno(), self._on_command)
+        self.listen()
         gc.collect()
         if self._spec.tracemalloc:
             tracemalloc.start(self._spec.tracemalloc)
@@ -189,18 +180,8 @@ class _ServerProcess:
         self._control.close()
         os._exit(0)
 
-    def _on_command(self) -> None:
-        command, *args = self._control.recv()
-        handlers: dict[str, Callable[..., Any]] = {
-            "initial": self._initial,
-            "change": self._change,
-            "stop": self._stop.set,
-        }
-        result = handlers[command](*args)
-        if asyncio.iscoroutine(result):
-            task = asyncio.ensure_future(result)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {"initial": self._initial, "change": self._change}
 
     def _profile(self, on: bool) -> None:
         if not self._spec.profile:
@@ -250,10 +231,7 @@ class _ServerProcess:
         build = self._workload.change()
         cpu = time.process_time()
         started = time.monotonic()
-        for key, built in build.snapshots.items():
-            # Related to the class's current snapshot, as the publisher builds it, so that
-            # streams diff only the names that changed.
-            snapshot = Snapshot(built.parts(), built.created, previous=self._cache.get(key))
+        for key, snapshot in build.snapshots.items():
             self._cache.set_snapshot(key, snapshot)
         reached = await self._tally.reached("eds", target)
         cpu = time.process_time() - cpu

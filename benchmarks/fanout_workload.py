@@ -212,6 +212,8 @@ class Workload:
 
     `change` moves one endpoint of cluster 0 and rebuilds every class's snapshot by
     reusing the already encoded `Resource` objects, encoding only the changed message.
+    Each new snapshot is built relative to the one it replaces (`previous=`), as the
+    publisher builds them, so that streams look at the changed names only.
     """
 
     def __init__(self, resources: int, classes: int, encoder: Encoder) -> None:
@@ -222,10 +224,11 @@ class Workload:
         shared, specific = messages(resources, classes)
         self._shared = [encoder.encode(m) for m in shared]
         self._specific = [[encoder.encode(m) for m in ms] for ms in specific]
+        self._current: dict[str, Snapshot] = {}
 
     def build(self) -> Build:
         started, before = time.perf_counter(), self.encoder.encodes
-        snapshots = {class_key(k): Snapshot([*self._shared, *self._specific[k]]) for k in range(self.classes)}
+        snapshots = self._snapshots()
         return Build(snapshots, self.encoder.encodes - before, time.perf_counter() - started)
 
     def change(self) -> Build:
@@ -234,8 +237,18 @@ class Workload:
         self.generation += 1
         changed = self.encoder.encode(endpoints(0, self.generation))
         self._shared = [changed if _same_slot(r, changed) else r for r in self._shared]
-        snapshots = {class_key(k): Snapshot([*self._shared, *self._specific[k]]) for k in range(self.classes)}
+        snapshots = self._snapshots()
         return Build(snapshots, self.encoder.encodes - before, time.perf_counter() - started)
+
+    def _snapshots(self) -> dict[str, Snapshot]:
+        """Every class's snapshot of the current resources, each related to its last one."""
+        self._current = {
+            class_key(k): Snapshot(
+                [*self._shared, *self._specific[k]], previous=self._current.get(class_key(k))
+            )
+            for k in range(self.classes)
+        }
+        return self._current
 
     def total(self) -> int:
         return len(self._shared) + len(self._specific[0])

@@ -5,9 +5,9 @@
 Three processes (multiprocessing spawn; synchronised through pipes, never sleeps):
 
 - a minimal Kubernetes API (aiohttp): GET namespace, GET MeshConfig (404: defaults), POST
-  Secret. kmock's emulator costs 50-300 ms per Secret as its request log grows, which would
-  be measured instead of the injector; this answers in microseconds, like a real API server
-  under no load;
+  Secret. kmock's emulator slows down per Secret as its request log grows, which would be
+  measured instead of the injector; this answers at once, like a real API server under no
+  load;
 - the injector, started exactly as `meshcp inject` starts it (`run_injector`: TLS files, the
   internal CA from a state directory, kubeconfig);
 - this load generator: `--concurrency` requests in flight at all times over keep-alive TLS
@@ -18,8 +18,9 @@ Three processes (multiprocessing spawn; synchronised through pipes, never sleeps
 Per run: a fresh injector, `--warmup` requests, then `--requests` timed ones. Reported per
 workload as the median over `--runs`: throughput, p50/p99 latency, and the injector's CPU
 per admission (utime+stime of its process, threads included), from which "admissions per
-0.5 CPU-second" compares with OSM's published ~20 concurrent pod creations per 0.5 CPU. The
-`skip` workload (pods in an unmonitored namespace) is the floor: HTTP, TLS and the decision.
+0.5 CPU-second" compares with the sizing OSM published for its injector (quoted in the
+report). The `skip` workload (pods in an unmonitored namespace) is the floor: HTTP, TLS
+and the decision.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from bench_support import machine
+from processes import cpu_seconds
 
 from meshcp.certs import DirectoryStore, InternalCA
 from meshcp.certs.issuance import xds_server_request
@@ -146,11 +148,6 @@ async def prepare(directory: Path) -> str:
 
 
 # --- the load ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Simulated Envoys for `mesh_scale.py`: one ADS stream per pod, subscribing as Envoy does.
 
-Built on the raw HTTP/2 framing of `fanout_client.py` (no grpclib, no betterproto2 on the hot
-path; `fanout_client.self_check` proves the shared framing), but unlike that client every
-proxy has its own node (the pod's `<uuid>.sidecar.<sa>.<ns>.cluster.local` id and `<ns>/<sa>`
-cluster, as `meshcp bootstrap` writes them; meshcp's bootstraps carry no node metadata) and
-follows what it receives:
+Built on the raw HTTP/2 framing of `h2_client.py` (no grpclib, no betterproto2 on the hot
+path; `fanout_client.self_check` proves the shared framing), but unlike the fan-out client
+every proxy has its own node (the pod's `<uuid>.sidecar.<sa>.<ns>.cluster.local` id and
+`<ns>/<sa>` cluster, as `meshcp bootstrap` writes them; meshcp's bootstraps carry no node
+metadata) and follows what it receives (read by `mesh_resources.py`):
 
 - CDS wildcard (first request, carrying the node);
 - on clusters: EDS for the EDS clusters received (`eds_cluster_config.service_name` or the
@@ -16,192 +16,38 @@ follows what it receives:
   delta: subscribe/unsubscribe).
 
 A proxy is converged when it has ACKed every type at least once and holds every EDS, RDS and
-SDS name it subscribes to. The names inside a resource are read without decoding it: a
-resource's name is its field 1, a cluster's type and EDS service name are top-level fields,
-and the secret and route names are found as the length-delimited fields that carry them
-(`SdsSecretConfig.name` = field 1 starting with a secret prefix, `Rds.route_config_name` =
-field 2 starting with `rds-`). Results are cached per distinct resource bytes, so proxies
-sharing a configuration cost one extraction. `self_check` proves the extraction against
-betterproto2 on real meshcp-shaped resources.
+SDS name it subscribes to.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
-import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fanout_client import (
-    DELTA_PATH,
-    SOTW_PATH,
-    ControlledLoad,
-    H2Connection,
-    node_field,
-    raise_file_limit,
+from ads_wire import DELTA_PATH, SOTW_PATH, names_field, node_field
+from control_pipe import run_child
+from h2_client import H2Connection
+from load_process import ControlledLoad, Tracker
+from mesh_resources import (
+    ALL_TYPES,
+    CDS,
+    EDS,
+    LDS,
+    RDS,
+    SDS,
+    SHORT,
+    TYPES,
+    Info,
+    InfoCache,
+    Response,
+    parse_response,
 )
 
-from meshcp._proto.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterEdsClusterConfig
-from meshcp._proto.envoy.config.core.v3 import TransportSocket
-from meshcp._proto.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 import (
-    HttpConnectionManager,
-    Rds,
-)
-from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
-    CommonTlsContext,
-    DownstreamTlsContext,
-    SdsSecretConfig,
-    UpstreamTlsContext,
-)
-from meshcp._proto.google.protobuf import Any as AnyMessage
-from meshcp.cache import resource_types
-from meshcp.cache.wire import length_delimited, read_varint, varint
-
-TYPES = (
-    resource_types.CLUSTER,
-    resource_types.ENDPOINT,
-    resource_types.LISTENER,
-    resource_types.ROUTE,
-    resource_types.SECRET,
-)
-CDS, EDS, LDS, RDS, SDS = range(5)
-ALL_TYPES = 0b11111
-SHORT = ("cds", "eds", "lds", "rds", "sds")
-_TYPE_INDEX = {url.encode(): index for index, url in enumerate(TYPES)}
-
-_SECRET_REF = re.compile(rb"\x0a([\x01-\x7f])(?=(?:service-cert|root-cert-for-mtls-(?:inbound|outbound)):)")
-_ROUTE_REF = re.compile(rb"\x12([\x01-\x7f])(?=rds-)")
-_EDS_TYPE = 3  # Cluster.DiscoveryType.EDS
-
-
-# --- protobuf scanning ----------------------------------------------------------------------
-
-
-def fields(data: bytes, pos: int = 0, end: int = -1) -> Iterable[tuple[int, int, int, int]]:
-    """(field number, wire type, start, end or varint value) of each top-level field."""
-    if end < 0:
-        end = len(data)
-    while pos < end:
-        tag, pos = read_varint(data, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 2:
-            length, pos = read_varint(data, pos)
-            yield number, wire, pos, pos + length
-            pos += length
-        elif wire == 0:
-            value, pos = read_varint(data, pos)
-            yield number, wire, pos, value
-        elif wire == 5:
-            pos += 4
-        elif wire == 1:
-            pos += 8
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-
-
-@dataclass(frozen=True, slots=True)
-class Info:
-    """What a proxy acts on in one resource."""
-
-    name: str
-    eds: str | None = None  # an EDS cluster's ClusterLoadAssignment name
-    secrets: tuple[str, ...] = ()
-    routes: tuple[str, ...] = ()
-
-
-def _refs(pattern: re.Pattern[bytes], value: bytes) -> tuple[str, ...]:
-    found = {value[m.end() : m.end() + m.group(1)[0]].decode() for m in pattern.finditer(value)}
-    return tuple(sorted(found))
-
-
-def extract(kind: int, value: bytes) -> Info:
-    """The Info of one resource, `value` being the packed message (the Any's value)."""
-    name = ""
-    cluster_type = 0
-    service_name = ""
-    for number, wire, start, end in fields(value):
-        if number == 1 and wire == 2:
-            name = value[start:end].decode()
-        elif kind == CDS and number == 2 and wire == 0:
-            cluster_type = end
-        elif kind == CDS and number == 3 and wire == 2:
-            for sub, sub_wire, s, e in fields(value, start, end):
-                if sub == 2 and sub_wire == 2:
-                    service_name = value[s:e].decode()
-    if kind == CDS:
-        eds = (service_name or name) if cluster_type == _EDS_TYPE else None
-        return Info(name, eds, _refs(_SECRET_REF, value))
-    if kind == LDS:
-        return Info(name, None, _refs(_SECRET_REF, value), _refs(_ROUTE_REF, value))
-    return Info(name)
-
-
-class InfoCache:
-    """Info per distinct resource bytes (bounded: cleared when it grows past `limit`)."""
-
-    def __init__(self, limit: int = 2_000_000) -> None:
-        self._infos: dict[bytes, Info] = {}
-        self._limit = limit
-        self.extracted = 0
-
-    def get(self, kind: int, key: bytes, value: bytes) -> Info:
-        info = self._infos.get(key)
-        if info is None:
-            if len(self._infos) >= self._limit:
-                self._infos.clear()
-            info = self._infos[key] = extract(kind, value)
-            self.extracted += 1
-        return info
-
-
-def _field(data: bytes, wanted: int) -> bytes:
-    for number, wire, start, end in fields(data):
-        if number == wanted and wire == 2:
-            return data[start:end]
-    return b""
-
-
-@dataclass(slots=True)
-class Response:
-    version: bytes
-    kind: int
-    nonce: bytes
-    infos: list[Info]
-    removed: list[str]
-
-
-def parse_response(data: bytes, pos: int, end: int, delta: bool, cache: InfoCache) -> Response:
-    version = type_url = nonce = b""
-    bodies: list[tuple[int, int]] = []
-    removed: list[str] = []
-    for number, wire, start, stop in fields(data, pos, end):
-        if wire != 2:
-            continue
-        if number == 2:
-            bodies.append((start, stop))
-        elif number == 1:
-            version = data[start:stop]
-        elif number == 4:
-            type_url = data[start:stop]
-        elif number == 5:
-            nonce = data[start:stop]
-        elif number == 6 and delta:
-            removed.append(data[start:stop].decode())
-    kind = _TYPE_INDEX.get(type_url, -1)
-    infos: list[Info] = []
-    for start, stop in bodies:
-        body = data[start:stop]
-        # SotW: Any{type_url=1, value=2}; delta: Resource{version=1, resource=2 (Any), name=3}
-        value = _field(_field(body, 2), 2) if delta else _field(body, 2)
-        infos.append(cache.get(kind, body, value))
-    return Response(version, kind, nonce, infos, removed)
-
+from meshcp.cache.wire import length_delimited, varint
 
 # --- requests -------------------------------------------------------------------------------
 
@@ -220,10 +66,10 @@ class Requests:
 
     def names(self, names: frozenset[str], number: int = 3) -> bytes:
         if number != 3:
-            return b"".join(length_delimited(number, n.encode()) for n in sorted(names))
+            return names_field(number, sorted(names))
         framed = self._names.get(names)
         if framed is None:
-            framed = self._names[names] = b"".join(length_delimited(3, n.encode()) for n in sorted(names))
+            framed = self._names[names] = names_field(3, sorted(names))
         return framed
 
     def first(self, node_id: str, cluster: str) -> bytes:
@@ -290,7 +136,7 @@ class Proxy:
         self.ready_at = 0.0
         self.changes = 0
         self.change_at = 0.0
-        self.watch_at = 0.0  # last SDS response (while armed) carrying Tracker.watch
+        self.watch_at = 0.0  # last SDS response (while armed) carrying MeshTracker.watch
         self.pushed = [0] * 5
         self.error = ""
         self.lds_asked = False
@@ -303,23 +149,12 @@ class Proxy:
 
 
 @dataclass
-class Tracker:
-    pending: int
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    failed: list[str] = field(default_factory=list)
-    armed: bool = False
+class MeshTracker(Tracker):
+    """A mesh load process's progress, and what it counts while armed."""
+
     watch: str = ""  # a secret name whose SDS responses are timed per proxy (`arm`)
     received_bytes: int = 0
     responses: int = 0
-
-    def on_ready(self) -> None:
-        self.pending -= 1
-        if self.pending == 0:
-            self.ready.set()
-
-    def on_failed(self, message: str) -> None:
-        self.failed.append(message)
-        self.on_ready()
 
 
 class AdsConnection(H2Connection[Proxy]):
@@ -333,7 +168,7 @@ class AdsConnection(H2Connection[Proxy]):
         requests: Requests,
         cache: InfoCache,
         authority: bytes,
-        tracker: Tracker,
+        tracker: MeshTracker,
     ) -> None:
         super().__init__(proxies, DELTA_PATH if delta else SOTW_PATH, authority, tracker)
         self._delta = delta
@@ -454,8 +289,7 @@ class LoadSpec:
 
 def run(control: Connection, spec: LoadSpec) -> None:
     """Entry point of a load process: serve the orchestrator's commands until "stop"."""
-    raise_file_limit()
-    asyncio.run(_LoadProcess(control, spec).main())
+    run_child(lambda: _LoadProcess(control, spec).main())
 
 
 class _LoadProcess(ControlledLoad):
@@ -463,7 +297,7 @@ class _LoadProcess(ControlledLoad):
         super().__init__(control)
         self._spec = spec
         self._proxies = [Proxy(i, node, cluster) for i, (node, cluster) in enumerate(spec.proxies)]
-        self._tracker = Tracker(pending=len(self._proxies))
+        self._tracker = MeshTracker(pending=len(self._proxies))
         self._cache = InfoCache()
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
@@ -482,22 +316,15 @@ class _LoadProcess(ControlledLoad):
     async def _connect(self) -> None:
         """Open every stream; answers "connected" at once (convergence is polled with "status")."""
         spec = self._spec
-        loop = asyncio.get_running_loop()
         requests = Requests(spec.delta)
         authority = f"{spec.host}:{spec.port}".encode()
-        per = spec.streams_per_connection
-        for offset in range(0, len(self._proxies), per):
-            group = self._proxies[offset : offset + per]
-            factory = functools.partial(
-                AdsConnection, group, spec.delta, requests, self._cache, authority, self._tracker
-            )
-            _, connection = await loop.create_connection(factory, spec.host, spec.port)
-            self._connections.append(connection)
-        for opened in self._connections:
-            await opened.settings_seen.wait()
-            if opened.error:
-                raise RuntimeError(opened.error)
-            opened.open_streams()
+
+        def connection(group: list[Proxy]) -> H2Connection[Proxy]:
+            return AdsConnection(group, spec.delta, requests, self._cache, authority, self._tracker)
+
+        await self.open_connections(
+            self._proxies, spec.streams_per_connection, spec.host, spec.port, connection
+        )
         self._control.send({"connected": time.monotonic()})
 
     def _status(self) -> None:
@@ -546,43 +373,3 @@ class _LoadProcess(ControlledLoad):
                 "cpu": time.process_time(),
             }
         )
-
-
-def self_check() -> None:
-    """Prove the name extraction against betterproto2 on meshcp-shaped resources."""
-    tls = UpstreamTlsContext(
-        common_tls_context=CommonTlsContext(
-            tls_certificate_sds_secret_configs=[SdsSecretConfig(name="service-cert:a/b")],
-            validation_context_sds_secret_config=SdsSecretConfig(name="root-cert-for-mtls-outbound:c/d"),
-        ),
-        sni="d.c.svc.cluster.local",
-    )
-    cluster = Cluster(
-        name="c/d|8080",
-        type=ClusterDiscoveryType.EDS,
-        eds_cluster_config=ClusterEdsClusterConfig(service_name="c/d|8080"),
-        transport_socket=TransportSocket(name="tls", typed_config=AnyMessage.pack(tls)),
-    )
-    info = extract(CDS, bytes(cluster))
-    assert info == Info("c/d|8080", "c/d|8080", ("root-cert-for-mtls-outbound:c/d", "service-cert:a/b")), info
-    local = Cluster(name="a/b|8080|local", type=ClusterDiscoveryType.STATIC)
-    assert extract(CDS, bytes(local)) == Info("a/b|8080|local"), extract(CDS, bytes(local))
-    hcm = HttpConnectionManager(stat_prefix="x", rds=Rds(route_config_name="rds-inbound.8080"))
-    down = DownstreamTlsContext(
-        common_tls_context=CommonTlsContext(
-            validation_context_sds_secret_config=SdsSecretConfig(name="root-cert-for-mtls-inbound:a/b")
-        )
-    )
-    listener = Listener(
-        name="inbound-listener",
-        filter_chains=[
-            FilterChain(
-                filters=[Filter(name="hcm", typed_config=AnyMessage.pack(hcm))],
-                transport_socket=TransportSocket(name="tls", typed_config=AnyMessage.pack(down)),
-            )
-        ],
-    )
-    info = extract(LDS, bytes(listener))
-    assert info == Info(
-        "inbound-listener", None, ("root-cert-for-mtls-inbound:a/b",), ("rds-inbound.8080",)
-    ), info

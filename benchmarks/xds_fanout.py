@@ -26,117 +26,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from multiprocessing.process import BaseProcess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import fanout_client
 import fanout_server
-from bench_support import top_functions
+from control_pipe import Child
 from fanout_client import LoadSpec, Plan
+from fanout_report import RunResult, Summary, ratios, summarise, table, verdict
 from fanout_workload import endpoint_names, route_names
+from py_spy import PySpy
 
 PHASE_TIMEOUT = 300.0
 
 
-@dataclass
-class RunResult:
-    mode: str
-    clients: int
-    classes: int
-    resources: int
-    initial_s: float
-    initial_server_cpu_s: float
-    initial_client_cpu_s: float
-    rss_idle_mb: float
-    rss_per_client_kb: float
-    change_s: list[float] = field(default_factory=list)  # set_snapshot -> server counted N ACKs
-    change_client_s: list[float] = field(default_factory=list)  # set_snapshot -> last client ACK sent
-    change_p50_s: list[float] = field(default_factory=list)  # set_snapshot -> median client ACK sent
-    change_server_cpu_s: list[float] = field(default_factory=list)
-    change_client_cpu_s: list[float] = field(default_factory=list)
-    encodes: list[int] = field(default_factory=list)
-    build_s: list[float] = field(default_factory=list)  # the new snapshot: 1 encode + Snapshot objects
-    naive_encodes: int = 0
-    naive_seconds: float = 0.0
-    profiles: dict[str, str] = field(default_factory=dict)
+def _sampler(directory: str, pid: int | None, phase: str) -> PySpy | None:
+    """py-spy sampling the server process during one phase (with --py-spy, first run at N)."""
+    if not directory or pid is None:
+        return None
+    return PySpy(pid, Path(directory) / f"{phase}.txt", label="server", rate=250, attach=True, top=15)
 
 
-class Child:
-    """A spawned process and our end of its control pipe."""
-
-    def __init__(self, name: str, target: Any, spec: Any) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.name = name
-        self.pipe, child_end = context.Pipe()
-        self.process: BaseProcess = context.Process(target=target, args=(child_end, spec), name=name)
-        self.process.start()
-        child_end.close()
-
-    def send(self, *command: Any) -> None:
-        self.pipe.send(command)
-
-    def recv(self, timeout: float = PHASE_TIMEOUT) -> dict[str, Any]:
-        if not self.pipe.poll(timeout):
-            raise TimeoutError(f"{self.name}: no answer within {timeout:.0f} s")
-        try:
-            reply: dict[str, Any] = self.pipe.recv()
-        except EOFError:
-            raise RuntimeError(f"{self.name} exited (code {self.process.exitcode})") from None
-        return reply
-
-    def stop(self) -> None:
-        try:
-            self.send("stop")
-            self.recv(timeout=30)
-        except (OSError, TimeoutError, RuntimeError):
-            pass
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join()
-        self.pipe.close()
-
-
-class Sampler:
-    """py-spy sampling the server process during one phase (raw collapsed stacks)."""
-
-    def __init__(self, directory: str, pid: int | None, phase: str) -> None:
-        self._process: subprocess.Popen[bytes] | None = None
-        self._phase = phase
-        self._output = Path(directory) / f"{phase}.txt"
-        if directory and pid is not None:
-            output = self._output
-            command = [
-                "py-spy",
-                "record",
-                "--pid",
-                str(pid),
-                "--format",
-                "raw",
-                "--rate",
-                "250",
-                "-o",
-                str(output),
-            ]
-            self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            assert self._process.stdout is not None
-            self._process.stdout.readline()  # "py-spy> Sampling process ...": attached
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.send_signal(signal.SIGINT)
-            self._process.communicate(timeout=60)
-            self._process = None
-            print(f"## py-spy, server, {self._phase}\n{top_functions(self._output, 15)}", file=sys.stderr)
+def _stop(sampler: PySpy | None) -> None:
+    if sampler is not None:
+        sampler.stop()
 
 
 def _check(replies: list[dict[str, Any]], what: str) -> None:
@@ -155,9 +73,8 @@ def run_once(
     sample: str,
     traced: int = 0,
 ) -> RunResult:
-    server = Child(
-        "server", fanout_server.run, fanout_server.ServerSpec(args.resources, classes, profile, traced)
-    )
+    spec = fanout_server.ServerSpec(args.resources, classes, profile, traced)
+    server = Child("server", fanout_server.run, spec, PHASE_TIMEOUT)
     pid = server.process.pid
     loads: list[Child] = []
     try:
@@ -172,22 +89,22 @@ def run_once(
         first = 0
         for n in range(args.load_processes):
             count = share + (1 if n < extra else 0)
-            spec = LoadSpec(
+            load_spec = LoadSpec(
                 "127.0.0.1", hello["port"], first, count, classes, args.streams_per_connection, plan
             )
-            loads.append(Child(f"load-{n}", fanout_client.run, spec))
+            loads.append(Child(f"load-{n}", fanout_client.run, load_spec, PHASE_TIMEOUT))
             first += count
         for load in loads:
             load.recv(timeout=120)
 
-        sampler = Sampler(sample, pid, "initial")
+        sampler = _sampler(sample, pid, "initial")
         server.send("initial", clients)
         started = time.monotonic()
         for load in loads:
             load.send("connect")
         ready = [load.recv() for load in loads]
         initial = server.recv()
-        sampler.stop()
+        _stop(sampler)
         _check(ready, "initial configuration")
         if sum(int(r["ready"]) for r in ready) != clients or initial["connected"] != clients:
             raise RuntimeError(f"only {initial['connected']} of {clients} streams connected")
@@ -208,7 +125,7 @@ def run_once(
         if initial["profile"]:
             result.profiles["initial"] = initial["profile"]
 
-        sampler = Sampler(sample, pid, "change")
+        sampler = _sampler(sample, pid, "change")
         for _ in range(args.changes):
             for load in loads:
                 load.send("arm")
@@ -234,126 +151,12 @@ def run_once(
             result.build_s.append(change["build_seconds"])
             if change["profile"]:
                 result.profiles["change"] = change["profile"]
-        sampler.stop()
+        _stop(sampler)
         return result
     finally:
         for load in loads:
             load.stop()
         server.stop()
-
-
-# Reporting ---------------------------------------------------------------------------
-
-
-@dataclass
-class Summary:
-    """Medians over runs (each run's change figure is the median of its changes)."""
-
-    mode: str
-    classes: int
-    clients: int
-    runs: int
-    initial_s: float
-    change_s: float
-    change_client_s: float
-    change_p50_s: float
-    initial_server_cpu_s: float
-    change_server_cpu_s: float
-    change_client_cpu_s: float
-    initial_client_cpu_s: float
-    rss_per_client_kb: float
-    rss_idle_mb: float
-    encodes: int
-    build_ms: float
-    naive_encodes: int
-    naive_ms: float
-
-
-def summarise(results: list[RunResult]) -> Summary:
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
-
-    first = results[0]
-    return Summary(
-        mode=first.mode,
-        classes=first.classes,
-        clients=first.clients,
-        runs=len(results),
-        initial_s=med([r.initial_s for r in results]),
-        change_s=med([med(r.change_s) for r in results]),
-        change_client_s=med([med(r.change_client_s) for r in results]),
-        change_p50_s=med([med(r.change_p50_s) for r in results]),
-        initial_server_cpu_s=med([r.initial_server_cpu_s for r in results]),
-        change_server_cpu_s=med([med(r.change_server_cpu_s) for r in results]),
-        change_client_cpu_s=med([med(r.change_client_cpu_s) for r in results]),
-        initial_client_cpu_s=med([r.initial_client_cpu_s for r in results]),
-        rss_per_client_kb=med([r.rss_per_client_kb for r in results]),
-        rss_idle_mb=med([r.rss_idle_mb for r in results]),
-        encodes=max(e for r in results for e in r.encodes),
-        build_ms=med([med(r.build_s) for r in results]) * 1000,
-        naive_encodes=first.naive_encodes,
-        naive_ms=med([r.naive_seconds for r in results]) * 1000,
-    )
-
-
-_COLUMNS = (
-    ("mode", "{:>5}", "mode"),
-    ("cls", "{:>3}", "classes"),
-    ("clients", "{:>7}", "clients"),
-    ("initial s", "{:>9.2f}", "initial_s"),
-    ("change s", "{:>8.3f}", "change_s"),
-    ("cli p50 s", "{:>9.3f}", "change_p50_s"),
-    ("cli last s", "{:>10.3f}", "change_client_s"),
-    ("srv CPU init", "{:>12.2f}", "initial_server_cpu_s"),
-    ("cli CPU init", "{:>12.2f}", "initial_client_cpu_s"),
-    ("srv CPU chg", "{:>11.3f}", "change_server_cpu_s"),
-    ("cli CPU chg", "{:>11.3f}", "change_client_cpu_s"),
-    ("RSS KB/cli", "{:>10.1f}", "rss_per_client_kb"),
-    ("enc/chg", "{:>7}", "encodes"),
-)
-
-
-def table(summaries: list[Summary]) -> str:
-    head = " | ".join(
-        f"{title:>{len(fmt.format(getattr(summaries[0], key)))}}" for title, fmt, key in _COLUMNS
-    )
-    lines = [head, "-" * len(head)]
-    for s in summaries:
-        lines.append(" | ".join(fmt.format(getattr(s, key)) for _, fmt, key in _COLUMNS))
-    return "\n".join(lines)
-
-
-def ratios(base: Summary, big: Summary) -> str:
-    """Per-client cost at `big` over per-client cost at `base` (1.0 = linear scaling)."""
-    scale = big.clients / base.clients
-
-    def per(a: float, b: float) -> str:
-        return f"{(b / scale) / a:.2f}" if a > 0 else "n/a"
-
-    return (
-        f"{big.mode:>5} cls={big.classes}: per-client ratio {big.clients}/{base.clients}: "
-        f"initial {per(base.initial_s, big.initial_s)}, change {per(base.change_s, big.change_s)}, "
-        f"srv CPU/change {per(base.change_server_cpu_s, big.change_server_cpu_s)}, "
-        f"RSS/client {big.rss_per_client_kb / base.rss_per_client_kb:.2f}"
-    )
-
-
-#: The targets of the issue, for one server process on a 2-core machine.
-TARGET_CHANGE_S = 2.0
-TARGET_RSS_KB = 30.0
-
-
-def verdict(s: Summary) -> str:
-    def mark(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    return (
-        f"{s.mode:>5} cls={s.classes} N={s.clients}: all connected and ACKed: met; "
-        f"change ACKed by all <= {TARGET_CHANGE_S:.0f} s: {mark(s.change_s <= TARGET_CHANGE_S)} "
-        f"({s.change_s:.2f} s); one encode per change: {mark(s.encodes == 1)}; "
-        f"<= {TARGET_RSS_KB:.0f} KB/client: {mark(s.rss_per_client_kb <= TARGET_RSS_KB)} "
-        f"({s.rss_per_client_kb:.1f} KB)"
-    )
 
 
 def _case_directory(root: str, mode: str, classes: int, clients: int) -> str:
