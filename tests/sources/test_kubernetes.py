@@ -25,7 +25,6 @@ from tests.sources.kube_objects import (
     LABEL,
     LABEL_KEY,
     SAMPLES,
-    key,
     namespace,
     pod,
     seed,
@@ -35,11 +34,9 @@ from tests.sources.kube_objects import (
 )
 from tests.sources.kube_source import Collector, is_synced, refs, start, stop, upsert_of
 
+
 # tests/sources/test_kubernetes_envoy.py still imports these from here; they live in
 # tests.sources.kube_objects.
-__all__ = ["BY_KIND", "key", "namespace", "seed", "stored", "url_of"]
-
-
 def test_samples_are_valid() -> None:
     for kind, manifest in SAMPLES.items():
         assert parse_object(manifest).ref.kind == kind

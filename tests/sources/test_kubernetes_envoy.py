@@ -21,9 +21,10 @@ from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.kubernetes import RESOURCES
 from tests.sources.kube_fixtures import Emulator
-from tests.sources.test_kubernetes import BY_KIND, key, namespace, seed, stored, url_of
+from tests.sources.kube_objects import BY_KIND, key, namespace, seed, stored, url_of
 from tests.support import eventually
-from tests.support.envoy import EnvoyProcess, ads_bootstrap
+from tests.support.bootstrap import ads_bootstrap
+from tests.support.envoy import EnvoyProcess
 
 pytestmark = [
     pytest.mark.envoy,

@@ -31,22 +31,6 @@ import aiohttp
 import pytest
 
 from tests.support import eventually
-from tests.support.bootstrap import HTTP_PROTOCOL_OPTIONS, ads_bootstrap
-
-# HTTP_PROTOCOL_OPTIONS and ads_bootstrap live in tests.support.bootstrap; they are exported
-# here too only for tests/support/mtls.py and tests/sources/test_kubernetes_envoy.py, which
-# still import them from this module.
-__all__ = [
-    "HTTP_PROTOCOL_OPTIONS",
-    "LOG_TAIL",
-    "REAL_ENVOY",
-    "STOP_GRACE",
-    "EnvoyError",
-    "EnvoyProcess",
-    "ads_bootstrap",
-    "envoy_binary",
-    "unique_base_id",
-]
 
 #: Seconds Envoy gets to exit after SIGTERM before it is killed.
 STOP_GRACE = 5.0

@@ -64,7 +64,8 @@ from meshcp._proto.envoy.service.discovery.v3 import (
 from meshcp.cache import pack, resource_types
 from meshcp.certs import Identity, InternalCA, IssuedCertificate, MemoryStore, ProxyIdentity
 from meshcp.xds.service import DELTA_PATH, SOTW_PATH
-from tests.support.envoy import HTTP_PROTOCOL_OPTIONS, EnvoyProcess
+from tests.support.bootstrap import HTTP_PROTOCOL_OPTIONS
+from tests.support.envoy import EnvoyProcess
 from tests.support.resources import ads_source, eds_cluster, socket_address
 from tests.support.upstream import Upstream
 

@@ -30,10 +30,6 @@ from meshcp.injector.settings import InjectorSettings
 from meshcp.injector.tls_reload import ReloadingTls
 from meshcp.kube.client import default_api_client
 
-# DEFAULT_DEADLINE, MUTATE_PATH and InjectorSettings are also exported for the callers outside
-# the injector that import them from here (the command line, tests/test_deploy_manifests.py).
-
-
 log = logging.getLogger(__name__)
 
 
