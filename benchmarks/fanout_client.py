@@ -26,7 +26,7 @@ from load_process import ControlledLoad, Tracker
 
 from meshcp._proto.envoy.service.discovery.v3 import DeltaDiscoveryRequest, DiscoveryRequest
 from meshcp.cache import resource_types
-from meshcp.cache.wire import length_delimited, varint
+from meshcp.cache.wire import length_delimited, read_varint, varint
 
 TYPES = (resource_types.CLUSTER, resource_types.ENDPOINT, resource_types.LISTENER, resource_types.ROUTE)
 CDS, EDS, LDS, RDS = range(4)
@@ -54,13 +54,13 @@ def scan(data: bytes, pos: int, end: int, delta: bool) -> Scanned:
         tag = data[pos]
         pos += 1
         if tag & 0x80:
-            tag, pos = _varint_rest(data, pos, tag)
+            tag, pos = read_varint(data, pos - 1)  # multi-byte: the shared reader
         wire = tag & 7
         if wire == 2:
             length = data[pos]
             pos += 1
             if length & 0x80:
-                length, pos = _varint_rest(data, pos, length)
+                length, pos = read_varint(data, pos - 1)
             number = tag >> 3
             if number == 2:
                 resources += 1
@@ -80,17 +80,6 @@ def scan(data: bytes, pos: int, end: int, delta: bool) -> Scanned:
         else:
             raise ValueError(f"unexpected wire type {wire} in a discovery response")
     return Scanned(version, type_url, nonce, resources, removed)
-
-
-def _varint_rest(data: bytes, pos: int, first: int) -> tuple[int, int]:
-    value, shift = first & 0x7F, 7
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
 
 
 @dataclass(frozen=True)
