@@ -184,3 +184,41 @@ async def test_cancelling_the_first_caller_does_not_fail_the_others() -> None:
     with pytest.raises(asyncio.CancelledError):
         await leader
     assert not flight.in_flight("k")
+
+
+class Outcomes:
+    """An `IssuanceReport` that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+        self.failed: list[str] = []
+        self.durations: list[float] = []
+
+    def certificate_issued(self, provider: str, seconds: float) -> None:
+        self.issued.append(provider)
+        self.durations.append(seconds)
+
+    def certificate_failed(self, provider: str, seconds: float) -> None:
+        self.failed.append(provider)
+        self.durations.append(seconds)
+
+
+async def test_each_issuance_reports_its_outcome_once_retries_included(internal_ca: InternalCA) -> None:
+    provider = CountingProvider(internal_ca)
+    provider.failures = [unavailable(), unavailable()]
+    outcomes = Outcomes()
+    issuer = Issuer(provider, RetryPolicy(jitter=0.0), sleep=RecordingSleep(), report=outcomes)
+    await issuer.issue(REQUEST)  # two retried failures, then a certificate: one issuance
+    assert (outcomes.issued, outcomes.failed) == (["counting"], [])
+    provider.failures = [CertificateError("counting", "HTTP 403: denied")]
+    with pytest.raises(CertificateError):
+        await issuer.issue(REQUEST)
+    assert (outcomes.issued, outcomes.failed) == (["counting"], ["counting"])
+    assert len(outcomes.durations) == 2 and all(seconds >= 0 for seconds in outcomes.durations)
+
+
+async def test_the_reporting_issuer_reports_outcomes_too(internal_ca: InternalCA) -> None:
+    outcomes = Outcomes()
+    issuer = ReportingIssuer(CountingProvider(internal_ca), "cluster.local", lambda _: None, report=outcomes)
+    await issuer.issue(REQUEST)
+    assert outcomes.issued == ["counting"]

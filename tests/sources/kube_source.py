@@ -13,7 +13,7 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 
 from meshcp.sources.events import Delete, Event, Invalid, Resolved, Synced, Upsert
 from meshcp.sources.kubernetes import KubernetesSource
-from meshcp.sources.kubernetes_watch import Resource, WatchSettings
+from meshcp.sources.kubernetes_watch import Resource, WatchObserver, WatchSettings
 from tests.sources.kube_fixtures import Emulator
 from tests.sources.kube_objects import url_of
 
@@ -79,7 +79,11 @@ class Sleeps:
 
 
 async def start(
-    host: str, collector: Collector, sleeps: Sleeps | None = None, settings: WatchSettings | None = None
+    host: str,
+    collector: Collector,
+    sleeps: Sleeps | None = None,
+    settings: WatchSettings | None = None,
+    observer: WatchObserver | None = None,
 ) -> tuple[asyncio.Task[None], Sleeps]:
     sleeps = sleeps or Sleeps()
 
@@ -87,7 +91,11 @@ async def start(
         return ApiClient(Configuration(host=host))
 
     source = KubernetesSource(
-        collector, api_client_factory=factory, sleep=sleeps, settings=settings or WatchSettings(page_size=2)
+        collector,
+        api_client_factory=factory,
+        sleep=sleeps,
+        settings=settings or WatchSettings(page_size=2),
+        observer=observer,
     )
     return asyncio.create_task(source.run()), sleeps
 

@@ -15,6 +15,7 @@ from meshcp.model.parse import parse_object
 from meshcp.sources.events import Synced, Upsert
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_watch import WatchSettings
+from meshcp.telemetry.metrics import Metrics
 from tests.certs.support import free_port
 from tests.sources.kube_fixtures import Emulator, status_410
 from tests.sources.kube_objects import BY_KIND, SAMPLES, key, namespace, pod, seed, stored, url_of
@@ -225,3 +226,25 @@ async def test_kinds_the_server_does_not_serve_do_not_block_sync(caplog: pytest.
                 assert set(sleeps.waits) == {30.0}
             finally:
                 await stop(task)
+
+
+async def test_watch_events_and_restarts_are_counted_by_kind(emulator: Emulator) -> None:
+    k = emulator
+    pods = BY_KIND["Pod"]
+    seed(k, namespace("shop"))
+    metrics = Metrics()
+    collector = Collector()
+    task, _ = await start(str(k.url), collector, observer=metrics)
+    try:
+        await collector.until(is_synced)
+        await wait_watches(k, pods, 1)
+        await k.post(url_of(pods, "shop"), json=stored(pod("web")))
+        await collector.until(upsert_of("web"))
+        await k.inject(key(pods), status_410())
+        await wait_watches(k, pods, 2)
+    finally:
+        await stop(task)
+    value = metrics.registry.get_sample_value
+    assert value("meshcp_kubernetes_watch_events_total", {"kind": "Pod", "type": "ADDED"}) == 1
+    assert value("meshcp_kubernetes_watch_restarts_total", {"kind": "Pod", "reason": "expired"}) == 1
+    assert value("meshcp_kubernetes_watch_restarts_total", {"kind": "Service", "reason": "expired"}) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,11 +20,13 @@ from meshcp._proto.envoy.service.discovery.v3 import (
     DiscoveryRequest,
     DiscoveryResponse,
 )
+from meshcp.cache import Snapshot
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.auth import PeerCertificate, StreamRejected
-from meshcp.xds.service import DELTA_PATH, SOTW_PATH
+from meshcp.xds.service import DELTA_PATH, SOTW_PATH, _Pusher
+from meshcp.xds.sotw import SotwProtocol
 from tests.factories import CDS, EDS, World
 
 STREAM = grpclib.const.Cardinality.STREAM_STREAM
@@ -278,3 +281,42 @@ async def test_reclassify_moves_an_open_stream_to_its_new_class() -> None:
     finally:
         channel.close()
         await runtime.stop()
+
+
+async def test_rule22_a_late_proxy_records_its_own_convergence_not_the_snapshots_age(
+    runtime: ControllerRuntime, channel: grpclib.client.Channel
+) -> None:
+    # Content built long before the proxy connects (as after a controller's start).
+    world = World()
+    runtime.cache.set_snapshot("n1", Snapshot(world.resources(), created=time.monotonic() - 1000.0))
+    async with channel.request(SOTW_PATH, STREAM, DiscoveryRequest, DiscoveryResponse) as stream:
+        await stream.send_message(DiscoveryRequest(node=Node(id="n1"), type_url=CDS))
+        first = await stream.recv_message()
+        assert first is not None
+        await stream.send_message(
+            DiscoveryRequest(type_url=CDS, response_nonce=first.nonce, version_info=first.version_info)
+        )
+        await eventually(lambda: sample(runtime, "meshcp_xds_acks_total", {"type": "cds"}) == 1)
+        await stream.end()
+    assert sample(runtime, "meshcp_xds_push_latency_seconds_count", {"type": "cds"}) == 1
+    # Measured from the proxy's request, not from `Snapshot.created`: far below its age.
+    assert sample(runtime, "meshcp_xds_push_latency_seconds_sum", {"type": "cds"}) < 1000.0
+
+
+class _BrokenStream:
+    """A stream whose client went away: every send fails."""
+
+    async def send_message(self, message: bytes) -> None:
+        raise ConnectionResetError("gone")
+
+
+async def test_a_response_that_cannot_be_sent_is_counted_by_reason(runtime: ControllerRuntime) -> None:
+    protocol = SotwProtocol()
+    protocol.receive(DiscoveryRequest(node=Node(id="n1"), type_url=CDS))
+    stream: Any = _BrokenStream()
+    pusher = _Pusher(stream, protocol, Readiness(), asyncio.Semaphore(1), runtime.service._send_failed)
+    pusher.snapshot = World().snapshot()
+    pusher.admitted = True
+    with pytest.raises(ConnectionResetError):
+        await pusher.flush()
+    assert sample(runtime, "meshcp_xds_send_errors_total", {"reason": "connection"}) == 1

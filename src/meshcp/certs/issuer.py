@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from meshcp.certs.provider import CertificateError, CertificateProvider, CertificateRequest, IssuedCertificate
 from meshcp.identity import Identity
@@ -50,6 +52,16 @@ class RetryPolicy:
         return base * (1 - self.jitter + 2 * self.jitter * unit_random)
 
 
+class IssuanceReport(Protocol):
+    """Told of each issuance's outcome (the controller's metrics; `certs` imports none)."""
+
+    def certificate_issued(self, provider: str, seconds: float) -> None:
+        """A certificate came back after `seconds` (retries included)."""
+
+    def certificate_failed(self, provider: str, seconds: float) -> None:
+        """Issuance failed for good after `seconds`."""
+
+
 class Issuer:
     """A provider with retries: the only way the rest of `certs` asks for a certificate."""
 
@@ -60,8 +72,10 @@ class Issuer:
         *,
         sleep: Sleep = asyncio.sleep,
         unit_random: Callable[[], float] = random.random,
+        report: IssuanceReport | None = None,
     ) -> None:
         self._provider = provider
+        self._report = report
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._random = unit_random
@@ -73,7 +87,20 @@ class Issuer:
         return self._provider
 
     async def issue(self, request: CertificateRequest) -> IssuedCertificate:
-        """Issue a certificate, retrying retryable failures; raises `CertificateError`."""
+        """Issue a certificate, retrying retryable failures; raises `CertificateError`.
+        The outcome and its duration go to `report`."""
+        started = time.perf_counter()
+        try:
+            issued = await self._issue(request)
+        except CertificateError:
+            if self._report is not None:
+                self._report.certificate_failed(self._provider.name, time.perf_counter() - started)
+            raise
+        if self._report is not None:
+            self._report.certificate_issued(self._provider.name, time.perf_counter() - started)
+        return issued
+
+    async def _issue(self, request: CertificateRequest) -> IssuedCertificate:
         policy = self._retry
         for attempt in range(1, policy.attempts + 1):
             try:
@@ -127,8 +154,9 @@ class ReportingIssuer(Issuer):
         *,
         sleep: Sleep = asyncio.sleep,
         unit_random: Callable[[], float] = random.random,
+        report: IssuanceReport | None = None,
     ) -> None:
-        super().__init__(provider, retry, sleep=sleep, unit_random=unit_random)
+        super().__init__(provider, retry, sleep=sleep, unit_random=unit_random, report=report)
         self._trust_domain = trust_domain
         self._on_issued = on_issued
 

@@ -58,12 +58,13 @@ class ControllerRuntime:
         self.cache = SnapshotCache()
         self.encoder = Encoder()
         self.metrics = Metrics()
-        self.metrics.encodes.set_function(lambda: self.encoder.encodes)
+        self.metrics.count_encodes(lambda: self.encoder.encodes)
+        self.metrics.read_expiries(lambda: self.trust.root_expiry, self._soonest_workload_expiry)
         self.readiness = readiness or Readiness()
         self.store = Store(window=settings.debounce_window, max_wait=settings.debounce_max)
         self.proxies = ConnectedProxies()
         ca = settings.ca
-        self.issuer = Issuer(provider)
+        self.issuer = Issuer(provider, report=self.metrics)
 
         def installed(identity: Identity) -> None:
             live = map(str, self.certificates.keys())
@@ -74,7 +75,7 @@ class ControllerRuntime:
             await self.publisher.on_rotated(identity, certificate)
 
         self.certificates: CertificateManager[Identity] = workload_certificates(
-            ReportingIssuer(provider, ca.trust_domain, installed),
+            ReportingIssuer(provider, ca.trust_domain, installed, report=self.metrics),
             ca.trust_domain,
             validity=ca.validity,
             key_spec=ca.key_spec,
@@ -134,6 +135,7 @@ class ControllerRuntime:
             self.readiness,
             reclassify=self.service.reclassify,
             cert_validity=ca.validity,
+            on_round=self.metrics.round_done,
         )
         self.http = HttpServer(
             Controller(
@@ -141,6 +143,13 @@ class ControllerRuntime:
             )
         )
         self._background: asyncio.Task[None] | None = None
+
+    def _soonest_workload_expiry(self) -> float | None:
+        """Unix time the first of the workload certificates held expires (None: none held)."""
+        identities = self.certificates.keys()
+        held = (self.certificates.current(identity) for identity in identities)
+        expiries = [certificate.not_after.timestamp() for certificate in held if certificate is not None]
+        return min(expiries, default=None)
 
     @classmethod
     async def open(
@@ -217,6 +226,7 @@ class ControllerRuntime:
                     api_client_factory=partial(
                         default_api_client, settings.kube_context, settings.kubeconfig
                     ),
+                    observer=self.metrics,
                 )
                 tasks.create_task(source.run(), name="kubernetes")
                 tasks.create_task(self.rounds.run(), name="reconcile")

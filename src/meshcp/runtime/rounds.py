@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -41,13 +42,16 @@ class Rounds:
         *,
         reclassify: Callable[[], object],
         cert_validity: timedelta,
+        on_round: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_round` is told how long each completed round took, in seconds (metrics)."""
         self._store = store
         self._reconciler = reconciler
         self._publisher = publisher
         self._classifier = classifier
         self._readiness = readiness
         self._reclassify = reclassify
+        self._on_round = on_round
         #: Workload certificate lifetime: `--cert-validity`, until a MeshConfig sets one.
         self.cert_validity = cert_validity
 
@@ -63,12 +67,15 @@ class Rounds:
         """
         rounds = 0
         async for state in self._store.states():
+            started = time.perf_counter()
             self.apply_mesh_config(state)
             self._publisher.update(self._reconciler.apply(state))
             policy = self._reconciler.policy
             self._classifier.update(policy.proxies, policy.pod_classes)
             self._reclassify()
             self._readiness.mark_synced(MESH)
+            if self._on_round is not None:
+                self._on_round(time.perf_counter() - started)
             rounds += 1
             if rounds % THAW_EVERY:
                 gc.freeze()

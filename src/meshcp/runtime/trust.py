@@ -26,6 +26,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
+from meshcp.certs import pem
 from meshcp.certs.clock import Clock, utc_now
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.provider import CertificateError, CertificateProvider, IssuedCertificate
@@ -74,6 +75,9 @@ class TrustCoordinator:
         self._reissued_for = ""
         #: Roots workloads trust (SDS): the CA's current roots.
         self.bundle = ""
+        #: Unix time the soonest-expiring root of `bundle` expires (None before the first
+        #: refresh, or for a bundle that does not parse): a metric.
+        self.root_expiry: float | None = None
         #: Roots xDS client certificates may chain to: for the internal CA the current
         #: roots plus retired ones until they expire; for other providers `bundle`.
         self.xds_bundle = ""
@@ -91,6 +95,7 @@ class TrustCoordinator:
         xds_bundle = bundle if ca is None else await ca.xds_trust_bundle()
         if bundle != self.bundle:
             self.bundle = bundle
+            self.root_expiry = _soonest_expiry(bundle)
             self._publish_bundle(bundle)
             log.info("trust bundle now holds %d root(s)", bundle.count("BEGIN CERTIFICATE"))
         if xds_bundle != self.xds_bundle:
@@ -209,3 +214,12 @@ class TrustCoordinator:
                 self._provider.name, "root rotation is only possible with the internal CA provider"
             )
         return self._provider
+
+
+def _soonest_expiry(bundle: str) -> float | None:
+    """Unix time the first certificate of a PEM bundle expires; None if it holds none."""
+    try:
+        roots = pem.load_certificates(bundle)
+    except ValueError:
+        return None
+    return min((root.not_valid_after_utc.timestamp() for root in roots), default=None)

@@ -26,7 +26,7 @@ from meshcp.model.meta import ObjectRef
 from meshcp.model.parse import InvalidObject, parse_object
 from meshcp.model.state import MeshObject, Problem
 from meshcp.sources.events import Delete, Emit, Invalid, Resolved, Synced, Upsert
-from meshcp.sources.kubernetes_watch import ListWatch, Resource, Sleep, WatchSettings
+from meshcp.sources.kubernetes_watch import ListWatch, Resource, Sleep, WatchObserver, WatchSettings
 
 log = logging.getLogger("meshcp.sources.kubernetes")
 
@@ -66,9 +66,11 @@ class KubernetesSource:
         name: str = "kubernetes",
         settings: WatchSettings | None = None,
         sleep: Sleep = asyncio.sleep,
+        observer: WatchObserver | None = None,
     ) -> None:
         """`settings`: paging, timeouts and backoff of the watches. `sleep`: how the
-        backoff waits (replaceable so a test can hold a reconnect at a known point)."""
+        backoff waits (replaceable so a test can hold a reconnect at a known point).
+        `observer`: counts watch events and restarts (the controller's metrics)."""
         self.name = name
         self._emit = emit
         self._factory = api_client_factory
@@ -76,6 +78,7 @@ class KubernetesSource:
         self._mesh = mesh_name
         self._settings = settings or WatchSettings()
         self._sleep = sleep
+        self._observer = observer
         # What the API server has, as last seen: per kind, the parsed object or its problem.
         self._seen: dict[str, dict[ObjectRef, MeshObject | Problem]] = {}
         self._labelled: set[str] = set()  # namespaces labelled for this mesh
@@ -100,6 +103,7 @@ class KubernetesSource:
                         label_selector=selector,
                         settings=self._settings,
                         sleep=self._sleep,
+                        observer=self._observer,
                     )
                     group.create_task(watch.run(), name=f"{self.name}:{resource.plural}")
         finally:

@@ -81,6 +81,25 @@ class Consumer(Protocol):
         """A watch event: `ADDED`, `MODIFIED` or `DELETED`."""
 
 
+class WatchObserver(Protocol):
+    """Counts what the loops do (the controller's metrics); both calls must not block."""
+
+    def watch_event(self, kind: str, event_type: str) -> None:
+        """A watch event of `kind`: `ADDED`, `MODIFIED` or `DELETED`."""
+
+    def watch_restart(self, kind: str, reason: str) -> None:
+        """The loop of `kind` starts over with a fresh list: `expired` (410 Gone),
+        `error` (a failed request or stream) or `not_served` (404)."""
+
+
+class _Unobserved:
+    def watch_event(self, kind: str, event_type: str) -> None:
+        pass
+
+    def watch_restart(self, kind: str, reason: str) -> None:
+        pass
+
+
 class ApiError(Exception):
     """The API server answered with an error status."""
 
@@ -113,10 +132,12 @@ class ListWatch:
         label_selector: str = "",
         settings: WatchSettings | None = None,
         sleep: Sleep = asyncio.sleep,
+        observer: WatchObserver | None = None,
     ) -> None:
         self.resource = resource
         self._api = api_client
         self._consumer = consumer
+        self._observer = observer or _Unobserved()
         self._selector = label_selector
         self._settings = settings or WatchSettings()
         self._sleep = sleep
@@ -136,8 +157,10 @@ class ListWatch:
                 while True:
                     version = await self._watch(version)
             except _Gone:
+                self._observer.watch_restart(self.resource.kind, "expired")
                 log.info("watch of %s expired (410 Gone); listing again", self._describe())
             except _NotServed:
+                self._observer.watch_restart(self.resource.kind, "not_served")
                 # Nothing of it can exist: say so (so the source can sync without it) and
                 # look again now and then, in case its CRD is installed later.
                 if not failing:
@@ -151,6 +174,7 @@ class ListWatch:
                 self._consumer.listed(self.resource, [])
                 await self._sleep(self._settings.backoff_max)
             except _RETRIABLE as error:
+                self._observer.watch_restart(self.resource.kind, "error")
                 failing = True
                 log.error(
                     "Kubernetes API %s: %s %s failed: %s; retrying in %gs",
@@ -254,6 +278,7 @@ class ListWatch:
         metadata = obj.get("metadata")
         new_version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
         if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self._observer.watch_event(self.resource.kind, kind)
             self._consumer.changed(self.resource, kind, obj)
         elif kind != "BOOKMARK":
             log.warning("watch of %s: skipping an event of unknown type %r", self._describe(), kind)

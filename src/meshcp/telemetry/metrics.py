@@ -1,13 +1,66 @@
-"""Prometheus metrics of one controller, on its own registry (no process-global state)."""
+"""Prometheus metrics of one controller, on its own registry (no process-global state).
+
+Names follow Prometheus conventions: counters are exposed with `_total` (prometheus_client
+appends it), durations are histograms in seconds, times are Unix timestamps in seconds,
+and no label names a proxy (labels are a type, a stream kind, a reason, a Kubernetes kind
+or a CA provider: a handful of values each). docs/observability.md lists every metric.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 #: Convergence buckets from 0.1 s to 30 s, as users watch it (rule 22 of docs/xds-protocol.md).
 PUSH_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Certificate issuance: milliseconds for the built-in CA, seconds for a remote one
+#: (retries included).
+ISSUE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: Reconcile rounds: compile and publish of every proxy class.
+ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def version() -> str:
+    """The installed meshcp's version ("unknown" when run from an uninstalled tree)."""
+    try:
+        return metadata.version("meshcp")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Read(Collector):
+    """One metric whose value is read when scraped; no sample while `read` returns None
+    (a gauge of "the soonest expiry" has none before the first certificate)."""
+
+    def __init__(
+        self, family: Callable[[], CounterMetricFamily | GaugeMetricFamily], read: Callable[[], float | None]
+    ) -> None:
+        self._family = family
+        self._read = read
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        value = self._read()
+        family = self._family()
+        if value is not None:
+            family.add_metric([], value)
+        return [family]
 
 
 class Metrics:
@@ -16,6 +69,14 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            "meshcp_build_info", "Always 1; the running meshcp's version.", ["version"], registry=r
+        )
+        self.build_info.labels(version()).set(1)
+
+        # xDS ---------------------------------------------------------------------------
         self.connected = Gauge(
             "meshcp_xds_connected_proxies", "Open ADS streams, by stream kind.", ["stream"], registry=r
         )
@@ -34,7 +95,8 @@ class Metrics:
         )
         self.push_latency = Histogram(
             "meshcp_xds_push_latency_seconds",
-            "Time from a configuration change to the proxy's ACK of it, by type.",
+            "Convergence of one stream, by type: from when the stream had new content due "
+            "(a change it saw, or a request) to the proxy's ACK of the response carrying it.",
             ["type"],
             buckets=PUSH_LATENCY_BUCKETS,
             registry=r,
@@ -47,14 +109,59 @@ class Metrics:
             "Secret names refused to a proxy because they belong to another identity.",
             registry=r,
         )
+        self.send_errors = Counter(
+            "meshcp_xds_send_errors",
+            "Responses that could not be sent, by reason (stream_closed, connection, other).",
+            ["reason"],
+            registry=r,
+        )
+
+        # Configuration -----------------------------------------------------------------
         self.problems = Gauge(
             "meshcp_invalid_objects",
             "Objects reported invalid or conflicting and skipped, by kind (see /debug/problems).",
             ["kind"],
             registry=r,
         )
-        self.encodes = Gauge(
-            "meshcp_cache_encodes", "Resources serialised since start (one per unique content).", registry=r
+        self.rounds = Counter(
+            "meshcp_reconcile_rounds", "Reconcile rounds completed (one per settled change).", registry=r
+        )
+        self.round_duration = Histogram(
+            "meshcp_reconcile_round_duration_seconds",
+            "Time one reconcile round took: compile, publish, reclassify.",
+            buckets=ROUND_BUCKETS,
+            registry=r,
+        )
+        self.watch_events = Counter(
+            "meshcp_kubernetes_watch_events",
+            "Kubernetes watch events received, by kind and event type (ADDED, MODIFIED, DELETED).",
+            ["kind", "type"],
+            registry=r,
+        )
+        self.watch_restarts = Counter(
+            "meshcp_kubernetes_watch_restarts",
+            "Kubernetes list-watch loops that started over with a fresh list, by kind and reason "
+            "(expired, error, not_served).",
+            ["kind", "reason"],
+            registry=r,
+        )
+
+        # Certificates ------------------------------------------------------------------
+        self.certificates_issued = Counter(
+            "meshcp_certificates_issued", "Certificates issued, by CA provider.", ["provider"], registry=r
+        )
+        self.certificate_failures = Counter(
+            "meshcp_certificate_issue_failures",
+            "Certificate requests that failed (after any retries), by CA provider.",
+            ["provider"],
+            registry=r,
+        )
+        self.issue_duration = Histogram(
+            "meshcp_certificate_issue_duration_seconds",
+            "Time to obtain a certificate from the CA (retries included), by CA provider.",
+            ["provider"],
+            buckets=ISSUE_BUCKETS,
+            registry=r,
         )
         self.certificate_installed = Gauge(
             "meshcp_workload_certificate_installed_timestamp_seconds",
@@ -63,6 +170,67 @@ class Metrics:
             registry=r,
         )
         self._installed: set[str] = set()
+
+    # Wiring of values read at scrape time -----------------------------------------------
+
+    def count_encodes(self, read: Callable[[], int]) -> None:
+        """Expose the encoder's count as `meshcp_cache_encodes_total` (the cache stays free
+        of Prometheus; its count only grows)."""
+        self.registry.register(
+            _Read(
+                lambda: CounterMetricFamily(
+                    "meshcp_cache_encodes", "Resources serialised since start (one per unique content)."
+                ),
+                lambda: float(read()),
+            )
+        )
+
+    def read_expiries(self, roots: Callable[[], float | None], workloads: Callable[[], float | None]) -> None:
+        """Expose the soonest expiry (Unix seconds) of the trust roots and of the workload
+        certificates held; no sample while there is none."""
+        self.registry.register(
+            _Read(
+                lambda: GaugeMetricFamily(
+                    "meshcp_ca_root_expiry_timestamp_seconds",
+                    "Unix time the soonest-expiring root of the workload trust bundle expires.",
+                ),
+                roots,
+            )
+        )
+        self.registry.register(
+            _Read(
+                lambda: GaugeMetricFamily(
+                    "meshcp_workload_certificate_expiry_timestamp_seconds",
+                    "Unix time the soonest-expiring workload certificate held by the controller expires.",
+                ),
+                workloads,
+            )
+        )
+
+    # Callbacks of the layers that may not import this one -------------------------------
+
+    def certificate_issued(self, provider: str, seconds: float) -> None:
+        """A certificate came back from `provider` after `seconds` (see `certs.issuer`)."""
+        self.certificates_issued.labels(provider).inc()
+        self.issue_duration.labels(provider).observe(seconds)
+
+    def certificate_failed(self, provider: str, seconds: float) -> None:
+        """Asking `provider` for a certificate failed for good after `seconds`."""
+        self.certificate_failures.labels(provider).inc()
+        self.issue_duration.labels(provider).observe(seconds)
+
+    def watch_event(self, kind: str, event_type: str) -> None:
+        """A Kubernetes watch event (see `sources.kubernetes_watch.WatchObserver`)."""
+        self.watch_events.labels(kind, event_type).inc()
+
+    def watch_restart(self, kind: str, reason: str) -> None:
+        """A Kubernetes list-watch loop starts over with a fresh list."""
+        self.watch_restarts.labels(kind, reason).inc()
+
+    def round_done(self, seconds: float) -> None:
+        """A reconcile round completed in `seconds`."""
+        self.rounds.inc()
+        self.round_duration.observe(seconds)
 
     def certificate_installed_at(self, identity: str, when: float, live: Iterable[str]) -> None:
         """Record `identity`'s new certificate; drop the series of identities not in `live`."""
@@ -75,3 +243,8 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition format served at /metrics."""
         return generate_latest(self.registry)
+
+    def names(self) -> Iterator[tuple[str, str]]:
+        """(name, type) of every metric family on the registry, as exposed."""
+        for family in self.registry.collect():
+            yield family.name, family.type

@@ -74,6 +74,7 @@ class _Pusher:
         "_admission",
         "_cancel",
         "_dirty",
+        "_on_send_error",
         "_protocol",
         "_readiness",
         "_sending",
@@ -90,8 +91,10 @@ class _Pusher:
         protocol: _Protocol,
         readiness: Readiness,
         admission: asyncio.Semaphore,
+        on_send_error: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         self._stream = stream
+        self._on_send_error = on_send_error
         self._protocol = protocol
         self._readiness = readiness
         self._admission = admission
@@ -174,7 +177,11 @@ class _Pusher:
             if snapshot is None:
                 return
             for outgoing in self._protocol.responses(snapshot):
-                await self._stream.send_message(outgoing.payload)
+                try:
+                    await self._stream.send_message(outgoing.payload)
+                except Exception as error:
+                    self._on_send_error(error)
+                    raise
 
 
 def _nothing() -> None:
@@ -259,7 +266,7 @@ class AggregatedDiscoveryService:
         self._check_secrets(first, identity, node)
         protocol.receive(first)
         del first  # requests are not kept: the protocol took what it needs
-        pusher = _Pusher(stream, protocol, self._readiness, self._admission)
+        pusher = _Pusher(stream, protocol, self._readiness, self._admission, self._send_failed)
         pusher.bind(self._cache, self._classify(node))
         connection = Connection(protocol, pusher.key, identity, _peer(stream), time.time())
         token = self._proxies.add(connection)
@@ -286,6 +293,16 @@ class AggregatedDiscoveryService:
             self._proxies.remove(token)
             gauge.dec()
             log.debug("%s stream of %s closed", protocol.kind, node.id)
+
+    def _send_failed(self, error: BaseException) -> None:
+        """Count a response that could not be sent (the stream ends or resets after it)."""
+        if isinstance(error, StreamTerminatedError):
+            reason = "stream_closed"
+        elif isinstance(error, ConnectionError):
+            reason = "connection"
+        else:
+            reason = "other"
+        self._metrics.send_errors.labels(reason).inc()
 
     def _check_secrets(self, request: Any, identity: str | None, node: Node) -> None:
         """Drop secret names this proxy may not receive (another identity's key)."""

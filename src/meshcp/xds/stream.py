@@ -120,6 +120,8 @@ class Shared:
     framed: weakref.WeakKeyDictionary[Snapshot, dict[Hashable, bytes]] = field(
         default_factory=weakref.WeakKeyDictionary
     )
+    #: Monotonic seconds, for push latency (rule 22); a test passes its own clock.
+    clock: Callable[[], float] = time.monotonic
 
 
 def error_message(status: Status | None) -> str | None:
@@ -136,14 +138,22 @@ class Sent:
     nonce: str = ""
     version: str = ""
     names: tuple[str, ...] = ()
-    #: `Snapshot.created` of the content sent: push latency runs from there to the ACK.
-    created: float = 0.0
+    #: When the stream first had the content sent due (a change it saw, or a request),
+    #: by `Shared.clock`: push latency runs from there to the ACK (rule 22).
+    since: float = 0.0
     outstanding: bool = False
     acked_version: str = ""
     nack: Nack | None = None
 
     def settle(
-        self, nonce: str, error: str | None, node: Node | None, type_url: str, observer: Observer
+        self,
+        nonce: str,
+        error: str | None,
+        node: Node | None,
+        type_url: str,
+        observer: Observer,
+        *,
+        now: float,
     ) -> bool | None:
         """Apply an ACK or NACK of the latest response (`nonce` already checked as current).
 
@@ -155,17 +165,17 @@ class Sent:
             return None
         if error is None:
             self.acked_version = self.version
-            observer.on_ack(type_url, max(0.0, time.monotonic() - self.created))
+            observer.on_ack(type_url, max(0.0, now - self.since))
             return True
         self.nack = Nack(nonce, self.version, error, self.names)
         observer.on_nack(node.id if node is not None else "", type_url, self.nack)
         return False
 
-    def record(self, outgoing: Outgoing, created: float, intern: Interner[tuple[str, ...]]) -> None:
+    def record(self, outgoing: Outgoing, since: float, intern: Interner[tuple[str, ...]]) -> None:
         self.nonce = outgoing.nonce
         self.version = outgoing.version
         self.names = intern(outgoing.names)
-        self.created = created
+        self.since = since
         self.outstanding = True
 
     def status(self) -> dict[str, object]:
@@ -206,6 +216,12 @@ class TypeState:
     #: subscription changes or names are forced): lets `responses` skip the type in O(1).
     #: Whatever else makes a type due must clear it.
     quiet: str = ""
+    #: The snapshot version of this type the stream last looked at (`responses`).
+    seen: str = ""
+    #: Since when (`Shared.clock`) the stream has had something of this type to send that
+    #: it has not sent yet; None when nothing is pending. A response carries it as
+    #: `Sent.since` (rule 22).
+    due: float | None = None
 
     @property
     def wildcard(self) -> bool:
@@ -274,7 +290,8 @@ class StreamProtocol(abc.ABC, Generic[StateT, RequestT]):
             self._observer.on_stale(type_url)
             return None
         error = error_message(error_detail)
-        return state.sent.settle(nonce, error, self.node, type_url, self._observer) is True
+        now = self._shared.clock()
+        return state.sent.settle(nonce, error, self.node, type_url, self._observer, now=now) is True
 
     # Responses -----------------------------------------------------------------
 
@@ -287,23 +304,35 @@ class StreamProtocol(abc.ABC, Generic[StateT, RequestT]):
         """
         out: list[Outgoing] = []
         unsettled = False
+        now = self._shared.clock()
         order = sorted(self._types, key=resource_types.push_rank)
         for type_url in order:
             state = self._types[type_url]
+            version = snapshot.version(type_url)
             if state.sent.outstanding:
+                # Rule 22: new content seen while a response awaits its ACK is due from now.
+                if state.seen != version and state.due is None:
+                    state.due = now
                 unsettled = True
-            elif state.quiet != snapshot.version(type_url) or state.force:
+            elif state.quiet != version or state.force:
+                if state.due is None:
+                    state.due = now
                 outgoing = self._update(type_url, state, snapshot)
                 if outgoing is not None:
                     out.append(outgoing)
                     unsettled = True
-        if not unsettled:
-            for type_url in order:
-                state = self._types[type_url]
-                if state.quiet != snapshot.version(type_url):
-                    outgoing = self._remove(type_url, state, snapshot)
-                    if outgoing is not None:
-                        out.append(outgoing)
+            state.seen = version
+        for type_url in order:
+            state = self._types[type_url]
+            if state.sent.outstanding:
+                continue
+            version = snapshot.version(type_url)
+            if not unsettled and state.quiet != version:
+                outgoing = self._remove(type_url, state, snapshot)
+                if outgoing is not None:
+                    out.append(outgoing)
+            if state.quiet == version and not state.force:
+                state.due = None  # nothing was left to send
         for outgoing in out:
             self._observer.on_response(outgoing)
         return out
@@ -343,7 +372,9 @@ class StreamProtocol(abc.ABC, Generic[StateT, RequestT]):
         self._nonce += 1
         nonce = str(self._nonce)
         outgoing = Outgoing(type_url, nonce, version, frame(nonce), names, removed)
-        state.sent.record(outgoing, snapshot.created, self._shared.sent_names)
+        since = state.due if state.due is not None else self._shared.clock()
+        state.due = None
+        state.sent.record(outgoing, since, self._shared.sent_names)
         return outgoing
 
     # Introspection -------------------------------------------------------------
