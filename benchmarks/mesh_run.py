@@ -218,7 +218,7 @@ class Run:
         r.client_cpu_s = sum(s["cpu"] for s in status)
         metrics = controller.metrics()
         self._metrics = metrics
-        r.cold_encodes = metrics.get("meshcp_cache_encodes", 0.0)
+        r.cold_encodes = metrics.get("meshcp_cache_encodes_total", 0.0)
         r.cold_resources_sent = sum(
             v for k, v in metrics.items() if k.startswith("meshcp_xds_resources_sent_total")
         )
@@ -337,7 +337,9 @@ class Run:
         result.responses = sum(rep["responses"] for rep in reports)
         pushed = {k: sum(rep["pushed"][k] for rep in reports) for k in SHORT}
         result.pushed = {k: v for k, v in pushed.items() if v}
-        result.encodes = after.get("meshcp_cache_encodes", 0.0) - before.get("meshcp_cache_encodes", 0.0)
+        result.encodes = after.get("meshcp_cache_encodes_total", 0.0) - before.get(
+            "meshcp_cache_encodes_total", 0.0
+        )
         result.resources_sent = metric_delta(before, after, "meshcp_xds_resources_sent_total")
         result.cpu_s = controller.cpu() - cpu0
         result.bytes_sent = sum(rep["bytes"] for rep in reports) - bytes0

@@ -15,7 +15,7 @@ Per run (fresh directory, CA state and controller each time):
 4. Changes, each measured from the file write (or the `meshcp ca rotate` call) to the last
    ACK sent by any proxy that received something: latency p50/p99/max over the affected
    proxies, their count, resources pushed by type, and from the controller's /metrics the
-   encodes (`meshcp_cache_encodes`), responses and resources sent; controller CPU (utime +
+   encodes (`meshcp_cache_encodes_total`), responses and resources sent; controller CPU (utime +
    stime from /proc/PID/stat) and bytes received by the proxies (= bytes sent). A change is
    complete when every proxy is converged again and no response arrived for --settle
    seconds (the settle time is not part of any latency):
