@@ -42,6 +42,15 @@ def require_lab() -> None:
         pytest.skip(str(error))
 
 
+def require_prometheus() -> None:
+    """Prometheus is optional for the lab; its tests skip without it, and fail in CI."""
+    if shutil.which("prometheus") is None:
+        reason = "prometheus is not installed (Debian package prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 def lab_leftovers() -> list[str]:
     """Anything a lab made that still exists: namespaces, /etc/netns entries, the lab
     directory, processes in lab namespaces."""

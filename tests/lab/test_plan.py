@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meshcp.injector.template import INIT_CONTAINER, SIDECAR_CONTAINER
 from meshcp.lab import layout
 from meshcp.lab.addresses import Allocation
 from meshcp.lab.manifests import Manifest, expand_deployments, read_directory
-from meshcp.lab.plan import LabPlan, PlanContext, plan
+from meshcp.lab.plan import (
+    CONTROLLER_JOB,
+    SIDECAR_JOB,
+    LabPlan,
+    PlanContext,
+    plan,
+    prometheus_config,
+    prometheus_targets,
+)
 from meshcp.lab.pods import PROXY_USER
 
 HERE = Path("/manifests")
@@ -112,6 +122,35 @@ def test_unmeshed_pod_runs_without_sidecar() -> None:
     pod = _plan(_namespace("shop", meshed=False), _pod("shop-0")).pods["shop/shop-0"]
     assert pod.sidecar is None and pod.init == ()
     assert [c.name for c in pod.containers] == ["app"]
+
+
+def test_prometheus_scrapes_only_meshed_pods_at_their_prometheus_listener() -> None:
+    result = _plan(
+        _namespace("shop"),
+        _pod("shop-0"),
+        _pod("shop-1"),
+        _namespace("plain", meshed=False),
+        _pod("p-0", "plain"),
+    )
+    groups = json.loads(prometheus_targets(result.pods))
+    assert groups == [
+        {
+            "targets": [f"{result.pods[f'shop/{name}'].ip}:15010"],
+            "labels": {"namespace": "shop", "pod": name},
+        }
+        for name in ("shop-0", "shop-1")
+    ]
+    assert json.loads(prometheus_targets({})) == []
+
+
+def test_prometheus_config_scrapes_the_controller_and_the_sidecar_file() -> None:
+    config = yaml.safe_load(prometheus_config("/lab/prometheus/sidecars.json", "127.0.0.1:9091"))
+    assert config["global"]["scrape_interval"] == "2s"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs[CONTROLLER_JOB]["static_configs"] == [{"targets": ["127.0.0.1:9091"]}]
+    assert jobs[CONTROLLER_JOB]["metrics_path"] == "/metrics"
+    assert jobs[SIDECAR_JOB]["file_sd_configs"] == [{"files": ["/lab/prometheus/sidecars.json"]}]
+    assert jobs[SIDECAR_JOB]["metrics_path"] == "/stats/prometheus"
 
 
 def test_addresses_are_kept_across_applies_and_requested_ones_honoured() -> None:

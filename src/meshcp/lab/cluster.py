@@ -3,8 +3,13 @@ status` do to them.
 
 An apply reads the manifests, plans them (`plan`, pure), replaces the pods whose plan
 changed and leaves the others running, then rewrites what the controller and the pods read:
-the controller's source manifests, the kube-proxy rules, each pod's /etc/hosts. A file that
-stops parsing keeps its last good objects, so that a typo does not tear down its pods.
+the controller's source manifests, the kube-proxy rules, each pod's /etc/hosts and
+Prometheus's list of sidecars to scrape. A file that stops parsing keeps its last good
+objects, so that a typo does not tear down its pods.
+
+Prometheus (Debian's `prometheus`, optional: the lab runs without it when it is not
+installed) runs in the node namespace like the controller, scraping the controller and
+every sidecar's Prometheus listener; its files and storage live in the lab's directory.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -30,9 +36,9 @@ from meshcp.lab.addresses import Allocation
 from meshcp.lab.bootstrap_volume import write_bootstrap_volume
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.manifests import Manifest, ManifestError, expand_deployments, read_directory
-from meshcp.lab.netns_http import get_json
+from meshcp.lab.netns_http import get, get_json
 from meshcp.lab.network import LabError
-from meshcp.lab.plan import LabPlan, PlanContext, plan
+from meshcp.lab.plan import LabPlan, PlanContext, plan, prometheus_config, prometheus_targets
 from meshcp.lab.pod_runtime import PodRuntime
 from meshcp.lab.pods import Container
 from meshcp.lab.proxy_status import acked_versions, converged, lag
@@ -42,6 +48,9 @@ log = logging.getLogger("meshcp.lab")
 
 READY_TIMEOUT = 120.0
 POLL = 0.2
+#: The controller's HTTP endpoint (health, /metrics, /debug), on the node's loopback.
+CONTROLLER_HTTP = f"127.0.0.1:{ports.CONTROLLER_HTTP_PORT}"
+PROMETHEUS_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
 
 
 class Lab:
@@ -54,6 +63,9 @@ class Lab:
         self.directory: Path | None = None
         self.lock = asyncio.Lock()
         self.controller = processes.ContainerState("meshcp-serve")
+        self.prometheus = processes.ContainerState("prometheus")
+        #: The `prometheus` executable, or None when it is not installed (no Prometheus).
+        self.prometheus_binary = shutil.which("prometheus")
         #: The last good objects of each file, kept while the file is broken.
         self._accepted: dict[Path, list[Manifest]] = {}
         #: Per node id: the ACKed versions seen last, and when they changed.
@@ -72,7 +84,7 @@ class Lab:
             "--xds-address",
             f"{layout.GATEWAY}:{ports.XDS_PORT}",
             "--http-address",
-            f"127.0.0.1:{ports.CONTROLLER_HTTP_PORT}",
+            CONTROLLER_HTTP,
             "--state-dir",
             str(self.paths.controller_state),
             "--xds-name",
@@ -84,6 +96,59 @@ class Lab:
         )
         env = (("PATH", os.environ.get("PATH", "/usr/bin:/bin")), ("PYTHONUNBUFFERED", "1"))
         return Container("meshcp-serve", argv, env, 0, 0, "/")
+
+    # --- Prometheus ------------------------------------------------------------------------------
+
+    def prometheus_container(self, binary: str) -> Container:
+        directory = self.paths.prometheus
+        argv = (
+            binary,
+            f"--config.file={directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address={layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}",
+        )
+        return Container("prometheus", argv, (("PATH", "/usr/bin:/bin"),), 0, 0, str(directory))
+
+    def start_prometheus(self) -> None:
+        """Write its configuration and run it (restarted when it exits, as the controller
+        is), if it is installed. Its targets follow every apply (`_write_targets`)."""
+        if self.prometheus_binary is None:
+            log.warning("prometheus is not installed (apt-get install -y prometheus): no metrics in this lab")
+            return
+        directory = self.paths.prometheus
+        (directory / "data").mkdir(parents=True, exist_ok=True)
+        targets = directory / "sidecars.json"
+        if not targets.exists():
+            targets.write_text("[]\n")
+        (directory / "prometheus.yml").write_text(prometheus_config(str(targets), CONTROLLER_HTTP))
+        self.group.create_task(
+            processes.keep_running(
+                layout.NODE_NETNS,
+                self.prometheus_container(self.prometheus_binary),
+                self.paths.logs / "prometheus.log",
+                self.prometheus,
+            )
+        )
+
+    def _write_targets(self, new: LabPlan) -> None:
+        """Replaced atomically: Prometheus re-reads the file when it changes."""
+        if self.prometheus_binary is None:
+            return
+        self.paths.prometheus.mkdir(parents=True, exist_ok=True)
+        temporary = self.paths.prometheus / ".sidecars.json.tmp"
+        temporary.write_text(prometheus_targets(new.pods))
+        temporary.replace(self.paths.prometheus / "sidecars.json")
+
+    async def prometheus_status(self) -> dict[str, Any] | None:
+        if self.prometheus_binary is None:
+            return None
+        try:
+            code, _ = await get(layout.NODE_NETNS, layout.PROMETHEUS_PORT, "/-/ready", layout.PROMETHEUS_HOST)
+            ready = code == 200
+        except LabError:
+            ready = False
+        url, netns = PROMETHEUS_URL, layout.NODE_NETNS
+        return {**self.prometheus.as_json(), "ready": ready, "url": url, "netns": netns}
 
     async def proxies(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = await get_json(
@@ -135,6 +200,7 @@ class Lab:
 
         self.plan, self.allocation, self.directory = new, new.allocation, directory
         self._write_source(new)
+        self._write_targets(new)
         await network.restore_nat(layout.NODE_NETNS, new.service_rules, flush=True)
         started = {key: PodRuntime(pod, self.paths) for key, pod in new.pods.items() if key not in keep}
         self.pods = {**keep, **started}
@@ -244,6 +310,7 @@ class Lab:
         return {
             "directory": str(self.directory),
             "controller": {**self.controller.as_json(), "reachable": reachable},
+            "prometheus": await self.prometheus_status(),
             "pods": pods,
             "problems": list(self.plan.problems) if self.plan else [],
         }

@@ -167,6 +167,7 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     controller = report["controller"]
     state = "running" if controller["running"] and controller["reachable"] else "not reachable"
     print(f"controller: {state} (pid {controller['pid']}, restarts {controller['restarts']})", file=out)
+    print(prometheus_line(report.get("prometheus")), file=out)
     rows = [("POD", "IP", "PHASE", "CONTAINERS", "SIDECAR", "LAST ACK")]
     now = time.time()
     for pod in report["pods"]:
@@ -187,6 +188,18 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     print_table(rows, out)
     for problem in report.get("problems", ()):
         print(f"problem: {problem}", file=out)
+
+
+def prometheus_line(prometheus: dict[str, Any] | None) -> str:
+    """Where Prometheus answers: in the node namespace, so the command to reach it."""
+    if prometheus is None:
+        return "prometheus: not installed (apt-get install -y prometheus, then lab down and up)"
+    url, netns = prometheus["url"], prometheus["netns"]
+    state = "ready" if prometheus["ready"] else "starting" if prometheus["running"] else "not running"
+    return (
+        f"prometheus: {state} at {url} in netns {netns} (restarts {prometheus['restarts']}): "
+        f"ip netns exec {netns} curl -s '{url}/api/v1/query?query=up'"
+    )
 
 
 def print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
@@ -246,7 +259,7 @@ def exec_in(target: str, argv: Sequence[str], paths: LabPaths, container_name: s
 
 
 def log_path(target: str, paths: LabPaths, container_name: str | None = None) -> Path:
-    if target in ("controller", "supervisor"):
+    if target in ("controller", "supervisor", "prometheus"):
         return paths.logs / f"{target}.log"
     pod = _pod(paths, target)
     container = _app_container(pod, target, container_name)

@@ -27,9 +27,13 @@ GATEWAY = IPv4Address("10.244.0.1")
 FIRST_POD = IPv4Address("10.244.1.2")
 FIRST_SERVICE = IPv4Address("10.96.0.10")
 
-#: The controller's HTTP endpoint, on the node namespace's loopback.
 #: The name sidecars expect on the controller's certificate.
 CONTROLLER_NAME = "meshcp-controller.meshcp-system.svc"
+
+#: Prometheus listens here in the node namespace (as the controller's HTTP endpoint does):
+#: it reaches the pods through the bridge and the controller on loopback.
+PROMETHEUS_HOST = "127.0.0.1"
+PROMETHEUS_PORT = 9090
 
 CLUSTER_DOMAIN = "cluster.local"
 ETC_NETNS = Path("/etc/netns")
@@ -87,6 +91,11 @@ class LabPaths:
     def bin(self) -> Path:
         """Binaries copied where the sidecar's UID can execute them."""
         return self.root / "bin"
+
+    @property
+    def prometheus(self) -> Path:
+        """Prometheus's configuration, its scrape targets and its storage (`data/`)."""
+        return self.root / "prometheus"
 
     def pod_dir(self, namespace: str, name: str) -> Path:
         return self.pods / f"{namespace}.{name}"

@@ -5,7 +5,9 @@ apply` through the `Allocation`), injects meshed pods with the webhook's own mut
 turns containers into host processes, and renders what the rest of the lab needs: the
 manifests `meshcp serve` watches (pods with their addresses and Ready condition, as the
 API server would report them), each pod's /etc/hosts, and the node's kube-proxy rules.
-Each of those jobs is a module of its own; this one puts them in order.
+Each of those jobs is a module of its own; this one puts them in order. It also renders
+Prometheus's configuration and its sidecar targets (`prometheus_config`,
+`prometheus_targets`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import yaml
+
 from meshcp.injector.decision import NamespaceInfo, service_account
 from meshcp.lab import kubelet, webhook
 from meshcp.lab.addresses import Allocation, allocate_pods, allocate_services, with_cluster_ip
@@ -29,6 +33,16 @@ from meshcp.lab.pods import PlannedPod, PodProblem
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.parse import InvalidObject, parse_object
 from meshcp.model.state import MeshObject
+from meshcp.sidecar import ports
+
+#: Short, so that traffic in the lab shows in Prometheus within seconds (a cluster's is
+#: usually 15-60 s); the timeout must not exceed it.
+SCRAPE_INTERVAL = "2s"
+SCRAPE_TIMEOUT = "2s"
+CONTROLLER_JOB = "meshcp-controller"
+SIDECAR_JOB = "envoy-sidecars"
+#: Where Envoy's Prometheus listener (`sidecar.ports.PROMETHEUS_PORT`) serves its stats.
+SIDECAR_METRICS_PATH = "/stats/prometheus"
 
 
 @dataclass(frozen=True)
@@ -209,3 +223,44 @@ def _plan_pod(
     return PlannedPod(
         namespace, name, ip, interface, account, init, containers, rendered, sidecar, fingerprint, readiness
     )
+
+
+def prometheus_config(targets_file: str, controller: str) -> str:
+    """Prometheus's configuration: the controller's `/metrics` at `controller` (host:port),
+    and every sidecar listed in `targets_file` (file_sd, JSON). Prometheus re-reads that
+    file when it changes, so `lab apply` rewrites only it; this configuration never changes."""
+    config = {
+        "global": {
+            "scrape_interval": SCRAPE_INTERVAL,
+            "scrape_timeout": SCRAPE_TIMEOUT,
+            "evaluation_interval": SCRAPE_INTERVAL,
+        },
+        "scrape_configs": [
+            {
+                "job_name": CONTROLLER_JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [controller]}],
+            },
+            {
+                "job_name": SIDECAR_JOB,
+                "metrics_path": SIDECAR_METRICS_PATH,
+                "file_sd_configs": [{"files": [targets_file]}],
+            },
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def prometheus_targets(pods: Mapping[str, PlannedPod]) -> str:
+    """The file_sd targets (JSON): each meshed pod's Prometheus listener, labelled with the
+    pod's namespace and name, as the Kubernetes scrape configuration in deploy/prometheus
+    labels them."""
+    groups = [
+        {
+            "targets": [f"{pod.ip}:{ports.PROMETHEUS_PORT}"],
+            "labels": {"namespace": pod.namespace, "pod": pod.name},
+        }
+        for _, pod in sorted(pods.items())
+        if pod.sidecar is not None
+    ]
+    return json.dumps(groups, indent=2) + "\n"

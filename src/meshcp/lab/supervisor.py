@@ -98,6 +98,7 @@ async def _bring_up(
             lab.controller,
         )
     )
+    lab.start_prometheus()
     notify(f"progress: applying {directory}")
     report = await lab.apply(directory)
     for problem in report["problems"]:
