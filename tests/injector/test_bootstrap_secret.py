@@ -16,7 +16,7 @@ from meshcp.injector.bootstrap_secret import BootstrapRenderer, bootstrap_secret
 from meshcp.injector.probe_rewrite import original_probes
 from meshcp.injector.template import SidecarTemplate
 from meshcp.policy.membership import PROXY_UUID_LABEL
-from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sidecar.bootstrap import Workload, XdsTls, as_dict, bootstrap
 from meshcp.sidecar.probes import probe_resources
 from tests.injector.injection import TEMPLATE, candidate_for, new_proxy
 from tests.injector.reviews import MESH_NAMESPACE, deployment_pod, review
@@ -44,6 +44,13 @@ async def test_bootstrap_secret_holds_what_envoy_needs(tmp_path: Path) -> None:
     config = json.loads(files["bootstrap.json"])
     assert config["node"] == {"id": proxy.name, "cluster": "bookstore.bookstore"}
     assert proxy.name.startswith(proxy.proxy_uuid + ".sidecar.bookstore.bookstore.")
+    # Every stat carries who the sidecar is; a generateName pod has no name yet: its proxy UUID.
+    fixed = {tag["tagName"]: tag.get("fixedValue") for tag in config["statsConfig"]["statsTags"]}
+    assert {name: fixed[name] for name in ("source_namespace", "source_pod", "source_service_account")} == {
+        "source_namespace": MESH_NAMESPACE,
+        "source_pod": proxy.proxy_uuid,
+        "source_service_account": "bookstore",
+    }
     controller = config["staticResources"]["clusters"][0]
     address = controller["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
     assert address["socketAddress"] == {"address": TEMPLATE.xds_host, "portValue": 15128}
@@ -94,12 +101,20 @@ def test_rendered_bootstrap_is_the_typed_one(delta: bool, with_probes: bool) -> 
     tls = XdsTls("/etc/meshcp/tls.crt", "/etc/meshcp/tls.key", "/etc/meshcp/ca.crt", "meshcp")
     probes = original_probes(deployment_pod()) if with_probes else []
     assert bool(probes) == with_probes
+    workload = Workload(namespace="ns", pod="pod-0", service_account="sa")
     typed = bootstrap(
-        "node-1", "sa.ns", "10.96.0.15", 15128, tls=tls, delta=delta, probes=probe_resources(probes)
+        "node-1",
+        "sa.ns",
+        "10.96.0.15",
+        15128,
+        tls=tls,
+        **workload,
+        delta=delta,
+        probes=probe_resources(probes),
     )
     renderer = BootstrapRenderer(template)
     for _ in range(2):  # the second time from the probe cache
-        assert json.loads(renderer.render("node-1", "sa.ns", probes)) == as_dict(typed)
+        assert json.loads(renderer.render("node-1", "sa.ns", probes, **workload)) == as_dict(typed)
 
 
 def validate_with_envoy(files: dict[str, str], directory: Path) -> None:

@@ -28,10 +28,12 @@ from meshcp._proto.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import UpstreamTlsContext
 from meshcp.certs import InternalCA, MemoryStore
 from meshcp.certs.issuance import xds_server_request
-from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sidecar.bootstrap import Workload, XdsTls, as_dict, bootstrap
 from meshcp.sidecar.probes import probe_resources
 from tests.support.envoy import EnvoyProcess, envoy_binary
 
+#: Who the sidecar is (the labels of its stats).
+WORKLOAD = Workload(namespace="ns", pod="pod-0", service_account="sa")
 LIVENESS = {
     "container": "app",
     "probe": "liveness",
@@ -169,7 +171,9 @@ def test_malformed_entries_are_refused(entries: list[Any], words: str) -> None:
 
 
 def test_bootstrap_adds_probe_listeners_and_clusters() -> None:
-    config = bootstrap("n", "c", "10.0.0.1", 15128, tls=None, probes=probe_resources([LIVENESS, STARTUP_TCP]))
+    config = bootstrap(
+        "n", "c", "10.0.0.1", 15128, tls=None, **WORKLOAD, probes=probe_resources([LIVENESS, STARTUP_TCP])
+    )
     assert config.static_resources is not None
     assert [listener.name for listener in config.static_resources.listeners] == [
         "probe-liveness",
@@ -180,7 +184,7 @@ def test_bootstrap_adds_probe_listeners_and_clusters() -> None:
         "probe-liveness-app",
         "probe-startup-app",
     ]
-    plain = bootstrap("n", "c", "10.0.0.1", 15128, tls=None)
+    plain = bootstrap("n", "c", "10.0.0.1", 15128, tls=None, **WORKLOAD)
     assert plain.static_resources is not None
     assert plain.static_resources.listeners == []
 
@@ -209,6 +213,7 @@ def test_envoy_validates_a_bootstrap_with_probes(tmp_path: Path, xds_tls: XdsTls
         "10.0.0.1",
         15128,
         tls=tls,
+        **WORKLOAD,
         probes=probe_resources([LIVENESS, SIDECAR_LIVENESS, READINESS_HTTPS, STARTUP_TCP]),
     )
     path = tmp_path / "bootstrap.json"
@@ -289,7 +294,9 @@ async def test_envoy_serves_rewritten_probes(tmp_path: Path) -> None:
             {**STARTUP_TCP, "port": http_port},
         ]
         served = probe_resources(probes)
-        config = as_dict(bootstrap("n", "c", "127.0.0.1", 1, tls=None, admin_port=0, probes=served))
+        config = as_dict(
+            bootstrap("n", "c", "127.0.0.1", 1, tls=None, **WORKLOAD, admin_port=0, probes=served)
+        )
         # No controller here: without ADS, Envoy starts its listeners at once instead of
         # after the initial CDS/LDS fetch timeout.
         del config["dynamicResources"]

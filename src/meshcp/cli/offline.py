@@ -113,7 +113,15 @@ async def write_bootstrap(
             server_name,
         )
     config = bootstrap(
-        proxy.name, f"{namespace}/{pod.service_account}", xds_host, xds_port, tls=tls, delta=delta
+        proxy.name,
+        f"{namespace}/{pod.service_account}",
+        xds_host,
+        xds_port,
+        tls=tls,
+        namespace=namespace,
+        pod=name,
+        service_account=pod.service_account,
+        delta=delta,
     )
     files["bootstrap.json"] = (json.dumps(as_dict(config), indent=2) + "\n", 0o644)
     await asyncio.to_thread(_write_files, out, files)

@@ -3,6 +3,11 @@ key, and the bundle that signs the controller's certificate.
 
 The pod mounts it as its bootstrap volume (see `pod_patch`); `meshcp lab` writes the same
 files into a directory instead.
+
+The bootstrap labels every stat with the pod's namespace, service account and name
+(`sidecar.bootstrap.stats_config`). A pod named by `generateName` (a Deployment's) has no
+name yet when it is admitted: its proxy UUID stands for the name, as the pod carries it in
+its `PROXY_UUID_LABEL` label (a join away from the pod's name).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 from meshcp.certs.provider import IssuedCertificate
 from meshcp.identity import ProxyIdentity
+from meshcp.injector import fields
 from meshcp.injector.decision import Candidate
 from meshcp.injector.probe_rewrite import original_probes
 from meshcp.injector.template import (
@@ -26,12 +32,14 @@ from meshcp.injector.template import (
     secret_name,
 )
 from meshcp.policy.membership import PROXY_UUID_LABEL
-from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap, identity_tags
 from meshcp.sidecar.probes import probe_resources
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "meshcp-injector"
 _STATIC_RESOURCES = "staticResources"
+_STATS_CONFIG = "statsConfig"
+_STATS_TAGS = "statsTags"
 
 
 class BootstrapRenderer:
@@ -51,14 +59,41 @@ class BootstrapRenderer:
             trust_bundle=f"{template.bootstrap_dir}/{CA_FILE}",
             server_name=template.server_name,
         )
-        config = bootstrap("", "", template.xds_host, template.xds_port, tls=tls, delta=template.delta_xds)
+        config = bootstrap(
+            "",
+            "",
+            template.xds_host,
+            template.xds_port,
+            tls=tls,
+            namespace="",
+            pod="",
+            service_account="",
+            delta=template.delta_xds,
+        )
         self._shared = {key: value for key, value in as_dict(config).items() if key != "node"}
+        stats = self._shared[_STATS_CONFIG]
+        # The identity tags come first (`stats_config`); they are the per-sidecar part.
+        self._shared_tags = stats[_STATS_TAGS][len(_identity_tags("", "", "")) :]
         self._probe_parts = functools.lru_cache(maxsize=256)(_probe_parts)
 
-    def render(self, node_id: str, cluster: str, probes: Sequence[Mapping[str, Any]] = ()) -> str:
+    def render(
+        self,
+        node_id: str,
+        cluster: str,
+        probes: Sequence[Mapping[str, Any]] = (),
+        *,
+        namespace: str,
+        pod: str,
+        service_account: str,
+    ) -> str:
         """The bootstrap of one sidecar as JSON: `as_dict(bootstrap(node_id, cluster, ...,
-        probes=probe_resources(probes)))`; `probes` are the original-probes annotation's entries."""
-        document = {**self._shared, "node": {"id": node_id, "cluster": cluster}}
+        namespace=..., pod=..., service_account=..., probes=probe_resources(probes)))`;
+        `probes` are the original-probes annotation's entries."""
+        stats = {
+            **self._shared[_STATS_CONFIG],
+            _STATS_TAGS: [*_identity_tags(namespace, pod, service_account), *self._shared_tags],
+        }
+        document = {**self._shared, "node": {"id": node_id, "cluster": cluster}, _STATS_CONFIG: stats}
         if probes:
             listeners, clusters = self._probe_parts(json.dumps(probes, sort_keys=True, separators=(",", ":")))
             static = document[_STATIC_RESOURCES]
@@ -68,6 +103,12 @@ class BootstrapRenderer:
                 "clusters": [*static.get("clusters", ()), *clusters],
             }
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def _identity_tags(namespace: str, pod: str, service_account: str) -> list[Any]:
+    """The identity tags of `stats_config` as proto3 JSON."""
+    tags = identity_tags(namespace=namespace, pod=pod, service_account=service_account)
+    return [tag.to_dict() for tag in tags]
 
 
 def _probe_parts(probes_json: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -96,6 +137,9 @@ def bootstrap_secret(
             proxy.name,
             f"{identity.service_account}.{identity.namespace}",
             original_probes(candidate.creation.pod),
+            namespace=identity.namespace,
+            pod=fields.string(candidate.creation.pod["metadata"].get("name")) or proxy.proxy_uuid,
+            service_account=identity.service_account,
         ),
         CERT_FILE: certificate.chain_pem,
         KEY_FILE: certificate.private_key_pem,

@@ -1,10 +1,38 @@
-"""The Envoy bootstrap of a sidecar: who it is, where the controller is, how to trust it."""
+"""The Envoy bootstrap of a sidecar: who it is, where the controller is, how to trust it,
+and which of its stats it keeps, labelled how.
+
+Stats (`stats_config`), served as Prometheus text on the sidecar's Prometheus port:
+
+- **Identity labels** stamped at the proxy on every series (fixed-value tags):
+  `source_namespace`, `source_pod`, `source_service_account`. The names follow OSM's
+  `source_namespace`/`source_pod` (dashboards written for OSM know them) and Prometheus'
+  snake_case; the service account is the mesh identity, so it is a label of its own.
+- **Destination labels** on the stats of upstream clusters (`<ns>/<svc>|<port>`, see
+  `compile.naming.cluster`): `destination_namespace`, `destination_service`,
+  `destination_port`, extracted by regex from the stat name
+  (`cluster.<ns>/<svc>|<port>.<stat>`; Envoy keeps '/' and '|' in stat names and in tag
+  values). Each regex's capture group is both the value and the part removed from the
+  name; it lies inside the cluster name, which Envoy's default `envoy.cluster_name` tag
+  removes anyway, so the series name stays `envoy_cluster_<stat>`. The local cluster
+  (`...|local`), `passthrough-outbound` and the metrics cluster get no destination. The
+  inbound HTTP managers' stats (`http.inbound.<port>.<stat>`, `compile.lds`) get the
+  called local port as `destination_port`, so that the port leaves the series name.
+- **A keep-list** (`stats_matcher.inclusion_list`) bounds the export to what golden
+  metrics need: per upstream cluster `upstream_rq_<N>xx` (Envoy's default
+  `envoy.response_code_class` tag makes it `envoy_cluster_upstream_rq_xx`; success is
+  "not 5xx" of `upstream_rq_total`), `upstream_rq_time`, `upstream_cx_total`,
+  `upstream_cx_active`; the inbound HTTP connection managers' `downstream_rq_<N>xx`,
+  `downstream_rq_total` and `downstream_rq_time`; every `ssl.handshake` (the lab's demo
+  reads the inbound listener's from admin `/stats`, which the matcher filters as well);
+  and a few liveness basics. Everything else is never created, so it costs no memory
+  either.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from meshcp._proto.envoy.config.bootstrap.v3 import (
     Admin,
@@ -22,17 +50,54 @@ from meshcp._proto.envoy.config.core.v3 import (
     GrpcServiceEnvoyGrpc,
     Node,
 )
+from meshcp._proto.envoy.config.metrics.v3 import StatsConfig, StatsMatcher, TagSpecifier
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
     TlsCertificate,
     UpstreamTlsContext,
 )
+from meshcp._proto.envoy.type.matcher.v3 import ListStringMatcher, RegexMatcher, StringMatcher
 from meshcp.sidecar.envoy_parts import LOOPBACK, ads, http2_only, socket_address, static_cluster, tls_socket
 from meshcp.sidecar.ports import ADMIN_PORT
 from meshcp.sidecar.probes import ProbeResources
 
 CONTROLLER_CLUSTER = "meshcp-controller"
+
+SOURCE_NAMESPACE = "source_namespace"
+SOURCE_POD = "source_pod"
+SOURCE_SERVICE_ACCOUNT = "source_service_account"
+DESTINATION_NAMESPACE = "destination_namespace"
+DESTINATION_SERVICE = "destination_service"
+DESTINATION_PORT = "destination_port"
+
+#: One segment of an upstream cluster name: a Kubernetes name, never '.', '/' or '|'.
+_SEGMENT = r"[^./|]+"
+#: Destination tags of `cluster.<ns>/<svc>|<port>.<stat>` (std::regex, partial match; the
+#: one capture group is the value and the part removed from the name).
+_DESTINATION_TAGS = (
+    (DESTINATION_NAMESPACE, rf"^cluster\.({_SEGMENT})/{_SEGMENT}\|\d+\."),
+    (DESTINATION_SERVICE, rf"^cluster\.{_SEGMENT}/({_SEGMENT})\|\d+\."),
+    (DESTINATION_PORT, rf"^cluster\.{_SEGMENT}/{_SEGMENT}\|(\d+)\."),
+    # The inbound HTTP managers' `http.inbound.<port>.<stat>` (`compile.lds`): the port of
+    # the local service called. The first group ("<port>.") is removed, the second is the value.
+    (DESTINATION_PORT, r"^http\.inbound\.((\d+)\.)"),
+)
+#: The stats kept (RE2, matched against the whole stat name before tag extraction).
+_KEEP_REGEXES = (
+    rf"cluster\.{_SEGMENT}/{_SEGMENT}\|\d+\.(upstream_rq_([1-5]xx|total|time)|upstream_cx_(total|active))",
+    r"http\.inbound\.\d+\.downstream_rq_([1-5]xx|total|time)",
+)
+_KEEP_SUFFIXES = (".ssl.handshake",)
+_KEEP_EXACT = ("server.live", "server.uptime", "control_plane.connected_state")
+
+
+class Workload(TypedDict):
+    """The keyword arguments of `bootstrap` and `stats_config` naming the sidecar's pod."""
+
+    namespace: str
+    pod: str
+    service_account: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +118,9 @@ def bootstrap(
     xds_port: int,
     *,
     tls: XdsTls | None,
+    namespace: str,
+    pod: str,
+    service_account: str,
     delta: bool = False,
     admin_address: str = LOOPBACK,
     admin_port: int = ADMIN_PORT,
@@ -64,6 +132,7 @@ def bootstrap(
 
     The node is sent only on the first request of the stream: the controller would
     otherwise decode it again with every ACK, and it never changes within a stream.
+    `namespace`, `pod` and `service_account` label every stat (`stats_config`).
     """
     return Bootstrap(
         node=Node(id=node_id, cluster=cluster),
@@ -82,7 +151,32 @@ def bootstrap(
             listeners=list(probes.listeners) if probes else [],
             clusters=[_controller(xds_host, xds_port, tls), *(probes.clusters if probes else [])],
         ),
+        stats_config=stats_config(namespace=namespace, pod=pod, service_account=service_account),
     )
+
+
+def identity_tags(*, namespace: str, pod: str, service_account: str) -> list[TagSpecifier]:
+    """The proxy's own identity as fixed-value tags: the first tags of `stats_config`."""
+    return [
+        TagSpecifier(tag_name=SOURCE_NAMESPACE, fixed_value=namespace),
+        TagSpecifier(tag_name=SOURCE_POD, fixed_value=pod),
+        TagSpecifier(tag_name=SOURCE_SERVICE_ACCOUNT, fixed_value=service_account),
+    ]
+
+
+def stats_config(*, namespace: str, pod: str, service_account: str, keep_list: bool = True) -> StatsConfig:
+    """Identity tags, destination tags of upstream clusters, and (unless `keep_list` is
+    False: the baseline of `benchmarks/sidecar_series.py`) the keep-list."""
+    tags = identity_tags(namespace=namespace, pod=pod, service_account=service_account)
+    tags += [TagSpecifier(tag_name=name, regex=regex) for name, regex in _DESTINATION_TAGS]
+    return StatsConfig(stats_tags=tags, stats_matcher=_keep_list() if keep_list else None)
+
+
+def _keep_list() -> StatsMatcher:
+    patterns = [StringMatcher(safe_regex=RegexMatcher(regex=regex)) for regex in _KEEP_REGEXES]
+    patterns += [StringMatcher(suffix=suffix) for suffix in _KEEP_SUFFIXES]
+    patterns += [StringMatcher(exact=name) for name in _KEEP_EXACT]
+    return StatsMatcher(inclusion_list=ListStringMatcher(patterns=patterns))
 
 
 def _controller(host: str, port: int, tls: XdsTls | None) -> Cluster:
