@@ -137,8 +137,10 @@ def _add_lab(commands: Any) -> None:
     exec_.add_argument("pod", metavar="NAMESPACE/POD")
     exec_.add_argument("-c", "--container", help="whose user and environment (default: the first app)")
     exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
-    logs = actions.add_parser("logs", help="a container's output (or `controller`, `supervisor`)")
-    logs.add_argument("pod", metavar="NAMESPACE/POD")
+    logs = actions.add_parser(
+        "logs", help="a container's output (or `controller`, `supervisor`, `prometheus`)"
+    )
+    logs.add_argument("pod", metavar="NAMESPACE/POD|controller|supervisor|prometheus")
     logs.add_argument("-c", "--container", help="container name (default: the first app)")
     actions.add_parser("down", help="stop the lab and remove all it made (also after a crash)")
     supervise = actions.add_parser("_supervise")
