@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 from meshcp.certs.cli_support import ca_rotate, ca_show
 from meshcp.certs.provider import CertificateError
-from meshcp.cli import commands
+from meshcp.cli import commands, stat
 from meshcp.cli.offline import OfflineError
 from meshcp.cli.options import UsageError, controller_settings
 from meshcp.cli.parser import build_parser
 from meshcp.injector.server import InjectorError
+from meshcp.kpi.prometheus import PrometheusError
 from meshcp.lab.demo import run_demo
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.network import LabError
@@ -38,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(commands.compile_pod(args))
         elif args.command == "bootstrap":
             asyncio.run(commands.bootstrap(args))
+        elif args.command == "stat":
+            asyncio.run(stat.stat(args))
+        elif args.command == "edges":
+            asyncio.run(stat.edges(args))
         elif args.command == "lab":
             return commands.lab_command(args)
         elif args.command == "demo":
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands.print_ca(asyncio.run(action(args.state_dir)), args.output)
     except UsageError as error:
         parser.exit(2, f"meshcp: error: {error}\n")
+    except PrometheusError as error:
+        parser.exit(1, f"meshcp: {error}\n")
     except (ListenError, CertificateError, OfflineError, SourceError, InjectorError, LabError) as error:
         parser.exit(1, f"meshcp: error: {error}\n")
     except KeyboardInterrupt:

@@ -114,12 +114,41 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--state-dir", type=Path, default=default_state_dir(), help="CA state directory")
         action.add_argument("--output", choices=["text", "json"], default="text")
     _add_lab(commands)
+    _add_kpi(commands)
     demo = commands.add_parser("demo", help="run the bookstore mesh in a lab, drive traffic, print a report")
     demo.add_argument(
         "--source", type=Path, default=Path("examples/bookstore"), help="manifests (%(default)s)"
     )
     demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (%(default)s)")
     return parser
+
+
+def _add_kpi(commands: Any) -> None:
+    """`stat` and `edges`: golden metrics from Prometheus (kinds are checked by the command,
+    so that a bad one is a one-line usage error like a bad window)."""
+    stat = commands.add_parser("stat", help="success rate, RPS, latency and connections from Prometheus")
+    stat.add_argument("kind", metavar="KIND", help="deploy, pod, svc, ns or trafficsplit")
+    stat.add_argument("name", metavar="NAME", nargs="?", help="one resource (all when omitted)")
+    stat.add_argument(
+        "--from", dest="source_res", metavar="RES", help="only requests from RES (pod|deploy|ns[/NAME])"
+    )
+    stat.add_argument("--to", metavar="RES", help="only requests to RES (svc|ns[/NAME])")
+    stat.add_argument("--from-namespace", metavar="NS", help="the namespace of --from (default: -n)")
+    stat.add_argument("--to-namespace", metavar="NS", help="the namespace of --to (default: -n)")
+    stat.add_argument("--window", default="1m", help="rate window, a Prometheus duration (%(default)s)")
+    stat.add_argument("--source", type=Path, metavar="DIR", help="manifests: TrafficSplit weights and leaves")
+    edges = commands.add_parser("edges", help="who talks to whom, and with which identities")
+    edges.add_argument("kind", metavar="KIND", help="deploy, pod or ns")
+    edges.add_argument(
+        "--window", default="1m", help="connections opened in this window or open (%(default)s)"
+    )
+    edges.add_argument("--source", type=Path, metavar="DIR", help="manifests: the servers' identities")
+    for parser in (stat, edges):
+        parser.add_argument("-n", "--namespace", default="", help="namespace (all when omitted)")
+        parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        parser.add_argument(
+            "--prometheus-url", metavar="URL", help="Prometheus (default: the lab's, in its node namespace)"
+        )
 
 
 def _add_lab(commands: Any) -> None:

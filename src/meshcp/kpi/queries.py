@@ -1,0 +1,267 @@
+"""Every PromQL expression meshcp uses, written once, as pure functions of what is asked.
+
+All figures come from the client side: the upstream cluster series of the caller's
+sidecar (`envoy_cluster_upstream_*`), labelled at the proxy with who calls
+(`source_namespace`, `source_pod`, `source_service_account`) and what is called
+(`destination_namespace`, `destination_service`). A client-side view is the only one
+that knows both ends of an edge, and it counts requests refused by the server's policy.
+
+- pod, deploy and ns select what the resource *sends*; svc selects what is sent *to* it.
+  `--from` narrows the callers (pod, deploy, ns), `--to` the callees (svc, ns); the
+  server pod of a request is not in the client's series, so `--to pod|deploy` is refused.
+- A deploy is the set of its pods, recognised by name: `<deploy>-<index>` in the lab,
+  `<deploy>-<pod-template-hash>-<suffix>` in Kubernetes (both from Kubernetes' safe
+  alphabet, which has no vowels and no 0, 1 or 3, so `bookstore-v1-0` belongs to
+  `bookstore-v1`, never to `bookstore`).
+- Success means "not 5xx": a 403 of a policy is an answer the mesh meant to give.
+- Latency quantiles come from `upstream_rq_time`, which Envoy keeps in milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STAT_KINDS = ("deploy", "pod", "svc", "ns", "trafficsplit")
+EDGE_KINDS = ("deploy", "pod", "ns")
+QUANTILES = (0.5, 0.95, 0.99)
+
+RQ_TOTAL = "envoy_cluster_upstream_rq_total"
+RQ_XX = "envoy_cluster_upstream_rq_xx"
+RQ_TIME_BUCKET = "envoy_cluster_upstream_rq_time_bucket"
+CX_ACTIVE = "envoy_cluster_upstream_cx_active"
+CX_TOTAL = "envoy_cluster_upstream_cx_total"
+
+SOURCE_NAMESPACE = "source_namespace"
+SOURCE_POD = "source_pod"
+SOURCE_ACCOUNT = "source_service_account"
+DESTINATION_NAMESPACE = "destination_namespace"
+DESTINATION_SERVICE = "destination_service"
+#: The label a deploy's pods are grouped under (made by `label_replace`).
+DEPLOY = "deploy"
+
+#: Kubernetes' safe alphabet for generated names (`k8s.io/apimachinery` rand.SafeEncodeString).
+_SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
+#: A pod name of a Deployment: the deploy, then a lab index or a ReplicaSet hash and suffix;
+#: a name of neither form is its own deploy (a bare pod).
+DEPLOY_POD = rf"(.+?)(?:-(?:[0-9]+|{_SAFE}{{6,10}}-{_SAFE}{{5}}))?"
+_WINDOW = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+class QueryError(ValueError):
+    """A request that names no valid PromQL: a bad kind, window, name or filter."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A Kubernetes resource as the CLI names it: `kind/name` (name may be empty: all)."""
+
+    kind: str
+    name: str = ""
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What `stat` reports on: the resource, the optional callers and callees, the window."""
+
+    resource: Resource
+    source: Resource | None = None
+    destination: Resource | None = None
+    window: str = "1m"
+
+
+def window(text: str) -> str:
+    """A Prometheus range duration (`30s`, `1m`, `1h30m`); anything else is refused here,
+    so a typo is a usage error rather than a Prometheus parse error."""
+    if not _WINDOW.fullmatch(text):
+        raise QueryError(f"bad window {text!r} (a Prometheus duration such as 30s, 1m, 1h)")
+    return text
+
+
+def resource(text: str, namespace: str = "") -> Resource:
+    """`kind/name` or `kind` of `--from`/`--to`; the namespace of `-n` unless named."""
+    kind, _, name = text.partition("/")
+    kind = _kind(kind, ("deploy", "pod", "svc", "ns"))
+    if name and not _NAME.fullmatch(name):
+        raise QueryError(f"bad name {name!r} in {text!r}")
+    return Resource(kind, name, name if kind == "ns" else namespace)
+
+
+def _kind(kind: str, allowed: tuple[str, ...]) -> str:
+    aliases = {
+        "deployment": "deploy",
+        "deployments": "deploy",
+        "pods": "pod",
+        "service": "svc",
+        "services": "svc",
+        "namespace": "ns",
+        "namespaces": "ns",
+        "ts": "trafficsplit",
+    }
+    kind = aliases.get(kind, kind)
+    if kind not in allowed:
+        raise QueryError(f"unknown kind {kind!r} (one of {', '.join(allowed)})")
+    return kind
+
+
+def stat_kind(kind: str) -> str:
+    return _kind(kind, STAT_KINDS)
+
+
+def edge_kind(kind: str) -> str:
+    return _kind(kind, EDGE_KINDS)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _source_matchers(res: Resource) -> list[str]:
+    """Label matchers for requests sent by `res` (a pod, deploy or namespace)."""
+    if res.kind not in ("pod", "deploy", "ns"):
+        raise QueryError(f"--from takes pod, deploy or ns, not {res.kind}")
+    found = [f"{SOURCE_NAMESPACE}={_quote(res.namespace)}"] if res.namespace else []
+    if res.kind == "pod" and res.name:
+        found.append(f"{SOURCE_POD}={_quote(res.name)}")
+    elif res.kind == "deploy" and res.name:
+        found.append(f"{SOURCE_POD}=~{_quote(DEPLOY_POD.replace('(.+?)', re.escape(res.name), 1))}")
+    return found
+
+
+def _destination_matchers(res: Resource) -> list[str]:
+    """Label matchers for requests sent to `res` (a service or namespace)."""
+    if res.kind not in ("svc", "ns"):
+        raise QueryError(
+            f"--to takes svc or ns, not {res.kind} (the server pod is not in client-side series)"
+        )
+    found = [f"{DESTINATION_NAMESPACE}={_quote(res.namespace)}"] if res.namespace else []
+    if res.kind == "svc" and res.name:
+        found.append(f"{DESTINATION_SERVICE}={_quote(res.name)}")
+    return found
+
+
+def matchers(selection: Selection) -> str:
+    """The label matchers of a selection's series; meshed upstreams only (the ones with a
+    destination service: not the local, passthrough or metrics clusters)."""
+    res = selection.resource
+    found = [f'{DESTINATION_SERVICE}!=""']
+    found += _destination_matchers(res) if res.kind == "svc" else _source_matchers(res)
+    if selection.source is not None:
+        found += _source_matchers(selection.source)
+    if selection.destination is not None:
+        found += _destination_matchers(selection.destination)
+    return ",".join(dict.fromkeys(found))
+
+
+def group_labels(kind: str) -> tuple[str, ...]:
+    """The labels one row of `stat <kind>` is summed by."""
+    return {
+        "pod": (SOURCE_NAMESPACE, SOURCE_POD),
+        "deploy": (SOURCE_NAMESPACE, DEPLOY),
+        "ns": (SOURCE_NAMESPACE,),
+        "svc": (DESTINATION_NAMESPACE, DESTINATION_SERVICE),
+    }[kind]
+
+
+def _by_deploy(vector: str, kind: str) -> str:
+    """The vector with a `deploy` label made from `source_pod` when rows are deploys."""
+    if kind != "deploy":
+        return vector
+    return f'label_replace({vector}, "{DEPLOY}", "$1", "{SOURCE_POD}", {_quote(DEPLOY_POD)})'
+
+
+def _selector(metric: str, selection: Selection, extra: str = "") -> str:
+    return f"{metric}{{{matchers(selection)}{',' + extra if extra else ''}}}"
+
+
+def _sum_rate(metric: str, selection: Selection, extra: str = "", by: tuple[str, ...] = ()) -> str:
+    """The per-row sum of a counter's rate; label_replace takes an instant vector, so the
+    rate comes first."""
+    kind = selection.resource.kind
+    labels = ", ".join(group_labels(kind) + by)
+    rate = f"rate({_selector(metric, selection, extra)}[{selection.window}])"
+    return f"sum by ({labels}) ({_by_deploy(rate, kind)})"
+
+
+def _sum(metric: str, selection: Selection) -> str:
+    kind = selection.resource.kind
+    labels = ", ".join(group_labels(kind))
+    return f"sum by ({labels}) ({_by_deploy(_selector(metric, selection), kind)})"
+
+
+def requests_per_second(selection: Selection) -> str:
+    return _sum_rate(RQ_TOTAL, selection)
+
+
+def success_rate(selection: Selection) -> str:
+    """1 - 5xx/total. A row without any 5xx series still gets its rate (0 5xx, `or` the
+    total times zero), else Prometheus would drop it from the subtraction."""
+    total = _sum_rate(RQ_TOTAL, selection)
+    failed = _sum_rate(RQ_XX, selection, 'envoy_response_code_class="5"')
+    return f"1 - (({failed}) or ({total}) * 0) / ({total})"
+
+
+def latency(selection: Selection, quantile: float) -> str:
+    """The quantile of request time in milliseconds, over the window."""
+    buckets = _sum_rate(RQ_TIME_BUCKET, selection, by=("le",))
+    return f"histogram_quantile({quantile:g}, {buckets})"
+
+
+def tcp_connections(selection: Selection) -> str:
+    return _sum(CX_ACTIVE, selection)
+
+
+def requests(selection: Selection) -> str:
+    """Requests counted since each sidecar started: an exact count (no extrapolation), for
+    the JSON output and tests."""
+    return _sum(RQ_TOTAL, selection)
+
+
+def stat_queries(selection: Selection) -> dict[str, str]:
+    """Every column of `meshcp stat`, by column key."""
+    if selection.resource.kind == "trafficsplit":
+        raise QueryError("trafficsplit rows come from leaf_queries")
+    found = {
+        "success": success_rate(selection),
+        "rps": requests_per_second(selection),
+        "tcp_conn": tcp_connections(selection),
+        "requests": requests(selection),
+    }
+    for quantile in QUANTILES:
+        found[f"latency_p{round(quantile * 100)}"] = latency(selection, quantile)
+    return found
+
+
+def leaf_selection(namespace: str, leaf: str, window_: str) -> Selection:
+    """Requests to one backend of a TrafficSplit: a split routes to the backend's own
+    clusters (`<ns>/<backend>|<port>`), so the leaf's series are its service's."""
+    return Selection(Resource("svc", leaf, namespace), window=window_)
+
+
+EDGE_LABELS = (SOURCE_NAMESPACE, SOURCE_POD, SOURCE_ACCOUNT, DESTINATION_NAMESPACE, DESTINATION_SERVICE)
+
+
+def edges(namespace: str, window_: str) -> str:
+    """Every caller/callee pair with a connection opened in the window or still open, per
+    source pod and service account; the CLI folds pods into deploys or namespaces. With a
+    namespace, edges that start or end in it."""
+
+    def one(extra: str) -> str:
+        selector = f'{{{DESTINATION_SERVICE}!=""{extra}}}'
+        labels = ", ".join(EDGE_LABELS)
+        opened = f"sum by ({labels}) (increase({CX_TOTAL}{selector}[{window_}]))"
+        active = f"sum by ({labels}) ({CX_ACTIVE}{selector})"
+        return f"(({opened}) + ({active})) > 0"
+
+    if not namespace:
+        return one("")
+    ns = _quote(namespace)
+    return f"({one(f',{SOURCE_NAMESPACE}={ns}')}) or ({one(f',{DESTINATION_NAMESPACE}={ns}')})"
+
+
+def deploy_of(pod: str) -> str:
+    """The deploy a pod belongs to by the naming rule above; the pod itself otherwise."""
+    match = re.fullmatch(DEPLOY_POD, pod)
+    return match.group(1) if match else pod
