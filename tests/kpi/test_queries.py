@@ -46,8 +46,9 @@ def test_every_column_has_a_query_and_uses_the_window() -> None:
         "tcp_conn",
         "requests",
     }
-    for column in ("success", "rps", "latency_p50"):
+    for column in ("rps", "latency_p50"):
         assert "[5m]" in found[column]
+    assert " offset 5m " in found["success"]
     selector = 'destination_service!="",source_namespace="bookbuyer",source_pod="bookbuyer-0"'
     assert found["rps"] == (
         f"sum by (source_namespace, source_pod) (rate(envoy_cluster_upstream_rq_total{{{selector}}}[5m]))"
@@ -64,6 +65,11 @@ def test_success_is_not_5xx_and_survives_no_5xx_series() -> None:
     # A row without any 5xx series keeps its rate through `or total * 0`.
     assert ") * 0) / (" in success
     assert 'envoy_response_code_class="4"' not in success
+    # A 5xx series born inside the window counts from zero (Envoy creates it at the first
+    # 5xx), and a restart counts no negative growth.
+    failed = 'envoy_cluster_upstream_rq_xx{destination_service!="",destination_namespace="bookstore",'
+    failed += 'destination_service="bookstore",envoy_response_code_class="5"}'
+    assert f"clamp_min({failed} - ({failed} offset 1m or {failed} * 0), 0)" in success
 
 
 def test_latency_quantiles_from_upstream_rq_time_buckets() -> None:

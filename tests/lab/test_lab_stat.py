@@ -31,6 +31,76 @@ BUYER_HEADERS = ("client-app=bookbuyer", "user-agent=Go-http-client/1.1")
 ALLOWED, REFUSED = 10, 5
 #: Prometheus scrapes every 2 s; its first scrapes wait for it to start and for file_sd.
 SCRAPE_DEADLINE = 60.0
+FLAKY = "http://flaky.flaky:8080"
+FAILED, SERVED = 4, 6
+#: A server that fails on purpose (500 on /fail), in a permissive namespace so that any
+#: mesh identity may call it.
+FLAKY_MANIFESTS = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: flaky
+  labels:
+    meshcp.dev/monitored-by: meshcp
+  annotations:
+    meshcp.dev/permissive: "true"
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: flaky
+  namespace: flaky
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: flaky
+  namespace: flaky
+spec:
+  selector:
+    app: flaky
+  ports:
+  - name: http
+    port: 8080
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: flaky-0
+  namespace: flaky
+  labels:
+    app: flaky
+spec:
+  serviceAccountName: flaky
+  containers:
+  - name: flaky
+    command: ["python3", "apps/flaky.py"]
+    ports:
+    - name: http
+      containerPort: 8080
+    readinessProbe:
+      tcpSocket:
+        port: 8080
+"""
+FLAKY_APP = """\
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b'{"plaintext": true}'
+        self.send_response(500 if self.path == "/fail" else 200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +111,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     if leftovers:
         pytest.fail(f"a lab is already on this machine (meshcp lab down removes it): {leftovers}")
     driver = LabDriver(bookstore_copy(tmp_path_factory.mktemp("bookstore")))
+    (driver.directory / "flaky.yaml").write_text(FLAKY_MANIFESTS)
+    (driver.directory / "apps" / "flaky.py").write_text(FLAKY_APP)
     try:
         driver.up()
         yield driver
@@ -152,6 +224,33 @@ def test_edges_pod_names_callers_callees_and_identities(lab: LabDriver) -> None:
     assert {"bookbuyer/egress-client", "bookbuyer/bookbuyer", "bookthief/bookthief"} <= {
         row["src"] for row in named
     }
+
+
+def test_5xx_are_failures(lab: LabDriver) -> None:
+    failed = lab.http(CLIENT, f"{FLAKY}/fail", count=FAILED)
+    assert failed["statuses"] == {"500": FAILED}, failed
+    served = lab.http(CLIENT, f"{FLAKY}/ok", count=SERVED)
+    assert served["statuses"] == {"200": SERVED}, served
+    args = (
+        "stat",
+        "svc",
+        "flaky",
+        "-n",
+        "flaky",
+        "--from",
+        "pod/egress-client-0",
+        "--from-namespace",
+        "bookbuyer",
+    )
+
+    def counted() -> bool:
+        row = _row(_json(lab, *args), "flaky")
+        return row is not None and row["requests"] == FAILED + SERVED and row["latency_p50"] is not None
+
+    wait_for(counted, SCRAPE_DEADLINE, "egress-client's requests to flaky in Prometheus")
+    row = _row(_json(lab, *args), "flaky")
+    assert row is not None
+    assert row["success"] == pytest.approx(SERVED / (FAILED + SERVED)), row
 
 
 def test_errors_are_one_line(lab: LabDriver) -> None:

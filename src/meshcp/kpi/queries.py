@@ -195,11 +195,23 @@ def requests_per_second(selection: Selection) -> str:
     return _sum_rate(RQ_TOTAL, selection)
 
 
+def _sum_increase(metric: str, selection: Selection, extra: str = "") -> str:
+    """The per-row growth of a counter over the window, counting a series born inside the
+    window from zero. Envoy creates `upstream_rq_5xx` at the first 5xx, so its first
+    sample already holds those failures, which `rate`/`increase` ignore (they need two
+    samples): a burst of 5xx would never show. A restart (the value falling) counts 0."""
+    kind = selection.resource.kind
+    labels = ", ".join(group_labels(kind))
+    now = _selector(metric, selection, extra)
+    grown = f"clamp_min({now} - ({now} offset {selection.window} or {now} * 0), 0)"
+    return f"sum by ({labels}) ({_by_deploy(grown, kind)})"
+
+
 def success_rate(selection: Selection) -> str:
-    """1 - 5xx/total. A row without any 5xx series still gets its rate (0 5xx, `or` the
-    total times zero), else Prometheus would drop it from the subtraction."""
-    total = _sum_rate(RQ_TOTAL, selection)
-    failed = _sum_rate(RQ_XX, selection, 'envoy_response_code_class="5"')
+    """1 - 5xx/total over the window. A row without any 5xx series still gets its ratio
+    (0 5xx, `or` the total times zero), else Prometheus would drop it from the division."""
+    total = _sum_increase(RQ_TOTAL, selection)
+    failed = _sum_increase(RQ_XX, selection, 'envoy_response_code_class="5"')
     return f"1 - (({failed}) or ({total}) * 0) / ({total})"
 
 
