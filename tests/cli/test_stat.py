@@ -41,3 +41,20 @@ async def test_unreachable_prometheus_exits_1_with_one_line(command: tuple[str, 
     assert status == 1, output
     assert output.startswith(f"meshcp: Prometheus at {url} is unreachable:"), output
     assert len(output.strip().splitlines()) == 1, output
+
+
+async def test_a_trafficsplit_missing_from_the_manifests_exits_1() -> None:
+    status, output = await run(
+        "stat",
+        "trafficsplit",
+        "-n",
+        "nowhere",
+        "--source",
+        "examples/bookstore",
+        "--prometheus-url",
+        "http://127.0.0.1:9",
+    )
+    assert status == 1, output
+    assert output.strip().splitlines()[-1] == "meshcp: error: no TrafficSplit in nowhere in the manifests", (
+        output
+    )

@@ -12,12 +12,12 @@ import argparse
 import asyncio
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from meshcp.cli.offline import load
+from meshcp.cli.offline import OfflineError, load
 from meshcp.cli.options import UsageError
 from meshcp.kpi import queries
 from meshcp.kpi.prometheus import (
@@ -31,7 +31,11 @@ from meshcp.kpi.prometheus import (
 from meshcp.kpi.queries import QueryError, Resource, Selection
 from meshcp.lab import layout, netns_http
 from meshcp.lab.network import LabError
+from meshcp.model.smi import TrafficSplit
 from meshcp.model.state import MeshState
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 DEFAULT_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
 STAT_COLUMNS = ("NAME", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN")
@@ -62,9 +66,10 @@ def _in_node_namespace() -> Fetch:
     return fetch
 
 
-def _usage(call: Any, *args: Any) -> Any:
+def _usage(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`call`, its QueryError (bad input) turned into a usage error (exit status 2)."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except QueryError as error:
         raise UsageError(str(error)) from None
 
@@ -130,33 +135,37 @@ async def _split_rows(client: Prometheus, chosen: Selection, state: MeshState | 
     manifests (`--source`), the observed share from the leaves' request rates."""
     if state is None:
         raise UsageError("stat trafficsplit needs --source DIR (the TrafficSplit manifests)")
+    wanted = chosen.resource
     splits = [
         s
         for s in state.traffic_splits
-        if (not chosen.resource.namespace or s.meta.namespace == chosen.resource.namespace)
-        and (not chosen.resource.name or s.meta.name == chosen.resource.name)
+        if (not wanted.namespace or s.meta.namespace == wanted.namespace)
+        and (not wanted.name or s.meta.name == wanted.name)
     ]
+    if not splits:
+        named = f"TrafficSplit {wanted.name}" if wanted.name else "TrafficSplit"
+        raise OfflineError(f"no {named} in {wanted.namespace or 'any namespace'} in the manifests")
     rows: list[dict[str, Any]] = []
     for split in splits:
-        total_weight = sum(b.weight for b in split.backends) or 1.0
-        leaves = []
-        for backend in split.backends:
-            leaf = queries.leaf_selection(split.meta.namespace, backend.service, chosen.window)
-            found = await stat_rows(client, leaf) if await client.query(queries.requests(leaf)) else []
-            row = (
-                found[0] if found else _complete({"namespace": split.meta.namespace, "name": backend.service})
-            )
-            row.update(apex=split.service, leaf=backend.service, weight=backend.weight / total_weight)
-            leaves.append(row)
-        observed = sum(r["rps"] or 0.0 for r in leaves)
-        for row in leaves:
-            row["share"] = (row["rps"] or 0.0) / observed if observed else None
-        rows += leaves
-    if not rows:
-        raise NoData(
-            f"no TrafficSplit {chosen.resource.name or ''} in {chosen.resource.namespace or 'any namespace'}"
-        )
+        rows += await _leaf_rows(client, split, chosen.window)
     return rows
+
+
+async def _leaf_rows(client: Prometheus, split: TrafficSplit, window: str) -> list[dict[str, Any]]:
+    """A split's leaves: configured weight (normalised) beside the observed share of
+    requests; a leaf without series yet is a row of '-'."""
+    total_weight = sum(b.weight for b in split.backends) or 1.0
+    leaves = []
+    for backend in split.backends:
+        leaf = queries.leaf_selection(split.meta.namespace, backend.service, window)
+        found = await stat_rows(client, leaf) if await client.query(queries.requests(leaf)) else []
+        row = found[0] if found else _complete({"namespace": split.meta.namespace, "name": backend.service})
+        row.update(apex=split.service, leaf=backend.service, weight=backend.weight / total_weight)
+        leaves.append(row)
+    observed = sum(r["rps"] or 0.0 for r in leaves)
+    for row in leaves:
+        row["share"] = (row["rps"] or 0.0) / observed if observed else None
+    return leaves
 
 
 @dataclass(frozen=True)
