@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +152,24 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def bookstore_lab(
+    directory: Path, *, prometheus: bool = False, extra: dict[str, str] | None = None
+) -> Iterator[LabDriver]:
+    """A module's lab: the bookstore (plus `extra` files, by path relative to it) up on this
+    machine, taken down afterwards; fails at once if another lab is already here."""
+    require_lab()
+    if prometheus:
+        require_prometheus()
+    leftovers = lab_leftovers()
+    if leftovers:
+        pytest.fail(f"a lab is already on this machine (meshcp lab down removes it): {leftovers}")
+    driver = LabDriver(bookstore_copy(directory))
+    for name, text in (extra or {}).items():
+        (driver.directory / name).write_text(text)
+    try:
+        driver.up()
+        yield driver
+    finally:
+        driver.down()

@@ -19,7 +19,7 @@ import pytest
 
 from meshcp.lab import layout
 from meshcp.lab.processes import running
-from tests.lab.driver import PROBE, LabDriver, bookstore_copy, lab_leftovers, require_lab, wait_for
+from tests.lab.driver import PROBE, LabDriver, bookstore_lab, lab_leftovers, wait_for
 
 BOOKSTORE = "http://bookstore.bookstore:14001"
 BUYER = "bookbuyer/bookbuyer-0"
@@ -32,16 +32,7 @@ APPLY_DEADLINE = 5.0
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
-    require_lab()
-    leftovers = lab_leftovers()
-    if leftovers:
-        pytest.fail(f"a lab is already on this machine (meshcp lab down removes it): {leftovers}")
-    driver = LabDriver(bookstore_copy(tmp_path_factory.mktemp("bookstore")))
-    try:
-        driver.up()
-        yield driver
-    finally:
-        driver.down()
+    yield from bookstore_lab(tmp_path_factory.mktemp("bookstore"))
 
 
 def _handshakes(lab: LabDriver, pod: str) -> int:

@@ -25,10 +25,8 @@ from meshcp.lab.plan import CONTROLLER_JOB, SIDECAR_JOB
 from meshcp.lab.processes import running
 from tests.lab.driver import (
     LabDriver,
-    bookstore_copy,
+    bookstore_lab,
     lab_leftovers,
-    require_lab,
-    require_prometheus,
     wait_for,
 )
 
@@ -58,17 +56,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
-    require_lab()
-    require_prometheus()
-    leftovers = lab_leftovers()
-    if leftovers:
-        pytest.fail(f"a lab is already on this machine (meshcp lab down removes it): {leftovers}")
-    driver = LabDriver(bookstore_copy(tmp_path_factory.mktemp("bookstore")))
-    try:
-        driver.up()
-        yield driver
-    finally:
-        driver.down()
+    yield from bookstore_lab(tmp_path_factory.mktemp("bookstore"), prometheus=True)
 
 
 def _api(path: str, **query: str) -> Any:

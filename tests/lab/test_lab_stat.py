@@ -17,10 +17,8 @@ import pytest
 
 from tests.lab.driver import (
     LabDriver,
-    bookstore_copy,
+    bookstore_lab,
     lab_leftovers,
-    require_lab,
-    require_prometheus,
     wait_for,
 )
 
@@ -105,19 +103,11 @@ ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
-    require_lab()
-    require_prometheus()
-    leftovers = lab_leftovers()
-    if leftovers:
-        pytest.fail(f"a lab is already on this machine (meshcp lab down removes it): {leftovers}")
-    driver = LabDriver(bookstore_copy(tmp_path_factory.mktemp("bookstore")))
-    (driver.directory / "flaky.yaml").write_text(FLAKY_MANIFESTS)
-    (driver.directory / "apps" / "flaky.py").write_text(FLAKY_APP)
-    try:
-        driver.up()
-        yield driver
-    finally:
-        driver.down()
+    yield from bookstore_lab(
+        tmp_path_factory.mktemp("bookstore"),
+        prometheus=True,
+        extra={"flaky.yaml": FLAKY_MANIFESTS, "apps/flaky.py": FLAKY_APP},
+    )
 
 
 def _json(lab: LabDriver, *args: str) -> Any:
@@ -243,11 +233,17 @@ def test_5xx_are_failures(lab: LabDriver) -> None:
         "bookbuyer",
     )
 
+    seen: list[object] = []
+
     def counted() -> bool:
         row = _row(_json(lab, *args), "flaky")
+        seen[:] = [row]
         return row is not None and row["requests"] == FAILED + SERVED and row["latency_p50"] is not None
 
-    wait_for(counted, SCRAPE_DEADLINE, "egress-client's requests to flaky in Prometheus")
+    try:
+        wait_for(counted, SCRAPE_DEADLINE, "egress-client's requests to flaky in Prometheus")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; the last row read: {seen}") from None
     row = _row(_json(lab, *args), "flaky")
     assert row is not None
     assert row["success"] == pytest.approx(SERVED / (FAILED + SERVED)), row
