@@ -33,6 +33,7 @@ from meshcp.lab import layout, netns_http
 from meshcp.lab.network import LabError
 from meshcp.model.smi import TrafficSplit
 from meshcp.model.state import MeshState
+from meshcp.sidecar import bootstrap
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -196,17 +197,17 @@ async def edges(args: argparse.Namespace) -> None:
 def _edge(kind: str, labels: Mapping[str, str], accounts: Mapping[tuple[str, str], str]) -> Edge:
     """An edge at the resolution of `kind`: the caller's pod, deploy or namespace, and the
     called service (or its namespace). Identities are `namespace/service-account`."""
-    src_ns, pod = labels.get(queries.SOURCE_NAMESPACE, ""), labels.get(queries.SOURCE_POD, "")
+    src_ns, pod = labels.get(bootstrap.SOURCE_NAMESPACE, ""), labels.get(bootstrap.SOURCE_POD, "")
     dst_ns, service = (
-        labels.get(queries.DESTINATION_NAMESPACE, ""),
-        labels.get(queries.DESTINATION_SERVICE, ""),
+        labels.get(bootstrap.DESTINATION_NAMESPACE, ""),
+        labels.get(bootstrap.DESTINATION_SERVICE, ""),
     )
     if kind == "ns":
         src, dst = src_ns, dst_ns
     else:
         src = f"{src_ns}/{pod if kind == 'pod' else queries.deploy_of(pod)}"
         dst = f"{dst_ns}/{service}"
-    client_id = f"{src_ns}/{labels.get(queries.SOURCE_ACCOUNT, '-')}"
+    client_id = f"{src_ns}/{labels.get(bootstrap.SOURCE_SERVICE_ACCOUNT, '-')}"
     return Edge(src, dst, client_id, accounts.get((dst_ns, service), "-"))
 
 

@@ -22,6 +22,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from meshcp.sidecar.bootstrap import (
+    DESTINATION_NAMESPACE,
+    DESTINATION_SERVICE,
+    SOURCE_NAMESPACE,
+    SOURCE_POD,
+    SOURCE_SERVICE_ACCOUNT,
+)
+
 STAT_KINDS = ("deploy", "pod", "svc", "ns", "trafficsplit")
 EDGE_KINDS = ("deploy", "pod", "ns")
 QUANTILES = (0.5, 0.95, 0.99)
@@ -32,11 +40,6 @@ RQ_TIME_BUCKET = "envoy_cluster_upstream_rq_time_bucket"
 CX_ACTIVE = "envoy_cluster_upstream_cx_active"
 CX_TOTAL = "envoy_cluster_upstream_cx_total"
 
-SOURCE_NAMESPACE = "source_namespace"
-SOURCE_POD = "source_pod"
-SOURCE_ACCOUNT = "source_service_account"
-DESTINATION_NAMESPACE = "destination_namespace"
-DESTINATION_SERVICE = "destination_service"
 #: The label a deploy's pods are grouped under (made by `label_replace`).
 DEPLOY = "deploy"
 
@@ -252,7 +255,13 @@ def leaf_selection(namespace: str, leaf: str, window_: str) -> Selection:
     return Selection(Resource("svc", leaf, namespace), window=window_)
 
 
-EDGE_LABELS = (SOURCE_NAMESPACE, SOURCE_POD, SOURCE_ACCOUNT, DESTINATION_NAMESPACE, DESTINATION_SERVICE)
+EDGE_LABELS = (
+    SOURCE_NAMESPACE,
+    SOURCE_POD,
+    SOURCE_SERVICE_ACCOUNT,
+    DESTINATION_NAMESPACE,
+    DESTINATION_SERVICE,
+)
 
 
 def edges(namespace: str, window_: str) -> str:
