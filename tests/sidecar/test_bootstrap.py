@@ -73,6 +73,7 @@ def keep_patterns() -> list[StringMatcher]:
         # What the lab's demo and tests read from admin /stats (the matcher filters it too).
         "listener.0.0.0.0_15003.ssl.handshake",
         f"cluster.{UPSTREAM}.ssl.handshake",
+        f"cluster.{LOCAL}.upstream_cx_total",  # who serves what: the server side of an edge
         "server.live",
         "control_plane.connected_state",
     ],
@@ -123,7 +124,11 @@ def sidecar_with_static_upstream(upstream_port: int) -> Bootstrap:
     instead of ADS: the stats config is what is under test."""
     config = bootstrap("node-1", "bookstore-sa.bookstore", LOOPBACK, 1, tls=None, **WORKLOAD, admin_port=0)
     manager = static_http_manager(
-        "inbound.14001", [Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=UPSTREAM))]
+        "inbound.14001",
+        [
+            Route(match=RouteMatch(prefix="/local"), route=RouteAction(cluster=LOCAL)),
+            Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=UPSTREAM)),
+        ],
     )
     listener = Listener(
         name="inbound-test",
@@ -132,7 +137,11 @@ def sidecar_with_static_upstream(upstream_port: int) -> Bootstrap:
     )
     config.dynamic_resources = None
     config.static_resources = BootstrapStaticResources(
-        listeners=[listener], clusters=[static_cluster(UPSTREAM, LOOPBACK, upstream_port)]
+        listeners=[listener],
+        clusters=[
+            static_cluster(UPSTREAM, LOOPBACK, upstream_port),
+            static_cluster(LOCAL, LOOPBACK, upstream_port),
+        ],
     )
     return config
 
@@ -165,7 +174,7 @@ async def test_envoy_labels_and_bounds_its_prometheus_series() -> None:
             await envoy.wait_live()
             port = await envoy.listener_port("inbound-test")
             async with new_connection_per_request() as client:
-                for path in ["/ok", "/ok", "/fail", "/ok", "/fail"]:
+                for path in ["/ok", "/ok", "/fail", "/ok", "/fail", "/local"]:
                     async with client.get(f"http://127.0.0.1:{port}{path}") as response:
                         assert response.status == (503 if path == "/fail" else 200)
 
@@ -192,7 +201,9 @@ async def test_envoy_labels_and_bounds_its_prometheus_series() -> None:
         "destination_port": "8080",
     }
     cluster_series = [
-        (name, labels, value) for name, labels, value in samples if name.startswith("envoy_cluster_")
+        (name, labels, value)
+        for name, labels, value in samples
+        if name.startswith("envoy_cluster_") and labels.get("envoy_cluster_name") == UPSTREAM
     ]
     assert {name for name, _, _ in cluster_series} >= {
         "envoy_cluster_upstream_rq_xx",
@@ -218,7 +229,15 @@ async def test_envoy_labels_and_bounds_its_prometheus_series() -> None:
         and labels.get("envoy_http_conn_manager_prefix") == "inbound"
         and labels.get("destination_port") == "14001"
     }
-    assert inbound["5"] == 2 and inbound["2"] == 3
+    assert inbound["5"] == 2 and inbound["2"] == 4
+    # The local cluster: one series, naming the service served and no destination.
+    local = [
+        (name, labels, value) for name, labels, value in samples if labels.get("envoy_cluster_name") == LOCAL
+    ]
+    assert [(name, labels.get("local_service"), value) for name, labels, value in local] == [
+        ("envoy_cluster_upstream_cx_total", "bookstore", 1)
+    ]
+    assert "destination_service" not in local[0][1]
     # Outside the keep-list: not exported (nor created).
     names = {name for name, _, _ in samples}
     assert "envoy_cluster_upstream_cx_connect_ms_count" not in names

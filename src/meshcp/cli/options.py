@@ -49,6 +49,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         kubernetes=args.source == "kubernetes",
         kubeconfig=args.kubeconfig,
         kube_context=args.context,
+        prometheus_url=args.prometheus_url,
     )
 
 

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
     )
+    serve.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="Prometheus scraping the sidecars, for the TrafficMetrics API and /dashboard (default: none)",
+    )
     _add_ca_options(serve)
 
     compile_ = commands.add_parser("compile", help="print the Envoy config one pod's proxy would receive")

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from meshcp.cache.dump import dump
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.model.state import Problem
+from meshcp.kpi.prometheus import Prometheus
+from meshcp.model.state import MeshState, Problem
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
@@ -26,6 +27,10 @@ class Controller:
     proxies: ConnectedProxies
     cache: SnapshotCache
     problems: Callable[[], Sequence[Problem]] = lambda: ()
+    #: The settled mesh state (TrafficSplits' configured weights, who is in the mesh).
+    state: Callable[[], MeshState] = MeshState
+    #: Where golden metrics are read (None: the metrics API and dashboard answer 503).
+    prometheus: Prometheus | None = None
 
 
 CONTROLLER = web.AppKey("controller", Controller)

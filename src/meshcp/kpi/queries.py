@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from meshcp.sidecar.bootstrap import (
     DESTINATION_NAMESPACE,
     DESTINATION_SERVICE,
+    LOCAL_SERVICE,
     SOURCE_NAMESPACE,
     SOURCE_POD,
     SOURCE_SERVICE_ACCOUNT,
@@ -39,6 +40,7 @@ RQ_XX = "envoy_cluster_upstream_rq_xx"
 RQ_TIME_BUCKET = "envoy_cluster_upstream_rq_time_bucket"
 CX_ACTIVE = "envoy_cluster_upstream_cx_active"
 CX_TOTAL = "envoy_cluster_upstream_cx_total"
+SSL_HANDSHAKE = "envoy_cluster_ssl_handshake"
 
 #: The label a deploy's pods are grouped under (made by `label_replace`).
 DEPLOY = "deploy"
@@ -73,6 +75,8 @@ class Selection:
     source: Resource | None = None
     destination: Resource | None = None
     window: str = "1m"
+    #: One row per resource and service it calls (`group_labels`).
+    per_destination: bool = False
 
 
 def window(text: str) -> str:
@@ -158,14 +162,22 @@ def matchers(selection: Selection) -> str:
     return ",".join(dict.fromkeys(found))
 
 
-def group_labels(kind: str) -> tuple[str, ...]:
-    """The labels one row of `stat <kind>` is summed by."""
-    return {
+#: The labels that split a row of a source kind into its edges (one per service called).
+PER_DESTINATION = (DESTINATION_NAMESPACE, DESTINATION_SERVICE)
+
+
+def group_labels(kind: str, per_destination: bool = False) -> tuple[str, ...]:
+    """The labels one row of `stat <kind>` is summed by; with `per_destination`, one row
+    per resource and service it calls (an edge with its golden metrics)."""
+    found = {
         "pod": (SOURCE_NAMESPACE, SOURCE_POD),
         "deploy": (SOURCE_NAMESPACE, DEPLOY),
         "ns": (SOURCE_NAMESPACE,),
         "svc": (DESTINATION_NAMESPACE, DESTINATION_SERVICE),
     }[kind]
+    if per_destination and kind != "svc":
+        found += PER_DESTINATION
+    return found
 
 
 def _by_deploy(vector: str, kind: str) -> str:
@@ -183,14 +195,14 @@ def _sum_rate(metric: str, selection: Selection, extra: str = "", by: tuple[str,
     """The per-row sum of a counter's rate; label_replace takes an instant vector, so the
     rate comes first."""
     kind = selection.resource.kind
-    labels = ", ".join(group_labels(kind) + by)
+    labels = ", ".join(group_labels(kind, selection.per_destination) + by)
     rate = f"rate({_selector(metric, selection, extra)}[{selection.window}])"
     return f"sum by ({labels}) ({_by_deploy(rate, kind)})"
 
 
 def _sum(metric: str, selection: Selection) -> str:
     kind = selection.resource.kind
-    labels = ", ".join(group_labels(kind))
+    labels = ", ".join(group_labels(kind, selection.per_destination))
     return f"sum by ({labels}) ({_by_deploy(_selector(metric, selection), kind)})"
 
 
@@ -204,7 +216,7 @@ def _sum_increase(metric: str, selection: Selection, extra: str = "") -> str:
     sample already holds those failures, which `rate`/`increase` ignore (they need two
     samples): a burst of 5xx would never show. A restart (the value falling) counts 0."""
     kind = selection.resource.kind
-    labels = ", ".join(group_labels(kind))
+    labels = ", ".join(group_labels(kind, selection.per_destination))
     now = _selector(metric, selection, extra)
     grown = f"clamp_min({now} - ({now} offset {selection.window} or {now} * 0), 0)"
     return f"sum by ({labels}) ({_by_deploy(grown, kind)})"
@@ -280,6 +292,31 @@ def edges(namespace: str, window_: str) -> str:
         return one("")
     ns = _quote(namespace)
     return f"({one(f',{SOURCE_NAMESPACE}={ns}')}) or ({one(f',{DESTINATION_NAMESPACE}={ns}')})"
+
+
+def _edge_sum(metric: str) -> str:
+    labels = ", ".join(EDGE_LABELS)
+    return f'sum by ({labels}) ({metric}{{{DESTINATION_SERVICE}!=""}})'
+
+
+def edge_handshakes() -> str:
+    """TLS handshakes per edge since each client sidecar started. Every connection of a
+    meshed upstream cluster is expected to handshake; comparing with `edge_connections`
+    measures whether it did (SECURED), rather than trusting the configuration."""
+    return _edge_sum(SSL_HANDSHAKE)
+
+
+def edge_connections() -> str:
+    """Connections opened per edge since each client sidecar started."""
+    return _edge_sum(CX_TOTAL)
+
+
+def servers() -> str:
+    """Who serves what: the identity (`source_namespace`, `source_service_account`) of each
+    proxy with a local cluster of a service (`local_service`), from the servers' own series.
+    The client side of an edge names the service; this names the identity behind it."""
+    labels = ", ".join((SOURCE_NAMESPACE, SOURCE_SERVICE_ACCOUNT, LOCAL_SERVICE))
+    return f'group by ({labels}) ({CX_TOTAL}{{{LOCAL_SERVICE}!=""}})'
 
 
 def deploy_of(pod: str) -> str:

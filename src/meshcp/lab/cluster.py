@@ -50,6 +50,8 @@ READY_TIMEOUT = 120.0
 POLL = 0.2
 #: The controller's HTTP endpoint (health, /metrics, /debug), on the node's loopback.
 CONTROLLER_HTTP = f"127.0.0.1:{ports.CONTROLLER_HTTP_PORT}"
+#: The lab's Prometheus as the controller (in the same node namespace) reaches it.
+PROMETHEUS_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
 PROMETHEUS_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
 
 
@@ -93,6 +95,7 @@ class Lab:
             str(layout.GATEWAY),
             "--trust-domain",
             trust_domain,
+            *(() if self.prometheus_binary is None else ("--prometheus-url", PROMETHEUS_URL)),
         )
         env = (("PATH", os.environ.get("PATH", "/usr/bin:/bin")), ("PYTHONUNBUFFERED", "1"))
         return Container("meshcp-serve", argv, env, 0, 0, "/")

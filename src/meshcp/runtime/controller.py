@@ -19,6 +19,7 @@ from meshcp.certs.setup import close_provider, open_provider
 from meshcp.certs.xds_server import XdsServerCredentials
 from meshcp.http.app import Controller, HttpServer
 from meshcp.identity import Identity
+from meshcp.kpi.prometheus import Prometheus, aiohttp_fetch
 from meshcp.kube.client import ApiClientFactory, default_api_client
 from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
 from meshcp.runtime.classify import ProxyClassifier
@@ -139,7 +140,17 @@ class ControllerRuntime:
         )
         self.http = HttpServer(
             Controller(
-                self.readiness, self.metrics, self.proxies, self.cache, lambda: self.store.state.problems
+                self.readiness,
+                self.metrics,
+                self.proxies,
+                self.cache,
+                problems=lambda: self.store.state.problems,
+                state=lambda: self.store.state,
+                prometheus=(
+                    None
+                    if settings.prometheus_url is None
+                    else Prometheus(settings.prometheus_url, aiohttp_fetch(settings.prometheus_url))
+                ),
             )
         )
         self._background: asyncio.Task[None] | None = None

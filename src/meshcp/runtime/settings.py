@@ -53,6 +53,9 @@ class Settings:
     kubernetes: bool = False
     kubeconfig: str | None = None
     kube_context: str | None = None
+    #: The Prometheus that scrapes the sidecars: the TrafficMetrics API and `/dashboard`
+    #: read from it (None: both answer 503, saying so; xDS never depends on it).
+    prometheus_url: str | None = None
     #: Debounce of source changes: quiet window, and the longest a change may wait.
     debounce_window: float = 0.1
     debounce_max: float = 1.0

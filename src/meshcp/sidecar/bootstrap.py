@@ -16,14 +16,18 @@ Stats (`stats_config`), served as Prometheus text on the sidecar's Prometheus po
   removes anyway, so the series name stays `envoy_cluster_<stat>`. The local cluster
   (`...|local`), `passthrough-outbound` and the metrics cluster get no destination. The
   inbound HTTP managers' stats (`http.inbound.<port>.<stat>`, `compile.lds`) get the
-  called local port as `destination_port`, so that the port leaves the series name.
+  called local port as `destination_port`, so that the port leaves the series name. The
+  local cluster's stats get `local_service`: the service this proxy serves, so that the
+  server's identity of an edge is measured (its `source_service_account`), not guessed.
 - **A keep-list** (`stats_matcher.inclusion_list`) bounds the export to what golden
   metrics need: per upstream cluster `upstream_rq_<N>xx` (Envoy's default
   `envoy.response_code_class` tag makes it `envoy_cluster_upstream_rq_xx`; success is
   "not 5xx" of `upstream_rq_total`), `upstream_rq_time`, `upstream_cx_total`,
   `upstream_cx_active`; the inbound HTTP connection managers' `downstream_rq_<N>xx`,
-  `downstream_rq_total` and `downstream_rq_time`; every `ssl.handshake` (the lab's demo
-  reads the inbound listener's from admin `/stats`, which the matcher filters as well);
+  `downstream_rq_total` and `downstream_rq_time`; the local clusters' `upstream_cx_total`
+  (one series per served port: who serves what); every `ssl.handshake` (an edge is
+  SECURED when its cluster's handshakes match its connections; the lab's demo reads the
+  inbound listener's from admin `/stats`, which the matcher filters as well);
   and a few liveness basics. Everything else is never created, so it costs no memory
   either.
 """
@@ -70,6 +74,7 @@ SOURCE_SERVICE_ACCOUNT = "source_service_account"
 DESTINATION_NAMESPACE = "destination_namespace"
 DESTINATION_SERVICE = "destination_service"
 DESTINATION_PORT = "destination_port"
+LOCAL_SERVICE = "local_service"
 
 #: One segment of an upstream cluster name: a Kubernetes name, never '.', '/' or '|'.
 _SEGMENT = r"[^./|]+"
@@ -82,11 +87,15 @@ _DESTINATION_TAGS = (
     # The inbound HTTP managers' `http.inbound.<port>.<stat>` (`compile.lds`): the port of
     # the local service called. The first group ("<port>.") is removed, the second is the value.
     (DESTINATION_PORT, r"^http\.inbound\.((\d+)\.)"),
+    # The local cluster `<ns>/<svc>|<port>|local` of a served service: which service this
+    # proxy's identity serves, the server side of an edge (`kpi.queries.servers`).
+    (LOCAL_SERVICE, rf"^cluster\.{_SEGMENT}/({_SEGMENT})\|\d+\|local\."),
 )
 #: The stats kept (RE2, matched against the whole stat name before tag extraction).
 _KEEP_REGEXES = (
     rf"cluster\.{_SEGMENT}/{_SEGMENT}\|\d+\.(upstream_rq_([1-5]xx|total|time)|upstream_cx_(total|active))",
     r"http\.inbound\.\d+\.downstream_rq_([1-5]xx|total|time)",
+    rf"cluster\.{_SEGMENT}/{_SEGMENT}\|\d+\|local\.upstream_cx_total",
 )
 _KEEP_SUFFIXES = (".ssl.handshake",)
 _KEEP_EXACT = ("server.live", "server.uptime", "control_plane.connected_state")
