@@ -149,7 +149,7 @@ def test_edges_query() -> None:
     everything = queries.edges("", "1m")
     assert "increase(envoy_cluster_upstream_cx_total" in everything
     assert "envoy_cluster_upstream_cx_active" in everything
-    assert everything.endswith("> 0")
+    assert everything.endswith("> 0)")
     labels = (
         "source_namespace, source_pod, source_service_account, destination_namespace, destination_service"
     )

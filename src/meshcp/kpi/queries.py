@@ -286,7 +286,9 @@ def edges(namespace: str, window_: str) -> str:
         labels = ", ".join(EDGE_LABELS)
         opened = f"sum by ({labels}) (increase({CX_TOTAL}{selector}[{window_}]))"
         active = f"sum by ({labels}) ({CX_ACTIVE}{selector})"
-        return f"(({opened}) + ({active})) > 0"
+        # Either side alone: `increase` needs two samples, so a new edge with an open
+        # connection has no `opened` yet, and a closed one no `active`.
+        return f"(({opened}) > 0) or (({active}) > 0)"
 
     if not namespace:
         return one("")
