@@ -24,5 +24,26 @@ def test_demo_reports_calls_split_and_mtls_then_removes_the_lab() -> None:
     assert 55 <= int(split[1]) <= 95, out
     handshakes = re.search(r"handshakes .*: bookstore-v1-0 (\d+), bookstore-v2-0 (\d+)", out)
     assert handshakes is not None and int(handshakes[1]) > 0 and int(handshakes[2]) > 0, out
+    # The KPIs the mesh measured, read back from the lab's Prometheus.
+    assert "KPIs from Prometheus" in out, out
+    for leaf in ("bookstore-v1", "bookstore-v2"):
+        edge = re.search(rf"bookbuyer/bookbuyer\s+bookstore/{leaf}\s+(\d+)\s+([\d.]+)%", out)
+        assert edge is not None and int(edge[1]) > 0, out
+        # bookbuyer's POSTs are refused (403) by policy: answers, not failures (half of
+        # its calls are 403s; the few 5xx are the app's own calls while the lab started).
+        assert float(edge[2]) > 90.0, out
+    thief = re.search(
+        r"bookthief/bookthief\s+bookstore/bookstore-v\d\s+(\d+)\s+([\d.]+)%\s+[\d.]+\s+([\d.]+)ms", out
+    )
+    assert thief is not None and int(thief[1]) > 0 and float(thief[2]) > 90.0, out
+    assert float(thief[3]) > 0, out  # p99 from Envoy's histograms
+    assert not re.search(r"\s0\s+-\s+0\.0\s+-", out), out  # edges that carried nothing are not shown
+    shares = re.search(
+        r"TrafficSplit bookstore/bookstore-split \(bookstore\): bookstore-v1 75% configured, ([\d.]+)% observed, "
+        r"bookstore-v2 25% configured, ([\d.]+)% observed",
+        out,
+    )
+    assert shares is not None, out
+    assert 55 <= float(shares[1]) <= 95 and abs(float(shares[1]) + float(shares[2]) - 100) < 0.2, out
     assert out.rstrip().endswith("lab removed")
     assert lab_leftovers() == []

@@ -3,14 +3,13 @@ Prometheus (linkerd viz's shape), from the client side (see `kpi.queries`).
 
 The default Prometheus is the lab's, which listens inside the lab's node namespace: when
 that default is used, we are root and the lab is up, the query is made from inside the
-namespace (`lab.netns_http`); any other URL is asked directly.
+namespace (`lab.kpi_client`); any other URL is asked directly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -19,20 +18,17 @@ from meshcp.cli.offline import OfflineError, load
 from meshcp.cli.options import UsageError
 from meshcp.kpi import queries, report
 from meshcp.kpi.prometheus import (
-    Fetch,
     Prometheus,
-    PrometheusUnreachable,
     aiohttp_fetch,
 )
 from meshcp.kpi.queries import QueryError, Resource, Selection
-from meshcp.lab import layout, netns_http
-from meshcp.lab.network import LabError
+from meshcp.lab import kpi_client
 from meshcp.model.state import MeshState
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-DEFAULT_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
+DEFAULT_URL = kpi_client.URL
 STAT_COLUMNS = ("NAME", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN")
 SPLIT_COLUMNS = ("APEX", "LEAF", "WEIGHT", "SHARE", *STAT_COLUMNS[1:])
 EDGE_COLUMNS = ("SRC", "DST", "SECURED", "CLIENT_ID", "SERVER_ID")
@@ -40,22 +36,10 @@ EDGE_COLUMNS = ("SRC", "DST", "SECURED", "CLIENT_ID", "SERVER_ID")
 
 def prometheus(url: str | None) -> Prometheus:
     """The client for `--prometheus-url`, or for the lab's when none was given."""
-    if url is None and os.geteuid() == 0 and Path(f"/run/netns/{layout.NODE_NETNS}").exists():
-        return Prometheus(DEFAULT_URL, _in_node_namespace())
+    if url is None and kpi_client.reachable():
+        return kpi_client.lab_prometheus()
     target = url or DEFAULT_URL
     return Prometheus(target, aiohttp_fetch(target))
-
-
-def _in_node_namespace() -> Fetch:
-    async def fetch(path: str) -> tuple[int, bytes]:
-        try:
-            return await netns_http.get(
-                layout.NODE_NETNS, layout.PROMETHEUS_PORT, path, layout.PROMETHEUS_HOST
-            )
-        except LabError as error:
-            raise PrometheusUnreachable(f"{DEFAULT_URL} (netns {layout.NODE_NETNS})", str(error)) from None
-
-    return fetch
 
 
 def _usage(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -37,6 +37,10 @@ async def stat_rows(client: Prometheus, chosen: Selection) -> list[dict[str, Any
             key = tuple(sample.labels.get(label, "") for label in labels)
             row = rows.setdefault(key, _row_of(key, chosen))
             row[column] = finite(sample.value)
+    if chosen.per_destination:
+        # Every proxy has a cluster per service it may call: an edge is one that carried
+        # traffic, not one that could.
+        rows = {key: row for key, row in rows.items() if row.get("requests") or row.get("tcp_conn")}
     if not rows:
         raise NoData(named["requests"])
     return [complete(row) for _, row in sorted(rows.items())]

@@ -3,8 +3,9 @@
 The calls run in the client pods (`client.py` from examples/bookstore/apps, through the
 same path as `lab exec`), all at once, for the whole duration; the report says who called
 whom with what result, how the TrafficSplit shared the bookstore's traffic, and what the
-server sidecars' own statistics say about mutual TLS. The lab is removed afterwards,
-whatever happened.
+server sidecars' own statistics say about mutual TLS, and ends with the KPIs the mesh
+measured, read back from the lab's Prometheus (`lab.demo_kpis`). The lab is removed
+afterwards, whatever happened.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import asyncio
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from meshcp.lab import commands, network, processes
+from meshcp.lab import commands, demo_kpis, network, processes
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.netns_http import get
 from meshcp.lab.pods import Container
@@ -64,9 +66,12 @@ def run_demo(source: Path, paths: LabPaths, *, duration: float, out: TextIO = sy
     commands.up(source, paths, out)
     try:
         print(f"\ndriving traffic for {duration:.0f} s ...", file=out)
+        started = time.time()
         results = asyncio.run(_drive(paths, client, duration))
+        ended = time.time()
         handshakes = asyncio.run(_handshakes(paths))
         _report(results, handshakes, out)
+        demo_kpis.report_kpis(source, started, ended, out)
     finally:
         print("", file=out)
         commands.down(paths, out)
