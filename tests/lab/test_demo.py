@@ -39,8 +39,8 @@ def test_demo_reports_calls_split_and_mtls_then_removes_the_lab() -> None:
     assert float(thief[3]) > 0, out  # p99 from Envoy's histograms
     assert not re.search(r"\s0\s+-\s+0\.0\s+-", out), out  # edges that carried nothing are not shown
     shares = re.search(
-        r"TrafficSplit bookstore/bookstore-split \(bookstore\): bookstore-v1 75% configured, ([\d.]+)% observed, "
-        r"bookstore-v2 25% configured, ([\d.]+)% observed",
+        r"TrafficSplit bookstore/bookstore-split \(bookstore\): "
+        r"bookstore-v1 75% configured, ([\d.]+)% observed, bookstore-v2 25% configured, ([\d.]+)% observed",
         out,
     )
     assert shares is not None, out
