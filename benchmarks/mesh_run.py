@@ -5,6 +5,7 @@ processes' proxies; cold convergence, then each change in turn (see `mesh_scale.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -125,6 +126,9 @@ class Run:
         for load in self.loads:
             load.recv()
         extra = ["--cert-validity", args.cert_validity] if args.cert_validity else []
+        # other benchmarks built on this run (page_load.py) add serve options and a load
+        # that runs while the changes are measured
+        extra += getattr(args, "controller_args", [])
         controller = self.controller = Controller(
             self.mesh, self.workdir / "state", self.workdir / "serve.log", extra
         )
@@ -138,13 +142,15 @@ class Run:
         self.ask_all("connect")
         self._cold()
         self._spy("")
-        for name in args.changes:
-            if name == "target" and self.shape.permissive:
-                continue
-            controller.check()
-            self._spy(name)
-            r.changes.append(self._renew() if name == "renew" else self._change(name))
-            self._spy("")
+        during = getattr(args, "during_changes", None)
+        with during(controller) if during is not None else contextlib.nullcontext():
+            for name in args.changes:
+                if name == "target" and self.shape.permissive:
+                    continue
+                controller.check()
+                self._spy(name)
+                r.changes.append(self._renew() if name == "renew" else self._change(name))
+                self._spy("")
         r.peak_rss_mb = controller.status_mb("VmHWM")
         r.total_cpu_s = controller.cpu()
         return r
