@@ -115,3 +115,24 @@ def test_mesh_config_sidecar_resources() -> None:
     manifest["spec"] = {"sidecarResources": {"requestz": {}}}
     with pytest.raises(InvalidObject, match=r"spec.sidecarResources.requestz: unknown field"):
         parse_object(manifest)
+
+
+def test_mesh_config_observability() -> None:
+    manifest = {
+        "apiVersion": "config.meshcp.dev/v1alpha1",
+        "kind": "MeshConfig",
+        "metadata": {"name": "meshcp"},
+        "spec": {"observability": {"enablePerRouteStats": True}},
+    }
+    config = parse_object(manifest)
+    assert isinstance(config, MeshConfig) and config.per_route_stats
+    manifest["spec"] = {"observability": {}}
+    config = parse_object(manifest)
+    assert isinstance(config, MeshConfig) and not config.per_route_stats
+    manifest["spec"] = {"observability": {"enablePerRouteStats": "yes"}}
+    with pytest.raises(InvalidObject, match=r"spec.observability.enablePerRouteStats: must be true or false"):
+        parse_object(manifest)
+    # OSM's tracing is not meshcp's: refused, not silently ignored.
+    manifest["spec"] = {"observability": {"tracing": {"enable": True}}}
+    with pytest.raises(InvalidObject, match=r"spec.observability.tracing: unknown field"):
+        parse_object(manifest)

@@ -14,7 +14,9 @@ from meshcp._proto.envoy.config.bootstrap.v3 import Bootstrap, BootstrapStaticRe
 from meshcp._proto.envoy.config.listener.v3 import FilterChain, Listener
 from meshcp._proto.envoy.config.route.v3 import Route, RouteAction, RouteMatch
 from meshcp._proto.envoy.type.matcher.v3 import StringMatcher
-from meshcp.compile import naming
+from meshcp.compile import naming, rds
+from meshcp.model.smi import HTTPMatch
+from meshcp.policy.types import RouteStat, ServiceKey, Upstream
 from meshcp.sidecar.bootstrap import Workload, as_dict, bootstrap, stats_config
 from meshcp.sidecar.envoy_parts import (
     HCM,
@@ -74,6 +76,10 @@ def keep_patterns() -> list[StringMatcher]:
         "listener.0.0.0.0_15003.ssl.handshake",
         f"cluster.{UPSTREAM}.ssl.handshake",
         f"cluster.{LOCAL}.upstream_cx_total",  # who serves what: the server side of an edge
+        # Per-route stats (MeshConfig): kept always, they exist only when routes have a prefix.
+        f"vhost.{UPSTREAM}.route.bookwarehouse-routes/restock.upstream_rq_2xx",
+        f"vhost.{UPSTREAM}.route.bookwarehouse-routes/restock.upstream_rq_total",
+        f"vhost.{UPSTREAM}.route.*/*.upstream_rq_time",
         "server.live",
         "control_plane.connected_state",
     ],
@@ -93,6 +99,9 @@ def test_the_keep_list_keeps_the_golden_metrics(name: str) -> None:
         "http.prometheus.downstream_rq_total",
         "listener.0.0.0.0_15003.http.inbound.14001.downstream_rq_2xx",
         "cluster_manager.cds.update_success",
+        f"vhost.{UPSTREAM}.route.bookwarehouse-routes/restock.upstream_rq_200",
+        f"vhost.{UPSTREAM}.route.bookwarehouse-routes/restock.upstream_rq_retry",
+        f"vhost.{UPSTREAM}.route.bookwarehouse-routes/restock.upstream_rq_completed",
     ],
 )
 def test_the_keep_list_drops_the_rest(name: str) -> None:
@@ -244,3 +253,109 @@ async def test_envoy_labels_and_bounds_its_prometheus_series() -> None:
     assert "envoy_cluster_upstream_rq" not in names  # per response code (envoy_response_code)
     assert not any(name.startswith("envoy_cluster_manager_") for name in names)
     assert len(samples) < 100
+
+
+#: The HTTPRouteGroup matches the outbound routes to bookwarehouse count (per-route stats).
+ROUTE_STATS = (
+    RouteStat("bookwarehouse-routes", HTTPMatch("read", path_regex="/books", methods=("GET",))),
+    RouteStat("bookwarehouse-routes", HTTPMatch("restock", path_regex="/restock", methods=("POST",))),
+)
+
+
+def sidecar_with_compiled_outbound_routes(upstream_port: int, route_stats: bool) -> Bootstrap:
+    """The sidecar bootstrap with a static HTTP listener named as the outbound managers
+    are (`outbound.<port>`) whose routes are `compile.rds`'s for an upstream
+    bookwarehouse, with or without per-route stats, inline instead of over RDS."""
+    config = bootstrap("node-1", "bookstore-sa.bookstore", LOOPBACK, 1, tls=None, **WORKLOAD, admin_port=0)
+    upstream = Upstream(
+        ServiceKey("bookwarehouse", "bookwarehouse"),
+        8080,
+        "http",
+        ("10.96.0.10",),
+        (),
+        route_stats=ROUTE_STATS if route_stats else None,
+    )
+    manager = static_http_manager("outbound.8080", [])
+    manager.route_config = rds.outbound_route(8080, [rds.outbound_virtual_host(upstream, "bookstore")])
+    listener = Listener(
+        name="outbound-test",
+        address=socket_address(LOOPBACK, 0),
+        filter_chains=[FilterChain(filters=[network_filter(HCM, manager)])],
+    )
+    config.dynamic_resources = None
+    config.static_resources = BootstrapStaticResources(
+        listeners=[listener], clusters=[static_cluster(UPSTREAM, LOOPBACK, upstream_port)]
+    )
+    return config
+
+
+@ENVOY
+@NEEDS_ENVOY
+@pytest.mark.parametrize("route_stats", [True, False], ids=["on", "off"])
+async def test_envoy_counts_per_route_series_with_route_labels_only_when_routes_have_a_prefix(
+    route_stats: bool,
+) -> None:
+    requests = [("GET", "/books"), ("GET", "/books/1"), ("POST", "/restock"), ("GET", "/fail"), ("GET", "/")]
+    async with failing_upstream() as upstream_port:
+        config = as_dict(sidecar_with_compiled_outbound_routes(upstream_port, route_stats))
+        async with EnvoyProcess(config) as envoy:
+            await envoy.wait_live()
+            port = await envoy.listener_port("outbound-test")
+            async with new_connection_per_request() as client:
+                for method, path in requests:
+                    url = f"http://127.0.0.1:{port}{path}"
+                    headers = {"Host": "bookwarehouse.bookwarehouse:8080"}
+                    async with client.request(method, url, headers=headers) as response:
+                        assert response.status == (503 if path == "/fail" else 200)
+
+            samples: list[tuple[str, dict[str, str], float]] = []
+
+            async def counted() -> bool:
+                nonlocal samples
+                samples = parse_prometheus(await envoy.admin_get("/stats/prometheus"))
+                return any(
+                    name == "envoy_cluster_upstream_rq_total" and value == len(requests)
+                    for name, _, value in samples
+                )
+
+            await envoy.wait_for(counted, what="5 upstream requests in /stats/prometheus")
+
+    route_series = [
+        (name, labels, value) for name, labels, value in samples if name.startswith("envoy_vhost")
+    ]
+    if not route_stats:
+        assert route_series == []
+        return
+    # Clean names: the virtual host and the prefix are labels, never part of the name.
+    assert {name for name, _, _ in route_series} == {
+        "envoy_vhost_route_upstream_rq_xx",
+        "envoy_vhost_route_upstream_rq_total",
+        "envoy_vhost_route_upstream_rq_time_bucket",
+        "envoy_vhost_route_upstream_rq_time_sum",
+        "envoy_vhost_route_upstream_rq_time_count",
+    }
+    destination = {
+        "destination_namespace": "bookwarehouse",
+        "destination_service": "bookwarehouse",
+        "destination_port": "8080",
+        **IDENTITY_LABELS,
+    }
+    for name, labels, _ in route_series:
+        assert {key: labels.get(key) for key in destination} == destination, name
+    totals = {
+        (labels["route_group"], labels["route_match"]): value
+        for name, labels, value in route_series
+        if name == "envoy_vhost_route_upstream_rq_total"
+    }
+    # The catch-all route ("*") counts what no HTTPRouteGroup match takes.
+    assert totals == {
+        ("bookwarehouse-routes", "read"): 2,
+        ("bookwarehouse-routes", "restock"): 1,
+        ("*", "*"): 2,
+    }
+    by_class = {
+        (labels["route_match"], labels["envoy_response_code_class"]): value
+        for name, labels, value in route_series
+        if name == "envoy_vhost_route_upstream_rq_xx"
+    }
+    assert by_class == {("read", "2"): 2, ("restock", "2"): 1, ("*", "2"): 1, ("*", "5"): 1}

@@ -3,6 +3,7 @@ routes per local port (to the application, with per-route RBAC)."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
@@ -29,6 +30,10 @@ from meshcp.model.smi import HTTPMatch
 from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
 
 RBAC_FILTER = "envoy.filters.http.rbac"
+#: The group and match of the catch-all route in per-route stats: no HTTPRouteGroup (a DNS
+#: name) is called "*".
+ANY_ROUTE = "*"
+_NOT_IN_STAT_TOKEN = re.compile(r"[^A-Za-z0-9_*-]")
 NO_TIMEOUT = timedelta(0)  # gRPC streams and long polls must not be cut
 
 
@@ -41,6 +46,19 @@ def domains(service: ServiceKey, port: int, addresses: tuple[str, ...], client_n
         names.insert(0, service.name)
     names += [a for a in addresses if a]
     return [variant for name in names for variant in (name, f"{name}:{port}")]
+
+
+def route_stat_prefix(group: str, match: str) -> str:
+    """`<group>/<match>`, the `stat_prefix` of an outbound route with per-route stats.
+
+    Envoy counts the route's requests as `vhost.<virtual host>.route.<prefix>.<stat>`,
+    where the virtual host is the upstream cluster's name (`<ns>/<svc>|<port>`); the
+    sidecar's tags (`sidecar.bootstrap`) take the destination, `route_group` and
+    `route_match` from that name. Envoy's tags split stat names at '.', so in the prefix
+    every character but letters, digits, '-', '_' and '*' becomes '_' (a group
+    `books.v1` is counted as `books_v1`).
+    """
+    return f"{_NOT_IN_STAT_TOKEN.sub('_', group)}/{_NOT_IN_STAT_TOKEN.sub('_', match)}"
 
 
 def route_match(match: HTTPMatch | None) -> RouteMatch:
@@ -72,14 +90,35 @@ def _action(upstream: Upstream, weighted: bool) -> RouteAction:
 
 
 def outbound_virtual_host(upstream: Upstream, client_namespace: str) -> VirtualHost:
+    """The routes of one upstream: a split's matches (weighted), then, with per-route stats,
+    one route per counted HTTPRouteGroup match, then the catch-all. The counting routes
+    act as the catch-all does, so they change no routing, only where Envoy counts."""
     service = upstream.service
-    routes = []
     split = upstream.split
-    if split is not None and split.matches:
-        routes += [Route(match=route_match(m), route=_action(upstream, weighted=True)) for m in split.matches]
-        routes.append(Route(match=route_match(None), route=_action(upstream, weighted=False)))
-    else:
-        routes.append(Route(match=route_match(None), route=_action(upstream, weighted=split is not None)))
+    split_matches = split.matches if split is not None else ()
+    stats = upstream.route_stats
+    weighted_rest = split is not None and not split_matches
+    routes = [Route(match=route_match(m), route=_action(upstream, weighted=True)) for m in split_matches]
+    if stats is not None:
+        groups = {s.match: s.group for s in stats}
+        for route, match in zip(routes, split_matches, strict=True):
+            route.stat_prefix = route_stat_prefix(groups.get(match, ANY_ROUTE), match.name)
+        routes += [
+            Route(
+                match=route_match(s.match),
+                route=_action(upstream, weighted=weighted_rest),
+                stat_prefix=route_stat_prefix(s.group, s.match.name),
+            )
+            for s in stats
+            if s.match not in split_matches  # the split's own route takes (and counts) it
+        ]
+    routes.append(
+        Route(
+            match=route_match(None),
+            route=_action(upstream, weighted=weighted_rest),
+            stat_prefix=route_stat_prefix(ANY_ROUTE, ANY_ROUTE) if stats is not None else "",
+        )
+    )
     return VirtualHost(
         name=naming.cluster(service.namespace, service.name, upstream.port),
         domains=domains(service, upstream.port, upstream.addresses, client_namespace),

@@ -32,6 +32,12 @@ class MeshConfig:
     #: Off by default: every proxy gets every service and the destination answers 403, as
     #: DESIGN says. On, a large mesh sends each proxy its few allowed services.
     prune_unreachable_upstreams: bool = False
+    #: `observability.enablePerRouteStats`: outbound routes count their requests per
+    #: HTTPRouteGroup match (Envoy's `Route.stat_prefix`), so each proxy exports golden
+    #: metrics per route as well as per upstream service. Off by default: it costs series.
+    #: The sidecar's keep-list always admits these stats, so it takes effect without a
+    #: proxy restart.
+    per_route_stats: bool = False
     cert_validity_seconds: int = 24 * 3600
     cert_provider: str = "internal"
     #: Debounce: a change is compiled after `debounce_window` of quiet, at most `debounce_max`

@@ -30,7 +30,7 @@ def read_mesh_config(root: Field, meta: Meta, version: str) -> MeshConfig:
             spec.field(key).fail(f"unknown field (known: {', '.join(MESH_CONFIG_FIELDS)})")
         attribute, read = reader
         if spec.field(key).present:
-            if attribute == "sidecar_resources":
+            if attribute in _SECTIONS:
                 values.update(read(spec.field(key)))
             else:
                 values[attribute] = read(spec.field(key))
@@ -106,6 +106,22 @@ def _sidecar_resources(node: Field) -> dict[str, Any]:
     return {"sidecar_requests": _resources(node, "requests"), "sidecar_limits": _resources(node, "limits")}
 
 
+def _observability(node: Field) -> dict[str, Any]:
+    """`observability`, a section as in OSM's MeshConfig (`spec.observability`), whose
+    booleans are `enable...` as OSM's are."""
+    known = {"enablePerRouteStats": "per_route_stats"}
+    values: dict[str, Any] = {}
+    for key in node.mapping():
+        attribute = known.get(key)
+        if attribute is None:
+            node.field(key).fail(f"unknown field (known: {', '.join(known)})")
+        values[attribute] = node.field(key).boolean(False)
+    return values
+
+
+#: Fields whose reader returns several MeshConfig attributes (a section of the spec).
+_SECTIONS = ("sidecar_resources", "observability")
+
 #: spec field → (MeshConfig attribute, reader): the fields the MeshConfig CRD declares.
 MESH_CONFIG_FIELDS: dict[str, tuple[str, Callable[[Field], Any]]] = {
     "meshName": ("mesh_name", dns_label),
@@ -123,4 +139,5 @@ MESH_CONFIG_FIELDS: dict[str, tuple[str, Callable[[Field], Any]]] = {
     "sidecarImage": ("sidecar_image", _non_empty),
     "sidecarLogLevel": ("sidecar_log_level", _choice(SIDECAR_LOG_LEVELS)),
     "sidecarResources": ("sidecar_resources", _sidecar_resources),
+    "observability": ("observability", _observability),
 }

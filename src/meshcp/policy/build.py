@@ -60,7 +60,7 @@ def build_policies(state: MeshState) -> MeshPolicy:
     config = state.mesh_config
     backends = Backends(state)
     targets = Targets.of(state)
-    mesh_upstreams = upstreams(state, backends, report)
+    mesh_upstreams = upstreams(state, backends, report, targets if config.per_route_stats else None)
     reachable_from = reachable(state, mesh_upstreams, targets) if config.prune_unreachable_upstreams else None
     classes: dict[str, ProxyPolicy] = {}
     pod_classes: dict[tuple[str, str], str] = {}

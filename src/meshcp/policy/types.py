@@ -41,6 +41,15 @@ class SplitRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteStat:
+    """An HTTPRouteGroup match an outbound virtual host counts requests of (per-route
+    stats): the group's name (in the service's namespace) and the match."""
+
+    group: str
+    match: HTTPMatch
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """One port of a meshed service, as clients see it."""
 
@@ -52,6 +61,10 @@ class Upstream:
     #: Identities of the pods behind the service: the SANs clients accept from it.
     identities: tuple[Identity, ...]
     split: SplitRoute | None = None
+    #: Per-route stats (MeshConfig `observability.enablePerRouteStats`): the HTTPRouteGroup
+    #: matches of the TrafficTargets to `identities` and of the split, each counted on a
+    #: route of its own. None: off (no route carries a stat prefix).
+    route_stats: tuple[RouteStat, ...] | None = None
 
     @property
     def is_http(self) -> bool:

@@ -2,18 +2,25 @@
 
 An upstream carries the addresses the client's outbound listener matches, the identities
 the client accepts from the servers (a split's backends' too), and the split route if a
-TrafficSplit applies to the service.
+TrafficSplit applies to the service; with per-route stats, the HTTPRouteGroup matches its
+routes count (`route_stats`).
 """
 
 from __future__ import annotations
 
 from meshcp.model.state import MeshState
 from meshcp.policy.backends import Backends
+from meshcp.policy.route_stats import route_stats
 from meshcp.policy.splits import split_route, valid_splits
+from meshcp.policy.targets import Targets
 from meshcp.policy.types import Report, ServiceKey, Upstream
 
 
-def upstreams(state: MeshState, backends: Backends, report: Report) -> tuple[Upstream, ...]:
+def upstreams(
+    state: MeshState, backends: Backends, report: Report, counted: Targets | None = None
+) -> tuple[Upstream, ...]:
+    """`counted`: with per-route stats on (MeshConfig), the TrafficTargets whose
+    HTTPRouteGroup matches the routes count; None: per-route stats off."""
     splits = valid_splits(state, report)
     out = []
     for service in backends.services:
@@ -28,6 +35,7 @@ def upstreams(state: MeshState, backends: Backends, report: Report) -> tuple[Ups
                 if backend_service is not None:
                     backend_identities.update(backends.identities(backend_service))
             identities = tuple(sorted(backend_identities))
+        stats = None if counted is None else route_stats(state, counted, identities, split)
         for port in service.ports:
             if port.transport != "TCP":
                 continue
@@ -38,5 +46,5 @@ def upstreams(state: MeshState, backends: Backends, report: Report) -> tuple[Ups
             else:
                 addresses = ()  # not assigned yet: reachable once it is
                 report(service.ref, "has no clusterIP yet; clients reach it once one is assigned")
-            out.append(Upstream(key, port.port, port.protocol, addresses, identities, route))
+            out.append(Upstream(key, port.port, port.protocol, addresses, identities, route, stats))
     return tuple(out)

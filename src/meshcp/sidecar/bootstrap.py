@@ -30,6 +30,13 @@ Stats (`stats_config`), served as Prometheus text on the sidecar's Prometheus po
   inbound listener's from admin `/stats`, which the matcher filters as well);
   and a few liveness basics. Everything else is never created, so it costs no memory
   either.
+- **Per-route stats** (MeshConfig `observability.enablePerRouteStats`): outbound routes
+  then carry a stat prefix `<group>/<match>` (`compile.rds.route_stat_prefix`), and Envoy
+  counts `vhost.<ns>/<svc>|<port>.route.<group>/<match>.upstream_rq_*`. Their series,
+  `envoy_vhost_route_upstream_rq_xx|_total|_time`, get the destination labels above plus
+  `route_group` and `route_match` (`*` for the catch-all route). The keep-list admits
+  them always: they exist only while routes carry a prefix, so the setting changes over
+  RDS alone, without a new bootstrap or a restart.
 """
 
 from __future__ import annotations
@@ -75,9 +82,14 @@ DESTINATION_NAMESPACE = "destination_namespace"
 DESTINATION_SERVICE = "destination_service"
 DESTINATION_PORT = "destination_port"
 LOCAL_SERVICE = "local_service"
+ROUTE_GROUP = "route_group"
+ROUTE_MATCH = "route_match"
 
 #: One segment of an upstream cluster name: a Kubernetes name, never '.', '/' or '|'.
 _SEGMENT = r"[^./|]+"
+#: An outbound virtual host (named as its upstream cluster) and a route's stat prefix
+#: (`<group>/<match>`, `compile.rds.route_stat_prefix`: no '.').
+_ROUTE = rf"^vhost\.{_SEGMENT}/{_SEGMENT}\|\d+\.route\."
 #: Destination tags of `cluster.<ns>/<svc>|<port>.<stat>` (std::regex, partial match; the
 #: one capture group is the value and the part removed from the name).
 _DESTINATION_TAGS = (
@@ -90,12 +102,24 @@ _DESTINATION_TAGS = (
     # The local cluster `<ns>/<svc>|<port>|local` of a served service: which service this
     # proxy's identity serves, the server side of an edge (`kpi.queries.servers`).
     (LOCAL_SERVICE, rf"^cluster\.{_SEGMENT}/({_SEGMENT})\|\d+\|local\."),
+    # Per-route stats `vhost.<ns>/<svc>|<port>.route.<group>/<match>.<stat>` (MeshConfig
+    # `observability.enablePerRouteStats`): the same destination labels as the cluster's,
+    # and the HTTPRouteGroup and match. Envoy's default `envoy.virtual_host` and
+    # `envoy.route` tags remove the host and the prefix from the name.
+    (DESTINATION_NAMESPACE, rf"^vhost\.({_SEGMENT})/{_SEGMENT}\|\d+\.route\."),
+    (DESTINATION_SERVICE, rf"^vhost\.{_SEGMENT}/({_SEGMENT})\|\d+\.route\."),
+    (DESTINATION_PORT, rf"^vhost\.{_SEGMENT}/{_SEGMENT}\|(\d+)\.route\."),
+    (ROUTE_GROUP, rf"{_ROUTE}([^./]+)/[^.]+\."),
+    (ROUTE_MATCH, rf"{_ROUTE}[^./]+/([^.]+)\."),
 )
 #: The stats kept (RE2, matched against the whole stat name before tag extraction).
 _KEEP_REGEXES = (
     rf"cluster\.{_SEGMENT}/{_SEGMENT}\|\d+\.(upstream_rq_([1-5]xx|total|time)|upstream_cx_(total|active))",
     r"http\.inbound\.\d+\.downstream_rq_([1-5]xx|total|time)",
     rf"cluster\.{_SEGMENT}/{_SEGMENT}\|\d+\|local\.upstream_cx_total",
+    # Per-route stats exist only when routes carry a stat prefix (MeshConfig): always kept,
+    # so turning them on needs no new bootstrap.
+    rf"{_ROUTE.removeprefix('^')}[^.]+\.upstream_rq_([1-5]xx|total|time)",
 )
 _KEEP_SUFFIXES = (".ssl.handshake",)
 _KEEP_EXACT = ("server.live", "server.uptime", "control_plane.connected_state")
