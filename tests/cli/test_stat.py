@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from tests.cli.test_main import run
+from tests.support.prometheus import Exporter, PrometheusServer
 
 
 def _closed_port() -> int:
@@ -58,3 +59,26 @@ async def test_a_trafficsplit_missing_from_the_manifests_exits_1() -> None:
     assert output.strip().splitlines()[-1] == "meshcp: error: no TrafficSplit in nowhere in the manifests", (
         output
     )
+
+
+async def test_no_data_says_what_is_missing() -> None:
+    """Against a real Prometheus holding one sidecar's series: an unknown namespace is named
+    as such; a known one without traffic in the window says so."""
+    text = (
+        'envoy_cluster_upstream_cx_active{source_namespace="bookbuyer",source_pod="bookbuyer-0",'
+        'source_service_account="bookbuyer",destination_namespace="bookstore",'
+        'destination_service="bookstore",destination_port="14001"} 0\n'
+    )
+    async with Exporter(text) as exporter, PrometheusServer([exporter.target]) as server:
+        await server.wait_for_scrapes(exporter, 2)
+        status, output = await run("stat", "deploy", "-n", "nowhere", "--prometheus-url", server.url)
+        assert (status, output.strip()) == (
+            1,
+            "meshcp: no data: no sidecar series in Prometheus name namespace 'nowhere' "
+            "(is it meshed and scraped, and spelt right?)",
+        )
+        status, output = await run("edges", "deploy", "-n", "bookbuyer", "--prometheus-url", server.url)
+        assert (status, output.strip()) == (
+            1,
+            "meshcp: no data: no meshed traffic for edges in namespace bookbuyer in the last 1m (yet)",
+        )

@@ -259,7 +259,10 @@ def test_errors_are_one_line(lab: LabDriver) -> None:
     assert len(unreachable.stderr.strip().splitlines()) == 1
     nothing = lab.meshcp("stat", "deploy", "-n", "nowhere", check=False)
     assert nothing.returncode == 1
-    assert nothing.stderr.startswith("meshcp: Prometheus has no data for:"), nothing
+    assert nothing.stderr.strip().splitlines() == [
+        "meshcp: no data: no sidecar series in Prometheus name namespace 'nowhere' "
+        "(is it meshed and scraped, and spelt right?)"
+    ], nothing
     unknown = lab.meshcp("stat", "foo", check=False)
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == [

@@ -18,6 +18,7 @@ from meshcp.cli.offline import OfflineError, load
 from meshcp.cli.options import UsageError
 from meshcp.kpi import queries, report
 from meshcp.kpi.prometheus import (
+    NoData,
     Prometheus,
     aiohttp_fetch,
 )
@@ -72,7 +73,15 @@ async def stat(args: argparse.Namespace) -> None:
     if chosen.resource.kind == "trafficsplit":
         rows = await _split_rows(client, chosen, await _state(args.source))
     else:
-        rows = await report.stat_rows(client, chosen)
+        try:
+            rows = await report.stat_rows(client, chosen)
+        except NoData:
+            what = (
+                f"{chosen.resource.kind}/{chosen.resource.name}"
+                if chosen.resource.name
+                else chosen.resource.kind
+            )
+            raise await _explain(client, what, args.namespace, chosen.window) from None
     columns = SPLIT_COLUMNS if chosen.resource.kind == "trafficsplit" else STAT_COLUMNS
     _print(rows, columns, args.output)
 
@@ -98,8 +107,23 @@ async def edges(args: argparse.Namespace) -> None:
     kind = _usage(queries.edge_kind, args.kind)
     window = _usage(queries.window, args.window)
     client = prometheus(args.prometheus_url)
-    rows = await report.edge_rows(client, kind, args.namespace or "", window, await _state(args.source))
+    try:
+        rows = await report.edge_rows(client, kind, args.namespace or "", window, await _state(args.source))
+    except NoData:
+        raise await _explain(client, "edges", args.namespace, window) from None
     _print(rows, EDGE_COLUMNS, args.output)
+
+
+async def _explain(client: Prometheus, what: str, namespace: str, window: str) -> NoData:
+    """Why a query matched nothing, in one line: a namespace no sidecar series names
+    (not meshed, not scraped, or misspelt), or no traffic in the window yet."""
+    if namespace and not await client.query(queries.namespace_known(namespace)):
+        return NoData(
+            f"no data: no sidecar series in Prometheus name namespace {namespace!r} "
+            "(is it meshed and scraped, and spelt right?)"
+        )
+    where = f" in namespace {namespace}" if namespace else ""
+    return NoData(f"no data: no meshed traffic for {what}{where} in the last {window} (yet)")
 
 
 def _print(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str) -> None:

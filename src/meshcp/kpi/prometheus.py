@@ -40,9 +40,7 @@ class BadAnswer(PrometheusError):
 
 
 class NoData(PrometheusError):
-    def __init__(self, query: str) -> None:
-        super().__init__(f"Prometheus has no data for: {query}")
-        self.query = query
+    """A query matched nothing; the text is the query, or (from the CLI) what is missing."""
 
 
 @dataclass(frozen=True)

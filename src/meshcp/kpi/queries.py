@@ -313,6 +313,13 @@ def edge_connections() -> str:
     return _edge_sum(CX_TOTAL)
 
 
+def namespace_known(namespace: str) -> str:
+    """Any sidecar series naming the namespace at either end: empty when the namespace is
+    not meshed, not scraped, or does not exist."""
+    ns = _quote(namespace)
+    return f"group({{{SOURCE_NAMESPACE}={ns}}}) or group({{{DESTINATION_NAMESPACE}={ns}}})"
+
+
 def servers() -> str:
     """Who serves what: the identity (`source_namespace`, `source_service_account`) of each
     proxy with a local cluster of a service (`local_service`), from the servers' own series.

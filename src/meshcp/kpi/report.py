@@ -42,7 +42,7 @@ async def stat_rows(client: Prometheus, chosen: Selection) -> list[dict[str, Any
         # traffic, not one that could.
         rows = {key: row for key, row in rows.items() if row.get("requests") or row.get("tcp_conn")}
     if not rows:
-        raise NoData(named["requests"])
+        raise NoData(f"Prometheus has no data for: {named['requests']}")
     return [complete(row) for _, row in sorted(rows.items())]
 
 
@@ -129,7 +129,7 @@ async def edge_rows(
         client.query(queries.servers()),
     )
     if not samples:
-        raise NoData(promql)
+        raise NoData(f"Prometheus has no data for: {promql}")
     accounts = {**server_accounts(state), **measured_servers(serving)}
     secured = _secured(handshakes, connections)
     found: dict[tuple[str, str], Edge] = {}
