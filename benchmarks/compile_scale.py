@@ -180,7 +180,9 @@ class Step:
 def _measure(
     rec: Reconciler, publisher: Publisher, encoder: Encoder, state: MeshState, before: list[ProxyClass]
 ) -> tuple[Step, list[ProxyClass]]:
-    seen = {id(r) for c in before for r in c.resources}
+    # every resource of a class lives in `resources` or its shared `sets` (all_resources):
+    # counting `resources` alone reported 0 since the shared-set change
+    seen = {id(r) for c in before for r in c.all_resources()}
     gc.collect()
     count = encoder.encodes
     rss0 = _status_kb("VmRSS")
@@ -191,13 +193,13 @@ def _measure(
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = (_status_kb("VmHWM") - rss0) / 1024 if hwm else 0.0
     held = (_status_kb("VmRSS") - rss0) / 1024
-    distinct = {id(r): r for c in classes for r in c.resources}
+    distinct = {id(r): r for c in classes for r in c.all_resources()}
     changed = Counter(
         resource_types.SHORT_NAMES[r.type_url] for key, r in distinct.items() if key not in seen
     )
     step = Step(seconds, cpu, encoder.encodes - count, changed, len(classes))
     step.resources = len(distinct)
-    step.references = sum(len(c.resources) for c in classes)
+    step.references = sum(len(c.all_resources()) for c in classes)
     step.peak_rss_mb = peak
     step.held_rss_mb = held
     return step, classes
