@@ -7,7 +7,10 @@ CA, the sources and the HTTP endpoint, which take no part in a push. Plaintext, 
 
 The orchestrator drives it through a pipe. ACKs are counted where the server counts them
 (the `meshcp_xds_acks` counter, instrumented to note the moment a target is reached), so
-"ACKed by all" means the server processed the last ACK, not that a client sent it.
+"ACKed by all" means the server processed the last ACK, not that a client sent it; and it
+means every *distinct* connected stream holds the current content (the server's own
+per-stream state, `ConnectedProxies.lagging`), not that N ACKs arrived. Encodes per
+change are the server's `meshcp_cache_encodes_total`, read from its /metrics exposition.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fanout_workload import Workload
 from prometheus_client import Counter
 
 from meshcp._proto.envoy.config.core.v3 import Node
-from meshcp.cache import Encoder, SnapshotCache
+from meshcp.cache import Encoder, SnapshotCache, resource_types
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
@@ -145,6 +148,8 @@ class _ServerProcess(CommandLoop):
         self._metrics = Metrics()
         self._proxies = ConnectedProxies()
         self._tally = count_acks(self._metrics)
+        # encodes are read from the server's own counter, as the controller exports it
+        self._metrics.count_encodes(lambda: self._encoder.encodes)
         service = AggregatedDiscoveryService(
             self._cache, Readiness(), self._metrics, self._proxies, classify=by_cluster
         )
@@ -202,11 +207,29 @@ class _ServerProcess(CommandLoop):
         self._profiler = None
         return text.getvalue()
 
+    def _encodes(self) -> int:
+        """`meshcp_cache_encodes_total` from the server's own /metrics exposition."""
+        for line in self._metrics.exposition().decode().splitlines():
+            if line.startswith("meshcp_cache_encodes_total "):
+                return int(float(line.split()[1]))
+        raise RuntimeError("meshcp_cache_encodes_total is not exposed")
+
+    async def _all_hold(self, short: str | None, target: int) -> float:
+        """`time.monotonic()` of the ACK after which every connected stream holds its
+        class's current content of every type: ACK counts reach `target` first (cheap),
+        then the server's per-stream state is asked, so N ACKs from fewer than N distinct
+        proxies (a client ACKing twice) never count as "ACKed by all"."""
+        reached = await self._tally.reached(short, target)
+        types = [resource_types.ENDPOINT] if short == "eds" else list(resource_types.PUSH_ORDER[:4])
+        while any(self._proxies.lagging(t, self._cache.get) for t in types):
+            reached = await self._tally.reached(short, self._tally.count(short) + 1)
+        return reached
+
     async def _initial(self, clients: int) -> None:
         """Wait until every client ACKed its four initial responses."""
         cpu = time.process_time()
         self._profile(True)
-        reached = await self._tally.reached(None, 4 * clients)
+        reached = await self._all_hold(None, 4 * clients)
         self._profile(False)
         cpu = time.process_time() - cpu
         profile = self._dump("initial")
@@ -227,13 +250,14 @@ class _ServerProcess(CommandLoop):
     async def _change(self, clients: int) -> None:
         """One ClusterLoadAssignment changes; wait until every client ACKed it."""
         target = self._tally.count("eds") + clients
+        encodes = self._encodes()
         self._profile(True)
         build = self._workload.change()
         cpu = time.process_time()
         started = time.monotonic()
         for key, snapshot in build.snapshots.items():
             self._cache.set_snapshot(key, snapshot)
-        reached = await self._tally.reached("eds", target)
+        reached = await self._all_hold("eds", target)
         cpu = time.process_time() - cpu
         self._profile(False)
         self._control.send(
@@ -241,7 +265,7 @@ class _ServerProcess(CommandLoop):
                 "set": started,
                 "reached": reached,
                 "cpu": cpu,
-                "encodes": build.encodes,
+                "encodes": self._encodes() - encodes,
                 "build_seconds": build.seconds,
                 "acks": dict(self._tally.counts),
                 "profile": self._dump("change"),
