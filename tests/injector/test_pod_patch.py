@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from meshcp.injector.pod_patch import sidecar_patch
+from meshcp.injector.pod_patch import ORIGINAL_PROBES_ANNOTATION, sidecar_patch
 from meshcp.policy.membership import PROXY_UUID_LABEL
-from tests.injector.injection import MESH, TEMPLATE, candidate_for, inject, new_proxy
+from tests.injector.injection import MESH, TEMPLATE, candidate_for, inject, new_proxy, with_annotations
 from tests.injector.reviews import apply_and_validate, bare_pod, container, deployment_pod, review
+
+#: Prometheus' conventional annotations, pointing at the sidecar's Prometheus listener.
+SCRAPE = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": "15010",
+    "prometheus.io/path": "/stats/prometheus",
+}
 
 
 def test_deployment_pod_gets_a_sidecar() -> None:
@@ -58,9 +65,10 @@ def test_bare_pod_gets_the_maps_and_lists_it_lacks() -> None:
     operations = sidecar_patch(candidate, proxy, TEMPLATE, MESH).operations
     paths = {op["path"] for op in operations}
     assert {"/metadata/labels", "/spec/initContainers", "/spec/volumes", "/spec/containers/-"} <= paths
-    assert "/metadata/annotations" not in paths  # no probes: nothing to record
+    assert "/metadata/annotations" in paths  # no probes to record, but the scrape annotations
     patched = apply_and_validate(pod, operations)
     assert patched["metadata"]["labels"] == {PROXY_UUID_LABEL: proxy.proxy_uuid}
+    assert patched["metadata"]["annotations"] == SCRAPE
     assert [c["name"] for c in patched["spec"]["initContainers"]] == ["meshcp-init"]
 
 
@@ -96,3 +104,46 @@ def test_mesh_config_sidecar_resources_win_over_the_injector_defaults() -> None:
     default = inject(pod)[0]
     (envoy,) = [c for c in default["spec"]["containers"] if c["name"] == "envoy"]
     assert envoy["resources"] == dict(TEMPLATE.resources or {})
+
+
+def test_a_pod_without_scrape_annotations_is_scraped_at_the_sidecar() -> None:
+    pod = deployment_pod()
+    del pod["metadata"]["annotations"]  # with probes to record too: both in the one new map
+    patched, _, _ = inject(pod)
+    annotations = patched["metadata"]["annotations"]
+    assert {key: annotations[key] for key in SCRAPE} == SCRAPE
+    assert ORIGINAL_PROBES_ANNOTATION in annotations
+    envoy = container(patched, "envoy")
+    assert envoy["ports"] == [{"name": "meshcp-metrics", "containerPort": 15010, "protocol": "TCP"}]
+
+
+def test_scrape_annotations_are_added_beside_the_pods_own_annotations() -> None:
+    pod = deployment_pod()
+    del pod["metadata"]["annotations"]["prometheus.io/scrape"]
+    candidate = candidate_for(review(pod))
+    operations = sidecar_patch(candidate, new_proxy(candidate), TEMPLATE, MESH).operations
+    paths = [op["path"] for op in operations]
+    assert "/metadata/annotations/prometheus.io~1scrape" in paths
+    patched = apply_and_validate(pod, operations)
+    assert patched["metadata"]["annotations"] == {
+        **pod["metadata"]["annotations"],
+        **SCRAPE,
+        ORIGINAL_PROBES_ANNOTATION: patched["metadata"]["annotations"][ORIGINAL_PROBES_ANNOTATION],
+    }
+
+
+def test_an_applications_own_prometheus_annotations_win() -> None:
+    # deployment_pod() says `prometheus.io/scrape: "true"` for its own metrics; any one of
+    # them means the application chose its scrape target: none is added or changed.
+    for own in ({}, {"prometheus.io/port": "9102"}, {"prometheus.io/path": "/metrics"}):
+        pod = with_annotations(deployment_pod(), **own)
+        patched, _, _ = inject(pod)
+        annotations = patched["metadata"]["annotations"]
+        prometheus = {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+        assert prometheus == {
+            k: v for k, v in pod["metadata"]["annotations"].items() if k.startswith("prometheus.io/")
+        }
+    pod = bare_pod()
+    pod["metadata"]["annotations"] = {"prometheus.io/scrape": "false"}  # not even a "false"
+    patched, _, _ = inject(pod)
+    assert patched["metadata"]["annotations"] == {"prometheus.io/scrape": "false"}

@@ -53,7 +53,7 @@ from meshcp.sidecar.envoy_parts import (
     static_http_manager,
     tls_socket,
 )
-from meshcp.sidecar.ports import INBOUND_PORT, OUTBOUND_PORT, PROMETHEUS_PORT
+from meshcp.sidecar.ports import INBOUND_PORT, OUTBOUND_PORT, PROMETHEUS_PATH, PROMETHEUS_PORT
 
 NETWORK_RBAC = "envoy.filters.network.rbac"
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -214,9 +214,7 @@ def inbound_listener(policy: ProxyPolicy) -> Listener:
 
 def prometheus_listener() -> Listener:
     """Envoy's stats in Prometheus format, without exposing the admin API."""
-    route = Route(
-        match=RouteMatch(path="/stats/prometheus"), route=RouteAction(cluster=naming.METRICS_CLUSTER)
-    )
+    route = Route(match=RouteMatch(path=PROMETHEUS_PATH), route=RouteAction(cluster=naming.METRICS_CLUSTER))
     manager = static_http_manager("prometheus", [route])
     return plaintext_listener(naming.PROMETHEUS_LISTENER, PROMETHEUS_PORT, network_filter(HCM, manager))
 

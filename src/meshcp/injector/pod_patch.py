@@ -1,5 +1,5 @@
 """The JSONPatch that injects a pod: the sidecar and init containers, the bootstrap volume, the
-proxy UUID label, and the probes pointed at the sidecar.
+proxy UUID label, the probes pointed at the sidecar, and Prometheus' scrape annotations.
 
 The init container installs the iptables redirection before any container starts; the
 sidecar runs Envoy as the proxy UID (whose traffic the rules let through) from the bootstrap
@@ -32,27 +32,43 @@ from meshcp.sidecar import iptables, ports
 ORIGINAL_PROBES_ANNOTATION = "meshcp.dev/original-probes"
 #: Secret volume files are read by Envoy (UID 1500); only its container mounts the volume.
 SECRET_MODE = 0o444
+#: The annotations Prometheus' conventional pod discovery (`prometheus.io/scrape`, `/port`,
+#: `/path`) reads; an application that sets any of them keeps its own.
+PROMETHEUS_ANNOTATION_PREFIX = "prometheus.io/"
+
+
+def scrape_annotations() -> dict[str, str]:
+    """Where Prometheus finds the sidecar's stats: its Prometheus listener."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ports.PROMETHEUS_PORT),
+        "prometheus.io/path": ports.PROMETHEUS_PATH,
+    }
 
 
 def sidecar_patch(
     candidate: Candidate, proxy: ProxyIdentity, template: SidecarTemplate, mesh: MeshConfig
 ) -> Patch:
     """The JSONPatch adding the sidecar, init container, bootstrap volume and proxy label,
-    and pointing HTTP/TCP probes at the sidecar's probe listeners."""
+    pointing HTTP/TCP probes at the sidecar's probe listeners, and annotating the pod for
+    Prometheus' scrape, unless it already has a `prometheus.io/*` annotation: those name
+    the application's own metrics (a pod has one scrape target by these conventions), and
+    the application's win; the sidecar is then found by its `meshcp-metrics` port
+    (deploy/prometheus/prometheus.yaml)."""
     pod = candidate.creation.pod
     metadata, spec = pod["metadata"], pod["spec"]
     ops: list[dict[str, Any]] = []
     probes = rewrite_probes(spec["containers"])
     ops += probes.operations
     add_entries(ops, metadata, "/metadata", "labels", {PROXY_UUID_LABEL: proxy.proxy_uuid})
+    annotations: dict[str, str] = {}
     if probes.annotation:
-        add_entries(
-            ops,
-            metadata,
-            "/metadata",
-            "annotations",
-            {ORIGINAL_PROBES_ANNOTATION: json.dumps(probes.annotation, separators=(",", ":"))},
-        )
+        annotations[ORIGINAL_PROBES_ANNOTATION] = json.dumps(probes.annotation, separators=(",", ":"))
+    own = metadata.get("annotations") or {}
+    if not any(key.startswith(PROMETHEUS_ANNOTATION_PREFIX) for key in own):
+        annotations.update(scrape_annotations())
+    if annotations:  # in one call: a second would replace the map the first created
+        add_entries(ops, metadata, "/metadata", "annotations", annotations)
     append(ops, spec, "/spec", "initContainers", _init_container(candidate.redirection, template))
     ops.append(
         {"op": "add", "path": "/spec/containers/-", "value": _sidecar_container(proxy, template, mesh)}

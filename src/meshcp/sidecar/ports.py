@@ -15,6 +15,9 @@ OUTBOUND_PORT = 15001
 INBOUND_PORT = 15003
 #: Envoy's stats in Prometheus format, without the admin API. Reachable without mTLS.
 PROMETHEUS_PORT = 15010
+#: The path under which the Prometheus listener serves Envoy's stats; the injector's
+#: `prometheus.io/path` annotation names it, so it lives beside the port.
+PROMETHEUS_PATH = "/stats/prometheus"
 #: The probe listeners, one per kind, where the injector sends kubelet's rewritten probes.
 PROBE_PORTS = {"liveness": 15901, "readiness": 15902, "startup": 15903}
 #: Envoy runs as this UID. The iptables rules recognise Envoy's own traffic by it.
