@@ -33,6 +33,18 @@ ISSUE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 #: Reconcile rounds: compile and publish of every proxy class.
 ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+#: Label values known before anything happens, whose series start at 0 so that a rate, a
+#: sum or a dashboard panel of something that has not happened (no NACK yet) reads 0
+#: rather than nothing. prometheus_client creates a labelled child only when first used.
+#: The short xDS type names (`cache.resource_types.SHORT_NAMES`; this layer imports none).
+XDS_TYPES = ("cds", "eds", "lds", "rds", "sds")
+#: The ADS stream kinds (`xds.sotw`, `xds.delta`).
+STREAM_KINDS = ("sotw", "delta")
+#: Why a response could not be written (`xds.service`).
+SEND_ERROR_REASONS = ("stream_closed", "connection", "other")
+#: The stream refusal the xDS server makes itself; the authoriser's reasons appear as they occur.
+NO_NODE = "no_node"
+
 
 def version() -> str:
     """The installed meshcp's version ("unknown" when run from an uninstalled tree)."""
@@ -115,6 +127,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for kind in STREAM_KINDS:
+            self.connected.labels(kind)
+        for counter in (self.responses, self.resources_sent, self.acks, self.nacks, self.stale):
+            for short in XDS_TYPES:
+                counter.labels(short)
+        self.rejected_streams.labels(NO_NODE)
+        for reason in SEND_ERROR_REASONS:
+            self.send_errors.labels(reason)
 
         # Configuration -----------------------------------------------------------------
         self.problems = Gauge(
@@ -210,13 +230,17 @@ class Metrics:
     # Callbacks of the layers that may not import this one -------------------------------
 
     def certificate_issued(self, provider: str, seconds: float) -> None:
-        """A certificate came back from `provider` after `seconds` (see `certs.issuer`)."""
+        """A certificate came back from `provider` after `seconds` (see `certs.issuer`).
+        The provider's failure count starts at 0 with its first answer."""
         self.certificates_issued.labels(provider).inc()
+        self.certificate_failures.labels(provider)
         self.issue_duration.labels(provider).observe(seconds)
 
     def certificate_failed(self, provider: str, seconds: float) -> None:
-        """Asking `provider` for a certificate failed for good after `seconds`."""
+        """Asking `provider` for a certificate failed for good after `seconds`; its issued
+        count starts at 0 if nothing was issued yet."""
         self.certificate_failures.labels(provider).inc()
+        self.certificates_issued.labels(provider)
         self.issue_duration.labels(provider).observe(seconds)
 
     def watch_event(self, kind: str, event_type: str) -> None:
