@@ -1,12 +1,15 @@
 """Sidecar stats: Prometheus series and scrape bytes per proxy, with the sidecar bootstrap's
-keep-list (`meshcp.sidecar.bootstrap.stats_config`) against the same bootstrap without it.
+keep-list (`meshcp.sidecar.bootstrap.stats_config`), with the keep-list and per-route stats
+(MeshConfig `observability.enablePerRouteStats`), and without the keep-list.
 
 A real Envoy boots the sidecar bootstrap with, instead of ADS, a static HTTP listener named
-as the inbound managers are (`inbound.<port>`) routing `/<svc>/` to one of N upstream
-clusters named as ours (`<ns>/<svc>|<port>`), all served by one local HTTP server. After a
-little traffic to each (a 200 and a 503), admin `/stats/prometheus` is scraped: a series is
-a sample line, bytes are the body's. Each configuration runs `--runs` times on a fresh
-Envoy; the median is reported.
+as the inbound managers are (`inbound.<port>`) whose routes are `compile.rds`'s outbound
+virtual hosts for N upstream services named as ours (`<ns>/<svc>|<port>`), all served by one
+local HTTP server. With per-route stats each service's routes count two HTTPRouteGroup
+matches (`/read`, `/write`) and the catch-all: three routes with a stat prefix. Each service
+gets four requests, one per route and one more to the catch-all (2 answered 200, 2 answered
+503), then admin `/stats/prometheus` is scraped: a series is a sample line, bytes are the
+body's. Each configuration runs `--runs` times on a fresh Envoy; the median is reported.
 
     .venv/bin/python benchmarks/sidecar_series.py --services 1,10,100 --runs 3
 """
@@ -37,8 +40,9 @@ from processes import stop, terminate_on_sigterm
 
 from meshcp._proto.envoy.config.bootstrap.v3 import BootstrapStaticResources
 from meshcp._proto.envoy.config.listener.v3 import FilterChain, Listener
-from meshcp._proto.envoy.config.route.v3 import Route, RouteAction, RouteMatch
-from meshcp.compile import naming
+from meshcp.compile import naming, rds
+from meshcp.model.smi import HTTPMatch
+from meshcp.policy.types import RouteStat, ServiceKey, Upstream
 from meshcp.sidecar.bootstrap import Workload, as_dict, bootstrap, stats_config
 from meshcp.sidecar.envoy_parts import (
     HCM,
@@ -54,6 +58,17 @@ NAMESPACE = "bench"
 SERVICE_PORT = 8080
 #: Seconds Envoy gets to become ready.
 STARTUP_TIMEOUT = 30.0
+#: The configurations measured: the keep-list, the keep-list with per-route stats, and
+#: every stat Envoy creates (no keep-list; no per-route stats either).
+KEEP_LIST, PER_ROUTE, ALL_STATS = "keep-list", "per-route", "all stats"
+CONFIGURATIONS = (KEEP_LIST, PER_ROUTE, ALL_STATS)
+#: Per service: (method, path, expected status); /read and /write are the counted matches.
+REQUESTS = (
+    ("GET", "/read/ok", 200),
+    ("POST", "/write/fail", 503),
+    ("GET", "/ok", 200),
+    ("GET", "/fail", 503),
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    do_POST = do_GET
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -88,17 +105,37 @@ def service(index: int) -> str:
     return f"svc-{index}"
 
 
-def sidecar_bootstrap(services: int, upstream_port: int, keep_list: bool) -> dict[str, Any]:
-    """The sidecar bootstrap with N static upstream clusters instead of ADS."""
-    workload = Workload(namespace=NAMESPACE, pod="bench-0", service_account="bench")
+def host(index: int) -> str:
+    """The Host header clients of service `index` send (one of its virtual host's domains)."""
+    return f"{service(index)}.{NAMESPACE}:{SERVICE_PORT}"
+
+
+def _upstream(index: int, route_stats: bool) -> Upstream:
+    group = f"{service(index)}-routes"
+    matches = (
+        HTTPMatch("read", path_regex="/read"),
+        HTTPMatch("write", path_regex="/write", methods=("POST",)),
+    )
+    return Upstream(
+        ServiceKey(NAMESPACE, service(index)),
+        SERVICE_PORT,
+        "http",
+        (f"10.96.{index // 250}.{index % 250 + 1}",),
+        (),
+        route_stats=tuple(RouteStat(group, m) for m in matches) if route_stats else None,
+    )
+
+
+def sidecar_bootstrap(services: int, upstream_port: int, configuration: str) -> dict[str, Any]:
+    """The sidecar bootstrap with N static upstream clusters and their compiled outbound
+    virtual hosts instead of ADS."""
+    workload = Workload(namespace="bench", pod="bench-0", service_account="bench")
     config = bootstrap("bench-0", "bench.bench", LOOPBACK, 1, tls=None, admin_port=0, **workload)
-    config.stats_config = stats_config(**workload, keep_list=keep_list)
+    config.stats_config = stats_config(**workload, keep_list=configuration != ALL_STATS)
     names = [naming.cluster(NAMESPACE, service(i), SERVICE_PORT) for i in range(services)]
-    routes = [
-        Route(match=RouteMatch(prefix=f"/{service(i)}/"), route=RouteAction(cluster=name))
-        for i, name in enumerate(names)
-    ]
-    manager = static_http_manager("inbound.14001", routes)
+    hosts = [rds.outbound_virtual_host(_upstream(i, configuration == PER_ROUTE), "") for i in range(services)]
+    manager = static_http_manager("inbound.14001", [])
+    manager.route_config = rds.outbound_route(SERVICE_PORT, hosts)
     listener = Listener(
         name=LISTENER,
         address=socket_address(LOOPBACK, 0),
@@ -111,9 +148,10 @@ def sidecar_bootstrap(services: int, upstream_port: int, keep_list: bool) -> dic
     return as_dict(config)
 
 
-def _get(url: str) -> tuple[int, bytes]:
+def _get(url: str, method: str = "GET", host_header: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method, headers={"Host": host_header} if host_header else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as error:
         return int(error.code), error.read()
@@ -125,12 +163,12 @@ class Scrape:
     bytes: int
 
 
-def measure(envoy: str, services: int, upstream_port: int, keep_list: bool) -> Scrape:
+def measure(envoy: str, services: int, upstream_port: int, configuration: str) -> Scrape:
     """One fresh Envoy: boot, traffic to every service, one scrape."""
     with tempfile.TemporaryDirectory(prefix="meshcp-bench-envoy-") as tmp:
         directory = Path(tmp)
         (directory / "bootstrap.json").write_text(
-            json.dumps(sidecar_bootstrap(services, upstream_port, keep_list))
+            json.dumps(sidecar_bootstrap(services, upstream_port, configuration))
         )
         admin_path = directory / "admin-address"
         with (directory / "envoy.log").open("wb") as log:
@@ -155,10 +193,10 @@ def measure(envoy: str, services: int, upstream_port: int, keep_list: bool) -> S
             admin = _wait_ready(process, admin_path, directory / "envoy.log")
             port = _listener_port(admin)
             for i in range(services):
-                for path, expected in (("ok", 200), ("fail", 503)):
-                    status, _ = _get(f"http://{LOOPBACK}:{port}/{service(i)}/{path}")
+                for method, path, expected in REQUESTS:
+                    status, _ = _get(f"http://{LOOPBACK}:{port}{path}", method, host(i))
                     if status != expected:
-                        raise RuntimeError(f"GET /{service(i)}/{path} answered {status}, not {expected}")
+                        raise RuntimeError(f"{method} {host(i)}{path} answered {status}, not {expected}")
             _, body = _get(f"{admin}/stats/prometheus")
         finally:
             stop(process, 5.0)
@@ -210,26 +248,28 @@ def main() -> None:
     rows = []
     with terminate_on_sigterm(), upstream() as upstream_port:
         for services in counts:
-            medians: dict[bool, Scrape] = {}
-            for keep_list in (True, False):
-                runs = [measure(envoy, services, upstream_port, keep_list) for _ in range(args.runs)]
-                medians[keep_list] = Scrape(
+            medians: dict[str, Scrape] = {}
+            for configuration in CONFIGURATIONS:
+                runs = [measure(envoy, services, upstream_port, configuration) for _ in range(args.runs)]
+                medians[configuration] = Scrape(
                     int(statistics.median(r.series for r in runs)),
                     int(statistics.median(r.bytes for r in runs)),
                 )
-            kept, baseline = medians[True], medians[False]
+            kept, routes, baseline = (medians[c] for c in CONFIGURATIONS)
             rows.append(
-                f"| {services} | {kept.series:,} | {baseline.series:,} "
+                f"| {services} | {kept.series:,} | {routes.series:,} | {baseline.series:,} "
                 f"| {baseline.series / kept.series:.1f}x "
-                f"| {kept.bytes / 1024:,.1f} KB | {baseline.bytes / 1024:,.1f} KB "
+                f"| {kept.bytes / 1024:,.1f} KB | {routes.bytes / 1024:,.1f} KB "
+                f"| {baseline.bytes / 1024:,.1f} KB "
                 f"| {baseline.bytes / kept.bytes:.1f}x |"
             )
     print(f"load after {load_average():.2f}; median of {args.runs} runs")
     print(
-        "| upstream services | series, keep-list | series, all stats | ratio "
-        "| bytes, keep-list | bytes, all stats | ratio |"
+        "| upstream services | series, keep-list | series, keep-list + per-route | series, all stats "
+        "| ratio all / keep-list | bytes, keep-list | bytes, keep-list + per-route | bytes, all stats "
+        "| ratio all / keep-list |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 
