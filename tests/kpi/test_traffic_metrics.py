@@ -74,7 +74,10 @@ def test_no_request_in_the_window_is_no_latency_and_zero_counts() -> None:
 
 
 def test_a_list_of_a_kind_names_the_kind_and_namespace() -> None:
-    received = {("bookstore", "bookstore-v2"): Figures(), ("bookstore", "bookstore-v1"): SOME}
+    received: dict[tuple[str, ...], Figures] = {
+        ("bookstore", "bookstore-v2"): Figures(),
+        ("bookstore", "bookstore-v1"): SOME,
+    }
     found = tm.resource_list("deployments", "bookstore", received, ASKED)
     assert found["kind"] == "TrafficMetricsList"
     assert found["apiVersion"] == "metrics.smi-spec.io/v1alpha1"
