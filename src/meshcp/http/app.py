@@ -9,7 +9,7 @@ from aiohttp import web
 
 from meshcp.cache.dump import dump
 from meshcp.cache.snapshot_cache import SnapshotCache
-from meshcp.http import traffic_metrics
+from meshcp.http import dashboard, traffic_metrics
 from meshcp.kpi.prometheus import Prometheus
 from meshcp.model.state import MeshState, Problem
 from meshcp.telemetry.metrics import Metrics
@@ -93,6 +93,7 @@ def create_app(controller: Controller) -> web.Application:
     app.router.add_get("/debug/cache", debug_cache)
     app.router.add_get("/debug/problems", debug_problems)
     app.router.add_get("/debug/config/{node_id}", debug_config)
+    dashboard.add_routes(app, controller.state, controller.prometheus)
     traffic_metrics.add_routes(app, controller.state, controller.prometheus)
     return app
 
