@@ -12,9 +12,9 @@ Per run: connect N streams and wait until each ACKed CDS, EDS, LDS and RDS; then
 each of --changes changes, build a new snapshot with one ClusterLoadAssignment changed
 (reusing every other encoded Resource), set it, and wait until every one of the N streams
 holds it, by the server's own state (`fanout_server.py`). Every number is the median
-over --runs fresh server processes. The baseline is a run with --baseline-clients (1,000) proxies in the same invocation: the ratio of
-per-client costs at N to those at the baseline shows whether the server scales linearly
-(1.0) or degrades with the number of streams (> 1.0). The encode column's baseline is a
+over --runs fresh server processes. The baseline is a run with --baseline-clients (1,000)
+proxies in the same invocation: the ratio of per-client costs at N to those at the
+baseline shows whether the server scales linearly (1.0) or degrades with the number of streams (> 1.0). The encode column's baseline is a
 naive rebuild that encodes every resource again.
 
 --py-spy DIR samples the server during each phase of the first run at N (py-spy from
