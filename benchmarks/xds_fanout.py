@@ -14,8 +14,9 @@ each of --changes changes, build a new snapshot with one ClusterLoadAssignment c
 holds it, by the server's own state (`fanout_server.py`). Every number is the median
 over --runs fresh server processes. The baseline is a run with --baseline-clients (1,000)
 proxies in the same invocation: the ratio of per-client costs at N to those at the
-baseline shows whether the server scales linearly (1.0) or degrades with the number of streams (> 1.0). The encode column's baseline is a
-naive rebuild that encodes every resource again.
+baseline shows whether the server scales linearly (1.0) or degrades with the number of
+streams (> 1.0). The encode column's baseline is a naive rebuild that encodes every
+resource again.
 
 --py-spy DIR samples the server during each phase of the first run at N (py-spy from
 PyPI) and prints the top functions; --profile DIR does the same with cProfile.
