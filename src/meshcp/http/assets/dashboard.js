@@ -5,7 +5,7 @@
 // (default 5; 0 stops refreshing).
 //
 // Rendered elements carry stable hooks for tests and tools: nodes `[data-node]`, edges
-// `path.edge[data-edge]` and `tr[data-edge]`, cells `td[data-col][data-value]`, splits
+// `path.edge[data-edge]` and `tr[data-edge][data-requests]`, cells `td[data-col][data-value]`, splits
 // `[data-split] tr[data-leaf][data-weight][data-share]`; <body data-state> is loading,
 // ok, empty or error, and <body data-updates> counts the data shown.
 "use strict";
@@ -174,6 +174,7 @@
             "data-rps": dataValue(edge.rps),
             "data-success": dataValue(edge.success),
             "data-secured": dataValue(edge.secured),
+            "data-requests": dataValue(edge.requests),
           },
           [svg("title", {}, [summary])],
         ),
@@ -316,7 +317,14 @@
     body.replaceChildren(
       ...rows.map((edge) => {
         const state = health(edge.success);
-        return el("tr", { "data-edge": edge.id, "data-src": edge.src, "data-dst": edge.dst, "data-health": state }, [
+        const attrs = {
+          "data-edge": edge.id,
+          "data-src": edge.src,
+          "data-dst": edge.dst,
+          "data-health": state,
+          "data-requests": dataValue(edge.requests),
+        };
+        return el("tr", attrs, [
           el("th", { scope: "row", "data-col": "src", "data-value": edge.src }, [edge.src]),
           el("td", { "data-col": "dst", "data-value": edge.dst }, [edge.dst]),
           cell("rps", edge.rps, fmtRps(edge.rps)),
