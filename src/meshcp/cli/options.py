@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 from meshcp.certs.setup import CaSettings
+from meshcp.injector.tls_reload import ReloadingTls
 from meshcp.runtime.settings import Address, Settings
 from meshcp.xds.tls import server_context
 
@@ -30,9 +31,22 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise UsageError(f"cannot load the xDS TLS files: {error}") from None
 
 
+def _api_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The HTTPS listener's context (the TrafficMetrics API's APIService); None without it."""
+    if not (args.api_tls_cert or args.api_tls_key):
+        return None
+    if not (args.api_tls_cert and args.api_tls_key):
+        raise UsageError("--api-tls-cert and --api-tls-key go together")
+    try:
+        return ReloadingTls(args.api_tls_cert, args.api_tls_key).context
+    except (OSError, ssl.SSLError, ValueError) as error:
+        raise UsageError(f"cannot load the API TLS files: {error}") from None
+
+
 def controller_settings(args: argparse.Namespace) -> Settings:
     try:
         xds, http = Address.parse(args.xds_address), Address.parse(args.http_address)
+        api = Address.parse(args.api_address)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.admission < 1:
@@ -50,6 +64,8 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         kubeconfig=args.kubeconfig,
         kube_context=args.context,
         prometheus_url=args.prometheus_url,
+        api_address=api,
+        api_tls=_api_tls(args),
     )
 
 

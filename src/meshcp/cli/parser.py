@@ -11,6 +11,7 @@ from typing import Any
 from meshcp import __version__
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.setup import PROVIDERS, default_state_dir
+from meshcp.http.api_tls import API_PORT
 from meshcp.model.durations import parse_duration
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, WEBHOOK_PORT, XDS_PORT
 
@@ -31,6 +32,25 @@ def key_spec(text: str) -> KeySpec:
         return KeySpec.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_metrics_api_options(serve: argparse.ArgumentParser) -> None:
+    """Where the TrafficMetrics API and /dashboard read, and the HTTPS listener the
+    Kubernetes API aggregator calls."""
+    serve.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="Prometheus scraping the sidecars, for the TrafficMetrics API and /dashboard (default: none)",
+    )
+    serve.add_argument(
+        "--api-address",
+        default=f"127.0.0.1:{API_PORT}",
+        help="HTTPS listener of the HTTP endpoint, with --api-tls-cert (default %(default)s)",
+    )
+    serve.add_argument(
+        "--api-tls-cert", type=Path, help="PEM chain of the HTTPS listener, for the API aggregator (reloaded)"
+    )
+    serve.add_argument("--api-tls-key", type=Path, help="PEM private key for --api-tls-cert (reloaded)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,11 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
     )
-    serve.add_argument(
-        "--prometheus-url",
-        metavar="URL",
-        help="Prometheus scraping the sidecars, for the TrafficMetrics API and /dashboard (default: none)",
-    )
+    _add_metrics_api_options(serve)
     _add_ca_options(serve)
 
     compile_ = commands.add_parser("compile", help="print the Envoy config one pod's proxy would receive")

@@ -17,6 +17,7 @@ from meshcp.certs.provider import CertificateProvider, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
 from meshcp.certs.setup import close_provider, open_provider
 from meshcp.certs.xds_server import XdsServerCredentials
+from meshcp.http.api_tls import HttpsServer
 from meshcp.http.app import Controller, HttpServer
 from meshcp.identity import Identity
 from meshcp.kpi.prometheus import Prometheus, aiohttp_fetch
@@ -138,21 +139,22 @@ class ControllerRuntime:
             cert_validity=ca.validity,
             on_round=self.metrics.round_done,
         )
-        self.http = HttpServer(
-            Controller(
-                self.readiness,
-                self.metrics,
-                self.proxies,
-                self.cache,
-                problems=lambda: self.store.state.problems,
-                state=lambda: self.store.state,
-                prometheus=(
-                    None
-                    if settings.prometheus_url is None
-                    else Prometheus(settings.prometheus_url, aiohttp_fetch(settings.prometheus_url))
-                ),
-            )
+        endpoint = Controller(
+            self.readiness,
+            self.metrics,
+            self.proxies,
+            self.cache,
+            problems=lambda: self.store.state.problems,
+            state=lambda: self.store.state,
+            prometheus=(
+                None
+                if settings.prometheus_url is None
+                else Prometheus(settings.prometheus_url, aiohttp_fetch(settings.prometheus_url))
+            ),
         )
+        self.http = HttpServer(endpoint)
+        #: The same endpoint over TLS, for the Kubernetes API aggregator (`--api-tls-cert`).
+        self.https = None if settings.api_tls is None else HttpsServer(endpoint, settings.api_tls)
         self._background: asyncio.Task[None] | None = None
 
     def _soonest_workload_expiry(self) -> float | None:
@@ -194,6 +196,14 @@ class ControllerRuntime:
         except OSError as error:
             await self.xds.stop()
             raise ListenError(f"cannot listen for HTTP on {s.http_address}: {error.strerror}") from None
+        if self.https is not None:
+            try:
+                await self.https.start(s.api_address.host, s.api_address.port)
+            except OSError as error:
+                await self.xds.stop()
+                await self.http.stop()
+                raise ListenError(f"cannot listen for HTTPS on {s.api_address}: {error.strerror}") from None
+            log.info("serving HTTPS on %s", Address(s.api_address.host, self.https.port))
         log.info(
             "serving xDS on %s (%s), HTTP on %s",
             Address(s.xds_address.host, self.xds.port),
@@ -205,6 +215,8 @@ class ControllerRuntime:
         """Close streams and listeners (proxies keep their last configuration); idempotent."""
         await self.xds.stop()
         await self.http.stop()
+        if self.https is not None:
+            await self.https.stop()
 
     async def close(self) -> None:
         await self.stop()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshcp.certs.setup import CaSettings
+from meshcp.http.api_tls import API_PORT
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, XDS_PORT
 
 
@@ -56,6 +57,11 @@ class Settings:
     #: The Prometheus that scrapes the sidecars: the TrafficMetrics API and `/dashboard`
     #: read from it (None: both answer 503, saying so; xDS never depends on it).
     prometheus_url: str | None = None
+    #: HTTPS listener of the same HTTP endpoint (the Kubernetes API aggregator calls the
+    #: TrafficMetrics API over TLS); it listens only with `api_tls`.
+    api_address: Address = field(default_factory=lambda: Address("127.0.0.1", API_PORT))
+    #: The HTTPS listener's TLS context (None: no HTTPS listener).
+    api_tls: ssl.SSLContext | None = None
     #: Debounce of source changes: quiet window, and the longest a change may wait.
     debounce_window: float = 0.1
     debounce_max: float = 1.0
