@@ -64,8 +64,9 @@ def sidecar_patch(
     annotations: dict[str, str] = {}
     if probes.annotation:
         annotations[ORIGINAL_PROBES_ANNOTATION] = json.dumps(probes.annotation, separators=(",", ":"))
-    own = metadata.get("annotations") or {}
-    if not any(key.startswith(PROMETHEUS_ANNOTATION_PREFIX) for key in own):
+    own = metadata.get("annotations")
+    own_keys = own if isinstance(own, dict) else {}  # anything else is replaced (add_entries)
+    if not any(str(key).startswith(PROMETHEUS_ANNOTATION_PREFIX) for key in own_keys):
         annotations.update(scrape_annotations())
     if annotations:  # in one call: a second would replace the map the first created
         add_entries(ops, metadata, "/metadata", "annotations", annotations)
