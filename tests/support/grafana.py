@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshcp.kpi.prometheus import Prometheus, Sample
+
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
 
@@ -171,3 +173,36 @@ def label_names(expr: str) -> set[str]:
 
 def legend_labels(legend: str) -> set[str]:
     return set(_LEGEND_LABEL.findall(legend))
+
+
+def injector_only(expr: str) -> bool:
+    """Whether an expression reads the injector's metrics (a Prometheus scraping the
+    injector answers it, not the lab's)."""
+    names = metric_names(expr)
+    return bool(names) and all(name.startswith("meshcp_injector_") for name in names)
+
+
+async def variable_values(
+    client: Prometheus, dashboard: Json, preferred: Mapping[str, str], *, injector: bool
+) -> dict[str, str]:
+    """A value for each query variable of the dashboard that this Prometheus answers (the
+    injector's variables, or the others), evaluated in order as Grafana does: the options
+    from the variable's own query (with the earlier values substituted) must include the
+    `preferred` value, if any; else the first option is taken. No option is an error."""
+    values: dict[str, str] = {}
+    for variable in variables(dashboard):
+        if injector_only(variable.selector) != injector:
+            continue
+        selector = substitute(variable.selector, values)
+        found = await client.query(f"group by ({variable.label}) ({selector})")
+        options = variable.values([sample.labels[variable.label] for sample in found])
+        assert options, f"{dashboard['uid']}: variable {variable.name} has no values ({selector})"
+        wanted = preferred.get(variable.name)
+        assert wanted is None or wanted in options, f"{variable.name}: {wanted!r} not in {options}"
+        values[variable.name] = wanted or options[0]
+    return values
+
+
+async def evaluate(client: Prometheus, expressions: Mapping[str, str]) -> dict[str, list[Sample]]:
+    """Each expression's instant vector at now, by name (an empty list: no data)."""
+    return {name: await client.query(expr) for name, expr in expressions.items()}

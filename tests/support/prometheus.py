@@ -84,10 +84,14 @@ class Exporter:
 
 
 class PrometheusServer:
-    """One Prometheus process scraping `targets` every second; stopped on exit."""
+    """One Prometheus process scraping `targets` every second; stopped on exit. With
+    `ca_file`, over HTTPS, verifying the targets' certificates against it for
+    `server_name` (a webhook's /metrics: the injector serves HTTPS only)."""
 
-    def __init__(self, targets: list[str]) -> None:
+    def __init__(self, targets: list[str], *, ca_file: Path | None = None, server_name: str = "") -> None:
         self.targets = targets
+        self.ca_file = ca_file
+        self.server_name = server_name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = Prometheus(self.url, aiohttp_fetch(self.url))
@@ -106,6 +110,7 @@ class PrometheusServer:
         (directory / "prometheus.yml").write_text(
             f"global: {{scrape_interval: {SCRAPE_INTERVAL}s, scrape_timeout: {SCRAPE_INTERVAL}s}}\n"
             f"scrape_configs:\n- job_name: test\n  static_configs: [{{targets: [{targets}]}}]\n"
+            + self._tls()
         )
         with (directory / "prometheus.log").open("wb") as log:
             self._process = await asyncio.create_subprocess_exec(
@@ -124,6 +129,14 @@ class PrometheusServer:
             self._directory.cleanup()
             raise
         return self
+
+    def _tls(self) -> str:
+        if self.ca_file is None:
+            return ""
+        return (
+            "  scheme: https\n"
+            f"  tls_config: {{ca_file: '{self.ca_file}', server_name: '{self.server_name}'}}\n"
+        )
 
     async def _ready(self) -> bool:
         assert self._process is not None

@@ -4,14 +4,23 @@ send-error panel of a healthy mesh shows 0 (deploy/grafana), without `or vector(
 from __future__ import annotations
 
 from meshcp.cache.resource_types import SHORT_NAMES
-from meshcp.telemetry.metrics import NO_NODE, SEND_ERROR_REASONS, STREAM_KINDS, XDS_TYPES, Metrics
+from meshcp.sources.kubernetes import RESOURCES
+from meshcp.telemetry.metrics import (
+    NO_NODE,
+    OBJECT_KINDS,
+    SEND_ERROR_REASONS,
+    STREAM_KINDS,
+    XDS_TYPES,
+    Metrics,
+)
 from meshcp.xds.delta import DeltaProtocol
 from meshcp.xds.sotw import SotwProtocol
 
 
-def test_the_known_label_values_are_the_ones_the_xds_layer_uses() -> None:
+def test_the_known_label_values_are_the_ones_the_other_layers_use() -> None:
     assert set(XDS_TYPES) == set(SHORT_NAMES.values())
     assert set(STREAM_KINDS) == {SotwProtocol.kind, DeltaProtocol.kind}
+    assert set(OBJECT_KINDS) == {resource.kind for resource in RESOURCES}
 
 
 def test_a_new_controller_exports_zeros_for_every_known_label_value() -> None:
@@ -24,6 +33,8 @@ def test_a_new_controller_exports_zeros_for_every_known_label_value() -> None:
     for reason in SEND_ERROR_REASONS:
         assert value("meshcp_xds_send_errors_total", {"reason": reason}) == 0
     assert value("meshcp_xds_rejected_streams_total", {"reason": NO_NODE}) == 0
+    for kind in OBJECT_KINDS:
+        assert value("meshcp_invalid_objects", {"kind": kind}) == 0
 
 
 def test_a_providers_failures_start_at_zero_with_its_first_certificate() -> None:

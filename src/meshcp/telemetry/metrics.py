@@ -44,6 +44,21 @@ STREAM_KINDS = ("sotw", "delta")
 SEND_ERROR_REASONS = ("stream_closed", "connection", "other")
 #: The stream refusal the xDS server makes itself; the authoriser's reasons appear as they occur.
 NO_NODE = "no_node"
+#: The kinds of objects meshcp reads (`sources.kubernetes.RESOURCES`), whose invalid count
+#: starts at 0; other kinds a source reports (a broken file) appear as they occur.
+OBJECT_KINDS = (
+    "Namespace",
+    "Service",
+    "Pod",
+    "ServiceAccount",
+    "EndpointSlice",
+    "TrafficTarget",
+    "HTTPRouteGroup",
+    "TCPRoute",
+    "UDPRoute",
+    "TrafficSplit",
+    "MeshConfig",
+)
 
 
 def version() -> str:
@@ -143,6 +158,8 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        for kind in OBJECT_KINDS:
+            self.problems.labels(kind)
         self.rounds = Counter(
             "meshcp_reconcile_rounds", "Reconcile rounds completed (one per settled change).", registry=r
         )
