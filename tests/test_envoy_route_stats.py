@@ -26,7 +26,7 @@ from tests.support.upstream import Upstream
 
 pytestmark = REAL_ENVOY
 
-NODE = "route-stats-node"
+NODE = "route-stats"
 WORKLOAD = Workload(namespace="bookstore", pod="bookstore-v1-0", service_account="bookstore")
 CLUSTER = naming.cluster("bookwarehouse", "bookwarehouse", 8080)
 HOST = "bookwarehouse.bookwarehouse:8080"
@@ -65,13 +65,12 @@ async def test_per_route_series_appear_over_rds_without_a_restart() -> None:
         new_connection_per_request() as client,
     ):
         config = bootstrap(
-            "route-stats", "bookstore.bookstore", "127.0.0.1", runtime.xds.port, tls=None, **WORKLOAD
+            NODE, "bookstore.bookstore", "127.0.0.1", runtime.xds.port, tls=None, admin_port=0, **WORKLOAD
         )
-        config.admin.address.socket_address.port_value = 0  # type: ignore[union-attr]
         async with EnvoyProcess(as_dict(config)) as envoy:
             off = _snapshot(encoder, upstream.port, route_stats=False)
-            runtime.cache.set_snapshot("route-stats", off)
-            await wait_acked(runtime, "route-stats", off, envoy, tuple(TYPES))
+            runtime.cache.set_snapshot(NODE, off)
+            await wait_acked(runtime, NODE, off, envoy, tuple(TYPES))
             port = await envoy.listener_port(LISTENER) or 0
 
             async def served() -> bool:
@@ -86,8 +85,8 @@ async def test_per_route_series_appear_over_rds_without_a_restart() -> None:
             pushed = {short: sample(runtime, "meshcp_xds_responses_total", short) for short in TYPES}
             on = _snapshot(encoder, upstream.port, route_stats=True)
             assert on.changed_types(off) == {resource_types.ROUTE}
-            runtime.cache.set_snapshot("route-stats", on)
-            await wait_acked(runtime, "route-stats", on, envoy, tuple(TYPES))
+            runtime.cache.set_snapshot(NODE, on)
+            await wait_acked(runtime, NODE, on, envoy, tuple(TYPES))
             for _ in range(3):
                 assert await _get_books(client, port) == 200
 
