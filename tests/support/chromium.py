@@ -100,7 +100,7 @@ class Chromium:
 
     def __init__(self, prefix: Sequence[str] = ()) -> None:
         self.prefix = tuple(prefix)
-        self._directory = tempfile.TemporaryDirectory(prefix="meshcp-chromium-")
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.WriteTransport | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -113,11 +113,15 @@ class Chromium:
 
     @property
     def log(self) -> str:
+        if self._directory is None:
+            return ""
         path = Path(self._directory.name) / "chromium.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     async def __aenter__(self) -> Chromium:
         binary = chromium_binary()
+        # Made only now: a skipped test leaves no directory behind.
+        self._directory = tempfile.TemporaryDirectory(prefix="meshcp-chromium-")
         directory = Path(self._directory.name)
         requests_read, requests_write = os.pipe()
         answers_read, answers_write = os.pipe()
@@ -157,7 +161,8 @@ class Chromium:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stop()
-        self._directory.cleanup()
+        if self._directory is not None:
+            self._directory.cleanup()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         """Dispatch the browser's messages: answers to their command, events kept when
