@@ -34,11 +34,14 @@ from meshcp.lab import layout
 from meshcp.lab.netns_http import get
 from meshcp.lab.network import LabError
 from meshcp.model.meshconfig import MESH_LABEL
+from meshcp.sources.kubernetes import RESOURCES
 from tests.injector.conftest import SERVER_NAME, FakeApi, serving_pair, write_pair
 from tests.injector.reviews import MESH_NAMESPACE, PLAIN_NAMESPACE, bare_pod, deployment_pod, review
 from tests.injector.test_server import kubeconfig
 from tests.lab.driver import LabDriver, bookstore_lab, lab_leftovers, wait_for
 from tests.lab.test_lab_stat import FLAKY_APP, FLAKY_MANIFESTS
+from tests.sources.kube_fixtures import Emulator
+from tests.sources.kube_objects import BY_KIND, key, namespace, seed, service, stored, url_of
 from tests.support import eventually, grafana
 from tests.support.prometheus import PrometheusServer, free_port
 
@@ -85,22 +88,6 @@ def _lab_prometheus() -> Prometheus:
     return Prometheus(f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}", fetch)
 
 
-async def _expressions(client: Prometheus, *, injector: bool) -> dict[str, str]:
-    """Every panel expression one Prometheus answers, by `dashboard / panel / refId`, with
-    the dashboard's variables substituted."""
-    found = {}
-    for path in grafana.paths():
-        dashboard = grafana.load(path)
-        mine = [q for q in grafana.queries(dashboard) if grafana.injector_only(q.expr) == injector]
-        if not mine:
-            continue
-        values = await grafana.variable_values(
-            client, dashboard, PREFERRED.get(dashboard["uid"], {}), injector=injector
-        )
-        found.update({query.name: grafana.substitute(query.expr, values) for query in mine})
-    return found
-
-
 def _report(results: Mapping[str, list[Sample]]) -> str:
     """Which expressions have no data, and which have only NaN (no event in the window)."""
     empty = sorted(name for name, samples in results.items() if not samples)
@@ -139,7 +126,7 @@ def test_every_lab_expression_has_data(lab: LabDriver) -> None:
     async def all_have_data() -> bool:
         _traffic(lab)  # keeps each rate window's requests fresh while scrapes catch up
         try:
-            expressions = await _expressions(client, injector=False)
+            expressions = await grafana.expressions(client, grafana.LAB, PREFERRED)
         except (AssertionError, LabError) as error:  # a variable without values yet
             last[:] = [str(error)]
             return False
@@ -183,43 +170,28 @@ async def _admissions(url: str, tls: ssl.SSLContext) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _injector(directory: Path, api: FakeApi) -> AsyncIterator[tuple[str, ssl.SSLContext, InternalCA]]:
-    """`meshcp inject` as a process on loopback, with the controller's CA on disk and kmock
-    as its Kubernetes API; stopped on exit."""
-    state = directory / "ca"
-    ca = await InternalCA.open(DirectoryStore(state))
-    cert, key = write_pair(directory, await serving_pair(ca))
-    port = free_port()
-    log = directory / "injector.log"
+async def _process(
+    log: Path, *args: str, ready: str, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[None]:
+    """`meshcp <args>` as a process, until `ready` (a URL) answers 200; stopped on exit."""
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "meshcp",
-            "inject",
-            f"--tls-cert={cert}",
-            f"--tls-key={key}",
-            f"--address=127.0.0.1:{port}",
-            f"--state-dir={state}",
-            f"--kubeconfig={kubeconfig(directory / 'kubeconfig', api.url)}",
-            stdout=output,
-            stderr=output,
+            sys.executable, "-m", "meshcp", *args, stdout=output, stderr=output
         )
-    url = f"https://127.0.0.1:{port}"
-    tls = ssl.create_default_context(cadata=await ca.trust_bundle())
 
-    async def healthy() -> bool:
+    async def answers() -> bool:
         if process.returncode is not None:
-            raise AssertionError(f"meshcp inject exited {process.returncode}:\n{log.read_text()}")
+            output = await asyncio.to_thread(log.read_text)
+            raise AssertionError(f"meshcp {args[0]} exited {process.returncode}:\n{output}")
         async with (
             aiohttp.ClientSession() as session,
-            session.get(url + "/healthz", ssl=tls, server_hostname=SERVER_NAME) as response,
+            session.get(ready, ssl=tls or False, server_hostname=SERVER_NAME if tls else None) as response,
         ):
             return response.status == 200
 
     try:
-        await eventually(healthy, 30, "meshcp inject healthy", log.read_text)
-        yield url, tls, ca
+        await eventually(answers, 30, f"meshcp {args[0]} ready", log.read_text)
+        yield
     finally:
         if process.returncode is None:
             process.terminate()
@@ -228,6 +200,29 @@ async def _injector(directory: Path, api: FakeApi) -> AsyncIterator[tuple[str, s
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def _injector(directory: Path, api: FakeApi) -> AsyncIterator[tuple[str, ssl.SSLContext, InternalCA]]:
+    """`meshcp inject` on loopback, with the controller's CA on disk and kmock as its
+    Kubernetes API."""
+    state = directory / "ca"
+    ca = await InternalCA.open(DirectoryStore(state))
+    cert, key = write_pair(directory, await serving_pair(ca))
+    url = f"https://127.0.0.1:{free_port()}"
+    tls = ssl.create_default_context(cadata=await ca.trust_bundle())
+    async with _process(
+        directory / "injector.log",
+        "inject",
+        f"--tls-cert={cert}",
+        f"--tls-key={key}",
+        f"--address={url.removeprefix('https://')}",
+        f"--state-dir={state}",
+        f"--kubeconfig={kubeconfig(directory / 'kubeconfig', api.url)}",
+        ready=url + "/healthz",
+        tls=tls,
+    ):
+        yield url, tls, ca
 
 
 async def test_every_injector_expression_has_data(tmp_path: Path) -> None:
@@ -249,7 +244,9 @@ async def test_every_injector_expression_has_data(tmp_path: Path) -> None:
                 async def all_have_data() -> bool:
                     await _admissions(url, tls)
                     try:
-                        expressions = await _expressions(prometheus.client, injector=True)
+                        expressions = await grafana.expressions(
+                            prometheus.client, grafana.INJECTOR, PREFERRED
+                        )
                     except AssertionError as error:  # not scraped yet
                         last[:] = [str(error)]
                         return False
@@ -264,6 +261,52 @@ async def test_every_injector_expression_has_data(tmp_path: Path) -> None:
                     lambda: "".join(last) + "\n" + prometheus.log,
                 )
                 print(*last)  # the count and the NaN-only ones, in the output
+
+
+async def test_every_kubernetes_source_expression_has_data(tmp_path: Path) -> None:
+    """`meshcp serve --source kubernetes` (the lab serves files) against kmock's API server,
+    which does not serve UDPRoute (its CRD is "not installed"): watch events of objects
+    created after the start, and the restarts of the UDPRoute loop."""
+    async with Emulator() as emulator, kmock.Server(emulator):
+        emulator.declare(*(key(r) for r in RESOURCES if r.kind != "UDPRoute"))
+        seed(emulator, namespace("shop"))
+        http = free_port()
+        async with (
+            _process(
+                tmp_path / "serve.log",
+                "serve",
+                "--source=kubernetes",
+                f"--kubeconfig={kubeconfig(tmp_path / 'kubeconfig', str(emulator.url))}",
+                f"--xds-address=127.0.0.1:{free_port()}",
+                f"--http-address=127.0.0.1:{http}",
+                f"--state-dir={tmp_path / 'state'}",
+                ready=f"http://127.0.0.1:{http}/readyz",
+            ),
+            PrometheusServer([f"127.0.0.1:{http}"]) as prometheus,
+        ):
+            last: list[str] = []
+            made: list[str] = []
+
+            async def all_have_data() -> bool:
+                name = f"web-{len(made)}"
+                await emulator.post(url_of(BY_KIND["Service"], "shop"), json=stored(service(name)))
+                made.append(name)
+                try:
+                    expressions = await grafana.expressions(prometheus.client, grafana.KUBERNETES, PREFERRED)
+                except AssertionError as error:  # not scraped yet
+                    last[:] = [str(error)]
+                    return False
+                results = await grafana.evaluate(prometheus.client, expressions)
+                last[:] = [_report(results)]
+                return all(results.values())
+
+            await eventually(
+                all_have_data,
+                60,
+                "data for every Kubernetes expression",
+                lambda: "".join(last) + prometheus.log,
+            )
+            print(*last)  # the count and the NaN-only ones, in the output
 
 
 def test_down_removes_the_lab(lab: LabDriver) -> None:

@@ -175,32 +175,63 @@ def legend_labels(legend: str) -> set[str]:
     return set(_LEGEND_LABEL.findall(legend))
 
 
-def injector_only(expr: str) -> bool:
-    """Whether an expression reads the injector's metrics (a Prometheus scraping the
-    injector answers it, not the lab's)."""
+#: Who answers an expression in the tests: the lab's Prometheus, or one scraping a process
+#: the lab does not run (the injector; a controller watching a Kubernetes API).
+LAB, INJECTOR, KUBERNETES = "lab", "injector", "kubernetes"
+
+
+def scraped_from(expr: str) -> str:
+    """Which Prometheus of the tests has the data of an expression (`LAB`, `INJECTOR` or
+    `KUBERNETES`)."""
     names = metric_names(expr)
-    return bool(names) and all(name.startswith("meshcp_injector_") for name in names)
+    if names and all(name.startswith("meshcp_injector_") for name in names):
+        return INJECTOR
+    if any(name.startswith("meshcp_kubernetes_") for name in names):
+        return KUBERNETES
+    return LAB
 
 
 async def variable_values(
-    client: Prometheus, dashboard: Json, preferred: Mapping[str, str], *, injector: bool
+    client: Prometheus, dashboard: Json, preferred: Mapping[str, str], needed: set[str]
 ) -> dict[str, str]:
-    """A value for each query variable of the dashboard that this Prometheus answers (the
-    injector's variables, or the others), evaluated in order as Grafana does: the options
-    from the variable's own query (with the earlier values substituted) must include the
-    `preferred` value, if any; else the first option is taken. No option is an error."""
+    """A value for each variable in `needed` (and those they depend on), evaluated in order
+    against one Prometheus as Grafana does: the options from the variable's own query (with
+    the earlier values substituted) must include the `preferred` value, if any; else the
+    first option is taken. No option is an error."""
+    found = variables(dashboard)
+    for variable in reversed(found):
+        if variable.name in needed:
+            needed |= used_variables(variable.selector)
     values: dict[str, str] = {}
-    for variable in variables(dashboard):
-        if injector_only(variable.selector) != injector:
+    for variable in found:
+        if variable.name not in needed:
             continue
         selector = substitute(variable.selector, values)
-        found = await client.query(f"group by ({variable.label}) ({selector})")
-        options = variable.values([sample.labels[variable.label] for sample in found])
+        answer = await client.query(f"group by ({variable.label}) ({selector})")
+        options = variable.values([sample.labels[variable.label] for sample in answer])
         assert options, f"{dashboard['uid']}: variable {variable.name} has no values ({selector})"
         wanted = preferred.get(variable.name)
         assert wanted is None or wanted in options, f"{variable.name}: {wanted!r} not in {options}"
         values[variable.name] = wanted or options[0]
     return values
+
+
+async def expressions(
+    client: Prometheus, source: str, preferred: Mapping[str, Mapping[str, str]]
+) -> dict[str, str]:
+    """Every panel expression of every dashboard whose data `source` has, by
+    `dashboard / panel / refId`, its variables substituted with values from `client`
+    (`preferred` values by dashboard uid, where given)."""
+    found = {}
+    for path in paths():
+        dashboard = load(path)
+        mine = [query for query in queries(dashboard) if scraped_from(query.expr) == source]
+        if not mine:
+            continue
+        needed = set().union(*(used_variables(query.expr) for query in mine))
+        values = await variable_values(client, dashboard, preferred.get(dashboard["uid"], {}), needed)
+        found.update({query.name: substitute(query.expr, values) for query in mine})
+    return found
 
 
 async def evaluate(client: Prometheus, expressions: Mapping[str, str]) -> dict[str, list[Sample]]:
