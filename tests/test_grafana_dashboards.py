@@ -156,6 +156,9 @@ def test_dashboard_shape(path: Path) -> None:
         assert variable["type"] == "query"
         assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert variable["refresh"] == 2  # on time range change: values follow the data
+        if "instance)" in variable["definition"]:
+            # "All" must be the targets listed: `.*` would take every target's process_* series.
+            assert "allValue" not in variable, variable["name"]
     ids = [panel["id"] for panel in grafana.panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids repeat"
     assert [p["gridPos"]["y"] for p in dashboard["panels"]] == sorted(

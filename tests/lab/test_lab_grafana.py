@@ -1,9 +1,11 @@
 """Every PromQL expression of every Grafana dashboard in deploy/grafana, run against real
-data: a lab's real Envoy sidecars and controller scraped by the lab's Prometheus, and a real
-`meshcp inject` process, answering real AdmissionReviews over HTTPS, scraped by a real
-Prometheus on loopback (the lab runs no injector). Each expression, with its template
-variables set to values their own queries offer and Grafana's `$__rate_interval`,
-`$__interval` and `$__range` replaced, must return data.
+data: a lab's real Envoy sidecars and controller scraped by the lab's Prometheus; for what
+the lab does not run, a real Prometheus on loopback scraping a real `meshcp inject`
+(answering real AdmissionReviews, over HTTPS) or a real `meshcp serve --source kubernetes`
+(watching kmock's API server). Each expression, with its template variables set to values
+their own queries offer and Grafana's `$__rate_interval`, `$__interval` and `$__range`
+replaced, must return data; which Prometheus answers it follows from the metrics it names
+(`tests.support.grafana.scraped_from`).
 
 Traffic: the quiet `egress-client-0` (service account bookbuyer) calls a server that fails
 on purpose (500 on /fail), so the success panels meet real 5xx, and buys books at the
