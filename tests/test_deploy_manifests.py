@@ -58,6 +58,7 @@ def test_deploy_holds_the_install_manifests() -> None:
         "controller.yaml",
         "injector.yaml",
         "meshconfig.yaml",
+        "metrics-apiservice.yaml",
     } <= names
     keys = [
         (doc["apiVersion"].split("/")[0], doc["kind"], _namespace(doc), doc["metadata"]["name"])
@@ -96,6 +97,7 @@ def test_namespaced_objects_live_in_the_meshcp_namespace() -> None:
         "ClusterRoleBinding",
         "MutatingWebhookConfiguration",
         "MeshConfig",
+        "APIService",
     }
     for path, doc in DOCUMENTS:
         expected = None if doc["kind"] in cluster_scoped else NAMESPACE

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from meshcp.injector import kube
+from meshcp.kpi import traffic_metrics
 from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE
 from tests.support.deploy import NAMESPACE, Manifest, _all, _args, _find
 
@@ -98,3 +99,20 @@ def test_injector_may_read_the_ca_secret_only() -> None:
     assert role["metadata"]["namespace"] == ca_namespace
     assert {grant for grant, _ in namespaced} == {("", "secrets", verb) for verb in _CA_SECRET_VERBS}
     assert all(names == (ca_name,) for _, names in namespaced)
+
+
+# --- TrafficMetrics API readers -------------------------------------------------------------
+
+
+def test_traffic_metrics_readers_may_read_the_api_and_nothing_else() -> None:
+    """The spec's "view metrics for all resources and edges", read-only, aggregated into
+    the built-in view role (and so edit and admin)."""
+    role = _find("ClusterRole", "meshcp-traffic-metrics-reader", file="metrics-apiservice.yaml")
+    grants = {grant for grant, _ in _grants(role["rules"])}
+    assert {group for group, _, _ in grants} == {traffic_metrics.GROUP}
+    assert {verb for _, _, verb in grants} == {"get", "list"}
+    # "*" covers every resource and sub-resource the API lists (edges included).
+    assert {resource for _, resource, _ in grants} == {"*"}
+    assert {r["name"] for r in traffic_metrics.api_resource_list()["resources"]} >= {"pods", "pods/edges"}
+    labels = role["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-view"] == "true"

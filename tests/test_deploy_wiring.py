@@ -11,6 +11,7 @@ from meshcp.cli.options import ca_settings, controller_settings
 from meshcp.injector.app import MUTATE_PATH
 from meshcp.injector.decision import SYSTEM_NAMESPACES
 from meshcp.injector.settings import DEFAULT_DEADLINE, InjectorSettings
+from meshcp.kpi import traffic_metrics
 from meshcp.model.meshconfig import MESH_LABEL
 from meshcp.runtime.settings import Address
 from tests.support.deploy import (
@@ -55,6 +56,40 @@ def test_controller_service_probes_and_scrape_annotations_match_its_listeners() 
         assert get["path"] == path
         assert _container_port(deployment, get["port"]) == settings.http_address.port
         assert get.get("scheme", "HTTP") == "HTTP"
+
+
+def test_metrics_apiservice_calls_the_controllers_https_listener() -> None:
+    """The aggregator reaches the TrafficMetrics API: APIService → Service port → the
+    controller's --api-address, serving the certificate cert-manager issues for that
+    Service, whose root cainjector puts into the APIService's caBundle."""
+    apiservice = _find("APIService", "v1alpha1.metrics.smi-spec.io", file="metrics-apiservice.yaml")
+    spec = apiservice["spec"]
+    assert (spec["group"], spec["version"]) == (traffic_metrics.GROUP, traffic_metrics.VERSION)
+    assert apiservice["metadata"]["name"] == f"{traffic_metrics.VERSION}.{traffic_metrics.GROUP}"
+    deployment = _find("Deployment", "meshcp-controller")
+    args = _args(deployment)
+    settings = controller_settings(args)
+    assert settings.api_address.host == "0.0.0.0"
+    service = _find("Service", spec["service"]["name"])
+    assert spec["service"]["namespace"] == NAMESPACE == service["metadata"]["namespace"]
+    (name,) = [p["name"] for p in service["spec"]["ports"] if p["port"] == spec["service"]["port"]]
+    assert _service_target(service, deployment, name) == (443, settings.api_address.port)
+    # The serving certificate: a whole Secret volume holding tls.crt and tls.key.
+    assert settings.api_tls_cert is not None and settings.api_tls_key is not None
+    assert settings.api_tls_cert.parent == settings.api_tls_key.parent
+    assert (settings.api_tls_cert.name, settings.api_tls_key.name) == ("tls.crt", "tls.key")
+    pod = deployment["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in _container(deployment)["volumeMounts"]}
+    volume = {v["name"]: v for v in pod["volumes"]}[mounts[str(settings.api_tls_cert.parent)]]
+    certificate = _find("Certificate", "meshcp-metrics-api-tls", file="metrics-apiservice.yaml")
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert f"{service['metadata']['name']}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    annotations = apiservice["metadata"]["annotations"]
+    ca_namespace, ca_name = annotations["cert-manager.io/inject-ca-from"].split("/")
+    root = _find("Certificate", ca_name)
+    assert ca_namespace == NAMESPACE and root["spec"]["isCA"] is True
+    issuer = _find("Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert issuer["spec"]["ca"]["secretName"] == root["spec"]["secretName"]
 
 
 # --- injector ---------------------------------------------------------------------------------

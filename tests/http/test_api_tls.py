@@ -14,7 +14,7 @@ from meshcp.certs import InternalCA, MemoryStore
 from meshcp.certs.issuance import xds_server_request
 from meshcp.cli.options import UsageError, controller_settings
 from meshcp.cli.parser import build_parser
-from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.controller import ControllerRuntime, ListenError
 from meshcp.runtime.settings import Address
 
 SERVICE_NAME = "meshcp-controller.meshcp-system.svc"
@@ -45,7 +45,7 @@ async def test_the_api_is_served_over_tls(tmp_path: Path) -> None:
             ]
         )
     )
-    assert settings.api_tls is not None
+    assert (settings.api_tls_cert, settings.api_tls_key) == (cert, key)
     assert settings.api_address == Address("127.0.0.1", 0)
     runtime = await ControllerRuntime.open(settings)
     await runtime.start()
@@ -68,10 +68,31 @@ async def test_the_api_is_served_over_tls(tmp_path: Path) -> None:
 
 async def test_no_tls_files_no_https_listener() -> None:
     settings = controller_settings(build_parser().parse_args(["serve"]))
-    assert settings.api_tls is None
+    assert settings.api_tls_cert is None
     runtime = await ControllerRuntime.open(settings)
     try:
         assert runtime.https is None
+    finally:
+        await runtime.close()
+
+
+async def test_unloadable_tls_files_are_a_listen_error(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("not a certificate")
+    (tmp_path / "tls.key").write_text("not a key")
+    args = [
+        "serve",
+        "--http-address=127.0.0.1:0",
+        "--xds-address=127.0.0.1:0",
+        "--insecure-xds",
+        "--api-address=127.0.0.1:0",
+        f"--api-tls-cert={tmp_path / 'tls.crt'}",
+        f"--api-tls-key={tmp_path / 'tls.key'}",
+        f"--state-dir={tmp_path / 'state'}",
+    ]
+    runtime = await ControllerRuntime.open(controller_settings(build_parser().parse_args(args)))
+    try:
+        with pytest.raises(ListenError, match=r"cannot listen for HTTPS on 127\.0\.0\.1:0"):
+            await runtime.start()
     finally:
         await runtime.close()
 
@@ -80,7 +101,6 @@ async def test_no_tls_files_no_https_listener() -> None:
     ("args", "message"),
     [
         (["--api-tls-cert=/nonexistent.crt"], "--api-tls-cert and --api-tls-key go together"),
-        (["--api-tls-cert=/nonexistent.crt", "--api-tls-key=/nonexistent.key"], "cannot load the API TLS"),
         (["--api-address=nowhere"], "'nowhere' is not HOST:PORT"),
     ],
 )

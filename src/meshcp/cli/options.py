@@ -8,7 +8,6 @@ import ssl
 from pathlib import Path
 
 from meshcp.certs.setup import CaSettings
-from meshcp.injector.tls_reload import ReloadingTls
 from meshcp.runtime.settings import Address, Settings
 from meshcp.xds.tls import server_context
 
@@ -31,18 +30,6 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise UsageError(f"cannot load the xDS TLS files: {error}") from None
 
 
-def _api_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The HTTPS listener's context (the TrafficMetrics API's APIService); None without it."""
-    if not (args.api_tls_cert or args.api_tls_key):
-        return None
-    if not (args.api_tls_cert and args.api_tls_key):
-        raise UsageError("--api-tls-cert and --api-tls-key go together")
-    try:
-        return ReloadingTls(args.api_tls_cert, args.api_tls_key).context
-    except (OSError, ssl.SSLError, ValueError) as error:
-        raise UsageError(f"cannot load the API TLS files: {error}") from None
-
-
 def controller_settings(args: argparse.Namespace) -> Settings:
     try:
         xds, http = Address.parse(args.xds_address), Address.parse(args.http_address)
@@ -51,6 +38,8 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         raise UsageError(str(error)) from None
     if args.admission < 1:
         raise UsageError("--admission must be at least 1")
+    if bool(args.api_tls_cert) != bool(args.api_tls_key):
+        raise UsageError("--api-tls-cert and --api-tls-key go together")
     return Settings(
         xds_address=xds,
         http_address=http,
@@ -65,7 +54,8 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         kube_context=args.context,
         prometheus_url=args.prometheus_url,
         api_address=api,
-        api_tls=_api_tls(args),
+        api_tls_cert=args.api_tls_cert,
+        api_tls_key=args.api_tls_key,
     )
 
 

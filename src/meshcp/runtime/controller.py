@@ -154,7 +154,11 @@ class ControllerRuntime:
         )
         self.http = HttpServer(endpoint)
         #: The same endpoint over TLS, for the Kubernetes API aggregator (`--api-tls-cert`).
-        self.https = None if settings.api_tls is None else HttpsServer(endpoint, settings.api_tls)
+        self.https = (
+            None
+            if settings.api_tls_cert is None or settings.api_tls_key is None
+            else HttpsServer(endpoint, settings.api_tls_cert, settings.api_tls_key)
+        )
         self._background: asyncio.Task[None] | None = None
 
     def _soonest_workload_expiry(self) -> float | None:
@@ -199,10 +203,10 @@ class ControllerRuntime:
         if self.https is not None:
             try:
                 await self.https.start(s.api_address.host, s.api_address.port)
-            except OSError as error:
+            except (OSError, ValueError) as error:
                 await self.xds.stop()
                 await self.http.stop()
-                raise ListenError(f"cannot listen for HTTPS on {s.api_address}: {error.strerror}") from None
+                raise ListenError(f"cannot listen for HTTPS on {s.api_address}: {error}") from None
             log.info("serving HTTPS on %s", Address(s.api_address.host, self.https.port))
         log.info(
             "serving xDS on %s (%s), HTTP on %s",

@@ -58,10 +58,12 @@ class Settings:
     #: read from it (None: both answer 503, saying so; xDS never depends on it).
     prometheus_url: str | None = None
     #: HTTPS listener of the same HTTP endpoint (the Kubernetes API aggregator calls the
-    #: TrafficMetrics API over TLS); it listens only with `api_tls`.
+    #: TrafficMetrics API over TLS); it listens only with `api_tls_cert` and `api_tls_key`.
     api_address: Address = field(default_factory=lambda: Address("127.0.0.1", API_PORT))
-    #: The HTTPS listener's TLS context (None: no HTTPS listener).
-    api_tls: ssl.SSLContext | None = None
+    #: PEM files of the HTTPS listener's certificate chain and key, re-read when they change
+    #: (None: no HTTPS listener).
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
     #: Debounce of source changes: quiet window, and the longest a change may wait.
     debounce_window: float = 0.1
     debounce_max: float = 1.0
