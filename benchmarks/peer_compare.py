@@ -169,6 +169,7 @@ class Figures:
     cold_server_resources: float = 0.0
     change_server_responses: float = 0.0
     change_server_resources: float = 0.0
+    change_fanout_mean_ms: float = 0.0  # meshcp: mean push latency (content due -> ACK)
     server_counters: dict[str, Any] = field(default_factory=dict)
     note: str = ""
 
@@ -220,6 +221,9 @@ class Launch:
         for prefix in ("meshcp_xds_responses", "meshcp_xds_resources_sent", "meshcp_xds_acks"):
             out[prefix] = sum(v for k, v in metrics.items() if k.startswith(prefix) and "{" in k)
         out["meshcp_cache_encodes_total"] = metrics.get("meshcp_cache_encodes_total", 0.0)
+        for part in ("sum", "count"):  # publish (a stream's content due) -> its ACK
+            name = f"meshcp_xds_push_latency_seconds_{part}"
+            out[name] = sum(v for k, v in metrics.items() if k.startswith(name + "{"))
         return out
 
     def close(self) -> None:
@@ -292,7 +296,11 @@ class Launch:
         }
         f.peak_rss_mb = self._status_mb("VmHWM")
         f.cold_server_responses, f.cold_server_resources = _sent(counters0)
-        f.change_server_responses, f.change_server_resources = _sent(f.server_counters["change"])
+        change = f.server_counters["change"]
+        f.change_server_responses, f.change_server_resources = _sent(change)
+        pushes = change.get("meshcp_xds_push_latency_seconds_count")
+        if pushes:
+            f.change_fanout_mean_ms = 1000 * change["meshcp_xds_push_latency_seconds_sum"] / pushes
         return f
 
     def _wait_idle(self) -> None:
@@ -407,6 +415,11 @@ ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("endpoint change p99, ms", "change_p99_ms", lambda v: f"{v:.0f}"),
     ("endpoint change max, ms", "change_max_ms", lambda v: f"{v:.0f}"),
     ("proxies that received the change", "change_affected", lambda v: f"{v:,.0f}"),
+    (
+        "meshcp only: mean of its push latency (a stream's new content due -> its ACK), ms",
+        "change_fanout_mean_ms",
+        lambda v: f"{v:.0f}" if v else "-",
+    ),
     ("server CPU for the change, s", "change_cpu_s", lambda v: f"{v:.3f}"),
     ("bytes sent for the change, MB", "change_bytes", lambda v: f"{v / 1e6:,.2f}"),
     ("responses sent for the change (server's count)", "change_server_responses", lambda v: f"{v:,.0f}"),
