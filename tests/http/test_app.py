@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshcp.identity import Identity
+from meshcp.injector.metrics import InjectorMetrics
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 
@@ -20,9 +21,13 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 _ROW = re.compile(r"^\| `([a-z_:]+)` \| (counter|gauge|histogram) \| ([^|]*)\|", re.MULTILINE)
 
 
-def documented() -> dict[str, tuple[str, set[str]]]:
-    """Exposed name -> (type, label names), from the tables of docs/observability.md."""
-    rows = _ROW.findall(DOC.read_text())
+def documented(section: str = "") -> dict[str, tuple[str, set[str]]]:
+    """Exposed name -> (type, label names), from the tables of docs/observability.md: the
+    controller's (before the first other top-level section), or those of `# <section>`."""
+    text = DOC.read_text()
+    parts = re.split(r"^# ", text, flags=re.MULTILINE)
+    chosen = parts[1] if not section else next(p for p in parts if p.startswith(section))
+    rows = _ROW.findall(chosen)
     return {name: (kind, set(re.findall(r"`(\w+)`", labels))) for name, kind, labels in rows}
 
 
@@ -83,3 +88,18 @@ async def test_counters_end_in_total_and_every_meshcp_metric_is_documented(
             assert name.endswith("_seconds"), name
     ours = {name for name in scraped if name.startswith("meshcp_")}
     assert ours - docs.keys() == set(), "served but not in docs/observability.md"
+
+
+def test_the_injector_serves_what_is_documented() -> None:
+    """The injector's table (its own registry) against what it exposes."""
+    docs = documented("The injector's metrics")
+    assert docs, "no injector table in docs/observability.md"
+    families = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in text_string_to_metric_families(InjectorMetrics().exposition().decode())
+    }
+    assert {name: kind for name, (kind, _) in docs.items()} == {
+        name: kind
+        for name, kind in families.items()
+        if name.startswith("meshcp_") and not name.endswith("_created")
+    }
