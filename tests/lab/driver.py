@@ -22,6 +22,7 @@ from meshcp.lab import layout
 from meshcp.lab.commands import find_envoy
 from meshcp.lab.network import LabError
 from meshcp.lab.processes import running
+from tests.support import required_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOKSTORE = ROOT / "examples" / "bookstore"
@@ -44,11 +45,7 @@ def require_lab() -> None:
 
 def require_prometheus() -> None:
     """Prometheus is optional for the lab; its tests skip without it, and fail in CI."""
-    if shutil.which("prometheus") is None:
-        reason = "prometheus is not installed (Debian package prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    required_binary("prometheus", "prometheus")
 
 
 def lab_leftovers() -> list[str]:

@@ -41,7 +41,7 @@ from tests.injector.conftest import SERVER_NAME, FakeApi, serving_pair, write_pa
 from tests.injector.reviews import MESH_NAMESPACE, PLAIN_NAMESPACE, bare_pod, deployment_pod, review
 from tests.injector.test_server import kubeconfig
 from tests.lab.driver import LabDriver, bookstore_lab, lab_leftovers, wait_for
-from tests.lab.test_lab_stat import FLAKY_APP, FLAKY_MANIFESTS
+from tests.lab.failing_app import FAILING_APP, FLAKY_MANIFESTS
 from tests.sources.kube_fixtures import Emulator
 from tests.sources.kube_objects import BY_KIND, key, namespace, seed, service, stored, url_of
 from tests.support import eventually, grafana
@@ -79,7 +79,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     yield from bookstore_lab(
         tmp_path_factory.mktemp("bookstore"),
         prometheus=True,
-        extra={"flaky.yaml": FLAKY_MANIFESTS, "apps/flaky.py": FLAKY_APP},
+        extra={"flaky.yaml": FLAKY_MANIFESTS, "apps/flaky.py": FAILING_APP},
     )
 
 

@@ -21,6 +21,7 @@ from tests.lab.driver import (
     lab_leftovers,
     wait_for,
 )
+from tests.lab.failing_app import FAILING_APP, FLAKY_MANIFESTS
 
 BOOKSTORE = "http://bookstore.bookstore:14001"
 CLIENT = "bookbuyer/egress-client-0"
@@ -31,74 +32,6 @@ ALLOWED, REFUSED = 10, 5
 SCRAPE_DEADLINE = 60.0
 FLAKY = "http://flaky.flaky:8080"
 FAILED, SERVED = 4, 6
-#: A server that fails on purpose (500 on /fail), in a permissive namespace so that any
-#: mesh identity may call it.
-FLAKY_MANIFESTS = """\
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: flaky
-  labels:
-    meshcp.dev/monitored-by: meshcp
-  annotations:
-    meshcp.dev/permissive: "true"
----
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: flaky
-  namespace: flaky
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: flaky
-  namespace: flaky
-spec:
-  selector:
-    app: flaky
-  ports:
-  - name: http
-    port: 8080
-    targetPort: 8080
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: flaky-0
-  namespace: flaky
-  labels:
-    app: flaky
-spec:
-  serviceAccountName: flaky
-  containers:
-  - name: flaky
-    command: ["python3", "apps/flaky.py"]
-    ports:
-    - name: http
-      containerPort: 8080
-    readinessProbe:
-      tcpSocket:
-        port: 8080
-"""
-FLAKY_APP = """\
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = b'{"plaintext": true}'
-        self.send_response(500 if self.path == "/fail" else 200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     yield from bookstore_lab(
         tmp_path_factory.mktemp("bookstore"),
         prometheus=True,
-        extra={"flaky.yaml": FLAKY_MANIFESTS, "apps/flaky.py": FLAKY_APP},
+        extra={"flaky.yaml": FLAKY_MANIFESTS, "apps/flaky.py": FAILING_APP},
     )
 
 

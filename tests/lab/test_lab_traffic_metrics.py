@@ -25,6 +25,7 @@ from meshcp.lab import layout, netns_http
 from meshcp.lab.network import LabError
 from meshcp.sidecar import ports
 from tests.lab.driver import LabDriver, bookstore_lab, lab_leftovers, wait_for
+from tests.lab.failing_app import FAILING_APP
 
 API = "/apis/metrics.smi-spec.io/v1alpha1"
 #: Longer than the lab has run: every counter was born inside it, so counts are totals.
@@ -115,25 +116,6 @@ spec:
   - kind: ServiceAccount
     name: bookbuyer
     namespace: bookbuyer
-"""
-FAILING_APP = """\
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-
-class Failing(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        status = 500 if self.path == "/fail" else 200
-        body = b'{"plaintext": true}'
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-ThreadingHTTPServer(("0.0.0.0", 8080), Failing).serve_forever()
 """
 
 

@@ -6,10 +6,13 @@ Everything here polls with deadlines; nothing synchronises by sleeping a fixed t
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import pytest
 
 #: How often `eventually` re-checks its predicate.
 POLL_INTERVAL = 0.05
@@ -44,3 +47,15 @@ async def eventually(
                 message += "\n" + details()
             raise AssertionError(message)
         await asyncio.sleep(POLL_INTERVAL)
+
+
+def required_binary(name: str, package: str) -> str:
+    """The path of executable `name`; without it the calling test skips with how to install
+    it (Debian `package`), except in CI (`CI` set), where a missing prerequisite fails."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (apt-get install -y {package})"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path

@@ -23,7 +23,6 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pytest
+from tests.support import required_binary
 
 #: Seconds any one DevTools command may take.
 COMMAND_TIMEOUT = 30.0
@@ -73,13 +72,7 @@ os.execv(sys.argv[3], sys.argv[3:])
 
 def chromium_binary() -> str:
     """The `chromium` executable; skip without it, fail in CI."""
-    path = shutil.which("chromium")
-    if path is None:
-        reason = "chromium is not installed (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return required_binary("chromium", "chromium")
 
 
 def artifact(name: str) -> Path:

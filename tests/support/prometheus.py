@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
-import pytest
 from aiohttp import web
 
 from meshcp.kpi.prometheus import Prometheus, PrometheusUnreachable, aiohttp_fetch
-from tests.support import eventually
+from tests.support import eventually, required_binary
 
 #: Scrape interval (s): the shortest Prometheus takes, so tests wait little.
 SCRAPE_INTERVAL = 1
@@ -35,13 +32,7 @@ SCRAPE_INTERVAL = 1
 
 def prometheus_binary() -> str:
     """The `prometheus` executable; skip without it, fail in CI."""
-    path = shutil.which("prometheus")
-    if path is None:
-        reason = "prometheus is not installed (apt-get install -y prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return required_binary("prometheus", "prometheus")
 
 
 def free_port() -> int:
@@ -95,22 +86,25 @@ class PrometheusServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = Prometheus(self.url, aiohttp_fetch(self.url))
-        self._directory = tempfile.TemporaryDirectory(prefix="meshcp-prometheus-")
+        #: Made on entry, after the binary was found (a skip leaves nothing to clean up).
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
         self._process: asyncio.subprocess.Process | None = None
 
     @property
     def log(self) -> str:
+        if self._directory is None:
+            return ""
         path = Path(self._directory.name) / "prometheus.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     async def __aenter__(self) -> PrometheusServer:
         binary = prometheus_binary()
+        self._directory = tempfile.TemporaryDirectory(prefix="meshcp-prometheus-")
         directory = Path(self._directory.name)
         targets = ", ".join(f'"{t}"' for t in self.targets)
         (directory / "prometheus.yml").write_text(
             f"global: {{scrape_interval: {SCRAPE_INTERVAL}s, scrape_timeout: {SCRAPE_INTERVAL}s}}\n"
-            f"scrape_configs:\n- job_name: test\n  static_configs: [{{targets: [{targets}]}}]\n"
-            + self._tls()
+            f"scrape_configs:\n- job_name: test\n  static_configs: [{{targets: [{targets}]}}]\n" + self._tls()
         )
         with (directory / "prometheus.log").open("wb") as log:
             self._process = await asyncio.create_subprocess_exec(
@@ -127,6 +121,7 @@ class PrometheusServer:
         except BaseException:
             await self._stop()
             self._directory.cleanup()
+            self._directory = None
             raise
         return self
 
@@ -174,4 +169,6 @@ class PrometheusServer:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stop()
-        self._directory.cleanup()
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None
