@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from meshcp.model.core import Namespace, ServiceAccount
 from meshcp.model.meta import Meta, ObjectRef, frozen_map
 from meshcp.model.state import Problem
 from meshcp.runtime.store import Store
+from meshcp.sources import files, manifests
 from meshcp.sources.events import Delete, Event, Invalid, Resolved, Synced, Upsert
 from meshcp.sources.files import FileSource, SourceError
 
@@ -93,6 +95,21 @@ async def watching(
     feed.task = asyncio.create_task(source.run())
     try:
         yield feed, await feed.until(has(Synced))
+    finally:
+        feed.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed.task
+
+
+@contextlib.asynccontextmanager
+async def running(directory: Path) -> AsyncIterator[tuple[FileSource, Feed]]:
+    """Like `watching`, with the source itself (for its parse counter) once it is synced."""
+    feed = Feed()
+    source = FileSource(directory, feed.emit)
+    feed.task = asyncio.create_task(source.run())
+    try:
+        await feed.until(has(Synced))
+        yield source, feed
     finally:
         feed.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -385,3 +402,140 @@ async def test_the_bookstore_example_loads_without_problems() -> None:
     ]
     assert all(pod.ready and pod.ip.startswith("10.244.") for pod in state.pods)
     assert all(service.cluster_ip.startswith("10.96.") for service in state.services)
+
+
+async def test_an_edit_to_a_big_file_parses_only_the_documents_it_changed(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    texts = [account(f"svc-{i}") for i in range(50)]  # 5 lines each, 6 with the marker
+    write(path, "---\n".join(texts))
+    async with running(tmp_path) as (source, feed):
+        assert source.documents_parsed == 50
+
+        # A comment in the first document moves every later one a line down; one is edited.
+        texts[0] = "# the shop\n" + texts[0]
+        texts[25] = account("svc-25", tier="data")
+        write(path, "---\n".join(texts))
+        assert await feed.until(has(Upsert)) == [Upsert(sa("svc-25", tier="data"), "mesh.yaml:152")]
+        assert source.documents_parsed == 52  # the two documents whose text changed
+
+        # The documents that only moved were not parsed again, and their locations followed.
+        write(tmp_path / "other.yaml", account("svc-40"))
+        reason = "defined again; the definition at mesh.yaml:244 is used"
+        assert await feed.until(has(Invalid)) == [Invalid(Problem(ref("svc-40"), reason, "other.yaml:1"))]
+        assert source.documents_parsed == 53
+
+        # Removing a document parses nothing; a problem citing a moved line is said again.
+        del texts[10]
+        write(path, "---\n".join(texts))
+        reason = "defined again; the definition at mesh.yaml:238 is used"
+        assert await feed.until(has(Delete)) == [
+            Delete(ref("svc-10")),
+            Invalid(Problem(ref("svc-40"), reason, "other.yaml:1")),
+        ]
+        assert source.documents_parsed == 53
+
+        texts[0] = "# the shop, again\n#\n" + texts[0]
+        write(path, "---\n".join(texts))
+        reason = "defined again; the definition at mesh.yaml:240 is used"
+        assert await feed.until(has(Invalid)) == [Invalid(Problem(ref("svc-40"), reason, "other.yaml:1"))]
+        assert source.documents_parsed == 54
+
+
+async def test_a_renamed_file_is_not_parsed_again(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "---\n".join(account(f"svc-{i}") for i in range(5)))
+    async with running(tmp_path) as (source, feed):
+        os.replace(tmp_path / "a.yaml", tmp_path / "b.yaml")
+        write(tmp_path / "c.yaml", account("db"))  # to know when the rename has been read
+        assert await feed.until(has(Upsert)) == [Upsert(sa("db"), "c.yaml:1")]
+        assert source.documents_parsed == 6
+
+
+@pytest.mark.parametrize(
+    ("module", "held"), [(manifests, "parse_object"), (files, "_signature")], ids=["parse", "stat"]
+)
+async def test_the_event_loop_keeps_running_while_files_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: object, held: str
+) -> None:
+    """Parsing and stat run in the source's thread: while one is held up, a heartbeat task on
+    the loop keeps ticking, and it is the heartbeat that lets the held-up step go on. (On the
+    loop, the step would block the heartbeat until the hold gives up, and the test fails.)"""
+    started, released = threading.Event(), threading.Event()
+    outcomes: list[bool] = []
+    real = getattr(module, held)
+
+    def slow(*args: Any) -> Any:
+        started.set()
+        outcomes.append(released.wait(TIMEOUT))
+        return real(*args)
+
+    monkeypatch.setattr(module, held, slow)
+    beats = 0
+
+    async def heartbeat() -> None:
+        nonlocal beats
+        while beats < 100:
+            await asyncio.sleep(0)
+            if started.is_set():
+                beats += 1
+        released.set()
+
+    write(tmp_path / "a.yaml", account("web"))
+    beating = asyncio.create_task(heartbeat())
+    try:
+        async with watching(tmp_path) as (_, events):
+            assert Upsert(sa("web"), "a.yaml:1") in events
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+    assert beats == 100
+    assert outcomes and all(outcomes)  # every held-up call was let go by the heartbeat
+
+
+async def test_an_edit_stats_only_the_files_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stat: Counter[str] = Counter()
+    real = files._signature
+
+    def counted(path: Path) -> tuple[int, int, int]:
+        stat[path.name] += 1
+        return real(path)
+
+    monkeypatch.setattr(files, "_signature", counted)
+    for i in range(20):
+        write(tmp_path / f"ns-{i % 4}" / f"svc-{i}.yaml", account(f"svc-{i}"))
+    async with running(tmp_path) as (_, feed):
+        assert sum(stat.values()) == 20
+        stat.clear()
+        write(tmp_path / "ns-3" / "svc-7.yaml", account("svc-7", tier="data"))
+        assert await feed.until(has(Upsert)) == [Upsert(sa("svc-7", tier="data"), "ns-3/svc-7.yaml:1")]
+        assert stat == {"svc-7.yaml": 1}  # not a walk of the tree
+
+
+async def test_a_directory_moved_in_is_read_and_one_removed_is_deleted(tmp_path: Path) -> None:
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    write(tree / "a.yaml", account("web"))
+    write(outside / "team" / "deeper" / "b.yaml", account("db"))
+    write(outside / "team" / "c.yaml", account("cache"))
+    async with watching(tree) as (feed, _):
+        os.rename(outside / "team", tree / "team")
+        moved_in = await feed.until(lambda got: len(changes(got)) >= 2)
+        assert sorted(changes(moved_in)) == [("Upsert", ref("cache")), ("Upsert", ref("db"))]
+
+        shutil.rmtree(tree / "team")
+        removed = await feed.until(lambda got: len(changes(got)) >= 2)
+        assert sorted(changes(removed)) == [("Delete", ref("cache")), ("Delete", ref("db"))]
+
+
+async def test_a_configmap_update_through_its_data_symlink_is_seen(tmp_path: Path) -> None:
+    """Kubernetes' atomic writer: visible names are symlinks through `..data`, which is swapped
+    to a new hidden directory; the visible names themselves do not change."""
+    write(tmp_path / "..2025_01" / "shop.yaml", account("web"))
+    (tmp_path / "..data").symlink_to("..2025_01")
+    (tmp_path / "shop.yaml").symlink_to("..data/shop.yaml")
+    async with watching(tmp_path) as (feed, events):
+        assert Upsert(sa("web"), "shop.yaml:1") in events
+        write(tmp_path / "..2025_02" / "shop.yaml", account("web", tier="front"))
+        (tmp_path / "..data_tmp").symlink_to("..2025_02")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+        shutil.rmtree(tmp_path / "..2025_01")
+        assert await feed.until(has(Upsert)) == [Upsert(sa("web", tier="front"), "shop.yaml:1")]
