@@ -121,19 +121,20 @@ def edge_kind(kind: str) -> str:
     return _kind(kind, EDGE_KINDS)
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """A PromQL string literal of `value`."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _source_matchers(res: Resource) -> list[str]:
+def source_matchers(res: Resource) -> list[str]:
     """Label matchers for requests sent by `res` (a pod, deploy or namespace)."""
     if res.kind not in ("pod", "deploy", "ns"):
         raise QueryError(f"--from takes pod, deploy or ns, not {res.kind}")
-    found = [f"{SOURCE_NAMESPACE}={_quote(res.namespace)}"] if res.namespace else []
+    found = [f"{SOURCE_NAMESPACE}={quote(res.namespace)}"] if res.namespace else []
     if res.kind == "pod" and res.name:
-        found.append(f"{SOURCE_POD}={_quote(res.name)}")
+        found.append(f"{SOURCE_POD}={quote(res.name)}")
     elif res.kind == "deploy" and res.name:
-        found.append(f"{SOURCE_POD}=~{_quote(DEPLOY_POD.replace('(.+?)', re.escape(res.name), 1))}")
+        found.append(f"{SOURCE_POD}=~{quote(DEPLOY_POD.replace('(.+?)', re.escape(res.name), 1))}")
     return found
 
 
@@ -143,9 +144,9 @@ def _destination_matchers(res: Resource) -> list[str]:
         raise QueryError(
             f"--to takes svc or ns, not {res.kind} (the server pod is not in client-side series)"
         )
-    found = [f"{DESTINATION_NAMESPACE}={_quote(res.namespace)}"] if res.namespace else []
+    found = [f"{DESTINATION_NAMESPACE}={quote(res.namespace)}"] if res.namespace else []
     if res.kind == "svc" and res.name:
-        found.append(f"{DESTINATION_SERVICE}={_quote(res.name)}")
+        found.append(f"{DESTINATION_SERVICE}={quote(res.name)}")
     return found
 
 
@@ -154,9 +155,9 @@ def matchers(selection: Selection) -> str:
     destination service: not the local, passthrough or metrics clusters)."""
     res = selection.resource
     found = [f'{DESTINATION_SERVICE}!=""']
-    found += _destination_matchers(res) if res.kind == "svc" else _source_matchers(res)
+    found += _destination_matchers(res) if res.kind == "svc" else source_matchers(res)
     if selection.source is not None:
-        found += _source_matchers(selection.source)
+        found += source_matchers(selection.source)
     if selection.destination is not None:
         found += _destination_matchers(selection.destination)
     return ",".join(dict.fromkeys(found))
@@ -180,11 +181,15 @@ def group_labels(kind: str, per_destination: bool = False) -> tuple[str, ...]:
     return found
 
 
-def _by_deploy(vector: str, kind: str) -> str:
+def by_deploy(vector: str, deploy: bool) -> str:
     """The vector with a `deploy` label made from `source_pod` when rows are deploys."""
-    if kind != "deploy":
+    if not deploy:
         return vector
-    return f'label_replace({vector}, "{DEPLOY}", "$1", "{SOURCE_POD}", {_quote(DEPLOY_POD)})'
+    return f'label_replace({vector}, "{DEPLOY}", "$1", "{SOURCE_POD}", {quote(DEPLOY_POD)})'
+
+
+def _by_deploy(vector: str, kind: str) -> str:
+    return by_deploy(vector, kind == "deploy")
 
 
 def _selector(metric: str, selection: Selection, extra: str = "") -> str:
@@ -216,10 +221,16 @@ def _sum_increase(metric: str, selection: Selection, extra: str = "") -> str:
     sample already holds those failures, which `rate`/`increase` ignore (they need two
     samples): a burst of 5xx would never show. A restart (the value falling) counts 0."""
     kind = selection.resource.kind
-    labels = ", ".join(group_labels(kind, selection.per_destination))
-    now = _selector(metric, selection, extra)
-    grown = f"clamp_min({now} - ({now} offset {selection.window} or {now} * 0), 0)"
-    return f"sum by ({labels}) ({_by_deploy(grown, kind)})"
+    labels = group_labels(kind, selection.per_destination)
+    return growth(_selector(metric, selection, extra), labels, selection.window, deploy=kind == "deploy")
+
+
+def growth(selector: str, labels: tuple[str, ...], window_: str, *, deploy: bool = False) -> str:
+    """The per-row growth of the counters `selector` selects over the window, summed by
+    `labels`: `now - (now offset w or now * 0)`, so a series born inside the window counts
+    from zero, and a restart (the value falling) counts 0."""
+    grown = f"clamp_min({selector} - ({selector} offset {window_} or {selector} * 0), 0)"
+    return f"sum by ({', '.join(labels)}) ({by_deploy(grown, deploy)})"
 
 
 def success_rate(selection: Selection) -> str:
@@ -292,7 +303,7 @@ def edges(namespace: str, window_: str) -> str:
 
     if not namespace:
         return one("")
-    ns = _quote(namespace)
+    ns = quote(namespace)
     return f"({one(f',{SOURCE_NAMESPACE}={ns}')}) or ({one(f',{DESTINATION_NAMESPACE}={ns}')})"
 
 
@@ -316,7 +327,7 @@ def edge_connections() -> str:
 def namespace_known(namespace: str) -> str:
     """Any sidecar series naming the namespace at either end: empty when the namespace is
     not meshed, not scraped, or does not exist."""
-    ns = _quote(namespace)
+    ns = quote(namespace)
     return f"group({{{SOURCE_NAMESPACE}={ns}}}) or group({{{DESTINATION_NAMESPACE}={ns}}})"
 
 

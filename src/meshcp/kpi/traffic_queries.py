@@ -31,7 +31,6 @@ from meshcp.sidecar.bootstrap import (
     DESTINATION_SERVICE,
     LOCAL_SERVICE,
     SOURCE_NAMESPACE,
-    SOURCE_POD,
 )
 
 #: The URL's resource names → the kinds of `meshcp.kpi.queries`.
@@ -79,22 +78,13 @@ def name(text: str) -> str:
     return text
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def selects(kind_: str, namespace: str, name_: str = "") -> tuple[str, ...]:
     """Matchers of the series a pod, deploy or namespace's own sidecars export (all of the
     namespace's pods or deploys without `name_`, of every namespace without `namespace`). A
     namespace's name is its own."""
-    if kind_ == "ns":
-        return (f"{SOURCE_NAMESPACE}={_quote(name_)}",) if name_ else ()
-    found = [f"{SOURCE_NAMESPACE}={_quote(namespace)}"] if namespace else []
-    if name_ and kind_ == "pod":
-        found.append(f"{SOURCE_POD}={_quote(name_)}")
-    elif name_:
-        found.append(f"{SOURCE_POD}=~{_quote(queries.DEPLOY_POD.replace('(.+?)', re.escape(name_), 1))}")
-    return tuple(found)
+    return tuple(
+        queries.source_matchers(queries.Resource(kind_, name_, name_ if kind_ == "ns" else namespace))
+    )
 
 
 def rows_of(kind_: str) -> tuple[str, ...]:
@@ -128,10 +118,10 @@ def outbound(kind_: str, namespace: str, name_: str) -> View:
 def callers(kind_: str, namespace: str, services: Iterable[str]) -> View:
     """Requests to `services` of `namespace` (every Service of it for a namespace, when
     `services` is empty), one row per caller at the resolution of `kind_` (client side)."""
-    found = [f"{DESTINATION_NAMESPACE}={_quote(namespace)}", f'{DESTINATION_SERVICE}!=""']
+    found = [f"{DESTINATION_NAMESPACE}={queries.quote(namespace)}", f'{DESTINATION_SERVICE}!=""']
     names = sorted(services)
     if names:
-        found.append(f"{DESTINATION_SERVICE}=~{_quote('|'.join(re.escape(n) for n in names))}")
+        found.append(f"{DESTINATION_SERVICE}=~{queries.quote('|'.join(re.escape(n) for n in names))}")
     return View(
         queries.RQ_TOTAL,
         queries.RQ_XX,
@@ -148,7 +138,10 @@ def backend(namespace: str, service: str) -> View:
         queries.RQ_TOTAL,
         queries.RQ_XX,
         queries.RQ_TIME_BUCKET,
-        (f"{DESTINATION_NAMESPACE}={_quote(namespace)}", f"{DESTINATION_SERVICE}={_quote(service)}"),
+        (
+            f"{DESTINATION_NAMESPACE}={queries.quote(namespace)}",
+            f"{DESTINATION_SERVICE}={queries.quote(service)}",
+        ),
         queries.PER_DESTINATION,
     )
 
@@ -157,18 +150,9 @@ def _selector(metric: str, view: View, extra: str = "") -> str:
     return f"{metric}{{{','.join((*view.matchers, extra) if extra else view.matchers)}}}"
 
 
-def _by_deploy(vector: str, deploy: bool) -> str:
-    if not deploy:
-        return vector
-    return f'label_replace({vector}, "{queries.DEPLOY}", "$1", "{SOURCE_POD}", {_quote(queries.DEPLOY_POD)})'
-
-
 def _growth(metric: str, view: View, window: str, extra: str = "") -> str:
-    """The per-row growth of a counter over the window; a series born inside it counts
-    from zero (Envoy creates `rq_5xx` at the first 5xx), a restart (a fall) counts 0."""
-    now = _selector(metric, view, extra)
-    grown = f"clamp_min({now} - ({now} offset {window} or {now} * 0), 0)"
-    return f"sum by ({', '.join(view.by)}) ({_by_deploy(grown, view.deploy)})"
+    """The per-row growth of a counter over the window (`queries.growth`)."""
+    return queries.growth(_selector(metric, view, extra), view.by, window, deploy=view.deploy)
 
 
 def failure_count(view: View, window: str) -> str:
@@ -186,14 +170,14 @@ def success_count(view: View, window: str) -> str:
 def latency(view: View, quantile: float, window: str) -> str:
     """The quantile of request time, in milliseconds (Envoy's unit), over the window."""
     rate = f"rate({_selector(view.time_bucket, view)}[{queries.window(window)}])"
-    buckets = f"sum by ({', '.join((*view.by, 'le'))}) ({_by_deploy(rate, view.deploy)})"
+    buckets = f"sum by ({', '.join((*view.by, 'le'))}) ({queries.by_deploy(rate, view.deploy)})"
     return f"histogram_quantile({quantile:g}, {buckets})"
 
 
 def members(kind_: str, namespace: str, name_: str = "") -> str:
     """The resources of `kind_` with a sidecar in Prometheus (one, or all of a namespace)."""
     selector = f"{SERVER_LIVE}{{{','.join(selects(kind_, namespace, name_))}}}"
-    return f"group by ({', '.join(rows_of(kind_))}) ({_by_deploy(selector, kind_ == 'deploy')})"
+    return f"group by ({', '.join(rows_of(kind_))}) ({queries.by_deploy(selector, kind_ == 'deploy')})"
 
 
 def served(kind_: str, namespace: str, name_: str) -> str:
