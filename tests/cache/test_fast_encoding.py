@@ -161,13 +161,14 @@ async def test_every_compiled_resource_of_the_bookstore_encodes_identically() ->
             *cds.clusters(policy),
             *lds.listeners(policy),
             *rds.routes(policy),
-            eds.load_assignment(policy.upstreams[0].service, policy.upstreams[0].port, ()),
+            # a class that may reach nothing (pruned by default) has no load assignment
+            *(eds.load_assignment(u.service, u.port, ()) for u in policy.upstreams[:1]),
         ]:
             packed = pack(message)
             assert message_bytes(packed) == bytes(packed)
             assert canonical_bytes(message) == bytes(message)  # maps sorted by the first call
             found += 1
-    assert found > 50
+    assert found > 40
 
 
 # --- templates ------------------------------------------------------------------------------

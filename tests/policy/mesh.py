@@ -77,10 +77,12 @@ class Bookstore:
 
     extra: list[MeshObject] = field(default_factory=list)
     permissive: bool = False
+    #: MeshConfig `pruneUnreachableUpstreams` (on by default, as in a real MeshConfig).
+    prune: bool = True
 
     def objects(self) -> list[MeshObject]:
         return [
-            MeshConfig(permissive=self.permissive),
+            MeshConfig(permissive=self.permissive, prune_unreachable_upstreams=self.prune),
             namespace("bookstore"),
             namespace("bookbuyer"),
             namespace("bookthief"),

@@ -1,4 +1,7 @@
-"""Work proportional to the change: the reconciler re-encodes only what a change touches."""
+"""Work proportional to the change: the reconciler re-encodes only what a change touches.
+
+Most tests run with pruning off (every proxy gets every service: the most each change
+can touch); the last ones with the default, where a proxy gets only what it may reach."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ async def reconciler() -> tuple[Reconciler, Encoder]:
     return Reconciler(encoder), encoder
 
 
-def state(echo_ip: str, *extra: object) -> MeshState:
+def state(echo_ip: str, *extra: object, prune: bool = False) -> MeshState:
     objects = [
-        *Bookstore().objects(),
+        *Bookstore(prune=prune).objects(),
         pod("bookstore", "echo", "echo", echo_ip),
         service("bookstore", "echo", "10.96.0.30", (7000, "http")),
         *extra,
@@ -128,3 +131,26 @@ async def test_classes_with_the_same_upstreams_share_their_pieces_across_changes
     )
     assert {id(s) for c in second for s in c.sets if s.type_url == resource_types.ENDPOINT} == endpoint_sets
     assert {id(c.upstreams) for c in second} == {id(c.upstreams) for c in first}
+
+
+async def test_pruned_a_new_traffic_target_reaches_the_source_and_the_destination_only() -> None:
+    """With pruning, a TrafficTarget also changes what its source may reach: bookbuyer gets
+    the bookstore's clusters, endpoints and routes; the bookstore its new inbound rule; no
+    other class changes."""
+    rec, _ = await reconciler()
+    first = rec.apply(state("10.244.5.1", prune=True))
+    before = {c.key: {(r.type_url, r.name): r for r in c.all_resources()} for c in first}
+    allow = target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_BUY)
+    second = rec.apply(state("10.244.5.1", allow, prune=True))
+    changed = {
+        c.key.split("#")[0]
+        for c in second
+        if {(r.type_url, r.name): r for r in c.all_resources()} != before.get(c.key)
+    }
+    assert changed == {"bookbuyer/bookbuyer", "bookstore/bookstore"}
+    buyer = next(c for c in second if c.identity.namespace == "bookbuyer")
+    assert {r.name for r in buyer.all_resources() if r.type_url == resource_types.CLUSTER} >= {
+        "bookstore/bookstore|14001",
+        "bookstore/bookstore-v1|14001",
+        "bookstore/bookstore-v2|14001",
+    }

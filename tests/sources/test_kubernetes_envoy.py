@@ -79,7 +79,11 @@ def kubeconfig(path: Path, server: str) -> Path:
 async def test_serve_from_kubernetes_configures_a_real_envoy(tmp_path: Path) -> None:
     async with Emulator() as k, kmock.Server(k):
         k.declare(*(key(resource) for resource in RESOURCES))
-        seed(k, namespace("shop"), web_service(), web_pod())
+        # permissive: the proxy may reach its own service (by default a proxy gets only
+        # the upstreams its identity may reach)
+        shop = namespace("shop")
+        shop["metadata"]["annotations"] = {"meshcp.dev/permissive": "true"}
+        seed(k, shop, web_service(), web_pod())
         settings = Settings(
             xds_address=Address("127.0.0.1", 0),
             http_address=Address("127.0.0.1", 0),

@@ -29,9 +29,9 @@ class MeshConfig:
     #: Give each proxy only the upstream services its identity may reach (a TrafficTarget
     #: of one of their identities names it, or their namespace is permissive); requests to
     #: the others get 403 from the client's own sidecar (TCP: the connection is closed).
-    #: Off by default: every proxy gets every service and the destination answers 403, as
-    #: DESIGN says. On, a large mesh sends each proxy its few allowed services.
-    prune_unreachable_upstreams: bool = False
+    #: On by default (OSM's behaviour, and what keeps a large mesh's configuration per proxy
+    #: small); off, every proxy gets every service and the destination answers 403.
+    prune_unreachable_upstreams: bool = True
     #: `observability.enablePerRouteStats`: outbound routes count their requests per
     #: HTTPRouteGroup match (Envoy's `Route.stat_prefix`), so each proxy exports golden
     #: metrics per route as well as per upstream service. Off by default: it costs series.

@@ -128,7 +128,7 @@ MESH_CONFIG_FIELDS: dict[str, tuple[str, Callable[[Field], Any]]] = {
     "trustDomain": ("trust_domain", dns_subdomain),
     "permissive": ("permissive", lambda node: node.boolean(False)),
     "egressPassthrough": ("egress_passthrough", lambda node: node.boolean(False)),
-    "pruneUnreachableUpstreams": ("prune_unreachable_upstreams", lambda node: node.boolean(False)),
+    "pruneUnreachableUpstreams": ("prune_unreachable_upstreams", lambda node: node.boolean(True)),
     "certValidity": ("cert_validity_seconds", _cert_validity),
     "certProvider": ("cert_provider", _choice(CERT_PROVIDERS)),
     "debounceWindow": ("debounce_window", _duration),
