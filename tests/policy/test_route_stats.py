@@ -18,7 +18,11 @@ CANARY = HTTPMatch("canary", headers={"x-canary": "yes"})
 
 
 def _upstreams(*extra: MeshObject, on: bool = True) -> dict[str, Upstream]:
-    objects = [*Bookstore().objects(), *extra, MeshConfig(per_route_stats=on, prune_unreachable_upstreams=False)]
+    objects = [
+        *Bookstore().objects(),
+        *extra,
+        MeshConfig(per_route_stats=on, prune_unreachable_upstreams=False),
+    ]
     policy = build_policies(MeshState().with_changes(objects))
     first = next(iter(policy.classes.values()))
     return {f"{u.service}|{u.port}": u for u in first.upstreams}
@@ -74,7 +78,11 @@ def test_turning_it_on_changes_only_the_outbound_routes() -> None:
     reconciler = Reconciler(Encoder())
 
     def compiled(on: bool) -> dict[tuple[str, str], Resource]:
-        objects = [*Bookstore().objects(), buy, MeshConfig(per_route_stats=on, prune_unreachable_upstreams=False)]
+        objects = [
+            *Bookstore().objects(),
+            buy,
+            MeshConfig(per_route_stats=on, prune_unreachable_upstreams=False),
+        ]
         classes = reconciler.apply(MeshState().with_changes(objects))
         return {(r.type_url, r.name): r for c in classes for r in c.all_resources()}
 
