@@ -39,8 +39,9 @@ class Shape:
     permissive: bool
     debounce_ms: int = 100
     debounce_max_ms: int = 1000
-    #: MeshConfig `pruneUnreachableUpstreams`: each proxy gets only what it may reach.
-    prune: bool = False
+    #: MeshConfig `pruneUnreachableUpstreams`: each proxy gets only what it may reach (on by
+    #: default, as in meshcp; written out explicitly either way).
+    prune: bool = True
 
     @property
     def proxies(self) -> int:

@@ -79,9 +79,11 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=5, help="allowed client identities per service (SMI)")
     parser.add_argument("--mode", choices=["smi", "permissive", "both"], default="smi")
     parser.add_argument(
-        "--prune",
-        action="store_true",
-        help="MeshConfig pruneUnreachableUpstreams: each proxy gets only the services it may reach",
+        "--no-prune",
+        dest="prune",
+        action="store_false",
+        help="MeshConfig pruneUnreachableUpstreams: false: every proxy gets every service "
+        "(the default, as in meshcp, gives each proxy only the services it may reach)",
     )
     parser.add_argument("--xds", choices=["sotw", "delta", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3)

@@ -32,11 +32,12 @@ def test_demo_reports_calls_split_and_mtls_then_removes_the_lab() -> None:
         # bookbuyer's POSTs are refused (403) by policy: answers, not failures (half of
         # its calls are 403s; the few 5xx are the app's own calls while the lab started).
         assert float(edge[2]) > 90.0, out
-    thief = re.search(
-        r"bookthief/bookthief\s+bookstore/bookstore-v\d\s+(\d+)\s+([\d.]+)%\s+[\d.]+\s+([\d.]+)ms", out
+    # bookthief may reach nothing: refused by its own sidecar, it is no edge of the mesh.
+    assert "bookthief/bookthief " not in out.split("KPIs from Prometheus")[1], out
+    p99 = re.search(
+        r"bookbuyer/bookbuyer\s+bookstore/bookstore-v1\s+\d+\s+[\d.]+%\s+[\d.]+\s+([\d.]+)ms", out
     )
-    assert thief is not None and int(thief[1]) > 0 and float(thief[2]) > 90.0, out
-    assert float(thief[3]) > 0, out  # p99 from Envoy's histograms
+    assert p99 is not None and float(p99[1]) > 0, out  # p99 from Envoy's histograms
     assert not re.search(r"\s0\s+-\s+0\.0\s+-", out), out  # edges that carried nothing are not shown
     shares = re.search(
         r"TrafficSplit bookstore/bookstore-split \(bookstore\): "

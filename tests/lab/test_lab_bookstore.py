@@ -172,31 +172,37 @@ def test_egress_is_refused_unless_meshconfig_enables_passthrough(lab: LabDriver)
     wait_for(lambda: lab.tcp(BUYER, OUTSIDE, 8080)["echoed"] is False, APPLY_DEADLINE, "egress refused again")
 
 
-def test_pruned_upstreams_answer_403_at_the_source(lab: LabDriver) -> None:
-    """MeshConfig `pruneUnreachableUpstreams`: bookthief no longer gets the bookstore's
-    clusters at all, and still gets a 403 (from its own sidecar); bookbuyer is served."""
+def test_unreachable_upstreams_answer_403_at_the_source(lab: LabDriver) -> None:
+    """By default (MeshConfig `pruneUnreachableUpstreams`, on) bookthief gets no cluster of
+    the bookstore at all and its calls get a 403 from its own sidecar; turned off, it gets
+    every service and the 403 comes from the bookstore's sidecar. bookbuyer is served
+    either way."""
+
+    def thief_has_bookstore() -> bool:
+        clusters = lab.exec_json(THIEF, sys.executable, str(PROBE), "admin", "/clusters")["body"]
+        return "bookstore/bookstore|14001::" in clusters
+
+    assert not thief_has_bookstore()
+    denied = lab.http(THIEF, f"{BOOKSTORE}/books-bought", count=3)
+    assert denied["statuses"] == {"403": 3}, denied
+    assert lab.tcp(THIEF, "mysql.bookwarehouse", 3306)["echoed"] is False
     lab.edit(
         "meshconfig.yaml",
         lambda text: text.replace(
-            "egressPassthrough: false", "egressPassthrough: false\n  pruneUnreachableUpstreams: true"
+            "egressPassthrough: false", "egressPassthrough: false\n  pruneUnreachableUpstreams: false"
         ),
     )
     try:
         lab.apply()
-
-        def pruned() -> bool:
-            clusters = lab.exec_json(THIEF, sys.executable, str(PROBE), "admin", "/clusters")["body"]
-            return "bookstore/bookstore|14001::" not in clusters
-
-        wait_for(pruned, APPLY_DEADLINE, "bookthief's bookstore clusters pruned")
+        wait_for(thief_has_bookstore, APPLY_DEADLINE, "bookthief gets every service")
         denied = lab.http(THIEF, f"{BOOKSTORE}/books-bought", count=3)
         assert denied["statuses"] == {"403": 3}, denied
-        assert lab.tcp(THIEF, "mysql.bookwarehouse", 3306)["echoed"] is False
         allowed = lab.http(BUYER, f"{BOOKSTORE}/books-bought", count=3, headers=BUYER_HEADERS)
         assert allowed["statuses"] == {"200": 3}, allowed
     finally:
-        lab.edit("meshconfig.yaml", lambda text: text.replace("\n  pruneUnreachableUpstreams: true", ""))
+        lab.edit("meshconfig.yaml", lambda text: text.replace("\n  pruneUnreachableUpstreams: false", ""))
         lab.apply()
+    wait_for(lambda: not thief_has_bookstore(), APPLY_DEADLINE, "bookthief pruned again")
 
 
 def test_unmeshed_pod_reaches_a_cluster_ip_through_kube_proxy_rules(lab: LabDriver) -> None:

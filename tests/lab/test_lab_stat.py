@@ -141,13 +141,12 @@ def test_edges_pod_names_callers_callees_and_identities(lab: LabDriver) -> None:
     assert all(row["secured"] == "yes" and row["client_id"] == "bookbuyer/bookbuyer" for row in client)
     # Measured from the servers' own series, without manifests.
     assert {row["server_id"] for row in client} == {"bookstore/bookstore"}, client
-    thief = [found[key] for key in found if key[0] == "bookthief/bookthief-0"]
-    assert thief and all(row["client_id"] == "bookthief/bookthief" for row in thief)
+    # bookthief may reach nothing: its calls are refused by its own sidecar (a proxy gets
+    # only the upstreams its identity may reach) and never become an edge.
+    assert not [key for key in found if key[0] == "bookthief/bookthief-0"], rows
     named = _json(lab, "edges", "deploy", "-n", "bookstore", "--source", str(lab.directory))
     assert {row["server_id"] for row in named} == {"bookstore/bookstore"}
-    assert {"bookbuyer/egress-client", "bookbuyer/bookbuyer", "bookthief/bookthief"} <= {
-        row["src"] for row in named
-    }
+    assert {"bookbuyer/egress-client", "bookbuyer/bookbuyer"} <= {row["src"] for row in named}
 
 
 def test_5xx_are_failures(lab: LabDriver) -> None:
