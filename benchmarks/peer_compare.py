@@ -1,7 +1,7 @@
 """meshcp against go-control-plane, side by side: the same resources, the same load client.
 
-    flock /tmp/meshcp-bench.lock python benchmarks/peer_compare.py --services 200 --pods 5 --runs 3
-    flock /tmp/meshcp-bench.lock python benchmarks/peer_compare.py --services 1000 --pods 5 --prune
+    flock /tmp/meshcp-bench.lock python benchmarks/peer_compare.py --services 200 --pods 5 --no-prune
+    flock /tmp/meshcp-bench.lock python benchmarks/peer_compare.py --services 1000 --pods 5 --xds delta
 
 The mesh is `mesh_manifests.py`'s (the shape options of `mesh_scale.py`). `peer_dump.py`
 compiles it once with meshcp's own reconciler and publisher and writes what each proxy
@@ -472,7 +472,7 @@ def make_dump(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict[str, 
     command = [sys.executable, str(HERE / "peer_dump.py"), "--out", str(dump), "--figures", str(figures)]
     command += ["--services", str(args.services), "--pods", str(args.pods), "--sources", str(args.sources)]
     command += ["--namespaces", str(args.namespaces), "--mode", args.mode]
-    command += ["--prune"] if args.prune else []
+    command += ["--prune"] if args.prune else ["--no-prune"]
     started = time.monotonic()
     subprocess.run(command, check=True)
     found: dict[str, float] = json.loads(figures.read_text())
@@ -558,7 +558,7 @@ def measure(args: argparse.Namespace, servers: list[str]) -> None:
                 )
     print(
         f"\n{args.services} services x {args.pods} pods = {shape.proxies:,} proxies, {args.mode}"
-        f"{', pruned' if args.prune else ''}, {args.xds}; median of {args.runs}"
+        f"{', pruned' if args.prune else ', not pruned'}, {args.xds}; median of {args.runs}"
     )
     print(table(by_server, shape.debounce_ms))
     print(

@@ -213,17 +213,22 @@ async def dump(shape: mm.Shape, mesh: Path) -> tuple[bytes, dict[str, float]]:
 
 
 def shape_arguments(parser: argparse.ArgumentParser) -> None:
-    """The mesh shape options of `mesh_scale.py`."""
+    """The mesh shape options of `mesh_scale.py` (`--no-prune` for every service everywhere)."""
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--namespaces", type=int, default=0, help="default: services / 10, at least 1")
     parser.add_argument("--pods", type=int, default=5, help="pods (proxies) per service")
     parser.add_argument("--sources", type=int, default=5, help="allowed client identities per service (SMI)")
     parser.add_argument("--mode", choices=["smi", "permissive"], default="smi")
-    parser.add_argument(
-        "--prune",
-        action="store_true",
-        help="MeshConfig pruneUnreachableUpstreams: each proxy gets only the services it may reach",
+    prune = parser.add_mutually_exclusive_group()
+    prune.add_argument(
+        "--no-prune",
+        dest="prune",
+        action="store_false",
+        help="MeshConfig pruneUnreachableUpstreams: false: every proxy gets every service "
+        "(the default, as in meshcp, gives each proxy only the services it may reach)",
     )
+    prune.add_argument("--prune", dest="prune", action="store_true", help="the default, said explicitly")
+    parser.set_defaults(prune=True)
 
 
 def shape_of(args: argparse.Namespace) -> mm.Shape:
