@@ -283,8 +283,11 @@ def test_restarting_the_controller_keeps_traffic_flowing_and_proxies_reconnect(l
     result = lab.http(BUYER, f"{BOOKSTORE}/books-bought", count=5, headers=BUYER_HEADERS)
     assert result["statuses"] == {"200": 5}, result
 
+    seen: list[dict[str, object]] = []
+
     def reconnected() -> bool:
         status = lab.status()
+        seen[:] = [status]
         controller = status["controller"]
         return (
             controller["restarts"] > before["restarts"]
@@ -292,7 +295,10 @@ def test_restarting_the_controller_keeps_traffic_flowing_and_proxies_reconnect(l
             and all(p["sidecar"] in ("ready", "-") for p in status["pods"])
         )
 
-    wait_for(reconnected, 60, "every sidecar reconnected to the restarted controller")
+    try:
+        wait_for(reconnected, 60, "every sidecar reconnected to the restarted controller")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last status: {seen}") from None
     assert lab.http(THIEF, f"{BOOKSTORE}/books-bought")["statuses"] == {"403": 1}
 
 

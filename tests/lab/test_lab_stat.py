@@ -10,6 +10,7 @@ The tests share one lab and run in file order; the last one takes the lab down.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,6 +131,18 @@ def test_stat_trafficsplit_reads_weights_from_the_manifests(lab: LabDriver) -> N
         ("bookstore", "bookstore-v2", 0.25),
     ]
     assert sum(row["share"] for row in rows) == pytest.approx(1.0)
+    # The mesh splits by the weights: every request since the sidecars started is a draw
+    # with p = 0.75 for v1, so v1's count is within 3 sigma of 0.75 n.
+    counts = [row["requests"] or 0.0 for row in rows]
+    n = sum(counts)
+    assert n > 0, rows
+    sigma = math.sqrt(0.75 * 0.25 / n)
+    assert abs(counts[0] / n - 0.75) <= 3 * sigma, rows
+    # The observed share (request rates over the window) as well, when the window holds
+    # enough requests to say anything (rate over 1m x 60 s).
+    recent = sum(row["rps"] or 0.0 for row in rows) * 60
+    if recent >= 30:
+        assert abs(rows[0]["share"] - 0.75) <= 3 * math.sqrt(0.75 * 0.25 / recent) + 0.02, rows
 
 
 def test_edges_pod_names_callers_callees_and_identities(lab: LabDriver) -> None:

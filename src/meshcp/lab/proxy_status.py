@@ -9,14 +9,20 @@ PROXY_TYPES = ("cds", "eds", "lds", "rds", "sds")
 
 
 def converged(proxy: dict[str, Any]) -> bool:
-    """The proxy has clusters and listeners, and has ACKed every type it was sent."""
+    """The proxy has clusters and listeners, and has ACKed every type it was sent. A type
+    it subscribes to nothing of (no names, not wildcard: an Envoy whose last EDS clusters
+    were removed re-sends such an empty subscription when it reconnects) has nothing to
+    wait for."""
     types = proxy.get("types", {})
     if not {"cds", "lds"} <= set(types):
         return False
     return all(
-        t.get("version_sent")
-        and t.get("version_acked") == t.get("version_sent")
-        and not t.get("awaiting_ack")
+        (
+            t.get("version_sent")
+            and t.get("version_acked") == t.get("version_sent")
+            and not t.get("awaiting_ack")
+        )
+        or (not t.get("wildcard") and not t.get("names") and not t.get("awaiting_ack"))
         for t in types.values()
     )
 
