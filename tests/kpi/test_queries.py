@@ -161,8 +161,7 @@ def test_edges_query() -> None:
     assert "[30s]" in scoped
 
 
-def test_trafficsplit_leaves_are_backend_services() -> None:
-    leaf = queries.leaf_selection("bookstore", "bookstore-v1", "1m")
-    assert leaf.resource == Resource("svc", "bookstore-v1", "bookstore")
+def test_trafficsplit_rows_are_not_stat_queries() -> None:
+    """A split's leaves are read as services (`report.split_rows`), never as a kind of stat."""
     with pytest.raises(QueryError):
         queries.stat_queries(Selection(Resource("trafficsplit", "", "bookstore")))

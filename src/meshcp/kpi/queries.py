@@ -272,12 +272,6 @@ def stat_queries(selection: Selection) -> dict[str, str]:
     return found
 
 
-def leaf_selection(namespace: str, leaf: str, window_: str) -> Selection:
-    """Requests to one backend of a TrafficSplit: a split routes to the backend's own
-    clusters (`<ns>/<backend>|<port>`), so the leaf's series are its service's."""
-    return Selection(Resource("svc", leaf, namespace), window=window_)
-
-
 EDGE_LABELS = (
     SOURCE_NAMESPACE,
     SOURCE_POD,

@@ -17,7 +17,7 @@ from typing import Any
 
 from meshcp.kpi import queries
 from meshcp.kpi.prometheus import NoData, Prometheus, Sample, finite
-from meshcp.kpi.queries import Selection
+from meshcp.kpi.queries import Resource, Selection
 from meshcp.model.smi import TrafficSplit
 from meshcp.model.state import MeshState
 from meshcp.sidecar import bootstrap
@@ -73,20 +73,35 @@ def splits_of(state: MeshState, namespace: str = "", name: str = "") -> list[Tra
 async def split_rows(client: Prometheus, splits: Iterable[TrafficSplit], window: str) -> list[dict[str, Any]]:
     """One row per leaf of each split: `split` (its name), `apex`, `leaf`, the configured
     `weight` (normalised to 1) beside the observed `share` of requests, and the leaf's
-    golden metrics; a leaf without series yet is a row of None."""
+    golden metrics; a leaf without series yet is a row of None.
+
+    Every leaf's figures come from one set of queries (every service of the splits'
+    namespace at once), so the shares are of one instant and a page with many splits
+    costs Prometheus the same few queries."""
+    chosen = list(splits)
+    if not chosen:
+        return []
+    namespaces = {split.meta.namespace for split in chosen}
+    namespace = next(iter(namespaces)) if len(namespaces) == 1 else ""
+    try:
+        found = await stat_rows(client, Selection(Resource("svc", "", namespace), window=window))
+    except NoData:
+        found = []
+    services = {(row["namespace"], row["name"]): row for row in found}
     rows: list[dict[str, Any]] = []
-    for split in splits:
-        rows += await _leaf_rows(client, split, window)
+    for split in chosen:
+        rows += _leaf_rows(split, services)
     return rows
 
 
-async def _leaf_rows(client: Prometheus, split: TrafficSplit, window: str) -> list[dict[str, Any]]:
+def _leaf_rows(
+    split: TrafficSplit, services: Mapping[tuple[str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
     total_weight = sum(b.weight for b in split.backends) or 1.0
     leaves = []
     for backend in split.backends:
-        leaf = queries.leaf_selection(split.meta.namespace, backend.service, window)
-        found = await stat_rows(client, leaf) if await client.query(queries.requests(leaf)) else []
-        row = found[0] if found else complete({"namespace": split.meta.namespace, "name": backend.service})
+        key = (split.meta.namespace, backend.service)
+        row = dict(services[key]) if key in services else complete({"namespace": key[0], "name": key[1]})
         row.update(
             split=split.meta.name,
             apex=split.service,
