@@ -18,7 +18,7 @@ from meshcp.kpi.prometheus import PrometheusError
 from meshcp.lab.demo import run_demo
 from meshcp.lab.layout import LabPaths
 from meshcp.lab.network import LabError
-from meshcp.runtime.controller import ListenError
+from meshcp.runtime.controller import ListenError, PartFailed
 from meshcp.sources.files import SourceError
 
 
@@ -54,7 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"meshcp: error: {error}\n")
     except PrometheusError as error:
         parser.exit(1, f"meshcp: {error}\n")
-    except (ListenError, CertificateError, OfflineError, SourceError, InjectorError, LabError) as error:
+    except (
+        ListenError,
+        PartFailed,
+        CertificateError,
+        OfflineError,
+        SourceError,
+        InjectorError,
+        LabError,
+    ) as error:
         parser.exit(1, f"meshcp: error: {error}\n")
     except KeyboardInterrupt:
         return 130

@@ -32,18 +32,32 @@ class OfflineError(Exception):
 
 
 async def load(directory: Path) -> MeshState:
-    """Everything in `directory`, read once (no watching)."""
+    """Everything in `directory`, read once (no watching). The reader failing (a directory
+    that does not exist, a file) ends the wait with its error instead of waiting for ever
+    for a state it will never send."""
     store = Store(window=0, max_wait=0)
     store.expect("files")
     reader = asyncio.create_task(FileSource(directory, store.apply).run())
+    first = asyncio.create_task(_first(store))
     try:
-        async for state in store.states():
-            return state
+        await asyncio.wait({reader, first}, return_when=asyncio.FIRST_COMPLETED)
+        if first.done():
+            return first.result()
+        error = reader.exception()
+        if error is not None:
+            raise error
+        raise OfflineError(f"{directory}: the manifests could not be read")
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-    raise AssertionError("unreachable")  # pragma: no cover
+        for task in (reader, first):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _first(store: Store) -> MeshState:
+    async for state in store.states():
+        return state
+    raise OfflineError("the manifests could not be read")  # pragma: no cover
 
 
 def find_pod(state: MeshState, namespace: str, name: str) -> Pod:

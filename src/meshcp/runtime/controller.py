@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from functools import partial
 from types import TracebackType
+from typing import Any
 
 from meshcp.cache import resource_types
 from meshcp.cache.encoding import Encoder
@@ -242,10 +244,17 @@ class ControllerRuntime:
         await self.close()
 
     async def _run_background(self) -> None:
+        """The controller's long-lived parts. Each retries what is transient itself (a
+        watch that drops, an unreachable CA backend); one that still raises has failed
+        for good, and ends the others (`PartFailed`, see `run`)."""
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.publisher.run(), name="publisher")
-            tasks.create_task(self.certificates.run(), name="renewal")
-            tasks.create_task(self.trust.run(), name="trust")
+
+            def part(name: str, work: Coroutine[Any, Any, None]) -> None:
+                tasks.create_task(self._part(name, work), name=name)
+
+            part("publisher", self.publisher.run())
+            part("renewal", self.certificates.run())
+            part("trust", self.trust.run())
             settings = self.settings
             if settings.kubernetes:
                 source = KubernetesSource(
@@ -255,16 +264,60 @@ class ControllerRuntime:
                     ),
                     observer=self.metrics,
                 )
-                tasks.create_task(source.run(), name="kubernetes")
-                tasks.create_task(self.rounds.run(), name="reconcile")
+                part("kubernetes", source.run())
+                part("reconcile", self.rounds.run())
             elif settings.source is not None:
-                tasks.create_task(FileSource(settings.source, self.store.apply).run(), name="files")
-                tasks.create_task(self.rounds.run(), name="reconcile")
+                part("files", FileSource(settings.source, self.store.apply).run())
+                part("reconcile", self.rounds.run())
+
+    async def _part(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Runs one part; its failure is one log line, readiness turned false, and
+        `PartFailed` naming it."""
+        try:
+            await work
+        except Exception as error:
+            failure = PartFailed(name, error)
+            self.readiness.fail(name)
+            log.error("%s", failure)
+            raise failure from error
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; raises `PartFailed` as soon as a part fails, so that
+        the process ends non-zero (the orchestrator restarts it) instead of serving xDS
+        from a controller that no longer follows the mesh."""
         async with self:
-            await stop.wait()
+            assert self._background is not None
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({stopping, self._background}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if self._background.done() and not self._background.cancelled():
+                error = self._background.exception()
+                if error is not None:
+                    self._background = None  # reported here, not again on the way out
+                    raise first_failure(error) from None
             log.info("shutting down")
+
+
+class PartFailed(Exception):
+    """A long-lived part of the controller stopped with an error it could not recover from."""
+
+    def __init__(self, part: str, error: BaseException) -> None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(f"the controller's {part} stopped: {reason}")
+        self.part = part
+
+
+def first_failure(error: BaseException) -> BaseException:
+    """The `PartFailed` inside a TaskGroup's exception group (the first part that failed;
+    the others were cancelled because of it), or the error itself."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = first_failure(inner)
+            if isinstance(found, PartFailed):
+                return found
+    return error
 
 
 class ListenError(Exception):

@@ -35,6 +35,12 @@ class Readiness:
             self._pending.add(source)
             self._event.clear()
 
+    def fail(self, part: str) -> None:
+        """A part the controller cannot serve without stopped for good: not ready again
+        (`/readyz` names it), whatever synced before."""
+        self._pending.add(f"{part} (failed)")
+        self._event.clear()
+
     def mark_synced(self, source: str) -> None:
         self._synced.add(source)
         self._pending.discard(source)
