@@ -70,11 +70,14 @@ def run_demo(source: Path, paths: LabPaths, *, duration: float, out: TextIO = sy
         results = asyncio.run(_drive(paths, client, duration))
         ended = time.time()
         handshakes = asyncio.run(_handshakes(paths))
-        _report(results, handshakes, out)
+        as_expected = _report(results, handshakes, out)
         demo_kpis.report_kpis(source, started, ended, out)
     finally:
         print("", file=out)
         commands.down(paths, out)
+    if not as_expected:
+        print("meshcp demo: some calls did not get the answer the policy gives (UNEXPECTED above)", file=out)
+        return 1
     return 0
 
 
@@ -114,13 +117,16 @@ async def _handshakes(paths: LabPaths) -> dict[str, int]:
     return out
 
 
-def _report(results: Sequence[tuple[Call, dict[str, Any]]], handshakes: dict[str, int], out: TextIO) -> None:
+def _report(results: Sequence[tuple[Call, dict[str, Any]]], handshakes: dict[str, int], out: TextIO) -> bool:
+    """Prints the calls, the split and mTLS; whether every call got what the policy gives."""
     rows = [("FROM", "CALL", "RESULTS", "EXPECTED", "")]
     split: dict[str, int] = {}
+    every_ok = True
     for call, summary in results:
         statuses: dict[str, int] = summary["statuses"]
         allowed = statuses.get("200", 0)
         ok = (allowed == sum(statuses.values())) if call.expect == "allowed" else allowed == 0
+        every_ok = every_ok and ok
         text = ", ".join(f"{status} x{count}" for status, count in sorted(statuses.items()))
         rows.append((call.source.split("/")[1], call.label, text, call.expect, "ok" if ok else "UNEXPECTED"))
         if call.url.startswith(BOOKSTORE) and call.expect == "allowed":
@@ -139,3 +145,4 @@ def _report(results: Sequence[tuple[Call, dict[str, Any]]], handshakes: dict[str
     print(
         "      the bookstore apps themselves only speak plaintext HTTP: the sidecars terminate mTLS", file=out
     )
+    return every_ok
