@@ -91,7 +91,7 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(
                 "--xds-client-ca",
                 "/missing-ca.pem",
             ],
-            "cannot load the xDS TLS files",
+            "--xds-cert /missing.pem: no such file",
         ),
         (["serve", "--insecure-xds", "--admission", "0"], "--admission must be at least 1"),
     ],

@@ -144,6 +144,8 @@ async def write_bootstrap(
 
 def _write_files(directory: Path, files: dict[str, tuple[str, int]]) -> None:
     """Create each file with its mode before writing, so a key is never world-readable."""
+    if directory.exists() and not directory.is_dir():
+        raise OfflineError(f"--out {directory}: exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     for name, (text, mode) in files.items():
         path = directory / name

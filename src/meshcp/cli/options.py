@@ -24,10 +24,18 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         return None
     if not all(files):
         raise UsageError("--xds-cert, --xds-key and --xds-client-ca go together")
+    for option, path in (
+        ("--xds-cert", args.xds_cert),
+        ("--xds-key", args.xds_key),
+        ("--xds-client-ca", args.xds_client_ca),
+    ):
+        if not Path(path).is_file():
+            raise UsageError(f"{option} {path}: no such file")
     try:
         return server_context(args.xds_cert, args.xds_key, args.xds_client_ca)
     except (OSError, ssl.SSLError) as error:
-        raise UsageError(f"cannot load the xDS TLS files: {error}") from None
+        named = ", ".join(str(f) for f in files)
+        raise UsageError(f"cannot load the xDS TLS files ({named}): {error}") from None
 
 
 def controller_settings(args: argparse.Namespace) -> Settings:
