@@ -117,3 +117,35 @@ async def test_compile_on_a_missing_source_ends_with_one_line(tmp_path: Path, so
     assert process.returncode == 1
     lines = stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("meshcp: error: manifest directory"), lines
+
+
+async def test_bootstrap_out_naming_a_file_ends_with_one_line(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meshcp",
+        "bootstrap",
+        "--source",
+        str(EXAMPLE),
+        "--pod",
+        "bookstore/bookstore-v1-0",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--out",
+        str(taken),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1
+    assert stderr.decode().strip().splitlines() == [
+        f"meshcp: error: --out {taken}: exists and is not a directory"
+    ]
+    assert taken.read_text() == "mine\n"

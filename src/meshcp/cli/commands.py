@@ -51,6 +51,8 @@ async def bootstrap(args: argparse.Namespace) -> None:
         xds = Address.parse(args.xds_address)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.out.exists() and not args.out.is_dir():  # before a CA is made for nothing
+        raise offline.OfflineError(f"--out {args.out}: exists and is not a directory")
     ca = ca_settings(args)
     state = await offline.load(args.source)
     provider = await open_provider(ca, partial(default_api_client, args.context, args.kubeconfig))
