@@ -239,9 +239,8 @@ class Encoder:
         (see `Template.field`): the bytes betterproto2 would give, without building or
         encoding a message.
 
-        Interned only on request: the upstream clusters (S² of them) are filled once per
-        (template, field) and memoised by the caller, and the weak-reference index would
-        cost more memory than the resource itself.
+        Interned only on request: a caller that memoises what it fills needs no index,
+        whose weak references can cost more memory than a small resource itself.
         """
         self.encodes += 1
         head = template._heads.get(len(field)) or template.head(len(field))
@@ -263,10 +262,10 @@ class Encoder:
 class Template:
     """The canonical `Any` bytes of a resource with one field left open.
 
-    Why: at scale many resources differ from each other in one field only (an upstream
-    cluster exists per client identity and differs in the name of that identity's
-    certificate secret). The typed message is built and encoded once with a marker in
-    that field; each variant splices its field in. Protobuf messages are concatenations
+    Why: at scale many resources differ from each other in one field only (the outbound
+    route configuration of a port exists per client namespace and differs in its virtual
+    hosts, each encoded once). The typed message is built and encoded once with a marker
+    in that field; each variant splices its field in. Protobuf messages are concatenations
     of fields, so the result is byte for byte what betterproto2 gives for the variant,
     once the lengths of the enclosing messages are rewritten; those depend only on the
     length of the field, so the bytes before it are kept per length.

@@ -87,9 +87,11 @@ def compile_pod(state: MeshState, namespace: str, name: str) -> Compiled:
     key = reconciler.policy.pod_classes[(namespace, name)]
     proxy_class = classes[key]
     config: dict[str, Any] = dump(proxy_class.all_resources())
-    secrets = [naming.service_cert(proxy_class.identity), naming.root_inbound(proxy_class.identity)]
-    secrets += [naming.root_outbound(ns, svc) for ns, svc in sorted(proxy_class.upstreams)]
-    config["secrets"] = [{"name": secret} for secret in secrets]
+    # The same two names for every proxy: what each holds is what differs.
+    config["secrets"] = [
+        {"name": naming.SERVICE_CERT, "holds": f"the certificate and key of {proxy_class.identity}"},
+        {"name": naming.ROOT_CERT, "holds": "the mesh's trust bundle"},
+    ]
     config["problems"] = [str(p) for p in state.problems + reconciler.policy.problems]
     return Compiled(key, proxy_class.identity, config)
 

@@ -1,8 +1,14 @@
 """CDS: a proxy policy in, its clusters out.
 
-Per upstream service port an EDS cluster with mTLS (client certificate of this
-identity, server SANs of that service), per local service port a static cluster to the
-application, the egress passthrough cluster, and the cluster of Envoy's own metrics.
+Per upstream service port an EDS cluster with mTLS (the proxy's own certificate, the
+mesh's trust bundle, the SANs of that service's identities), per local service port a
+static cluster to the application, the egress passthrough cluster, and the cluster of
+Envoy's own metrics.
+
+An upstream cluster depends on its service only, not on the client: it names the
+client's certificate and the trust bundle by names every proxy shares
+(`naming.SERVICE_CERT`, `naming.ROOT_CERT`), so every client of a service is sent the
+same bytes and the cluster is encoded once per service port.
 """
 
 from __future__ import annotations
@@ -15,7 +21,15 @@ from meshcp._proto.envoy.config.cluster.v3 import (
     ClusterEdsClusterConfig,
     ClusterLbPolicy,
 )
-from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsContext, UpstreamTlsContext
+from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    CommonTlsContextCombinedCertificateValidationContext,
+    SubjectAltNameMatcher,
+    SubjectAltNameMatcherSanType,
+    UpstreamTlsContext,
+)
+from meshcp._proto.envoy.type.matcher.v3 import StringMatcher
 from meshcp.compile import naming
 from meshcp.compile.common import sds
 from meshcp.identity import Identity
@@ -23,33 +37,23 @@ from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
 from meshcp.sidecar.envoy_parts import CONNECT_TIMEOUT, LOOPBACK, ads, http2_only, static_cluster, tls_socket
 from meshcp.sidecar.ports import ADMIN_PORT
 
-#: The client certificate secret name in an upstream cluster template: no identity's name
-#: contains a NUL, so it occurs nowhere else in the encoding.
-TEMPLATE_SECRET = "\0client-certificate\0"
+#: What an upstream cluster is compiled from, besides the trust domain: the service, the
+#: port, whether HTTP/2 is needed end to end, and the identities its endpoints may present.
+UpstreamSpec = tuple[ServiceKey, int, bool, tuple[Identity, ...]]
 
 
-def upstream_cluster(identity: Identity, service: ServiceKey, port: int, http2: bool) -> Cluster:
-    """An upstream service port, reached over mTLS as `identity`."""
-    return _upstream_cluster(naming.service_cert(identity), service, port, http2)
+def upstream_cluster(
+    service: ServiceKey, port: int, http2: bool, identities: Iterable[Identity], trust_domain: str
+) -> Cluster:
+    """An upstream service port over mTLS, the same for every client.
 
-
-def upstream_template(service: ServiceKey, port: int, http2: bool) -> tuple[Cluster, bytes]:
-    """The upstream cluster of a service port for any identity: the cluster with
-    `TEMPLATE_SECRET` as the client certificate's secret name, and that marker's bytes.
-
-    Every identity has a cluster per mesh service port (a denied request must reach the
-    destination to get its 403), and they differ only in that name: the encoder fills
-    the template per identity with `template_value(identity)`.
+    The validation context combines the shared trust bundle (`naming.ROOT_CERT`, over SDS)
+    with this service's SANs, which Envoy merges into one context: the server must chain
+    to the mesh CA *and* present an identity of the service. Matching the SAN stops a pod
+    of another identity from answering for the service even though the mesh CA signed its
+    certificate. Each identity is accepted by its SPIFFE URI or its DNS SAN (CAs such as
+    cfssl 1.2.0 cannot sign URI SANs).
     """
-    return _upstream_cluster(TEMPLATE_SECRET, service, port, http2), TEMPLATE_SECRET.encode()
-
-
-def template_value(identity: Identity) -> bytes:
-    """What fills the open field of an upstream template for `identity`."""
-    return naming.service_cert(identity).encode()
-
-
-def _upstream_cluster(client_secret: str, service: ServiceKey, port: int, http2: bool) -> Cluster:
     cluster = Cluster(
         name=naming.cluster(service.namespace, service.name, port),
         type=ClusterDiscoveryType.EDS,
@@ -59,9 +63,12 @@ def _upstream_cluster(client_secret: str, service: ServiceKey, port: int, http2:
         transport_socket=tls_socket(
             UpstreamTlsContext(
                 common_tls_context=CommonTlsContext(
-                    tls_certificate_sds_secret_configs=[sds(client_secret)],
-                    validation_context_sds_secret_config=sds(
-                        naming.root_outbound(service.namespace, service.name)
+                    tls_certificate_sds_secret_configs=[sds(naming.SERVICE_CERT)],
+                    combined_validation_context=CommonTlsContextCombinedCertificateValidationContext(
+                        default_validation_context=CertificateValidationContext(
+                            match_typed_subject_alt_names=server_sans(identities, trust_domain)
+                        ),
+                        validation_context_sds_secret_config=sds(naming.ROOT_CERT),
                     ),
                 ),
                 sni=naming.service_host(service.namespace, service.name),
@@ -71,6 +78,20 @@ def _upstream_cluster(client_secret: str, service: ServiceKey, port: int, http2:
     if http2:  # gRPC needs HTTP/2 end to end
         cluster.typed_extension_protocol_options = http2_only()
     return cluster
+
+
+def server_sans(identities: Iterable[Identity], trust_domain: str) -> list[SubjectAltNameMatcher]:
+    """The SAN matchers of the identities a service's endpoints may present, in a stable
+    order: each by its SPIFFE URI and by its DNS SAN."""
+    matchers = []
+    for identity in sorted(set(identities)):
+        matchers.append(_san(SubjectAltNameMatcherSanType.URI, identity.spiffe_id(trust_domain)))
+        matchers.append(_san(SubjectAltNameMatcherSanType.DNS, identity.dns_name(trust_domain)))
+    return matchers
+
+
+def _san(kind: SubjectAltNameMatcherSanType, value: str) -> SubjectAltNameMatcher:
+    return SubjectAltNameMatcher(san_type=kind, matcher=StringMatcher(exact=value))
 
 
 def local_cluster(port: InboundPort) -> Cluster:
@@ -99,18 +120,17 @@ def metrics_cluster() -> Cluster:
 
 def upstream_clusters(policy: ProxyPolicy) -> list[Cluster]:
     """One cluster per upstream service port and per split backend port."""
-    return [
-        upstream_cluster(policy.identity, service, port, http2)
-        for service, port, http2 in upstream_specs(policy.upstreams)
-    ]
+    return [upstream_cluster(*spec, policy.trust_domain) for spec in upstream_specs(policy.upstreams)]
 
 
-def upstream_specs(upstreams: Iterable[Upstream]) -> tuple[tuple[ServiceKey, int, bool], ...]:
-    """Exactly what `upstream_clusters` reads besides the identity: (service, port, http2)
-    per cluster, in cluster name order. Weights, addresses and endpoints do not change a
-    cluster. A split backend port also served as an upstream of its own takes the
-    protocol of whichever comes first."""
-    seen: dict[str, tuple[ServiceKey, int, bool]] = {}
+def upstream_specs(upstreams: Iterable[Upstream]) -> tuple[UpstreamSpec, ...]:
+    """Exactly what `upstream_clusters` reads besides the trust domain, per cluster in
+    cluster name order. Weights, addresses and endpoints do not change a cluster. A split
+    backend port also served as an upstream of its own takes the protocol of whichever
+    comes first; a backend's identities are those of its own upstream (its pods)."""
+    upstreams = tuple(upstreams)
+    identities = {upstream.service: upstream.identities for upstream in upstreams}
+    seen: dict[str, UpstreamSpec] = {}
     for upstream in upstreams:
         services = [upstream.service]
         if upstream.split is not None:
@@ -118,7 +138,8 @@ def upstream_specs(upstreams: Iterable[Upstream]) -> tuple[tuple[ServiceKey, int
         for service in services:
             name = naming.cluster(service.namespace, service.name, upstream.port)
             if name not in seen:
-                seen[name] = (service, upstream.port, _http2(upstream))
+                found = tuple(sorted(set(identities.get(service, ()))))
+                seen[name] = (service, upstream.port, _http2(upstream), found)
     return tuple(seen[name] for name in sorted(seen))
 
 

@@ -4,8 +4,10 @@ Outbound (15001, traffic redirected from the application): one filter chain per 
 service port matching the original destination (ClusterIP/32, or pod IPs of a headless
 service) and port; HTTP goes through `rds-outbound.<port>`, TCP straight to the cluster.
 Inbound (15003, traffic redirected to the pod): one chain per local service port,
-matching its target port and SNI, mTLS required; HTTP via `rds-inbound.<port>` and HTTP
-RBAC, TCP via network RBAC. Prometheus (15010): Envoy's own stats.
+matching its target port and SNI, mTLS required (the proxy's own `service-cert`, callers
+checked against the mesh's `root-cert`: names every proxy shares); HTTP via
+`rds-inbound.<port>` and HTTP RBAC, TCP via network RBAC. Prometheus (15010): Envoy's
+own stats.
 """
 
 from __future__ import annotations
@@ -173,8 +175,8 @@ def _inbound_chain(port: InboundPort, policy: ProxyPolicy) -> FilterChain:
     name = naming.local_cluster(service.namespace, service.name, port.port)
     tls = DownstreamTlsContext(
         common_tls_context=CommonTlsContext(
-            tls_certificate_sds_secret_configs=[sds(naming.service_cert(policy.identity))],
-            validation_context_sds_secret_config=sds(naming.root_inbound(policy.identity)),
+            tls_certificate_sds_secret_configs=[sds(naming.SERVICE_CERT)],
+            validation_context_sds_secret_config=sds(naming.ROOT_CERT),
             alpn_protocols=["h2", "http/1.1"] if port.is_http else [],
         ),
         require_client_certificate=True,

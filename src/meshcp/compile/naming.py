@@ -1,42 +1,22 @@
-"""Names of Envoy resources, as OSM spelled them (users' dashboards know them)."""
+"""Names of Envoy resources, as OSM spelled them (users' dashboards know them), except
+the secrets: OSM named a proxy's certificate and trust per identity and per service
+(`service-cert:<ns>/<sa>`, `root-cert-for-mtls-outbound:<ns>/<svc>`), which made every
+cluster differ per client; meshcp's names do not vary by client."""
 
 from __future__ import annotations
 
-from meshcp.identity import Identity
-
+#: The proxy's own certificate chain and key. One name for every proxy: each class's
+#: snapshot holds its own identity's certificate under it, and a stream is only ever
+#: served the snapshot of a class of its verified identity (`runtime.classify`), so the
+#: name resolves to the stream's own key and to no other. Resources that name it are
+#: the same bytes for every client (see docs/certificates.md).
 SERVICE_CERT = "service-cert"
-ROOT_OUTBOUND = "root-cert-for-mtls-outbound"
-ROOT_INBOUND = "root-cert-for-mtls-inbound"
-
-
-def service_cert(identity: Identity) -> str:
-    """`service-cert:<ns>/<sa>`: a proxy's own certificate chain and key."""
-    return f"{SERVICE_CERT}:{identity}"
-
-
-def root_inbound(identity: Identity) -> str:
-    """`root-cert-for-mtls-inbound:<ns>/<sa>`: the trust bundle inbound mTLS checks against."""
-    return f"{ROOT_INBOUND}:{identity}"
-
-
-def root_outbound(namespace: str, service: str) -> str:
-    """`root-cert-for-mtls-outbound:<ns>/<svc>`: trust bundle plus the SANs a service may present."""
-    return f"{ROOT_OUTBOUND}:{namespace}/{service}"
-
-
-def secret_owner(name: str) -> Identity | None:
-    """The identity a secret name is private to, or None for public trust data.
-
-    A proxy may only receive its own `service-cert` (the key) and its own inbound root;
-    outbound roots hold nothing secret and any proxy may ask for any of them.
-    """
-    kind, sep, rest = name.partition(":")
-    if not sep or kind not in (SERVICE_CERT, ROOT_INBOUND):
-        return None
-    try:
-        return Identity.parse(rest)
-    except ValueError:
-        return None
+#: The mesh's trust bundle, for both ends of mTLS: the same secret for every proxy. Which
+#: server identities a client accepts is matched in each upstream cluster's own
+#: validation context, not in this secret; who may call a server is decided by RBAC.
+ROOT_CERT = "root-cert"
+#: Every secret name the mesh serves: any other name a proxy asks for is refused.
+SECRETS = frozenset({SERVICE_CERT, ROOT_CERT})
 
 
 OUTBOUND_LISTENER = "outbound-listener"

@@ -1,4 +1,4 @@
-"""Who a proxy is, and which secrets it may ask for."""
+"""Who a proxy is, and which secret names it may ask for."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp.certs.clock import utc_now
 from meshcp.certs.xds_identity import XdsClientRejected, verify_xds_client
-from meshcp.compile.naming import secret_owner
+from meshcp.compile.naming import SECRETS
 from meshcp.identity import DEFAULT_TRUST_DOMAIN, ProxyIdentity
 from meshcp.xds.auth import Authorizer, PeerCertificate, StreamRejected
 
@@ -49,8 +49,12 @@ def claimed_identity(trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Authorizer:
     return authorize
 
 
-def may_receive(identity: str | None, type_url: str, name: str) -> bool:
-    """A proxy may receive only its own identity's private secrets (certificate and key,
-    inbound trust); everything else is not secret."""
-    owner = secret_owner(name)
-    return owner is None or (identity is not None and str(owner) == identity)
+def may_receive(name: str) -> bool:
+    """Whether a proxy may subscribe to a secret name: only the names the mesh serves.
+
+    Every proxy's snapshot holds exactly its own identity's `service-cert` and the shared
+    `root-cert`, so no name can reach another identity's key (`naming.SERVICE_CERT`);
+    a name outside those two is dropped and counted: a proxy whose configuration did not
+    come from this controller (OSM's per-identity names, a controller older than the
+    shared names) or that probes for keys."""
+    return name in SECRETS

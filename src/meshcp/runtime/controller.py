@@ -87,7 +87,7 @@ class ControllerRuntime:
             on_rotated=on_rotated,
             validity_of=lambda: self.rounds.cert_validity,
         )
-        self.publisher = Publisher(self.cache, self.encoder, self.certificates, trust_domain=ca.trust_domain)
+        self.publisher = Publisher(self.cache, self.encoder, self.certificates)
         self._api_client: ApiClientFactory = partial(
             default_api_client, settings.kube_context, settings.kubeconfig
         )

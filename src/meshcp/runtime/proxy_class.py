@@ -2,13 +2,13 @@
 
 A class is one identity with one set of local and upstream services; every proxy of the
 class shares one snapshot. The reconciler produces classes, the publisher adds the
-identity's secrets and installs them, so the type sits below both.
+identity's certificate and the mesh's trust bundle and installs them, so the type sits
+below both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
@@ -23,9 +23,6 @@ class ProxyClass:
     identity: Identity
     #: The compiled, encoded non-secret configuration (clusters, endpoints, listeners, routes).
     resources: tuple[Resource, ...] = ()
-    #: Upstream services `(namespace, name)` the class calls, with the identities their
-    #: endpoints may present: each gets a `root-cert-for-mtls-outbound` secret.
-    upstreams: Mapping[tuple[str, str], tuple[Identity, ...]] = field(default_factory=dict)
     #: More of the configuration, as the shared pieces it was compiled in. Classes that
     #: share a piece share its `ResourceSet`, so publishing a change costs O(pieces), not
     #: O(resources), per class.

@@ -1,18 +1,21 @@
-"""Publishing snapshots: each proxy class's compiled config plus its identity's secrets.
+"""Publishing snapshots: each proxy class's compiled config plus its two secrets.
 
-The compiler hands over proxy classes (identity, resources, upstream services); this
-module adds the SDS secrets of that identity and installs the snapshot. Certificates are
-issued in the background per identity, so a slow or failing CA delays only the proxies
-of the identity it is issuing for; a rotation re-publishes only that identity's classes.
+The compiler hands over proxy classes (identity, resources); this module adds the SDS
+secrets and installs the snapshot: `service-cert`, the class's own identity's certificate
+and key, and `root-cert`, the mesh's trust bundle, one encoded secret shared by every
+class. A class's snapshot never holds another identity's certificate, which is what makes
+the one well-known name safe (see `naming.SERVICE_CERT`). Certificates are issued in the
+background per identity, so a slow or failing CA delays only the proxies of the identity
+it is issuing for; a rotation re-publishes only that identity's classes, a new trust
+bundle every class (the same new `root-cert` for all).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret
 from meshcp.cache.encoding import Encoder
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet, Snapshot
@@ -35,25 +38,20 @@ class Publisher:
         encoder: Encoder,
         certificates: CertificateManager[Identity],
         *,
-        trust_domain: str = "cluster.local",
         retry_interval: float = 5.0,
     ) -> None:
         self._cache = cache
         self._encoder = encoder
         self._certificates = certificates
         self._retry_interval = retry_interval
-        self._trust_domain = trust_domain
         self._classes: dict[str, ProxyClass] = {}
         self._bundle = ""
         self._waiting: asyncio.Queue[Identity] = asyncio.Queue()
-        self._certs: dict[Identity, tuple[IssuedCertificate, Resource]] = {}
-        self._roots: dict[tuple[str, ...], Resource] = {}
-        #: Per identity: its certificate and inbound trust as one set (with the certificate
-        #: it was made from); per upstreams mapping (by id, kept alive): their trust.
+        #: The trust bundle's `root-cert`, encoded once per bundle for every class.
+        self._root: Resource | None = None
+        #: Per identity: its `service-cert` and the `root-cert` as one set, with the
+        #: certificate it was made from (replaced on rotation).
         self._identity_sets: dict[Identity, tuple[IssuedCertificate, ResourceSet]] = {}
-        self._upstream_sets: dict[
-            int, tuple[Mapping[tuple[str, str], tuple[Identity, ...]], ResourceSet]
-        ] = {}
 
     @property
     def trust_bundle(self) -> str:
@@ -67,9 +65,8 @@ class Publisher:
         if bundle == self._bundle:
             return
         self._bundle = bundle
-        self._roots.clear()
+        self._root = None
         self._identity_sets.clear()
-        self._upstream_sets.clear()
         for proxy_class in self._classes.values():
             self._publish(proxy_class)
 
@@ -82,11 +79,7 @@ class Publisher:
         wanted = {proxy_class.identity for proxy_class in fresh.values()}
         for identity in set(self._certificates.keys()) - wanted:
             self._certificates.forget(identity)
-            self._certs.pop(identity, None)
             self._identity_sets.pop(identity, None)
-        live = {id(proxy_class.upstreams) for proxy_class in fresh.values()}
-        for stale in self._upstream_sets.keys() - live:
-            del self._upstream_sets[stale]
         for proxy_class in fresh.values():
             if self._certificates.current(proxy_class.identity) is None:
                 self._waiting.put_nowait(proxy_class.identity)
@@ -130,57 +123,19 @@ class Publisher:
         if certificate is None or not self._bundle:
             return
         parts: list[ResourceSet | Resource] = [*proxy_class.resources, *proxy_class.sets]
-        parts.append(self._identity_secrets(identity, certificate))
-        parts.append(self._upstream_secrets(proxy_class.upstreams))
+        parts.append(self._secrets(identity, certificate))
         key = proxy_class.key
         self._cache.set_snapshot(key, Snapshot(parts, previous=self._cache.get(key)))
 
-    def _identity_secrets(self, identity: Identity, certificate: IssuedCertificate) -> ResourceSet:
+    def _secrets(self, identity: Identity, certificate: IssuedCertificate) -> ResourceSet:
+        """The identity's `service-cert` (encoded once per certificate) with the shared
+        `root-cert` (encoded once per bundle), as one set for all of its classes."""
         held = self._identity_sets.get(identity)
         if held is not None and held[0] is certificate:
             return held[1]
-        bundle = self._bundle
-        found = ResourceSet(
-            [
-                self._service_cert(identity, certificate),
-                self._root(("in", str(identity)), lambda: sds.root_inbound(identity, bundle)),
-            ]
-        )
+        if self._root is None:
+            self._root = self._encoder.encode(sds.root_cert(self._bundle))
+        own = self._encoder.encode(sds.service_cert(certificate.chain_pem, certificate.private_key_pem))
+        found = ResourceSet([own, self._root])
         self._identity_sets[identity] = (certificate, found)
-        return found
-
-    def _upstream_secrets(self, upstreams: Mapping[tuple[str, str], tuple[Identity, ...]]) -> ResourceSet:
-        """The outbound trust of every upstream: shared by the classes with the same
-        upstreams (the reconciler hands them the same mapping object)."""
-        held = self._upstream_sets.get(id(upstreams))
-        if held is not None and held[0] is upstreams:
-            return held[1]
-        bundle, domain = self._bundle, self._trust_domain
-        secrets = [
-            self._root(
-                ("out", namespace, service, *map(str, identities)),
-                lambda n=namespace, s=service, i=identities: sds.root_outbound(n, s, bundle, i, domain),  # type: ignore[misc]
-            )
-            for (namespace, service), identities in sorted(upstreams.items())
-        ]
-        found = ResourceSet(secrets)
-        self._upstream_sets[id(upstreams)] = (upstreams, found)
-        return found
-
-    def _service_cert(self, identity: Identity, certificate: IssuedCertificate) -> Resource:
-        """One encoded secret per identity and certificate; replaced on rotation."""
-        held = self._certs.get(identity)
-        if held is not None and held[0] is certificate:
-            return held[1]
-        resource = self._encoder.encode(
-            sds.service_cert(identity, certificate.chain_pem, certificate.private_key_pem)
-        )
-        self._certs[identity] = (certificate, resource)
-        return resource
-
-    def _root(self, key: tuple[str, ...], build: Callable[[], Secret]) -> Resource:
-        """Trust secrets are encoded once per bundle and shared by every class that needs them."""
-        found = self._roots.get(key)
-        if found is None:
-            found = self._roots[key] = self._encoder.encode(build())
         return found

@@ -4,10 +4,14 @@ Every compiled piece is memoised by exactly the policy inputs it depends on, so 
 re-builds and re-encodes only what it touches: a moved endpoint re-encodes one
 ClusterLoadAssignment, a new TrafficTarget the inbound config of one identity.
 
-What grows with the mesh squared is composed, not encoded: every identity has a cluster
-per service port and every client namespace its outbound routes over every service, so
-those are filled into templates (`cache.encoding.Template`) from pieces encoded once, and
-what all classes share (templates, assignments, peers) is gathered once per round.
+Nothing of a client's identity is compiled into what it receives of its upstreams: an
+upstream cluster names the proxy's certificate and the trust bundle by names every proxy
+shares (`naming.SERVICE_CERT`, `naming.ROOT_CERT`), so it is encoded once per service
+port and the same object sits in every class that calls the service. What still grows
+with the mesh squared is composed, not encoded: every client namespace has its outbound
+routes over every service, filled into templates (`cache.encoding.Template`) from
+virtual hosts encoded once; what all classes share (clusters, assignments) is gathered
+once per round.
 
 One module: the memo, the shared per-round pieces and the per-class compile are one
 algorithm whose keys must agree with each other; split, they would only be read together.
@@ -26,7 +30,6 @@ from meshcp.cache.encoding import Encoder, Template
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
 from meshcp.compile import cds, eds, lds, rds
-from meshcp.identity import Identity
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.build import MeshPolicy, build_policies
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
@@ -41,16 +44,10 @@ class _Memo:
     """Encoded resources by compile inputs; rebuilt each round so stale entries go."""
 
     entries: dict[Hashable, list[Resource]] = field(default_factory=dict)
-    #: Upstream cluster templates by (service, port, http2).
-    templates: dict[tuple[ServiceKey, int, bool], Template] = field(default_factory=dict)
     #: Interned `_Key`s: the same content gets the same key object round after round.
     keys: dict[_Key, _Key] = field(default_factory=dict)
-    #: Per identity, its upstream clusters with the templates they were filled from.
-    clusters: dict[Identity, tuple[tuple[Template, ...], list[Resource]]] = field(default_factory=dict)
     #: The `ResourceSet` of each piece (by the piece list's id, with the list kept alive).
     sets: dict[int, tuple[list[Resource], ResourceSet]] = field(default_factory=dict)
-    #: Upstream peers by the upstreams key: the same mapping object round after round.
-    peers: dict[_Key, Mapping[tuple[str, str], tuple[Identity, ...]]] = field(default_factory=dict)
     hits: int = 0
 
 
@@ -92,10 +89,10 @@ class _Shared:
     """What every class with the same upstreams has in common, compiled once per round."""
 
     upstreams: _Key
+    #: What the upstream clusters are compiled from (`cds.upstream_specs`), and its key.
+    spec_list: tuple[cds.UpstreamSpec, ...]
     specs: _Key
-    templates: tuple[Template, ...]
     endpoints: list[Resource]
-    peers: Mapping[tuple[str, str], tuple[Identity, ...]]
     upstream_list: tuple[Upstream, ...]
     #: What the outbound listener matches (all mesh services when pruned), its key, the
     #: ports of its route configurations, and whether they end in the 403 catch-all.
@@ -199,16 +196,7 @@ class Reconciler:
         listener: tuple[_Key, tuple[int, ...]] | None = None,
     ) -> _Shared:
         specs = cds.upstream_specs(upstreams)
-        templates = []
-        for spec in specs:
-            template = self._memo.templates.get(spec) or old.templates.get(spec)
-            if template is None:
-                cluster, marker = cds.upstream_template(*spec)
-                template = self._encoder.template(cluster, marker)
-            self._memo.templates[spec] = template
-            templates.append(template)
         assignments: dict[tuple[ServiceKey, int], Resource] = {}
-        peers: dict[tuple[str, str], tuple[Identity, ...]] = {}
         for upstream in upstreams:
             services = [upstream.service]
             if upstream.split is not None:
@@ -222,25 +210,19 @@ class Reconciler:
                     ("eds", service, upstream.port, found),
                     self._encoded(partial(_assignment, service, upstream.port, found)),
                 )
-            peers[(upstream.service.namespace, upstream.service.name)] = upstream.identities
         upstreams_key = self._key(old, upstreams)
         # The same objects as last round when nothing changed: the publisher and the
         # snapshots then recognise them by identity instead of comparing their contents.
         values = list(assignments.values())
         all_endpoints = self._piece(old, ("eds-all", tuple(values)), lambda: values)
-        held_peers = self._memo.peers.get(upstreams_key) or old.peers.get(upstreams_key)
-        if held_peers is None or held_peers != peers:
-            held_peers = peers
-        self._memo.peers[upstreams_key] = held_peers
         listener_key, route_ports = (
             (upstreams_key, rds.route_ports(upstreams)) if listener is None else listener
         )
         return _Shared(
             upstreams_key,
+            specs,
             self._key(old, specs),
-            tuple(templates),
             all_endpoints,
-            held_peers,
             upstreams,
             listener_key,
             route_ports,
@@ -299,41 +281,28 @@ class Reconciler:
             for template, hosts in self._route_hosts(shared, old)
         ]
 
-    def _upstream_clusters(
-        self, identity: Identity, templates: tuple[Template, ...], old: _Memo
-    ) -> list[Resource]:
-        """Every upstream cluster of `identity`, filled into the shared templates.
-
-        A service added or removed changes every identity's set of clusters: the clusters
-        of templates the identity already had are taken over, so only the new service's
-        are filled (S per change, not S²)."""
-        previous = self._memo.clusters.get(identity) or old.clusters.get(identity)
-        had = dict(zip(*previous, strict=True)) if previous is not None else {}
-        value = cds.template_value(identity)
-        fields: dict[bytes, bytes] = {}
-        out = []
-        for template in templates:
-            found = had.get(template)
-            if found is None:
-                filled = fields.get(template.tag)
-                if filled is None:
-                    filled = fields[template.tag] = template.field(value)
-                found = self._encoder.fill(template, filled)
-            out.append(found)
-        return out
+    def _upstream_clusters(self, shared: _Shared, trust_domain: str, old: _Memo) -> list[Resource]:
+        """Every upstream cluster of the classes with these upstreams: each encoded once
+        per service port (and server identities), whoever its clients are."""
+        return [
+            self._piece(
+                old,
+                ("cds", spec, trust_domain),
+                self._encoded(partial(_cluster, spec, trust_domain)),
+            )[0]
+            for spec in shared.spec_list
+        ]
 
     def _compile(self, key: str, policy: ProxyPolicy, shared: _Shared, old: _Memo) -> ProxyClass:
         identity, inbound = policy.identity, policy.inbound
         egress, trust = policy.egress_passthrough, policy.trust_domain
         encoded = self._encoded
         pieces: list[list[Resource]] = []
-        clusters = self._piece(
-            old,
-            ("cds-up", identity, shared.specs),
-            partial(self._upstream_clusters, identity, shared.templates, old),
+        pieces.append(
+            self._piece(
+                old, ("cds-up", shared.specs, trust), partial(self._upstream_clusters, shared, trust, old)
+            )
         )
-        self._memo.clusters[identity] = (shared.templates, clusters)
-        pieces.append(clusters)
         pieces.append(
             self._piece(
                 old,
@@ -351,7 +320,7 @@ class Reconciler:
             pieces.append(
                 self._piece(
                     old,
-                    ("lds-in", identity, inbound, trust),
+                    ("lds-in", inbound, trust),  # the same secret names for every identity
                     encoded(lambda: [lds.inbound_listener(policy)]),
                 )
             )
@@ -368,7 +337,7 @@ class Reconciler:
         # Names are unique by construction: clusters per spec (deduplicated by name),
         # local ones with `|local`, assignments per (service, port), one listener each.
         pieces.append(shared.endpoints)
-        return ProxyClass(key, identity, (), shared.peers, tuple(self._set(p, old) for p in pieces))
+        return ProxyClass(key, identity, (), tuple(self._set(p, old) for p in pieces))
 
     def _set(self, piece: list[Resource], old: _Memo) -> ResourceSet:
         """The shared `ResourceSet` of a piece, made once for as long as the piece lives."""
@@ -399,3 +368,7 @@ def _assignment(
     service: ServiceKey, port: int, endpoints: tuple[Endpoint, ...]
 ) -> list[betterproto2.Message]:
     return [eds.load_assignment(service, port, endpoints)]
+
+
+def _cluster(spec: cds.UpstreamSpec, trust_domain: str) -> list[betterproto2.Message]:
+    return [cds.upstream_cluster(*spec, trust_domain)]

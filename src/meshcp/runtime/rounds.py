@@ -71,7 +71,7 @@ class Rounds:
             self.apply_mesh_config(state)
             self._publisher.update(self._reconciler.apply(state))
             policy = self._reconciler.policy
-            self._classifier.update(policy.proxies, policy.pod_classes)
+            self._classifier.update(policy.proxies, policy.pod_classes, policy.classes)
             self._reclassify()
             self._readiness.mark_synced(MESH)
             if self._on_round is not None:

@@ -13,8 +13,12 @@ PeerCertificate = bytes | None
 #: raises `StreamRejected`. The TLS layer has already checked chain and expiry.
 Authorizer = Callable[[Node, PeerCertificate], str | None]
 
-#: Maps a node to the key of its snapshot in the cache (its proxy class).
-Classifier = Callable[[Node], str]
+#: Maps a node, with the identity its stream was authorised as (the authoriser's answer),
+#: to the key of its snapshot in the cache (its proxy class). A stream is served that
+#: class's snapshot only, and it holds that class's identity's certificate under the one
+#: name every proxy shares: a classifier must never hand a stream a class of another
+#: identity (`runtime.classify.ProxyClassifier` checks it).
+Classifier = Callable[[Node, str | None], str]
 
 
 class StreamRejected(Exception):
@@ -30,15 +34,16 @@ def allow_any(node: Node, peer: PeerCertificate) -> str | None:
     return None
 
 
-def by_node_id(node: Node) -> str:
-    """The default classifier: every node its own class."""
+def by_node_id(node: Node, identity: str | None) -> str:
+    """The default classifier (tests, no mesh source): every node its own class, keyed by
+    its node id, which the authoriser checked against the client certificate."""
     return node.id
 
 
-#: Whether a stream of the given identity may receive a named secret. Checked on every
-#: SDS subscription; refused names are dropped from the request, logged and counted.
-SecretGuard = Callable[[str | None, str, str], bool]
+#: Whether a stream may subscribe to a named secret. Checked on every SDS subscription;
+#: refused names are dropped from the request, logged and counted.
+SecretGuard = Callable[[str], bool]
 
 
-def any_secret(identity: str | None, type_url: str, name: str) -> bool:
+def any_secret(name: str) -> bool:
     return True

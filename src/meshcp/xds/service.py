@@ -236,7 +236,7 @@ class AggregatedDiscoveryService:
         moved = 0
         for pusher, connection in list(self._open.values()):
             node = connection.protocol.node
-            key = self._classify(node) if node is not None else pusher.key
+            key = self._classify(node, connection.identity) if node is not None else pusher.key
             if key != pusher.key:
                 pusher.bind(self._cache, key)
                 connection.key = key
@@ -267,7 +267,7 @@ class AggregatedDiscoveryService:
         protocol.receive(first)
         del first  # requests are not kept: the protocol took what it needs
         pusher = _Pusher(stream, protocol, self._readiness, self._admission, self._send_failed)
-        pusher.bind(self._cache, self._classify(node))
+        pusher.bind(self._cache, self._classify(node, identity))
         connection = Connection(protocol, pusher.key, identity, _peer(stream), time.time())
         token = self._proxies.add(connection)
         self._open[token] = (pusher, connection)
@@ -305,17 +305,24 @@ class AggregatedDiscoveryService:
         self._metrics.send_errors.labels(reason).inc()
 
     def _check_secrets(self, request: Any, identity: str | None, node: Node) -> None:
-        """Drop secret names this proxy may not receive (another identity's key)."""
+        """Drop secret names this proxy may not ask for (not a name the mesh serves).
+
+        Not what keeps another identity's key from a proxy: its class's snapshot holds
+        only its own (see `Classifier`), so no name could reach one. Dropping keeps such
+        names out of the stream's state and counts a proxy that asks for them."""
         if request.type_url != resource_types.SECRET:
             return
         field = "resource_names_subscribe" if isinstance(request, DeltaDiscoveryRequest) else "resource_names"
         names: list[str] = getattr(request, field)
-        refused = [name for name in names if not self._guard(identity, request.type_url, name)]
+        refused = [name for name in names if not self._guard(name)]
         if refused:
             setattr(request, field, [name for name in names if name not in refused])
             self._metrics.refused_secrets.inc(len(refused))
             log.warning(
-                "refused secrets %s to %s (identity %s): not its own", ", ".join(refused), node.id, identity
+                "refused secrets %s to %s (identity %s): not a name the mesh serves",
+                ", ".join(refused),
+                node.id,
+                identity,
             )
 
 
