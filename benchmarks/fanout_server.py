@@ -49,7 +49,7 @@ def rss() -> int:
         return int(statm.read().split()[1]) * _PAGE
 
 
-def by_cluster(node: Node) -> str:
+def by_cluster(node: Node, identity: str | None) -> str:
     """Classifier: the load generator puts the proxy class in `node.cluster`."""
     return node.cluster
 

@@ -23,7 +23,6 @@ from tests.support.envoy_pair import (
     BOOKSTORE,
     BOOKSTORE_HOST,
     BOOKTHIEF,
-    NAMESPACE,
     envoy_pair,
     get,
 )
@@ -34,6 +33,7 @@ from tests.support.mtls import (
     foreign_ca,
     mtls_cluster,
     serial_hex,
+    upstream_mtls,
     write_pem,
 )
 from tests.support.resources import load_assignment
@@ -102,22 +102,17 @@ async def test_requests_cross_mutual_tls_with_certificates_from_sds(
         assert fields["URI"] == BOOKBUYER.spiffe_id()
         assert fields["By"] == BOOKSTORE.spiffe_id()
 
-        # Each Envoy holds exactly its own identity's secrets, and presents its certificate.
-        for envoy, expected in (
-            (
-                client_envoy,
-                {"service-cert:bookbuyer/bookbuyer", "root-cert-for-mtls-outbound:bookstore/bookstore"},
-            ),
-            (
-                server_envoy,
-                {"service-cert:bookstore/bookstore", "root-cert-for-mtls-inbound:bookstore/bookstore"},
-            ),
-        ):
+        # Both Envoys hold the same two names, each its own identity's certificate under
+        # `service-cert`, and present it.
+        for envoy in (client_envoy, server_envoy):
             dump = await envoy.config_dump()
             active = {s["name"] for s in dump["secrets"].get("dynamic_active_secrets", [])}
-            assert active == expected
-        assert serial_hex(pair.current(BOOKBUYER)) in await envoy_serials(client_envoy)
-        assert serial_hex(pair.current(BOOKSTORE)) in await envoy_serials(server_envoy)
+            assert active == {naming.SERVICE_CERT, naming.ROOT_CERT}
+        client_serials, server_serials = await envoy_serials(client_envoy), await envoy_serials(server_envoy)
+        assert serial_hex(pair.current(BOOKBUYER)) in client_serials
+        assert serial_hex(pair.current(BOOKBUYER)) not in server_serials
+        assert serial_hex(pair.current(BOOKSTORE)) in server_serials
+        assert serial_hex(pair.current(BOOKSTORE)) not in client_serials
         assert await client_envoy.stat("cluster.bookstore.ssl.handshake") >= 5
         assert await server_envoy.stat("listener.127.0.0.1_0.ssl.handshake") >= 5
         # Both ADS streams are mutual TLS, identified by their certificates.
@@ -160,8 +155,9 @@ async def test_the_inbound_listener_accepts_only_mesh_client_certificates(tmp_pa
 async def test_the_client_envoy_accepts_only_the_identities_of_the_service(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    """`root-cert-for-mtls-outbound` names who may answer for the bookstore: when it names
-    another identity, the bookstore's (mesh-signed) certificate is refused."""
+    """The bookstore cluster's own validation context names who may answer for the
+    bookstore (combined with the shared `root-cert`): when it names another identity,
+    the bookstore's (mesh-signed) certificate is refused."""
     async with envoy_pair(tmp_path) as pair:
         client_envoy, _ = pair.envoys
         pair.bookstore_identities = (BOOKTHIEF,)
@@ -186,15 +182,15 @@ async def test_the_client_envoy_accepts_only_the_identities_of_the_service(
 async def test_envoy_never_receives_another_identitys_secret(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    """The bookbuyer's config asks for the bookstore's certificate (and key): its Envoy
-    subscribes, the server refuses and counts it, and the rest keeps working."""
+    """The bookbuyer's config asks for the bookstore's certificate (and key) by its
+    per-identity name (OSM's): its Envoy subscribes, the server refuses and counts it
+    (no such name is served), and the rest keeps working."""
     async with envoy_pair(tmp_path) as pair:
         client_envoy, _ = pair.envoys
-        stolen = naming.service_cert(BOOKSTORE)
-        outbound_root = naming.root_outbound(NAMESPACE, "bookstore")
+        stolen = f"service-cert:{BOOKSTORE}"
         encode = pair.runtime.encoder.encode
         pair.extra_client_resources = (
-            encode(mtls_cluster("stolen", stolen, outbound_root, BOOKSTORE_HOST)),
+            encode(mtls_cluster("stolen", upstream_mtls(stolen, naming.ROOT_CERT, BOOKSTORE_HOST))),
             encode(load_assignment("stolen", pair.inbound_port)),
         )
         pair.publish()
@@ -213,7 +209,8 @@ async def test_envoy_never_receives_another_identitys_secret(
         await eventually(subscribed_and_refused, 10, "Envoy to ask for the stolen secret", details=pair.logs)
         dump = await client_envoy.config_dump()
         active = {s["name"] for s in dump["secrets"].get("dynamic_active_secrets", [])}
-        assert active == {naming.service_cert(BOOKBUYER), outbound_root}  # not the stolen one
+        assert active == {naming.SERVICE_CERT, naming.ROOT_CERT}  # not the stolen one
+        assert serial_hex(pair.current(BOOKSTORE)) not in await envoy_serials(client_envoy)
         assert "stolen" not in await client_envoy.clusters()  # it waits for a secret that never comes
         (status,) = [e for e in pair.runtime.proxies.status() if e["node_id"] == pair.client.name]
         assert stolen not in status["types"]["sds"]["names"]  # type: ignore[index]

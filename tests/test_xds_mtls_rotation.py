@@ -191,8 +191,8 @@ async def test_an_old_root_bootstrap_gets_its_config_after_the_rotation_and_a_re
         assert roots_in(second.trust.xds_bundle) == roots_in(new_root + old_root)
         await register(second, proxy)
         secrets = await receives_its_secrets(second.xds.port, files, proxy)
-        inbound = trusted_ca_of(secrets[f"root-cert-for-mtls-inbound:{proxy.identity}"])
-        assert roots_in(inbound) == roots_in(new_root)
+        trusted = trusted_ca_of(secrets["root-cert"])
+        assert roots_in(trusted) == roots_in(new_root)
         assert all_rejected(second) == 0
 
 

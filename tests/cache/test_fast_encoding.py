@@ -30,12 +30,10 @@ from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 i
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret, UpstreamTlsContext
 from meshcp._proto.envoy.service.discovery.v3 import DiscoveryResponse
 from meshcp.cache import Encoder, pack
-from meshcp.cache.encoding import Template, canonical_bytes, digest, message_bytes
+from meshcp.cache.encoding import Template, canonical_bytes, message_bytes
 from meshcp.cli import offline
 from meshcp.compile import cds, eds, lds, naming, rds
-from meshcp.identity import Identity
 from meshcp.policy.build import build_policies
-from meshcp.policy.types import ServiceKey
 from tests.golden.test_bookstore import EXAMPLE
 
 INT_RANGES = {
@@ -172,58 +170,6 @@ async def test_every_compiled_resource_of_the_bookstore_encodes_identically() ->
 
 
 # --- templates ------------------------------------------------------------------------------
-
-IDENTITIES = [
-    Identity("a", "b"),
-    Identity("bookstore", "bookbuyer"),
-    Identity("n" * 63, ".".join(["s" * 60] * 3)),  # lengths whose varints take two bytes
-    Identity("ns-001", "svc.with.dots"),
-]
-SERVICES = [
-    (ServiceKey("bookstore", "bookstore-v1"), 14001, False),
-    (ServiceKey("x", "y"), 1, True),
-    (ServiceKey("n" * 63, "long-" * 40), 65535, False),
-]
-
-
-@pytest.mark.parametrize("service, port, http2", SERVICES)
-@pytest.mark.parametrize("identity", IDENTITIES, ids=str)
-def test_a_filled_cluster_template_is_the_encoded_cluster(
-    identity: Identity, service: ServiceKey, port: int, http2: bool
-) -> None:
-    encoder = Encoder()
-    cluster, marker = cds.upstream_template(service, port, http2)
-    template = encoder.template(cluster, marker)
-    filled = encoder.fill(template, template.field(cds.template_value(identity)))
-    expected = Encoder().encode(cds.upstream_cluster(identity, service, port, http2))
-    assert filled.body == expected.body
-    assert filled.version == expected.version == digest(filled.body)
-    assert (filled.type_url, filled.name, filled.endpoints) == (
-        expected.type_url,
-        expected.name,
-        expected.endpoints,
-    )
-    assert filled.delta_entry() == expected.delta_entry()
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    namespace=st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True),
-    account=st.from_regex(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?(\.[a-z0-9]{1,20}){0,8}", fullmatch=True),
-    name=st.text(min_size=1, max_size=300).filter(lambda t: "\0" not in t),
-    port=st.integers(1, 65535),
-    http2=st.booleans(),
-)
-def test_cluster_templates_hold_for_any_identity_and_service(
-    namespace: str, account: str, name: str, port: int, http2: bool
-) -> None:
-    identity = Identity(namespace, account)
-    service = ServiceKey(namespace, name)
-    cluster, marker = cds.upstream_template(service, port, http2)
-    template = Encoder().template(cluster, marker)
-    expected = message_bytes(pack(cds.upstream_cluster(identity, service, port, http2)))
-    assert template.compose(template.field(cds.template_value(identity))) == expected
-    assert expected == bytes(pack(cds.upstream_cluster(identity, service, port, http2)))
 
 
 @settings(max_examples=100, deadline=None)

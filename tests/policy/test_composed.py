@@ -1,7 +1,8 @@
 """What the reconciler composes from templates and cached fragments is what the plain
 compile functions give, encoded by betterproto2: same bytes, same versions.
 
-The reconciler fills upstream clusters and outbound routes from shared pieces; if it
+The reconciler fills outbound routes from shared pieces and shares upstream clusters
+across identities; if it
 drifted from the typed model by one byte, proxies would see different versions from a
 replica built another way, and the golden files (which compare decoded content) might
 not notice.
@@ -53,7 +54,7 @@ async def test_composed_resources_equal_the_encoded_typed_model(name: str) -> No
         messages = [*cds.clusters(policy), *lds.listeners(policy), *rds.routes(policy)]
         messages += [
             eds.load_assignment(service, port, rec.policy.endpoints.get((service, port), ()))
-            for service, port, _ in cds.upstream_specs(policy.upstreams)
+            for service, port, *_ in cds.upstream_specs(policy.upstreams)
         ]
         expected = {}
         for message in messages:

@@ -91,7 +91,7 @@ async def test_a_split_weight_change_re_encodes_routes_only() -> None:
     assert encoder.encodes - count == 2 + len(namespaces) * len(http_ports) + 1
 
 
-async def test_a_new_service_fills_only_its_own_clusters() -> None:
+async def test_a_new_service_encodes_only_its_own_cluster_once_for_every_client() -> None:
     rec, encoder = await reconciler()
     before = rec.apply(state("10.244.5.1"))
     old = {
@@ -113,15 +113,24 @@ async def test_a_new_service_fills_only_its_own_clusters() -> None:
     }
     # Every existing class gets the new service's cluster and keeps every other one.
     assert new_clusters == {(key, "bookstore/audit|7100") for key in old_keys}
-    # Refilling every class's clusters alone would take more encodes than the whole
-    # change does (one template, a fill per class, routes, listeners, the new class).
+    # Whatever the client's identity, the same encoded cluster: one encode for all.
+    audit = {
+        id(r)
+        for c in after
+        for r in c.all_resources()
+        if r.type_url == resource_types.CLUSTER and r.name == "bookstore/audit|7100"
+    }
+    assert len(audit) == 1
+    # Re-encoding every class's clusters alone would take more encodes than the whole
+    # change does (the new cluster, routes, listeners, the new class).
     refill = sum(1 for c in after for r in c.all_resources() if r.type_url == resource_types.CLUSTER)
     assert encoder.encodes - count < refill
 
 
 async def test_classes_with_the_same_upstreams_share_their_pieces_across_changes() -> None:
     """Publishing a thousand classes must not cost a thousand copies: classes that call the
-    same services hold the same endpoint and trust sets, and keep them while unchanged."""
+    same services hold the same endpoint and upstream cluster sets (whatever their
+    identities), and keep them while unchanged."""
     rec = Reconciler(Encoder())
     first = rec.apply(state("10.244.5.1"))
     endpoint_sets = {id(s) for c in first for s in c.sets if s.type_url == resource_types.ENDPOINT}
@@ -130,7 +139,17 @@ async def test_classes_with_the_same_upstreams_share_their_pieces_across_changes
         state("10.244.5.1", target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_BUY))
     )
     assert {id(s) for c in second for s in c.sets if s.type_url == resource_types.ENDPOINT} == endpoint_sets
-    assert {id(c.upstreams) for c in second} == {id(c.upstreams) for c in first}
+
+    def upstream_cluster_sets(classes: list[ProxyClass]) -> set[int]:  # EDS clusters only
+        return {
+            id(s)
+            for c in classes
+            for s in c.sets
+            if s.type_url == resource_types.CLUSTER and all(r.endpoints for r in s)
+        }
+
+    assert len({c.identity for c in first}) > 1 and len(upstream_cluster_sets(first)) == 1
+    assert upstream_cluster_sets(second) == upstream_cluster_sets(first)
 
 
 async def test_pruned_a_new_traffic_target_reaches_the_source_and_the_destination_only() -> None:

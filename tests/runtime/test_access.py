@@ -1,5 +1,7 @@
-"""Who a proxy is (`verified_identity`, `claimed_identity`) and which secrets it may
-receive (`may_receive`), with certificates from a real InternalCA."""
+"""Who a proxy is (`verified_identity`, `claimed_identity`) and which secret names it may
+ask for (`may_receive`), with certificates from a real InternalCA. That the names reach
+only the proxy's own identity's certificate: tests/runtime/test_classify.py and
+tests/test_xds_mtls.py."""
 
 from __future__ import annotations
 
@@ -9,14 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshcp._proto.envoy.config.core.v3 import Node
-from meshcp.cache import resource_types
 from meshcp.certs import Identity, InternalCA, IssuedCertificate, MemoryStore, ProxyIdentity
 from meshcp.certs.clock import utc_now
 from meshcp.certs.issuance import workload_request, xds_client_request
 from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
 from meshcp.xds.auth import Authorizer, StreamRejected
 
-SDS = resource_types.SECRET
 BUYER = Identity("bookbuyer", "bookbuyer")
 PROXY = ProxyIdentity("6f1c3a52-0d6a-4b55-9a59-1d8a5f0e2b11", BUYER)
 TWIN = ProxyIdentity("0b7c9e31-5d2f-4a8e-9c61-3e4f5a6b7c8d", BUYER)
@@ -149,22 +149,19 @@ def test_claimed_identity_believes_a_sidecar_node_id_and_nothing_else() -> None:
 
 
 @pytest.mark.parametrize(
-    ("identity", "name", "allowed"),
+    ("name", "allowed"),
     [
-        ("bookbuyer/bookbuyer", "service-cert:bookbuyer/bookbuyer", True),
-        ("bookbuyer/bookbuyer", "root-cert-for-mtls-inbound:bookbuyer/bookbuyer", True),
-        ("bookbuyer/bookbuyer", "service-cert:bookstore/bookstore", False),
-        ("bookbuyer/bookbuyer", "root-cert-for-mtls-inbound:bookstore/bookstore", False),
-        # Same namespace, another service account; same account name, another namespace.
-        ("bookbuyer/bookbuyer", "service-cert:bookbuyer/admin", False),
-        ("bookbuyer/bookbuyer", "service-cert:other/bookbuyer", False),
-        # Outbound trust holds no key: any proxy may ask for any of them.
-        ("bookbuyer/bookbuyer", "root-cert-for-mtls-outbound:bookstore/bookstore", True),
-        (None, "root-cert-for-mtls-outbound:bookstore/bookstore", True),
-        # A proxy of unknown identity gets no private secret at all.
-        (None, "service-cert:bookbuyer/bookbuyer", False),
-        (None, "root-cert-for-mtls-inbound:bookbuyer/bookbuyer", False),
+        ("service-cert", True),
+        ("root-cert", True),
+        # Names no proxy is served: OSM's (and older meshcp's) per-identity and
+        # per-service names, and anything else.
+        ("service-cert:bookbuyer/bookbuyer", False),
+        ("service-cert:bookstore/bookstore", False),
+        ("root-cert-for-mtls-inbound:bookbuyer/bookbuyer", False),
+        ("root-cert-for-mtls-outbound:bookstore/bookstore", False),
+        ("service-cert ", False),
+        ("", False),
     ],
 )
-def test_may_receive_only_its_own_private_secrets(identity: str | None, name: str, allowed: bool) -> None:
-    assert may_receive(identity, SDS, name) is allowed
+def test_may_receive_only_the_names_the_mesh_serves(name: str, allowed: bool) -> None:
+    assert may_receive(name) is allowed

@@ -1,4 +1,5 @@
-"""The publisher: a proxy class's snapshot is its config plus its identity's secrets.
+"""The publisher: a proxy class's snapshot is its config plus its identity's certificate
+(`service-cert`) and the mesh's trust bundle (`root-cert`, shared by every class).
 
 A real InternalCA (in memory) issues through `Issuer` and a `CertificateManager` made by
 `workload_certificates`; `Publisher.run` runs in a task group where issuing is needed.
@@ -8,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret, SubjectAltNameMatcherSanType
+from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import Secret
 from meshcp._proto.google.protobuf import Any as AnyMessage
 from meshcp.cache import Encoder, Snapshot, SnapshotCache, resource_types
 from meshcp.certs import (
@@ -41,8 +42,6 @@ from tests.support import eventually
 SDS = resource_types.SECRET
 BUYER = Identity("bookbuyer", "bookbuyer")
 STORE = Identity("bookstore", "bookstore")
-THIEF = Identity("bookthief", "bookthief")
-Upstreams = Mapping[tuple[str, str], tuple[Identity, ...]]
 
 
 class Mesh:
@@ -70,9 +69,9 @@ class Mesh:
         self.publisher.set_trust_bundle(bundle)
         return bundle
 
-    def proxy_class(self, key: str, identity: Identity, upstreams: Upstreams | None = None) -> ProxyClass:
+    def proxy_class(self, key: str, identity: Identity) -> ProxyClass:
         resources = (self.encoder.encode(cluster(f"{key}-cluster")), self.encoder.encode(listener(key, 8080)))
-        return ProxyClass(key, identity, resources, upstreams or {})
+        return ProxyClass(key, identity, resources)
 
     async def published(self, *keys: str) -> None:
         async def all_there() -> bool:
@@ -117,8 +116,7 @@ async def test_a_class_is_published_only_once_its_identity_has_a_certificate(ca:
     provider.gate = asyncio.Event()
     mesh = Mesh(provider)
     bundle = await mesh.set_bundle()
-    upstreams = {("bookstore", "bookstore"): (STORE,), ("bookstore", "bookstore-v2"): (STORE, THIEF)}
-    buyer = mesh.proxy_class("buyer-1", BUYER, upstreams)
+    buyer = mesh.proxy_class("buyer-1", BUYER)
     mesh.publisher.update([buyer])
     assert mesh.cache.get("buyer-1") is None  # no certificate yet: nothing to serve
 
@@ -141,36 +139,38 @@ async def test_a_class_is_published_only_once_its_identity_has_a_certificate(ca:
     assert snapshot.resources(resource_types.CLUSTER)["buyer-1-cluster"] is buyer.resources[0]
     assert snapshot.resources(resource_types.LISTENER)["buyer-1"] is buyer.resources[1]
     secrets = secrets_of(snapshot)
-    assert set(secrets) == {
-        "service-cert:bookbuyer/bookbuyer",
-        "root-cert-for-mtls-inbound:bookbuyer/bookbuyer",
-        "root-cert-for-mtls-outbound:bookstore/bookstore",
-        "root-cert-for-mtls-outbound:bookstore/bookstore-v2",
-    }
-    own = secrets["service-cert:bookbuyer/bookbuyer"].tls_certificate
+    assert set(secrets) == {"service-cert", "root-cert"}
+    own = secrets["service-cert"].tls_certificate
     assert own is not None and own.certificate_chain is not None and own.private_key is not None
     assert own.certificate_chain.inline_bytes == certificate.chain_pem.encode()
     assert own.private_key.inline_bytes == certificate.private_key_pem.encode()
     assert pem_util.uris(certificate.certificate) == ["spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"]
-    assert trusted(secrets["root-cert-for-mtls-inbound:bookbuyer/bookbuyer"]) == bundle
-    for name, identities in (
-        ("root-cert-for-mtls-outbound:bookstore/bookstore", [STORE]),
-        ("root-cert-for-mtls-outbound:bookstore/bookstore-v2", [STORE, THIEF]),
-    ):
-        secret = secrets[name]
-        assert trusted(secret) == bundle
-        assert secret.validation_context is not None
-        matchers = [
-            (m.san_type, m.matcher.exact if m.matcher else None)
-            for m in secret.validation_context.match_typed_subject_alt_names
-        ]
-        expected = []
-        for identity in identities:
-            expected += [
-                (SubjectAltNameMatcherSanType.URI, identity.spiffe_id()),
-                (SubjectAltNameMatcherSanType.DNS, identity.dns_name()),
-            ]
-        assert matchers == expected, name
+    root = secrets["root-cert"]
+    assert trusted(root) == bundle
+    # Only the trust anchors: which identities a service may present is in its clusters.
+    assert root.validation_context is not None and not root.validation_context.match_typed_subject_alt_names
+
+
+async def test_each_identity_gets_its_own_certificate_under_the_one_name(ca: InternalCA) -> None:
+    """`service-cert` is the same name in every snapshot and a different key in each
+    identity's; `root-cert` is one encoded secret for all."""
+    mesh = Mesh(ca)
+    await mesh.set_bundle()
+    mesh.publisher.update([mesh.proxy_class("buyer-1", BUYER), mesh.proxy_class("store-1", STORE)])
+    async with running(mesh.publisher):
+        await mesh.published("buyer-1", "store-1")
+    buyer, store = mesh.cache.get("buyer-1"), mesh.cache.get("store-1")
+    assert buyer is not None and store is not None
+    for snapshot, identity in ((buyer, BUYER), (store, STORE)):
+        certificate = mesh.certificates.current(identity)
+        assert certificate is not None
+        own = secrets_of(snapshot)["service-cert"].tls_certificate
+        assert own is not None and own.private_key is not None
+        assert own.private_key.inline_bytes == certificate.private_key_pem.encode()
+    buyer_key = mesh.certificates.current(BUYER)
+    assert buyer_key is not None
+    assert buyer_key.private_key_pem.encode() not in b"".join(r.body for r in store.resources(SDS).values())
+    assert buyer.resources(SDS)["root-cert"] is store.resources(SDS)["root-cert"]
 
 
 async def test_nothing_is_published_before_the_trust_bundle_is_known(ca: InternalCA) -> None:
@@ -192,8 +192,7 @@ async def test_a_rotation_republishes_only_the_classes_of_that_identity() -> Non
     ca = await InternalCA.open(MemoryStore(), clock=clock)
     mesh = Mesh(ca, clock)
     await mesh.set_bundle()
-    upstreams = {("bookstore", "bookstore"): (STORE,)}
-    buyers = [mesh.proxy_class("buyer-1", BUYER, upstreams), mesh.proxy_class("buyer-2", BUYER)]
+    buyers = [mesh.proxy_class("buyer-1", BUYER), mesh.proxy_class("buyer-2", BUYER)]
     store = mesh.proxy_class("store-1", STORE)
     async with running(mesh.publisher):
         mesh.publisher.update(buyers)
@@ -222,7 +221,7 @@ async def test_a_rotation_republishes_only_the_classes_of_that_identity() -> Non
         assert old is not None and new is not None and new is not old
         assert new.changed_types(old) == {SDS}, key
         old_secrets, new_secrets = old.resources(SDS), new.resources(SDS)
-        name = "service-cert:bookbuyer/bookbuyer"
+        name = "service-cert"
         assert new_secrets[name].version != old_secrets[name].version
         assert secrets_of(new)[name].tls_certificate.certificate_chain.inline_bytes == (  # type: ignore[union-attr]
             new_buyer_cert.chain_pem.encode()
@@ -231,7 +230,7 @@ async def test_a_rotation_republishes_only_the_classes_of_that_identity() -> Non
         for other in set(new_secrets) - {name}:
             assert new_secrets[other] is old_secrets[other], other
     # Both classes of the identity share one encoded service certificate.
-    shared = "service-cert:bookbuyer/bookbuyer"
+    shared = "service-cert"
     one, two = mesh.cache.get("buyer-1"), mesh.cache.get("buyer-2")
     assert one is not None and two is not None
     assert one.resources(SDS)[shared] is two.resources(SDS)[shared]
@@ -241,7 +240,7 @@ async def test_a_trust_bundle_change_republishes_every_class(ca: InternalCA) -> 
     mesh = Mesh(ca)
     await mesh.set_bundle()
     classes = [
-        mesh.proxy_class("buyer-1", BUYER, {("bookstore", "bookstore"): (STORE,)}),
+        mesh.proxy_class("buyer-1", BUYER),
         mesh.proxy_class("buyer-2", BUYER),
         mesh.proxy_class("store-1", STORE),
     ]
@@ -263,12 +262,12 @@ async def test_a_trust_bundle_change_republishes_every_class(ca: InternalCA) -> 
         assert old is not None and new is not None and new is not old
         assert new.changed_types(old) == {SDS}
         for name, secret in secrets_of(new).items():
-            if name.startswith("root-cert-"):
+            if name == "root-cert":
                 assert trusted(secret) == bundle, name
             else:  # the certificate itself did not change and is not encoded again
                 assert new.resources(SDS)[name] is old.resources(SDS)[name]
-    # One inbound root per identity and one outbound root: encoded once each, then shared.
-    assert mesh.encoder.encodes == encodes + 3
+    # One root for the whole mesh: encoded once, then shared by every class.
+    assert mesh.encoder.encodes == encodes + 1
     assert mesh.rotated == []
 
 

@@ -16,7 +16,7 @@ import grpclib.client
 import pytest
 
 from meshcp.cache import resource_types
-from meshcp.certs import Identity, InternalCA, IssuedCertificate, ProxyIdentity
+from meshcp.certs import InternalCA, IssuedCertificate, ProxyIdentity
 from meshcp.certs import pem as pem_util
 from meshcp.certs.cli_support import ca_show
 from meshcp.certs.root_rotation import Phase
@@ -28,21 +28,16 @@ from tests.support import eventually
 from tests.support.mtls import AdsSecrets, chain_of, new_proxy, trusted_ca_of
 
 SDS = resource_types.SECRET
-BUYER = Identity("bookbuyer", "bookbuyer")
 
 
 def secret_names(proxy: ProxyIdentity) -> list[str]:
-    return [
-        f"service-cert:{proxy.identity}",
-        f"root-cert-for-mtls-inbound:{proxy.identity}",
-        "root-cert-for-mtls-outbound:bookbuyer/bookbuyer",
-    ]
+    """The proxy's own certificate and the mesh's trust bundle: the same two names for
+    every proxy."""
+    return ["service-cert", "root-cert"]
 
 
 async def register(runtime: ControllerRuntime, proxy: ProxyIdentity) -> None:
-    runtime.publisher.update(
-        [ProxyClass(proxy.name, proxy.identity, upstreams={("bookbuyer", "bookbuyer"): (BUYER,)})]
-    )
+    runtime.publisher.update([ProxyClass(proxy.name, proxy.identity)])
 
     async def published() -> bool:
         return runtime.cache.get(proxy.name) is not None
@@ -79,7 +74,7 @@ def delta(request: pytest.FixtureRequest) -> bool:
 async def test_root_rotation_advances_only_when_every_proxy_has_acked(delta: bool) -> None:
     proxy = new_proxy("bookstore", "bookstore")
     names = secret_names(proxy)
-    service_cert, root_in, root_out = names
+    service_cert, root = names
     async with controller() as runtime:
         ca = internal(runtime)
         await register(runtime, proxy)
@@ -102,7 +97,7 @@ async def test_root_rotation_advances_only_when_every_proxy_has_acked(delta: boo
                 assert roots_in(runtime.trust.bundle) == [new_root, old_root]
                 assert runtime.publisher.trust_bundle == runtime.trust.bundle
                 pushed = await sds.receive()
-                assert set(pushed) == {root_in, root_out}  # the certificate is not re-sent
+                assert set(pushed) == {root}  # the certificate is not re-sent
                 for secret in pushed.values():
                     assert roots_in(trusted_ca_of(secret)) == [new_root, old_root]
 
@@ -145,7 +140,7 @@ async def test_root_rotation_advances_only_when_every_proxy_has_acked(delta: boo
                 assert phase(ca) is Phase.STABLE and ca.state.previous is None
                 assert roots_in(runtime.trust.bundle) == [new_root]
                 pushed = await sds.receive()
-                assert set(pushed) == {root_in, root_out}
+                assert set(pushed) == {root}
                 for secret in pushed.values():
                     assert roots_in(trusted_ca_of(secret)) == [new_root]
                 await sds.ack()
@@ -253,8 +248,8 @@ async def test_a_rotation_interrupted_by_a_restart_resumes(tmp_path: Path, inter
         assert roots_in(second.trust.bundle) == [new_root]
         snapshot = second.cache.get(proxy.name)
         assert snapshot is not None
-        inbound = snapshot.resources(SDS)[f"root-cert-for-mtls-inbound:{proxy.identity}"]
-        assert inbound.body.count(b"BEGIN CERTIFICATE") == 1
+        root = snapshot.resources(SDS)["root-cert"]
+        assert root.body.count(b"BEGIN CERTIFICATE") == 1
 
 
 async def test_no_certificate_of_the_new_root_is_served_before_every_proxy_trusts_it() -> None:

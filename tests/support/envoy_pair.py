@@ -3,7 +3,8 @@ tests at tests/test_envoy_mtls*.py.
 
 The controller runs as `meshcp serve` does (`async with ControllerRuntime`, mTLS xDS from
 the mesh CA). The "bookbuyer" Envoy (delta ADS) has an outbound HTTP listener whose
-cluster calls the "bookstore" Envoy (SotW ADS) over mTLS; the bookstore's inbound
+cluster calls the "bookstore" Envoy (SotW ADS) over mTLS, with the TLS context the
+compiler gives every upstream cluster (`cds.upstream_cluster`); the bookstore's inbound
 listener requires a client certificate and forwards to an aiohttp application. Each
 Envoy bootstraps with its own xDS client certificate; its node id is the name in it.
 Every request through the client Envoy is a new mTLS handshake between the Envoys
@@ -20,11 +21,13 @@ from typing import Any
 
 import aiohttp
 
+from meshcp._proto.envoy.config.core.v3 import TransportSocket
 from meshcp.cache import Resource
 from meshcp.certs import Identity, IssuedCertificate, ProxyIdentity
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.setup import CaSettings
-from meshcp.compile import naming
+from meshcp.compile import cds, naming
+from meshcp.policy.types import ServiceKey
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.proxy_class import ProxyClass
 from meshcp.runtime.settings import Address, Settings
@@ -63,21 +66,17 @@ class Pair:
     server_envoy: EnvoyProcess | None = None
     inbound_port: int = 0
     outbound_port: int = 0
-    #: Identities the client accepts for the bookstore (the outbound root's SAN matchers).
+    #: Identities the client accepts for the bookstore (its cluster's SAN matchers).
     bookstore_identities: tuple[Identity, ...] = (BOOKSTORE,)
     extra_client_resources: tuple[Resource, ...] = ()
 
     def server_class(self) -> ProxyClass:
-        encode, sid = self.runtime.encoder.encode, self.server.identity
+        encode = self.runtime.encoder.encode
         return ProxyClass(
             self.server.name,
-            sid,
+            self.server.identity,
             (
-                encode(
-                    mtls_listener(
-                        INBOUND, 0, "inbound-routes", naming.service_cert(sid), naming.root_inbound(sid)
-                    )
-                ),
+                encode(mtls_listener(INBOUND, 0, "inbound-routes", naming.SERVICE_CERT, naming.ROOT_CERT)),
                 encode(route_configuration("inbound-routes", "bookstore-local")),
                 encode(eds_cluster("bookstore-local")),
                 encode(load_assignment("bookstore-local", self.app.port)),
@@ -85,21 +84,28 @@ class Pair:
         )
 
     def client_class(self) -> ProxyClass:
-        encode, cid = self.runtime.encoder.encode, self.client.identity
-        outbound_root = naming.root_outbound(NAMESPACE, "bookstore")
+        encode = self.runtime.encoder.encode
         return ProxyClass(
             self.client.name,
-            cid,
+            self.client.identity,
             (
                 encode(http_listener(OUTBOUND, 0, "outbound-routes")),
                 encode(route_configuration("outbound-routes", "bookstore")),
-                encode(mtls_cluster("bookstore", naming.service_cert(cid), outbound_root, BOOKSTORE_HOST)),
+                encode(mtls_cluster("bookstore", self.bookstore_tls())),
                 # No endpoint until the bookstore's Envoy has bound its inbound port.
                 encode(load_assignment("bookstore", *([self.inbound_port] if self.inbound_port else []))),
                 *self.extra_client_resources,
             ),
-            upstreams={(NAMESPACE, "bookstore"): self.bookstore_identities},
         )
+
+    def bookstore_tls(self) -> TransportSocket:
+        """The client side of mTLS exactly as the compiler gives every client of the
+        bookstore: `service-cert`, `root-cert` and the bookstore's SANs."""
+        compiled = cds.upstream_cluster(
+            ServiceKey(NAMESPACE, "bookstore"), 14001, False, self.bookstore_identities, "cluster.local"
+        )
+        assert compiled.transport_socket is not None
+        return compiled.transport_socket
 
     def publish(self) -> None:
         self.runtime.publisher.update([self.server_class(), self.client_class()])

@@ -4,7 +4,7 @@ ADS client that ACKs only when told, and Envoy resources whose TLS comes from SD
     files = write_pem(tmp_path, "proxy", await runtime.issuer.issue(xds_client_request(p)), bundle)
     async with xds_channel(runtime.xds.port, client_context(files)) as channel:
         async with AdsSecrets.open(channel, delta=False) as sds:
-            await sds.subscribe(p.name, ["service-cert:ns/sa"])
+            await sds.subscribe(p.name, ["service-cert", "root-cert"])
             secrets = await sds.receive()
 
 Envoy resources are built from the generated classes in `meshcp._proto`; nested typed
@@ -222,7 +222,7 @@ def chain_of(secret: Secret) -> str:
 
 
 def trusted_ca_of(secret: Secret) -> str:
-    """The PEM trust bundle of a `root-cert-for-mtls-*` secret."""
+    """The PEM trust bundle of a `root-cert` secret."""
     assert secret.validation_context is not None and secret.validation_context.trusted_ca is not None
     return (secret.validation_context.trusted_ca.inline_bytes or b"").decode()
 
@@ -257,12 +257,14 @@ def downstream_mtls(cert_secret: str, validation_secret: str) -> TransportSocket
 
 
 def mtls_cluster(
-    name: str, cert_secret: str, validation_secret: str, sni: str, *, one_request_per_connection: bool = True
+    name: str, transport_socket: TransportSocket, *, one_request_per_connection: bool = True
 ) -> Cluster:
-    """An EDS cluster reached over mTLS. With `one_request_per_connection` every request is a
-    new TLS handshake, so the certificates in force right now are what is tested."""
+    """An EDS cluster reached over mTLS (`transport_socket`: `upstream_mtls`, or the one
+    the compiler gives an upstream cluster). With `one_request_per_connection` every
+    request is a new TLS handshake, so the certificates in force right now are what is
+    tested."""
     cluster = eds_cluster(name)
-    cluster.transport_socket = upstream_mtls(cert_secret, validation_secret, sni)
+    cluster.transport_socket = transport_socket
     if one_request_per_connection:
         options = HttpProtocolOptions(
             common_http_protocol_options=CommonHttpProtocolOptions(max_requests_per_connection=1),

@@ -69,4 +69,6 @@ async def xds_files(
 
 
 def own_names(proxy: ProxyIdentity) -> list[str]:
-    return [f"service-cert:{proxy.identity}", f"root-cert-for-mtls-inbound:{proxy.identity}"]
+    """The secrets every proxy subscribes to: its own certificate and the trust bundle,
+    under names that are the same for every proxy."""
+    return ["service-cert", "root-cert"]

@@ -262,7 +262,7 @@ async def test_stop_closes_open_streams(runtime: ControllerRuntime, channel: grp
 
 async def test_reclassify_moves_an_open_stream_to_its_new_class() -> None:
     classes = {"n1": "waiting-room"}
-    runtime = await ControllerRuntime.open(_settings(), classify=lambda node: classes[node.id])
+    runtime = await ControllerRuntime.open(_settings(), classify=lambda node, identity: classes[node.id])
     await runtime.start()
     channel = grpclib.client.Channel("127.0.0.1", runtime.xds.port)
     try:

@@ -49,8 +49,9 @@ class Publisher:
         self._waiting: asyncio.Queue[Identity] = asyncio.Queue()
         #: The trust bundle's `root-cert`, encoded once per bundle for every class.
         self._root: Resource | None = None
-        #: Per identity: its `service-cert` and the `root-cert` as one set, with the
-        #: certificate it was made from (replaced on rotation).
+        #: Per identity: its `service-cert`, encoded once per certificate (replaced on
+        #: rotation), alone and with the `root-cert` as one set for its classes.
+        self._certs: dict[Identity, tuple[IssuedCertificate, Resource]] = {}
         self._identity_sets: dict[Identity, tuple[IssuedCertificate, ResourceSet]] = {}
 
     @property
@@ -79,6 +80,7 @@ class Publisher:
         wanted = {proxy_class.identity for proxy_class in fresh.values()}
         for identity in set(self._certificates.keys()) - wanted:
             self._certificates.forget(identity)
+            self._certs.pop(identity, None)
             self._identity_sets.pop(identity, None)
         for proxy_class in fresh.values():
             if self._certificates.current(proxy_class.identity) is None:
@@ -135,7 +137,12 @@ class Publisher:
             return held[1]
         if self._root is None:
             self._root = self._encoder.encode(sds.root_cert(self._bundle))
-        own = self._encoder.encode(sds.service_cert(certificate.chain_pem, certificate.private_key_pem))
-        found = ResourceSet([own, self._root])
+        own = self._certs.get(identity)
+        if own is None or own[0] is not certificate:
+            encoded = self._encoder.encode(
+                sds.service_cert(certificate.chain_pem, certificate.private_key_pem)
+            )
+            own = self._certs[identity] = (certificate, encoded)
+        found = ResourceSet([own[1], self._root])
         self._identity_sets[identity] = (certificate, found)
         return found
