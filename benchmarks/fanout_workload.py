@@ -45,11 +45,16 @@ from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 i
     Rds,
 )
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
     CommonTlsContext,
+    CommonTlsContextCombinedCertificateValidationContext,
     SdsSecretConfig,
     UpstreamTlsContext,
 )
 from meshcp.cache import Encoder, Resource, Snapshot, pack
+from meshcp.compile import naming
+from meshcp.compile.cds import server_sans
+from meshcp.identity import Identity
 
 NAMESPACE = "bench"
 PORTS = (8080, 8081, 8082, 8083, 8084)
@@ -87,11 +92,15 @@ def cluster(index: int) -> Cluster:
         sni=f"{svc}.{NAMESPACE}.svc.cluster.local",
         common_tls_context=CommonTlsContext(
             alpn_protocols=["h2", "http/1.1"],
-            tls_certificate_sds_secret_configs=[
-                SdsSecretConfig(name=f"service-cert:{NAMESPACE}/client", sds_config=_ads())
-            ],
-            validation_context_sds_secret_config=SdsSecretConfig(
-                name=f"root-cert-for-mtls-outbound:{NAMESPACE}/{svc}", sds_config=_ads()
+            tls_certificate_sds_secret_configs=[SdsSecretConfig(name=naming.SERVICE_CERT, sds_config=_ads())],
+            # As meshcp compiles it: the shared trust bundle plus the service's own SANs.
+            combined_validation_context=CommonTlsContextCombinedCertificateValidationContext(
+                default_validation_context=CertificateValidationContext(
+                    match_typed_subject_alt_names=server_sans([Identity(NAMESPACE, svc)], "cluster.local")
+                ),
+                validation_context_sds_secret_config=SdsSecretConfig(
+                    name=naming.ROOT_CERT, sds_config=_ads()
+                ),
             ),
         ),
     )

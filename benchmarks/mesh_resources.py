@@ -2,8 +2,8 @@
 
 A resource's name is its field 1; a cluster's type and EDS service name are top-level
 fields; the secret and route names a cluster or listener references are found as the
-length-delimited fields that carry them (`SdsSecretConfig.name` = field 1 starting with a
-secret prefix, `Rds.route_config_name` = field 2 starting with `rds-`). Results are cached
+length-delimited fields that carry them (`SdsSecretConfig.name` = field 1 holding one of
+the mesh's secret names, `Rds.route_config_name` = field 2 starting with `rds-`). Results are cached
 per distinct resource bytes, so proxies sharing a configuration cost one extraction.
 `self_check` proves the extraction against betterproto2 on real meshcp-shaped resources.
 """
@@ -30,6 +30,9 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
 from meshcp._proto.google.protobuf import Any as AnyMessage
 from meshcp.cache import resource_types
 from meshcp.cache.wire import read_varint
+from meshcp.compile import cds, naming
+from meshcp.identity import Identity
+from meshcp.policy.types import ServiceKey
 
 TYPES = (
     resource_types.CLUSTER,
@@ -43,7 +46,11 @@ ALL_TYPES = 0b11111
 SHORT = ("cds", "eds", "lds", "rds", "sds")
 _TYPE_INDEX = {url.encode(): index for index, url in enumerate(TYPES)}
 
-_SECRET_REF = re.compile(rb"\x0a([\x01-\x7f])(?=(?:service-cert|root-cert-for-mtls-(?:inbound|outbound)):)")
+#: `SdsSecretConfig.name` (field 1) holding one of the names the mesh serves, its length
+#: included: the same few bytes in every cluster and listener that names them.
+_SECRET_REF = re.compile(
+    rb"\x0a(" + b"|".join(re.escape(bytes([len(n)]) + n.encode()) for n in sorted(naming.SECRETS)) + rb")"
+)
 _ROUTE_REF = re.compile(rb"\x12([\x01-\x7f])(?=rds-)")
 _EDS_TYPE = 3  # Cluster.DiscoveryType.EDS
 
@@ -88,6 +95,10 @@ def _refs(pattern: re.Pattern[bytes], value: bytes) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+def _secret_refs(value: bytes) -> tuple[str, ...]:
+    return tuple(sorted({m.group(1)[1:].decode() for m in _SECRET_REF.finditer(value)}))
+
+
 def extract(kind: int, value: bytes) -> Info:
     """The Info of one resource, `value` being the packed message (the Any's value)."""
     name = ""
@@ -104,9 +115,9 @@ def extract(kind: int, value: bytes) -> Info:
                     service_name = value[s:e].decode()
     if kind == CDS:
         eds = (service_name or name) if cluster_type == _EDS_TYPE else None
-        return Info(name, eds, _refs(_SECRET_REF, value))
+        return Info(name, eds, _secret_refs(value))
     if kind == LDS:
-        return Info(name, None, _refs(_SECRET_REF, value), _refs(_ROUTE_REF, value))
+        return Info(name, None, _secret_refs(value), _refs(_ROUTE_REF, value))
     return Info(name)
 
 
@@ -173,27 +184,30 @@ def parse_response(data: bytes, pos: int, end: int, delta: bool, cache: InfoCach
 
 def self_check() -> None:
     """Prove the name extraction against betterproto2 on meshcp-shaped resources."""
+    cluster = cds.upstream_cluster(ServiceKey("c", "d"), 8080, False, [Identity("c", "d")], "cluster.local")
+    cluster.eds_cluster_config = ClusterEdsClusterConfig(service_name="c/d|8080")
+    info = extract(CDS, bytes(cluster))
+    assert info == Info("c/d|8080", "c/d|8080", ("root-cert", "service-cert")), info
+    # A SAN or a name that merely starts like a secret name is not a reference.
     tls = UpstreamTlsContext(
         common_tls_context=CommonTlsContext(
             tls_certificate_sds_secret_configs=[SdsSecretConfig(name="service-cert:a/b")],
-            validation_context_sds_secret_config=SdsSecretConfig(name="root-cert-for-mtls-outbound:c/d"),
+            validation_context_sds_secret_config=SdsSecretConfig(name="root-certs"),
         ),
-        sni="d.c.svc.cluster.local",
+        sni="root-cert",
     )
-    cluster = Cluster(
-        name="c/d|8080",
+    other = Cluster(
+        name="x|1",
         type=ClusterDiscoveryType.EDS,
-        eds_cluster_config=ClusterEdsClusterConfig(service_name="c/d|8080"),
         transport_socket=TransportSocket(name="tls", typed_config=AnyMessage.pack(tls)),
     )
-    info = extract(CDS, bytes(cluster))
-    assert info == Info("c/d|8080", "c/d|8080", ("root-cert-for-mtls-outbound:c/d", "service-cert:a/b")), info
+    assert extract(CDS, bytes(other)) == Info("x|1", "x|1"), extract(CDS, bytes(other))
     local = Cluster(name="a/b|8080|local", type=ClusterDiscoveryType.STATIC)
     assert extract(CDS, bytes(local)) == Info("a/b|8080|local"), extract(CDS, bytes(local))
     hcm = HttpConnectionManager(stat_prefix="x", rds=Rds(route_config_name="rds-inbound.8080"))
     down = DownstreamTlsContext(
         common_tls_context=CommonTlsContext(
-            validation_context_sds_secret_config=SdsSecretConfig(name="root-cert-for-mtls-inbound:a/b")
+            validation_context_sds_secret_config=SdsSecretConfig(name="root-cert")
         )
     )
     listener = Listener(
@@ -206,6 +220,4 @@ def self_check() -> None:
         ],
     )
     info = extract(LDS, bytes(listener))
-    assert info == Info(
-        "inbound-listener", None, ("root-cert-for-mtls-inbound:a/b",), ("rds-inbound.8080",)
-    ), info
+    assert info == Info("inbound-listener", None, ("root-cert",), ("rds-inbound.8080",)), info

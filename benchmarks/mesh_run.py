@@ -270,7 +270,8 @@ class Run:
 
     def _renew(self) -> ChangeResult:
         """One identity's timed renewal: its installed-timestamp gauge changes, then its
-        proxies ACK an SDS response carrying its `service-cert:` secret."""
+        proxies ACK an SDS response carrying `service-cert` (every proxy's name for its
+        own certificate: only that identity's proxies are timed)."""
         args, controller, shape = self.args, self.controller, self.shape
         assert controller is not None
         result = ChangeResult("renew")
@@ -282,7 +283,7 @@ class Run:
         key = f'{INSTALLED}{{identity="{identity}"}}'
         before = controller.metrics()
         old = before.get(key)
-        armed = self.ask_all("arm", f"service-cert:{identity}")
+        armed = self.ask_all("arm", "service-cert")
         bytes0 = sum(a["bytes"] for a in armed)
         cpu0 = controller.cpu()
         deadline = time.monotonic() + args.timeout

@@ -34,8 +34,9 @@ Per run (fresh directory, CA state and controller each time):
      /metrics is polled until its
      `meshcp_workload_certificate_installed_timestamp_seconds` changes, and latency runs
      from that timestamp (the controller's wall clock, mapped onto ours) to each of its
-     proxies' last ACK of an SDS response carrying `service-cert:<ns>/<sa>`; the affected
-     proxies are that identity's. Other identities renew on their own timers meanwhile, so
+     proxies' last ACK of an SDS response carrying `service-cert` (each proxy's own
+     certificate, under the name every proxy shares); the affected proxies are that
+     identity's. Other identities renew on their own timers meanwhile, so
      responses, encodes, CPU and bytes of this row include their renewals too.
 5. Peak RSS (VmHWM of the controller) and total CPU at the end.
 
