@@ -133,7 +133,7 @@ class Metrics:
         )
         self.refused_secrets = Counter(
             "meshcp_xds_refused_secrets",
-            "Secret names refused to a proxy because they belong to another identity.",
+            "Secret names refused to a proxy because the mesh does not serve them.",
             registry=r,
         )
         self.send_errors = Counter(
