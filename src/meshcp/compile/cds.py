@@ -129,17 +129,21 @@ def upstream_specs(upstreams: Iterable[Upstream]) -> tuple[UpstreamSpec, ...]:
     backend port also served as an upstream of its own takes the protocol of whichever
     comes first; a backend's identities are those of its own upstream (its pods)."""
     upstreams = tuple(upstreams)
-    identities = {upstream.service: upstream.identities for upstream in upstreams}
+    identities: dict[ServiceKey, tuple[Identity, ...]] | None = None  # for split backends
     seen: dict[str, UpstreamSpec] = {}
     for upstream in upstreams:
-        services = [upstream.service]
-        if upstream.split is not None:
-            services += [backend for backend, _ in upstream.split.backends]
-        for service in services:
-            name = naming.cluster(service.namespace, service.name, upstream.port)
+        http2 = _http2(upstream)
+        name = naming.cluster(upstream.service.namespace, upstream.service.name, upstream.port)
+        if name not in seen:
+            seen[name] = (upstream.service, upstream.port, http2, upstream.identities)
+        if upstream.split is None:
+            continue
+        if identities is None:
+            identities = {u.service: u.identities for u in upstreams}
+        for backend, _ in upstream.split.backends:
+            name = naming.cluster(backend.namespace, backend.name, upstream.port)
             if name not in seen:
-                found = tuple(sorted(set(identities.get(service, ()))))
-                seen[name] = (service, upstream.port, _http2(upstream), found)
+                seen[name] = (backend, upstream.port, http2, identities.get(backend, ()))
     return tuple(seen[name] for name in sorted(seen))
 
 

@@ -48,6 +48,8 @@ class _Memo:
     keys: dict[_Key, _Key] = field(default_factory=dict)
     #: The `ResourceSet` of each piece (by the piece list's id, with the list kept alive).
     sets: dict[int, tuple[list[Resource], ResourceSet]] = field(default_factory=dict)
+    #: By the upstreams key: what their clusters are compiled from, and its key.
+    specs: dict[_Key, tuple[tuple[cds.UpstreamSpec, ...], _Key]] = field(default_factory=dict)
     hits: int = 0
 
 
@@ -195,7 +197,6 @@ class Reconciler:
         old: _Memo,
         listener: tuple[_Key, tuple[int, ...]] | None = None,
     ) -> _Shared:
-        specs = cds.upstream_specs(upstreams)
         assignments: dict[tuple[ServiceKey, int], Resource] = {}
         for upstream in upstreams:
             services = [upstream.service]
@@ -211,6 +212,14 @@ class Reconciler:
                     self._encoded(partial(_assignment, service, upstream.port, found)),
                 )
         upstreams_key = self._key(old, upstreams)
+        # Derived from the upstreams alone: unchanged upstreams (most rounds) skip the
+        # walk over every service and the hashing of the result.
+        specs = self._memo.specs.get(upstreams_key) or old.specs.get(upstreams_key)
+        if specs is None:
+            spec_list = cds.upstream_specs(upstreams)
+            specs = (spec_list, self._key(old, spec_list))
+        self._memo.specs[upstreams_key] = specs
+        self._memo.keys[specs[1]] = specs[1]  # still interned if other upstreams give them
         # The same objects as last round when nothing changed: the publisher and the
         # snapshots then recognise them by identity instead of comparing their contents.
         values = list(assignments.values())
@@ -220,8 +229,7 @@ class Reconciler:
         )
         return _Shared(
             upstreams_key,
-            specs,
-            self._key(old, specs),
+            *specs,
             all_endpoints,
             upstreams,
             listener_key,
