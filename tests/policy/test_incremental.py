@@ -5,11 +5,17 @@ can touch); the last ones with the default, where a proxy gets only what it may 
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from meshcp._proto.envoy.config.cluster.v3 import Cluster
 from meshcp.cache import Encoder, Resource, resource_types
+from meshcp.compile import cds
 from meshcp.model.state import MeshState
 from meshcp.runtime.proxy_class import ProxyClass
 from meshcp.runtime.reconcile import Reconciler
-from tests.policy.mesh import RULE_BUY, Bookstore, pod, service, split, target
+from tests.policy.mesh import RULE_ALL, RULE_BUY, Bookstore, pod, service, split, target
 
 
 async def reconciler() -> tuple[Reconciler, Encoder]:
@@ -173,3 +179,38 @@ async def test_pruned_a_new_traffic_target_reaches_the_source_and_the_destinatio
         "bookstore/bookstore-v1|14001",
         "bookstore/bookstore-v2|14001",
     }
+
+
+async def test_a_new_client_of_a_service_is_handed_its_encoded_clusters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Clusters do not depend on their client: a second client of the bookstore gets the
+    clusters the first one's were encoded as, even after a round that changed no class's
+    upstreams (where they were reused as a whole)."""
+    compiled: list[str] = []
+    original = cds.upstream_cluster
+
+    def counting(*args: Any) -> Cluster:
+        cluster = original(*args)
+        compiled.append(cluster.name)
+        return cluster
+
+    monkeypatch.setattr(cds, "upstream_cluster", counting)
+    rec, _ = await reconciler()
+    buyer = target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_BUY)
+    # The thief reaches the warehouse already: its upstreams will differ from the buyer's.
+    warehouse = target("bookstore", "w", "warehouse", [("bookthief", "bookthief")], RULE_ALL)
+    rec.apply(state("10.244.5.1", buyer, warehouse, prune=True))
+    assert "bookstore/bookstore|14001" in compiled
+    rec.apply(state("10.244.5.2", buyer, warehouse, prune=True))  # an endpoint: no cluster read
+    compiled.clear()
+    thief = target("bookstore", "t2", "bookstore", [("bookthief", "bookthief")], RULE_BUY)
+    classes = rec.apply(state("10.244.5.2", buyer, warehouse, thief, prune=True))
+    assert compiled == []
+    clients = [c for c in classes if c.identity.namespace in ("bookbuyer", "bookthief")]
+    held = [
+        {r.name: r for r in c.all_resources() if r.type_url == resource_types.CLUSTER and r.endpoints}
+        for c in clients
+    ]
+    assert len(held) == 2 and "bookstore/bookstore|14001" in held[0]
+    assert held[0]["bookstore/bookstore|14001"] is held[1]["bookstore/bookstore|14001"]

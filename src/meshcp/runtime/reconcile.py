@@ -291,26 +291,38 @@ class Reconciler:
 
     def _upstream_clusters(self, shared: _Shared, trust_domain: str, old: _Memo) -> list[Resource]:
         """Every upstream cluster of the classes with these upstreams: each encoded once
-        per service port (and server identities), whoever its clients are."""
-        return [
-            self._piece(
-                old,
-                ("cds", spec, trust_domain),
-                self._encoded(partial(_cluster, spec, trust_domain)),
-            )[0]
-            for spec in shared.spec_list
-        ]
+        per service port (and server identities), whoever its clients are.
+
+        The list is memoised as a whole (a class looks up one key, not one per service);
+        taken over from last round, it carries its clusters' own entries along, which
+        the round's memo would otherwise drop: other upstreams that include them later
+        (a new TrafficTarget source, a new service) find them instead of encoding again."""
+        key = ("cds-up", shared.specs, trust_domain)
+        found = self._memo.entries.get(key)
+        if found is not None:
+            self._memo.hits += 1
+            return found
+        found = old.entries.get(key)
+        if found is not None:
+            self._memo.hits += 1
+            for spec, cluster in zip(shared.spec_list, found, strict=True):
+                self._memo.entries.setdefault(("cds", spec, trust_domain), [cluster])
+        else:
+            found = [
+                self._piece(
+                    old, ("cds", spec, trust_domain), self._encoded(partial(_cluster, spec, trust_domain))
+                )[0]
+                for spec in shared.spec_list
+            ]
+        self._memo.entries[key] = found
+        return found
 
     def _compile(self, key: str, policy: ProxyPolicy, shared: _Shared, old: _Memo) -> ProxyClass:
         identity, inbound = policy.identity, policy.inbound
         egress, trust = policy.egress_passthrough, policy.trust_domain
         encoded = self._encoded
         pieces: list[list[Resource]] = []
-        pieces.append(
-            self._piece(
-                old, ("cds-up", shared.specs, trust), partial(self._upstream_clusters, shared, trust, old)
-            )
-        )
+        pieces.append(self._upstream_clusters(shared, trust, old))
         pieces.append(
             self._piece(
                 old,
