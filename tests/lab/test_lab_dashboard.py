@@ -111,6 +111,15 @@ async def test_the_page_shows_the_bookstore_after_known_traffic(
         # Every request went to a backend of the split, never to the apex.
         assert "bookbuyer/bookbuyer->bookstore/bookstore" not in drawn
 
+        # The page refreshes every few seconds; a rate is 0 while Prometheus holds one
+        # sample of a series in the window, so wait (on the page) for both leaves' rates.
+        await page.wait_for(
+            "[...document.querySelectorAll('#edges-body tr[data-src=\"bookbuyer/bookbuyer\"]')]"
+            ".filter(r => r.dataset.dst.startsWith('bookstore/bookstore-v'))"
+            ".filter(r => Number(r.querySelector('[data-col=\"rps\"]').dataset.value) > 0).length === 2",
+            timeout=SCRAPE_DEADLINE,
+            what="the bookbuyer's request rates to both leaves on the page",
+        )
         rows = await page.evaluate(ROWS)
         mine = [row for row in rows if row["src"] == "bookbuyer/bookbuyer" and row["dst"] in LEAVES]
         assert len(mine) == 2, rows

@@ -12,6 +12,8 @@ own stats.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from meshcp._proto.envoy.config.core.v3 import CidrRange, TrafficDirection
 from meshcp._proto.envoy.config.listener.v3 import (
     Filter,
@@ -109,28 +111,71 @@ def _tcp_proxy(stat_prefix: str, upstream: Upstream) -> Filter:
     )
 
 
-def _outbound_chain(upstream: Upstream) -> FilterChain | None:
-    if not upstream.addresses:
-        return None  # a headless service without ready pods: nothing to match
+def _ranges(addresses: Iterable[str]) -> list[CidrRange]:
+    return [CidrRange(address_prefix=a, prefix_len=128 if ":" in a else 32) for a in addresses]
+
+
+def _tcp_chain(upstream: Upstream, addresses: list[str]) -> FilterChain:
+    """A TCP service port: its own chain, to its own cluster (with pruning, a service this
+    class may not reach has no cluster, and the connection is closed)."""
     name = naming.cluster(upstream.service.namespace, upstream.service.name, upstream.port)
-    match = FilterChainMatch(
-        destination_port=upstream.port,
-        prefix_ranges=[
-            CidrRange(address_prefix=a, prefix_len=128 if ":" in a else 32) for a in upstream.addresses
-        ],
+    match = FilterChainMatch(destination_port=upstream.port, prefix_ranges=_ranges(addresses))
+    return FilterChain(
+        name=f"outbound:{name}", filter_chain_match=match, filters=[_tcp_proxy(f"outbound.{name}", upstream)]
     )
-    if upstream.is_http:
-        chain_filter = _hcm(f"outbound.{upstream.port}", naming.outbound_routes(upstream.port), rbac=False)
-    else:
-        chain_filter = _tcp_proxy(f"outbound.{name}", upstream)
-    return FilterChain(name=f"outbound:{name}", filter_chain_match=match, filters=[chain_filter])
+
+
+def _denied_filters(stat_prefix: str) -> list[Filter]:
+    """Close the connection: the RBAC filter denies; Envoy requires a terminal filter after
+    it, which is never reached."""
+    return [
+        network_filter(
+            NETWORK_RBAC, NetworkRbac(stat_prefix=f"{stat_prefix}.", rules=Rbac(action=RbacAction.ALLOW))
+        ),
+        network_filter(TCP_PROXY, TcpProxy(stat_prefix=stat_prefix, cluster=naming.PASSTHROUGH_CLUSTER)),
+    ]
+
+
+def outbound_chains(policy: ProxyPolicy) -> list[FilterChain]:
+    """The outbound listener's chains: one per HTTP port, one per TCP service port.
+
+    Every HTTP service port shares one chain per port (`outbound:http.<port>`) matching all
+    their addresses: they all run the same HTTP connection manager on
+    `rds-outbound.<port>`, whose virtual hosts tell the services apart by Host and end, with
+    pruning, in a 403 for the services this class may not reach. A service costs the
+    listener an address, not a chain (at 1,000 services most of the listener's bytes).
+
+    The listener depends on what it matches alone (with pruning, every mesh service), not
+    on what the class may reach, so classes share it. An address already matched on a
+    port (a pod IP behind two headless services) is matched once, by the first service in
+    name order: Envoy refuses two chains with the same match.
+    """
+    taken: set[tuple[int, str]] = set()
+    http: dict[int, list[str]] = {}
+    chains: list[FilterChain] = []
+    ordered = sorted(policy.matched_upstreams, key=lambda u: (u.service.namespace, u.service.name, u.port))
+    for upstream in ordered:
+        fresh = [a for a in upstream.addresses if (upstream.port, a) not in taken]
+        taken.update((upstream.port, a) for a in fresh)
+        if upstream.is_http:
+            http.setdefault(upstream.port, []).extend(fresh)
+        elif fresh:  # a headless service without ready pods has nothing to match
+            chains.append(_tcp_chain(upstream, fresh))
+    for port, addresses in sorted(http.items()):
+        if addresses:
+            match = FilterChainMatch(destination_port=port, prefix_ranges=_ranges(addresses))
+            manager = _hcm(f"outbound.{port}", naming.outbound_routes(port), rbac=False)
+            chains.append(
+                FilterChain(name=f"outbound:http.{port}", filter_chain_match=match, filters=[manager])
+            )
+    return chains
 
 
 def outbound_listener(policy: ProxyPolicy) -> Listener:
-    """A chain per mesh service port: with pruning also for the services this class may
-    not reach, whose routes answer 403 (HTTP) or whose missing cluster closes the
-    connection (TCP)."""
-    chains = [chain for u in policy.matched_upstreams if (chain := _outbound_chain(u)) is not None]
+    """`outbound_chains`, and what an unmatched destination gets: egress passthrough, or
+    nothing (Envoy needs at least one chain, so a proxy with nowhere to go gets a default
+    chain that closes every connection)."""
+    chains = outbound_chains(policy)
     default = None
     if policy.egress_passthrough:
         default = FilterChain(
@@ -142,22 +187,7 @@ def outbound_listener(policy: ProxyPolicy) -> Listener:
             ],
         )
     elif not chains:
-        # Envoy rejects a listener without any filter chain. A proxy with nowhere to go
-        # (no upstream services, no egress) still needs one: it closes every connection,
-        # as an unmatched destination would be. The RBAC filter denies; Envoy requires a
-        # terminal filter after it, which is never reached.
-        default = FilterChain(
-            name="outbound:denied",
-            filters=[
-                network_filter(
-                    NETWORK_RBAC,
-                    NetworkRbac(stat_prefix="outbound.denied.", rules=Rbac(action=RbacAction.ALLOW)),
-                ),
-                network_filter(
-                    TCP_PROXY, TcpProxy(stat_prefix="outbound.denied", cluster=naming.PASSTHROUGH_CLUSTER)
-                ),
-            ],
-        )
+        default = FilterChain(name="outbound:denied", filters=_denied_filters("outbound.denied"))
     return Listener(
         name=naming.OUTBOUND_LISTENER,
         address=socket_address(ANY_ADDRESS, OUTBOUND_PORT),
