@@ -25,6 +25,21 @@ PARTS = {
 }
 
 
+async def meshcp(*args: str) -> tuple[int, str]:
+    """`python -m meshcp ARGS` to its end (killed after 60 s): status and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshcp", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
 def settings(source: Path = EXAMPLE) -> Settings:
     return Settings(xds_address=Address("127.0.0.1", 0), http_address=Address("127.0.0.1", 0), source=source)
 
@@ -64,10 +79,7 @@ async def test_a_missing_source_directory_fails_the_files_part(tmp_path: Path) -
 
 
 async def test_serve_on_a_missing_directory_exits_1_with_one_line(tmp_path: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshcp",
+    status, stderr = await meshcp(
         "serve",
         "--source",
         str(tmp_path / "nowhere"),
@@ -78,54 +90,32 @@ async def test_serve_on_a_missing_directory_exits_1_with_one_line(tmp_path: Path
         "127.0.0.1:0",
         "--state-dir",
         str(tmp_path / "state"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 1
-    last = stderr.decode().strip().splitlines()[-1]
+    assert status == 1
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("meshcp: error: the controller's files stopped: manifest directory"), last
-    assert "Traceback" not in stderr.decode()
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("source", ["nowhere", "file.yaml"])
 async def test_compile_on_a_missing_source_ends_with_one_line(tmp_path: Path, source: str) -> None:
     (tmp_path / "file.yaml").write_text("{}\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshcp",
+    status, stderr = await meshcp(
         "compile",
         "--source",
         str(tmp_path / source),
         "--pod",
         "bookstore/bookstore-v1-0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 1
-    lines = stderr.decode().strip().splitlines()
+    assert status == 1
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("meshcp: error: manifest directory"), lines
 
 
 async def test_bootstrap_out_naming_a_file_ends_with_one_line(tmp_path: Path) -> None:
     taken = tmp_path / "taken"
     taken.write_text("mine\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshcp",
+    status, stderr = await meshcp(
         "bootstrap",
         "--source",
         str(EXAMPLE),
@@ -135,17 +125,7 @@ async def test_bootstrap_out_naming_a_file_ends_with_one_line(tmp_path: Path) ->
         str(tmp_path / "state"),
         "--out",
         str(taken),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 1
-    assert stderr.decode().strip().splitlines() == [
-        f"meshcp: error: --out {taken}: exists and is not a directory"
-    ]
+    assert status == 1
+    assert stderr.strip().splitlines() == [f"meshcp: error: --out {taken}: exists and is not a directory"]
     assert taken.read_text() == "mine\n"

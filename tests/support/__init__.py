@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -59,3 +61,12 @@ def required_binary(name: str, package: str) -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+def log_tail(directory: tempfile.TemporaryDirectory[str] | None, name: str, size: int = 4000) -> str:
+    """The end of a child process's log file `name` in its temporary directory ("" before
+    the directory or the file exists): what a failure message shows."""
+    if directory is None:
+        return ""
+    path = Path(directory.name) / name
+    return path.read_text(errors="replace")[-size:] if path.exists() else ""

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.support import required_binary
+from tests.support import log_tail, required_binary
 
 #: Seconds any one DevTools command may take.
 COMMAND_TIMEOUT = 30.0
@@ -106,10 +106,7 @@ class Chromium:
 
     @property
     def log(self) -> str:
-        if self._directory is None:
-            return ""
-        path = Path(self._directory.name) / "chromium.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return log_tail(self._directory, "chromium.log")
 
     async def __aenter__(self) -> Chromium:
         binary = chromium_binary()

@@ -24,7 +24,7 @@ from types import TracebackType
 from aiohttp import web
 
 from meshcp.kpi.prometheus import Prometheus, PrometheusUnreachable, aiohttp_fetch
-from tests.support import eventually, required_binary
+from tests.support import eventually, log_tail, required_binary
 
 #: Scrape interval (s): the shortest Prometheus takes, so tests wait little.
 SCRAPE_INTERVAL = 1
@@ -92,10 +92,7 @@ class PrometheusServer:
 
     @property
     def log(self) -> str:
-        if self._directory is None:
-            return ""
-        path = Path(self._directory.name) / "prometheus.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return log_tail(self._directory, "prometheus.log")
 
     async def __aenter__(self) -> PrometheusServer:
         binary = prometheus_binary()
