@@ -15,8 +15,10 @@ import pytest
 
 from meshcp.certs import DirectoryStore, InternalCA
 from meshcp.certs.root_rotation import Phase
+from tests.support import eventually
 
 MESHCP = [sys.executable, "-m", "meshcp"]
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bookstore"
 
 
 async def run(*args: str) -> tuple[int, str]:
@@ -45,6 +47,8 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(
     process = await asyncio.create_subprocess_exec(
         *MESHCP,
         "serve",
+        "--source",
+        str(EXAMPLE),
         *flags,
         "--state-dir",
         str(tmp_path / "state"),
@@ -61,8 +65,12 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{match[2]}/healthz") as reply:
                 assert reply.status == 200
-            async with http.get(f"http://127.0.0.1:{match[2]}/readyz") as reply:
-                assert reply.status == 200
+
+            async def ready() -> bool:  # once the bookstore is compiled
+                async with http.get(f"http://127.0.0.1:{match[2]}/readyz") as reply:
+                    return reply.status == 200
+
+            await eventually(ready, timeout=30, what="/readyz 200")
         process.send_signal(signal.SIGTERM)
         rest = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
         assert await asyncio.wait_for(process.wait(), 30) == 0
@@ -94,6 +102,7 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(
             "--xds-cert /missing.pem: no such file",
         ),
         (["serve", "--insecure-xds", "--admission", "0"], "--admission must be at least 1"),
+        (["serve", "--insecure-xds"], "serve needs --source DIR (manifests, watched) or --source kubernetes"),
     ],
 )
 async def test_bad_arguments_give_a_clear_error_and_status_2(
@@ -111,7 +120,14 @@ async def test_port_in_use_is_reported_without_traceback(tmp_path: Path) -> None
         busy.listen()
         port = busy.getsockname()[1]
         code, output = await run(
-            "serve", "--insecure-xds", "--state-dir", str(tmp_path), "--xds-address", f"127.0.0.1:{port}"
+            "serve",
+            "--source",
+            str(EXAMPLE),
+            "--insecure-xds",
+            "--state-dir",
+            str(tmp_path),
+            "--xds-address",
+            f"127.0.0.1:{port}",
         )
     assert code == 1
     assert f"cannot listen for xDS on 127.0.0.1:{port}" in output

@@ -19,6 +19,8 @@ from meshcp.runtime.settings import Address
 
 SERVICE_NAME = "meshcp-controller.meshcp-system.svc"
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bookstore"
+
 
 async def _files(tmp_path: Path) -> tuple[Path, Path, ssl.SSLContext]:
     ca = await InternalCA.open(MemoryStore())
@@ -35,6 +37,7 @@ async def test_the_api_is_served_over_tls(tmp_path: Path) -> None:
         build_parser().parse_args(
             [
                 "serve",
+                f"--source={EXAMPLE}",
                 "--http-address=127.0.0.1:0",
                 "--xds-address=127.0.0.1:0",
                 "--insecure-xds",
@@ -67,7 +70,7 @@ async def test_the_api_is_served_over_tls(tmp_path: Path) -> None:
 
 
 async def test_no_tls_files_no_https_listener() -> None:
-    settings = controller_settings(build_parser().parse_args(["serve"]))
+    settings = controller_settings(build_parser().parse_args(["serve", f"--source={EXAMPLE}"]))
     assert settings.api_tls_cert is None
     runtime = await ControllerRuntime.open(settings)
     try:
@@ -81,6 +84,7 @@ async def test_unloadable_tls_files_are_a_listen_error(tmp_path: Path) -> None:
     (tmp_path / "tls.key").write_text("not a key")
     args = [
         "serve",
+        f"--source={EXAMPLE}",
         "--http-address=127.0.0.1:0",
         "--xds-address=127.0.0.1:0",
         "--insecure-xds",
@@ -106,4 +110,4 @@ async def test_unloadable_tls_files_are_a_listen_error(tmp_path: Path) -> None:
 )
 def test_bad_tls_options_are_usage_errors(args: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        controller_settings(build_parser().parse_args(["serve", *args]))
+        controller_settings(build_parser().parse_args(["serve", f"--source={EXAMPLE}", *args]))

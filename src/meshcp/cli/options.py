@@ -48,7 +48,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         raise UsageError("--admission must be at least 1")
     if bool(args.api_tls_cert) != bool(args.api_tls_key):
         raise UsageError("--api-tls-cert and --api-tls-key go together")
-    return Settings(
+    settings = Settings(
         xds_address=xds,
         http_address=http,
         insecure_xds=args.insecure_xds,
@@ -65,6 +65,10 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         api_tls_cert=args.api_tls_cert,
         api_tls_key=args.api_tls_key,
     )
+    if settings.source is None and not settings.kubernetes:
+        # a controller with nothing to serve would answer every proxy with an empty mesh
+        raise UsageError("serve needs --source DIR (manifests, watched) or --source kubernetes")
+    return settings
 
 
 def ca_settings(args: argparse.Namespace) -> CaSettings:
