@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 from functools import partial
@@ -21,6 +22,7 @@ from meshcp.kube.client import default_api_client
 from meshcp.lab import commands as lab
 from meshcp.lab.layout import LabPaths
 from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.gc_freeze import GcFreeze
 from meshcp.runtime.settings import Address, Settings
 
 
@@ -29,8 +31,16 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runtime = await ControllerRuntime.open(settings)
-    await runtime.run(stop)
+    # The GC freeze is process-wide, so this entry point owns it (`runtime.gc_freeze`).
+    freeze = GcFreeze()
+    runtime = await ControllerRuntime.open(settings, after_round=freeze.after_round)
+    thaws = asyncio.create_task(freeze.run(), name="gc-thaw")
+    try:
+        await runtime.run(stop)
+    finally:
+        thaws.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await thaws
 
 
 async def compile_pod(args: argparse.Namespace) -> None:

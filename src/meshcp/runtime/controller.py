@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -56,7 +56,10 @@ class ControllerRuntime:
         classify: Classifier = by_node_id,
         authorize: Authorizer | None = None,
         readiness: Readiness | None = None,
+        after_round: Callable[[], None] | None = None,
     ) -> None:
+        """`after_round`: the process's hook after each reconcile round (`meshcp serve`
+        passes its `GcFreeze`; an embedding controller has none)."""
         self.settings = settings
         self.provider = provider
         self.cache = SnapshotCache()
@@ -140,6 +143,7 @@ class ControllerRuntime:
             reclassify=self.service.reclassify,
             cert_validity=ca.validity,
             on_round=self.metrics.round_done,
+            after_round=after_round,
         )
         endpoint = Controller(
             self.readiness,
@@ -178,12 +182,20 @@ class ControllerRuntime:
         classify: Classifier = by_node_id,
         authorize: Authorizer | None = None,
         readiness: Readiness | None = None,
+        after_round: Callable[[], None] | None = None,
     ) -> ControllerRuntime:
         """Open the CA (creating the internal root on first use), then build the controller."""
         provider = await open_provider(
             settings.ca, partial(default_api_client, settings.kube_context, settings.kubeconfig)
         )
-        return cls(settings, provider, classify=classify, authorize=authorize, readiness=readiness)
+        return cls(
+            settings,
+            provider,
+            classify=classify,
+            authorize=authorize,
+            readiness=readiness,
+            after_round=after_round,
+        )
 
     async def start(self) -> None:
         """Read the trust bundle, open both listeners; on failure nothing is left listening."""

@@ -7,7 +7,6 @@ server move streams whose class changed; the first round makes the controller re
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -21,9 +20,6 @@ from meshcp.runtime.store import Store
 from meshcp.telemetry.readiness import Readiness
 
 log = logging.getLogger("meshcp.rounds")
-
-#: Rounds between handing frozen objects back to the cyclic garbage collector.
-THAW_EVERY = 50
 
 #: The readiness part that the first round completes.
 MESH = "mesh"
@@ -43,8 +39,10 @@ class Rounds:
         reclassify: Callable[[], object],
         cert_validity: timedelta,
         on_round: Callable[[float], None] | None = None,
+        after_round: Callable[[], None] | None = None,
     ) -> None:
-        """`on_round` is told how long each completed round took, in seconds (metrics)."""
+        """`on_round` is told how long each completed round took, in seconds (metrics);
+        `after_round` runs after it (the process's `GcFreeze`, when its entry point has one)."""
         self._store = store
         self._reconciler = reconciler
         self._publisher = publisher
@@ -52,20 +50,12 @@ class Rounds:
         self._readiness = readiness
         self._reclassify = reclassify
         self._on_round = on_round
+        self._after_round = after_round
         #: Workload certificate lifetime: `--cert-validity`, until a MeshConfig sets one.
         self.cert_validity = cert_validity
 
     async def run(self) -> None:
-        """Compile every settled state; the first one makes the controller ready.
-
-        What a round leaves behind (compiled resources, snapshots, policies) lives long and
-        holds no reference cycles: it is moved out of the cyclic garbage collector's reach
-        (`gc.freeze`), so that a full collection does not walk every compiled object in
-        the middle of a change (profiles of large meshes showed most of a change's time
-        there). Reference counting still frees it; every `THAW_EVERY` rounds it is handed
-        back, so a cycle that slipped in is collected after all.
-        """
-        rounds = 0
+        """Compile every settled state; the first one makes the controller ready."""
         async for state in self._store.states():
             started = time.perf_counter()
             self.apply_mesh_config(state)
@@ -76,11 +66,8 @@ class Rounds:
             self._readiness.mark_synced(MESH)
             if self._on_round is not None:
                 self._on_round(time.perf_counter() - started)
-            rounds += 1
-            if rounds % THAW_EVERY:
-                gc.freeze()
-            else:
-                gc.unfreeze()
+            if self._after_round is not None:
+                self._after_round()
 
     def apply_mesh_config(self, state: MeshState) -> None:
         """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
