@@ -300,3 +300,37 @@ async def test_run_injector_refuses_to_invent_a_ca(tmp_path: Path, api: FakeApi)
     missing = InjectorSettings(tls_cert=tmp_path / "nope.crt", tls_key=key)
     with pytest.raises(InjectorError, match="TLS files"):
         await run_injector(missing, asyncio.Event())
+
+
+async def test_a_ca_reload_that_cannot_recover_ends_the_injector_in_one_line(
+    tmp_path: Path, api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the CA reload loop meets an error it does not retry (transient
+    ones are logged and retried); the injector ends with one line naming the part, not an
+    exception group, and its listener is closed."""
+    state = tmp_path / "ca"
+    ca = await InternalCA.open(DirectoryStore(state))
+    cert, key = write_pair(tmp_path, await serving_pair(ca))
+    settings = InjectorSettings(
+        tls_cert=cert,
+        tls_key=key,
+        host="127.0.0.1",
+        port=0,
+        kubeconfig=kubeconfig(tmp_path / "kubeconfig", api.url),
+        ca=CaSettings(state_dir=state),
+        ca_reload_interval=0.01,
+    )
+
+    async def broken(self: InternalCA) -> None:
+        raise RuntimeError("the state directory's filesystem went read-only")
+
+    monkeypatch.setattr(InternalCA, "reload", broken)
+    ports: asyncio.Queue[int] = asyncio.Queue()
+    with pytest.raises(InjectorError) as failed:
+        await asyncio.wait_for(run_injector(settings, asyncio.Event(), ready=ports.put_nowait), 30)
+    assert str(failed.value) == (
+        "the injector's CA reload stopped: the state directory's filesystem went read-only"
+    )
+    port = ports.get_nowait()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -96,10 +97,16 @@ async def run_injector(
         log.info("sidecar injector serving https://%s:%d%s", settings.host, server.port, MUTATE_PATH)
         if ready is not None:
             ready(server.port)
-        async with asyncio.TaskGroup() as tasks:
-            if isinstance(provider, InternalCA):
-                tasks.create_task(_follow_ca(provider, stop, settings.ca_reload_interval), name="ca-reload")
-            await stop.wait()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                if isinstance(provider, InternalCA):
+                    follow = _follow_ca(provider, stop, settings.ca_reload_interval)
+                    tasks.create_task(_part("CA reload", follow), name="ca-reload")
+                await stop.wait()
+        except* InjectorError as failed:
+            # one line, and exit 1: the orchestrator restarts an injector that stopped
+            # following its CA rather than one that signs from a stale root
+            raise failed.exceptions[0] from None
 
 
 async def _open_ca(settings: CaSettings, kubeconfig: Path | None = None) -> CertificateProvider:
@@ -124,6 +131,17 @@ def _trust_bundle(provider: CertificateProvider, override: Path | None) -> Calla
             raise CertificateError("file", f"cannot read xDS trust bundle {override}: {error}") from None
 
     return from_file
+
+
+async def _part(name: str, work: Coroutine[Any, Any, None]) -> None:
+    """A long-lived part of the injector: what it could not recover from (it retries and
+    logs what is transient itself) ends the injector with one line naming it."""
+    try:
+        await work
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.error("the injector's %s stopped: %s", name, reason)
+        raise InjectorError(f"the injector's {name} stopped: {reason}") from error
 
 
 async def _follow_ca(ca: InternalCA, stop: asyncio.Event, interval: float) -> None:
