@@ -285,3 +285,31 @@ async def test_no_certificate_of_the_new_root_is_served_before_every_proxy_trust
                 assert current(runtime, buyer).certificate.issuer == old_root
         finally:
             channel.close()
+
+
+async def test_a_proxy_that_never_acks_holds_a_rotation_back_only_until_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One proxy that keeps NACKing (here: always lagging) is named in a warning every
+    minute and counted in `meshcp_ca_rotation_lagging_proxies`; after the deadline the
+    rotation goes on without it rather than letting a root close to expiry run out."""
+    async with controller(CaSettings()) as runtime:
+        ca = internal(runtime)
+        now = [0.0]
+        trust = runtime.trust
+        trust._lagging = lambda: ["stuck-proxy"]  # the fault
+        trust._monotonic = lambda: now[0]
+        await trust.rotate()
+        with caplog.at_level("WARNING", logger="meshcp.runtime.trust"):
+            await trust.step()
+            assert phase(ca) is Phase.TRUSTING and trust.laggards == ("stuck-proxy",)
+            assert b"meshcp_ca_rotation_lagging_proxies 1.0" in runtime.metrics.exposition()
+            now[0] = 61.0
+            await trust.step()
+            assert phase(ca) is Phase.TRUSTING
+            assert any("has waited 61 s for 1 proxies" in r.getMessage() for r in caplog.records)
+            assert any("stuck-proxy" in r.getMessage() for r in caplog.records)
+            now[0] = 901.0
+            await trust.step()
+        assert phase(ca) is Phase.ROTATING
+        assert any("goes on after 901 s without 1 proxies" in r.getMessage() for r in caplog.records)

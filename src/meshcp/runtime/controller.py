@@ -67,6 +67,7 @@ class ControllerRuntime:
         self.metrics = Metrics()
         self.metrics.count_encodes(lambda: self.encoder.encodes)
         self.metrics.read_expiries(lambda: self.trust.root_expiry, self._soonest_workload_expiry)
+        self.metrics.read_rotation_laggards(lambda: float(len(self.trust.laggards)))
         self.readiness = readiness or Readiness()
         self.store = Store(window=settings.debounce_window, max_wait=settings.debounce_max)
         self.proxies = ConnectedProxies()

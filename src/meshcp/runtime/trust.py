@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
@@ -39,6 +40,12 @@ log = logging.getLogger("meshcp.runtime.trust")
 
 ServerCertificateSource = Callable[[], Awaitable[IssuedCertificate]]
 """Issues the xDS server's certificate (chain including any cross certificates, and key)."""
+
+#: How long a rotation phase waits for proxies that do not ACK before it goes on without
+#: them (they keep their old secrets, and lose mTLS with peers until they take the new
+#: ones); and how often, meanwhile, a warning names them.
+ROTATION_DEADLINE = 900.0
+LAGGARD_WARNING_EVERY = 60.0
 
 SERVER_CERTIFICATE_RENEW_SHARE = 0.3
 """Re-issue the xDS server certificate once less than this share of its lifetime remains,
@@ -59,10 +66,13 @@ class TrustCoordinator:
         interval: float = 1.0,
         auto_rotate: bool = True,
         clock: Clock = utc_now,
+        deadline: float = ROTATION_DEADLINE,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`publish_bundle` hands a new workload trust bundle to whoever serves it (the
         publisher); `lagging` names the connected proxies that have not ACKed their current
-        secrets yet (a rotation waits for them)."""
+        secrets yet (a rotation waits for them, for `deadline` seconds per phase at most:
+        one proxy that keeps NACKing must not hold back a root close to expiry)."""
         self._provider = provider
         self._certificates = certificates
         self._publish_bundle = publish_bundle
@@ -86,6 +96,12 @@ class TrustCoordinator:
         #: it was issued for.
         self.server_certificate: IssuedCertificate | None = None
         self._server_certificate_for: tuple[str, str] = ("", "")
+        self._deadline = deadline
+        self._monotonic = monotonic
+        #: The rotation phase being waited in, since when, and when laggards were last named.
+        self._waiting: tuple[str, float, float] | None = None
+        #: Proxies the current rotation phase waits for (a metric and /debug).
+        self.laggards: tuple[str, ...] = ()
 
     async def refresh(self) -> None:
         """Read the CA's trust bundles; publish them where they changed, and re-issue the
@@ -172,10 +188,9 @@ class TrustCoordinator:
                 log.info("root certificate close to expiry: rotation started")
         await self.refresh()
         if ca is None or ca.state.phase == Phase.STABLE:
+            self._waiting, self.laggards = None, ()
             return
-        lagging = self._lagging()
-        if lagging:
-            log.debug("root rotation waits for %d proxies: %s", len(lagging), ", ".join(lagging[:5]))
+        if self._waits_for(ca.state.phase.value, self._lagging()):
             return
         if ca.state.phase == Phase.TRUSTING:
             await ca.sign_with_new_root()  # every proxy trusts both roots now
@@ -196,6 +211,39 @@ class TrustCoordinator:
         self._reissued_for = ""
         await self.refresh()
         log.info("root rotation finished: only root %s is trusted", new_root)
+
+    def _waits_for(self, phase: str, lagging: Sequence[str]) -> bool:
+        """Whether the rotation still waits in `phase`: while proxies lag, up to the
+        deadline, naming them in a warning every `LAGGARD_WARNING_EVERY` seconds."""
+        now = self._monotonic()
+        if self._waiting is None or self._waiting[0] != phase:
+            self._waiting = (phase, now, now)
+        self.laggards = tuple(lagging)
+        if not lagging:
+            return False
+        _, since, warned = self._waiting
+        named = ", ".join(lagging[:10]) + (f" and {len(lagging) - 10} more" if len(lagging) > 10 else "")
+        if now - since >= self._deadline:
+            log.warning(
+                "root rotation (%s) goes on after %.0f s without %d proxies that have not ACKed "
+                "their secrets: %s (they lose mTLS with their peers until they take the new ones)",
+                phase,
+                now - since,
+                len(lagging),
+                named,
+            )
+            self._waiting = None
+            return False
+        if now - warned >= LAGGARD_WARNING_EVERY:
+            log.warning(
+                "root rotation (%s) has waited %.0f s for %d proxies to ACK their secrets: %s",
+                phase,
+                now - since,
+                len(lagging),
+                named,
+            )
+            self._waiting = (phase, since, now)
+        return True
 
     async def run(self) -> None:
         while True:

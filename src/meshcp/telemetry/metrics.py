@@ -268,6 +268,18 @@ class Metrics:
         """A Kubernetes list-watch loop starts over with a fresh list."""
         self.watch_restarts.labels(kind, reason).inc()
 
+    def read_rotation_laggards(self, count: Callable[[], float | None]) -> None:
+        """Expose how many proxies a root rotation phase waits for (0 when none waits)."""
+        self.registry.register(
+            _Read(
+                lambda: GaugeMetricFamily(
+                    "meshcp_ca_rotation_lagging_proxies",
+                    "Connected proxies a root rotation waits for (not ACKed their secrets yet).",
+                ),
+                count,
+            )
+        )
+
     def round_done(self, seconds: float) -> None:
         """A reconcile round completed in `seconds`."""
         self.rounds.inc()
