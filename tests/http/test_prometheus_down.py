@@ -4,6 +4,7 @@ while they are being asked."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -68,3 +69,32 @@ async def test_xds_is_served_while_prometheus_is_down() -> None:
                 assert "bookstore/bookstore-v1|14001|local" in await envoy.clusters()
             async with http.get(base + "/readyz") as ready:
                 assert ready.status == 200
+
+
+async def test_debug_config_shows_what_a_connected_proxy_holds_without_keys() -> None:
+    """`/debug/config/{node}`: the decoded configuration of a connected proxy's class, its
+    key never shown; an unknown node is a 404."""
+    settings = Settings(
+        xds_address=Address("127.0.0.1", 0), http_address=Address("127.0.0.1", 0), source=EXAMPLE
+    )
+    state = await offline.load(EXAMPLE)
+    pod = offline.find_pod(state, "bookstore", "bookstore-v1-0")
+    node_id = ProxyIdentity(proxy_uuid(pod), Identity("bookstore", pod.service_account)).name
+    runtime = await ControllerRuntime.open(settings)
+    async with runtime, EnvoyProcess(ads_bootstrap(node_id, runtime.xds.port, delta=False)) as envoy:
+
+        async def configured() -> bool:
+            return "outbound-listener" in await envoy.listeners()
+
+        await eventually(configured, timeout=30, what="Envoy configured")
+        base = f"http://127.0.0.1:{runtime.http.port}/debug/config"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/{node_id}") as answer:
+                assert answer.status == 200
+                text = await answer.text()
+            async with http.get(f"{base}/nobody") as missing:
+                assert missing.status == 404
+        found = json.loads(text)
+        assert found["node_id"] == node_id
+        assert "outbound-listener" in text and "bookstore/bookstore-v1|14001|local" in text
+        assert "PRIVATE KEY" not in text
