@@ -78,9 +78,14 @@ def test_injection_is_idempotent() -> None:
     patched, _, _ = inject(pod)
     decision = decision_for(patched)
     assert isinstance(decision, Skip) and "already has a sidecar" in decision.reason
+    # A proxy UUID label the pod was created with is not a sidecar: it is injected, and
+    # the label replaced by the injector's own UUID.
     labelled = deployment_pod()
-    labelled["metadata"]["labels"][PROXY_UUID_LABEL] = str(uuid.uuid4())
-    assert isinstance(decision_for(labelled), Skip)
+    claimed = str(uuid.uuid4())
+    labelled["metadata"]["labels"][PROXY_UUID_LABEL] = claimed
+    assert not isinstance(decision_for(labelled), Skip)
+    relabelled, _, _ = inject(labelled)
+    assert relabelled["metadata"]["labels"][PROXY_UUID_LABEL] not in ("", claimed)
     with_envoy = bare_pod()
     with_envoy["spec"]["containers"].append({"name": "envoy", "image": "envoyproxy/envoy:v1.40.0"})
     assert isinstance(decision_for(with_envoy), Skip)

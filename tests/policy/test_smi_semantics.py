@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 from meshcp.identity import Identity
+from meshcp.model.core import Pod
+from meshcp.model.meta import Meta, frozen_map
 from meshcp.model.smi import SplitMatch, TargetRule
 from meshcp.model.state import MeshState
 from meshcp.policy.build import MeshPolicy, build_policies
+from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.policy.types import InboundPort, ServiceKey, Upstream
 from tests.policy.mesh import BUY, RULE_ALL, RULE_BUY, STOCK, Bookstore, namespace, split, target, tcp
 
@@ -254,3 +257,18 @@ def test_proxies_of_one_identity_and_services_share_a_class() -> None:
     )
     assert ("outside", "stranger") not in policy.pod_classes  # not meshed: no proxy
     assert len(policy.proxies) == len(policy.pod_classes) == 5
+
+
+def test_two_pods_claiming_one_proxy_uuid_are_reported_and_neither_is_served() -> None:
+    """A stream names its pod by proxy UUID: a UUID two pods claim (a label copied, or set
+    on purpose) would let one proxy follow the other's configuration."""
+    shared = frozen_map({PROXY_UUID_LABEL: "0b5e7a1c-0000-4000-8000-000000000001"})
+    first = Pod(Meta("buyer-a", "bookbuyer", labels=shared), "bookbuyer", "10.244.1.7", True)
+    second = Pod(Meta("buyer-b", "bookbuyer", labels=shared), "bookbuyer", "10.244.1.8", True)
+    policy = build(first, second)
+    assert "0b5e7a1c-0000-4000-8000-000000000001" not in policy.proxies
+    reasons = {p.ref.name: p.reason for p in policy.problems}
+    assert "also claimed by pod bookbuyer/buyer-b" in reasons["buyer-a"]
+    assert "neither is served" in reasons["buyer-b"]
+    # every other pod is still served
+    assert len(policy.proxies) == 5

@@ -22,7 +22,7 @@ from meshcp.injector import fields
 from meshcp.injector.review import Review
 from meshcp.injector.template import INIT_CONTAINER, SIDECAR_CONTAINER
 from meshcp.model.meshconfig import MESH_LABEL, MeshConfig
-from meshcp.policy.membership import INJECTION_ANNOTATION, PROXY_UUID_LABEL
+from meshcp.policy.membership import INJECTION_ANNOTATION
 from meshcp.sidecar import iptables
 
 #: Kubernetes' own namespaces: never meshed, whatever their labels say.
@@ -162,10 +162,10 @@ def service_account(spec: Mapping[str, Any]) -> str:
 
 
 def already_injected(pod: Mapping[str, Any]) -> bool:
-    """Injection is idempotent: a reinvoked webhook or a re-created pod is left alone."""
-    labels = fields.mapping(fields.mapping(pod.get("metadata")).get("labels"))
-    if PROXY_UUID_LABEL in labels:
-        return True
+    """Injection is idempotent: a reinvoked webhook or a re-created pod with the sidecar is
+    left alone. The proxy UUID label alone does not count: a pod created carrying one
+    (anyone who may create pods can write labels) is injected, and its label replaced by a
+    UUID of the injector's (`pod_patch`), never trusted."""
     spec = fields.mapping(pod.get("spec"))
     containers = fields.array(spec.get("containers")) + fields.array(spec.get("initContainers"))
     names = {fields.string(fields.mapping(c).get("name")) for c in containers}

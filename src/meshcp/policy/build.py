@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshcp.identity import Identity
-from meshcp.model.core import ContainerPort
+from meshcp.model.core import ContainerPort, Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.backends import Backends
@@ -68,6 +68,24 @@ def build_policies(state: MeshState) -> MeshPolicy:
     # The pods of one service (same identity, local services and container ports) get
     # the same inbound ports: compute them and the class key once, not per pod.
     seen: dict[tuple[Identity, tuple[int, ...], tuple[ContainerPort, ...]], tuple[str, InboundTuple]] = {}
+    #: Proxy UUIDs two pods claim: neither is served (a stream names its pod by UUID, so a
+    #: duplicate would let one pod's proxy follow the other's configuration).
+    clashed: set[str] = set()
+
+    def claim(uuid: str, pod: Pod) -> None:
+        here = (pod.meta.namespace, pod.meta.name)
+        other = proxies.get(uuid)
+        if uuid in clashed or other is not None:
+            if other is not None:
+                report(
+                    ObjectRef("Pod", *other), f"proxy UUID {uuid} is also claimed by pod {here[0]}/{here[1]}"
+                )
+            report(pod.ref, f"proxy UUID {uuid} is also claimed by another pod: neither is served")
+            proxies.pop(uuid, None)
+            clashed.add(uuid)
+            return
+        proxies[uuid] = here
+
     for pod in backends.meshed_pods:
         identity = Identity(pod.meta.namespace, pod.service_account)
         same = (identity, tuple(id(s) for s in backends.local_services(pod)), pod.ports)
@@ -89,7 +107,7 @@ def build_policies(state: MeshState) -> MeshPolicy:
                 None if reachable_from is None else mesh_upstreams,
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
-        proxies[proxy_uuid(pod)] = (pod.meta.namespace, pod.meta.name)
+        claim(proxy_uuid(pod), pod)
     endpoints = {
         (ServiceKey(s.meta.namespace, s.meta.name), p.port): backends.endpoints(s, p)
         for s in backends.services
