@@ -61,6 +61,28 @@ class AtomicCreateStore(StateStore, Protocol):
         ...
 
 
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` whole or not at all, with `mode` from the first byte, never through a
+    symlink: a new file (O_EXCL: a name nobody else made) beside it, its mode set exactly
+    (the umask may have narrowed it; a certificate stays readable by tools run as other
+    users), every byte written and synced, then renamed over `path` (a symlink there is
+    replaced, not followed)."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(temp, path)
+
+
 class DirectoryStore:
     """Entries as files in a state directory (created with mode 0700 if missing)."""
 
@@ -88,21 +110,10 @@ class DirectoryStore:
 
     def _write(self, name: str, data: bytes, secret: bool) -> None:
         self._path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        mode = _SECRET_MODE if secret else _PUBLIC_MODE
-        temp = self._path / f".{name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            # The umask may have narrowed the mode; set it exactly so a key is never wider
-            # and a certificate stays readable by tools run as other users.
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(temp, self._path / name)
+        # An existing directory keeps its mode through mkdir: narrow it (keys live here).
+        if self._path.stat().st_mode & 0o777 & ~_DIR_MODE:
+            os.chmod(self._path, _DIR_MODE)
+        write_file(self._path / name, data, _SECRET_MODE if secret else _PUBLIC_MODE)
         self._sync_directory()
 
     def _delete(self, name: str) -> None:

@@ -15,6 +15,7 @@ from meshcp.cache.encoding import Encoder
 from meshcp.certs.issuance import xds_client_request
 from meshcp.certs.issuer import Issuer
 from meshcp.certs.provider import CertificateProvider
+from meshcp.certs.storage import write_file
 from meshcp.compile import naming
 from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.core import Pod
@@ -145,13 +146,10 @@ async def write_bootstrap(
 
 
 def _write_files(directory: Path, files: dict[str, tuple[str, int]]) -> None:
-    """Create each file with its mode before writing, so a key is never world-readable."""
+    """Each file whole, with its mode from the first byte and never through a symlink
+    (`certs.storage.write_file`), so a key is never world-readable, not even for a moment."""
     if directory.exists() and not directory.is_dir():
         raise OfflineError(f"--out {directory}: exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     for name, (text, mode) in files.items():
-        path = directory / name
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-        os.chmod(path, mode)
+        write_file(directory / name, text.encode(), mode)
