@@ -272,3 +272,15 @@ def test_two_pods_claiming_one_proxy_uuid_are_reported_and_neither_is_served() -
     assert "neither is served" in reasons["buyer-b"]
     # every other pod is still served
     assert len(policy.proxies) == 5
+
+
+def test_the_cas_trust_domain_is_the_one_rbac_uses() -> None:
+    """RBAC principals and SAN matchers name SPIFFE IDs of the CA's trust domain (the
+    certificates carry it): a MeshConfig `trustDomain` that differs is reported on the
+    MeshConfig and not used, instead of every request getting a 403 with nothing saying why."""
+    policy = build_policies(Bookstore().state(), "example.org")
+    assert {p.trust_domain for p in policy.classes.values()} == {"example.org"}
+    (problem,) = [p for p in policy.problems if p.ref.kind == "MeshConfig"]
+    assert problem.reason.startswith("trustDomain 'cluster.local' is not the CA's 'example.org'")
+    same = build_policies(Bookstore().state(), "cluster.local")
+    assert not [p for p in same.problems if p.ref.kind == "MeshConfig"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshcp.identity import Identity
 from meshcp.model.core import ContainerPort, Pod
@@ -49,7 +49,10 @@ def class_key(identity: Identity, inbound: tuple[InboundPort, ...]) -> str:
     return f"{identity}#{digest}"
 
 
-def build_policies(state: MeshState) -> MeshPolicy:
+def build_policies(state: MeshState, trust_domain: str | None = None) -> MeshPolicy:
+    """`trust_domain`: the CA's, the one source of the SPIFFE IDs that RBAC principals and
+    SAN matchers name (certificates carry it); a MeshConfig `trustDomain` that differs is
+    reported and not used. None: the MeshConfig's (offline work without a CA)."""
     problems: list[Problem] = []
 
     def report(ref: ObjectRef, reason: str) -> None:
@@ -58,6 +61,14 @@ def build_policies(state: MeshState) -> MeshPolicy:
     for route in state.udp_routes:
         report(route.ref, "UDPRoute is not supported (meshcp proxies TCP and HTTP)")
     config = state.mesh_config
+    if trust_domain is not None and trust_domain != config.trust_domain:
+        for mesh_config in state.mesh_configs:
+            report(
+                mesh_config.ref,
+                f"trustDomain {config.trust_domain!r} is not the CA's {trust_domain!r} (--trust-domain), "
+                "which certificates carry: the CA's is used",
+            )
+        config = replace(config, trust_domain=trust_domain)
     backends = Backends(state)
     targets = Targets.of(state)
     mesh_upstreams = upstreams(state, backends, report, targets if config.per_route_stats else None)

@@ -102,6 +102,7 @@ class ControllerRuntime:
             self.encoder,
             self.metrics,
             self.events.report if self.events is not None else None,
+            trust_domain=ca.trust_domain,
         )
         self.classifier = ProxyClassifier(ca.trust_domain)
         if settings.source is not None or settings.kubernetes:

@@ -115,8 +115,11 @@ class Reconciler:
         encoder: Encoder,
         metrics: Metrics | None = None,
         on_problem: Callable[[Problem], None] | None = None,
+        trust_domain: str | None = None,
     ) -> None:
+        """`trust_domain`: the CA's, which every policy uses (`build_policies`)."""
         self._encoder = encoder
+        self._trust_domain = trust_domain
         self._on_problem = on_problem
         self._metrics = metrics
         self._memo = _Memo()
@@ -134,7 +137,7 @@ class Reconciler:
 
     def apply(self, state: MeshState) -> list[ProxyClass]:
         """Compile `state` into its proxy classes (the publisher installs them)."""
-        policy = build_policies(state)
+        policy = build_policies(state, self._trust_domain)
         self._report(state.problems + policy.problems)
         old, self._memo = self._memo, _Memo()
         shared: dict[int, _Shared] = {}  # by id(): the classes of a round share one tuple
