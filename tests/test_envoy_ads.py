@@ -121,7 +121,7 @@ async def test_envoy_receives_every_type_and_routes_traffic(
 
     # The server: every type ACKed at the snapshot's content version, seen on /debug/proxies.
     await wait_acked(runtime, node_id, snap, envoy, ALL_TYPES)
-    async with client.get(f"http://127.0.0.1:{runtime.http.port}/debug/proxies") as response:
+    async with client.get(f"http://127.0.0.1:{runtime.debug_http.port}/debug/proxies") as response:
         assert response.status == 200
         shown = [entry for entry in await response.json() if entry["node_id"] == node_id]
     assert len(shown) == 1

@@ -87,7 +87,7 @@ async def test_debug_config_shows_what_a_connected_proxy_holds_without_keys() ->
             return "outbound-listener" in await envoy.listeners()
 
         await eventually(configured, timeout=30, what="Envoy configured")
-        base = f"http://127.0.0.1:{runtime.http.port}/debug/config"
+        base = f"http://127.0.0.1:{runtime.debug_http.port}/debug/config"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/{node_id}") as answer:
                 assert answer.status == 200

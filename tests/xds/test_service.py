@@ -64,8 +64,9 @@ async def channel(runtime: ControllerRuntime) -> AsyncIterator[grpclib.client.Ch
         channel.close()
 
 
-def http_client(runtime: ControllerRuntime) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{runtime.http.port}")
+def http_client(runtime: ControllerRuntime, *, debug: bool = False) -> aiohttp.ClientSession:
+    port = runtime.debug_http.port if debug else runtime.http.port
+    return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
 
 
 def sample(runtime: ControllerRuntime, name: str, labels: dict[str, str]) -> float:
@@ -233,10 +234,15 @@ async def test_debug_metrics_and_health_endpoints(
         async with http_client(runtime) as http:
             async with http.get("/healthz") as reply:
                 assert reply.status == 200
-            async with http.get("/debug/proxies") as reply:
-                (proxy,) = await reply.json()
             async with http.get("/metrics") as reply:
                 text = await reply.text()
+            # the debug endpoints are not on the public listener...
+            async with http.get("/debug/proxies") as reply:
+                assert reply.status == 404
+        # ...but on their own, loopback-only one
+        async with http_client(runtime, debug=True) as http:
+            async with http.get("/debug/proxies") as reply:
+                (proxy,) = await reply.json()
             async with http.get("/debug/cache") as reply:
                 cache = await reply.json()
         await stream.end()

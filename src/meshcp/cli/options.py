@@ -41,6 +41,7 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 def controller_settings(args: argparse.Namespace) -> Settings:
     try:
         xds, http = Address.parse(args.xds_address), Address.parse(args.http_address)
+        debug = Address.parse(args.debug_address)
         api = Address.parse(args.api_address)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -51,6 +52,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
     settings = Settings(
         xds_address=xds,
         http_address=http,
+        debug_address=debug,
         insecure_xds=args.insecure_xds,
         xds_tls=_tls(args),
         xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),

@@ -13,7 +13,7 @@ from meshcp.certs.keys import KeySpec
 from meshcp.certs.setup import PROVIDERS, default_state_dir
 from meshcp.http.api_tls import API_PORT
 from meshcp.model.durations import parse_duration
-from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, WEBHOOK_PORT, XDS_PORT
+from meshcp.sidecar.ports import CONTROLLER_DEBUG_PORT, CONTROLLER_HTTP_PORT, WEBHOOK_PORT, XDS_PORT
 
 
 def duration(text: str) -> timedelta:
@@ -53,13 +53,7 @@ def _add_metrics_api_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--api-tls-key", type=Path, help="PEM private key for --api-tls-cert (reloaded)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshcp", description="A service mesh control plane for Envoy.")
-    parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = commands.add_parser("serve", help="run the controller (ADS server, CA, HTTP endpoint)")
+def _add_listeners(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="gRPC ADS listener (default %(default)s)"
     )
@@ -68,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=f"127.0.0.1:{CONTROLLER_HTTP_PORT}",
         help="HTTP listener (default %(default)s)",
     )
+    serve.add_argument(
+        "--debug-address",
+        default=f"127.0.0.1:{CONTROLLER_DEBUG_PORT}",
+        help="HTTP listener of /debug: every proxy's name and configuration (default %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshcp", description="A service mesh control plane for Envoy.")
+    parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the controller (ADS server, CA, HTTP endpoint)")
+    _add_listeners(serve)
     serve.add_argument("--insecure-xds", action="store_true", help="serve xDS in plaintext (local work only)")
     serve.add_argument(
         "--xds-name",

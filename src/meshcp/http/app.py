@@ -93,20 +93,32 @@ def create_app(controller: Controller) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    dashboard.add_routes(app, controller.state, controller.prometheus)
+    traffic_metrics.add_routes(app, controller.state, controller.prometheus)
+    return app
+
+
+def create_debug_app(controller: Controller) -> web.Application:
+    """The debug endpoints, served on their own listener (`--debug-address`, loopback by
+    default): they name every proxy and show every proxy's configuration, which other pods
+    have no business reading (`kubectl port-forward` reaches a pod's loopback)."""
+    app = web.Application()
+    app[CONTROLLER] = controller
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/debug/proxies", debug_proxies)
     app.router.add_get("/debug/cache", debug_cache)
     app.router.add_get("/debug/problems", debug_problems)
     app.router.add_get("/debug/config/{node_id}", debug_config)
-    dashboard.add_routes(app, controller.state, controller.prometheus)
-    traffic_metrics.add_routes(app, controller.state, controller.prometheus)
     return app
 
 
 class HttpServer:
     """Runs the app on host:port with aiohttp's AppRunner (shares the caller's loop)."""
 
-    def __init__(self, controller: Controller) -> None:
-        self._runner = web.AppRunner(create_app(controller), access_log=None)
+    def __init__(
+        self, controller: Controller, app: Callable[[Controller], web.Application] = create_app
+    ) -> None:
+        self._runner = web.AppRunner(app(controller), access_log=None)
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:

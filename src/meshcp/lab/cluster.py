@@ -50,6 +50,7 @@ READY_TIMEOUT = 120.0
 POLL = 0.2
 #: The controller's HTTP endpoint (health, /metrics, /debug), on the node's loopback.
 CONTROLLER_HTTP = f"127.0.0.1:{ports.CONTROLLER_HTTP_PORT}"
+CONTROLLER_DEBUG = f"127.0.0.1:{ports.CONTROLLER_DEBUG_PORT}"
 #: The lab's Prometheus as the controller (in the same node namespace) reaches it.
 PROMETHEUS_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
 PROMETHEUS_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
@@ -87,6 +88,8 @@ class Lab:
             f"{layout.GATEWAY}:{ports.XDS_PORT}",
             "--http-address",
             CONTROLLER_HTTP,
+            "--debug-address",
+            CONTROLLER_DEBUG,
             "--state-dir",
             str(self.paths.controller_state),
             "--xds-name",
@@ -155,7 +158,7 @@ class Lab:
 
     async def proxies(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = await get_json(
-            layout.NODE_NETNS, ports.CONTROLLER_HTTP_PORT, "/debug/proxies"
+            layout.NODE_NETNS, ports.CONTROLLER_DEBUG_PORT, "/debug/proxies"
         )
         return found
 

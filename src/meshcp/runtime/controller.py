@@ -20,7 +20,7 @@ from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_ce
 from meshcp.certs.setup import close_provider, open_provider
 from meshcp.certs.xds_server import XdsServerCredentials
 from meshcp.http.api_tls import HttpsServer
-from meshcp.http.app import Controller, HttpServer
+from meshcp.http.app import Controller, HttpServer, create_debug_app
 from meshcp.identity import Identity
 from meshcp.kpi.prometheus import Prometheus, aiohttp_fetch
 from meshcp.kube.client import ApiClientFactory, default_api_client
@@ -161,6 +161,7 @@ class ControllerRuntime:
             ),
         )
         self.http = HttpServer(endpoint)
+        self.debug_http = HttpServer(endpoint, create_debug_app)
         #: The same endpoint over TLS, for the Kubernetes API aggregator (`--api-tls-cert`).
         self.https = (
             None
@@ -216,12 +217,19 @@ class ControllerRuntime:
         except OSError as error:
             await self.xds.stop()
             raise ListenError(f"cannot listen for HTTP on {s.http_address}: {error.strerror}") from None
+        try:
+            await self.debug_http.start(s.debug_address.host, s.debug_address.port)
+        except OSError as error:
+            await self.xds.stop()
+            await self.http.stop()
+            raise ListenError(f"cannot listen for /debug on {s.debug_address}: {error.strerror}") from None
         if self.https is not None:
             try:
                 await self.https.start(s.api_address.host, s.api_address.port)
             except (OSError, ValueError) as error:
                 await self.xds.stop()
                 await self.http.stop()
+                await self.debug_http.stop()
                 raise ListenError(f"cannot listen for HTTPS on {s.api_address}: {error}") from None
             log.info("serving HTTPS on %s", Address(s.api_address.host, self.https.port))
         log.info(
@@ -230,11 +238,13 @@ class ControllerRuntime:
             "plaintext" if self.xds_tls is None else "mTLS",
             Address(s.http_address.host, self.http.port),
         )
+        log.info("serving /debug on %s", Address(s.debug_address.host, self.debug_http.port))
 
     async def stop(self) -> None:
         """Close streams and listeners (proxies keep their last configuration); idempotent."""
         await self.xds.stop()
         await self.http.stop()
+        await self.debug_http.stop()
         if self.https is not None:
             await self.https.stop()
 

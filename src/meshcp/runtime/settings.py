@@ -37,6 +37,10 @@ class Settings:
     xds_address: Address = field(default_factory=lambda: Address("127.0.0.1", XDS_PORT))
     #: HTTP listener for /healthz, /readyz, /metrics and /debug.
     http_address: Address = field(default_factory=lambda: Address("127.0.0.1", CONTROLLER_HTTP_PORT))
+    #: HTTP listener for /debug (every proxy's name and configuration): loopback only; an
+    #: ephemeral port here (several controllers in one test run), `meshcp serve` defaults
+    #: to CONTROLLER_DEBUG_PORT.
+    debug_address: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
     #: Plaintext xDS with identities taken from node ids: local work only.
     insecure_xds: bool = True
     #: TLS of the xDS listener from files; None with `insecure_xds` off: issued by the mesh CA.

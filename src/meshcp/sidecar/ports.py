@@ -27,5 +27,7 @@ PROXY_UID = 1500
 XDS_PORT = 15128
 #: The controller's HTTP listener (health, metrics, debug).
 CONTROLLER_HTTP_PORT = 9091
+#: The controller's debug endpoints (`/debug/*`), on loopback only by default.
+CONTROLLER_DEBUG_PORT = 9092
 #: The injector's admission webhook listener.
 WEBHOOK_PORT = 9090
