@@ -126,7 +126,7 @@ class Edge:
     secured: str
 
 
-#: SECURED: every connection of the edge handshook TLS, some did, none did.
+#: SECURED: the edge's connections handshook TLS; none did; some of a deploy's pods' did.
 SECURED, PARTLY, PLAINTEXT = "yes", "partly", "no"
 
 
@@ -134,7 +134,7 @@ async def edge_rows(
     client: Prometheus, kind: str, namespace: str, window: str, state: MeshState | None = None
 ) -> list[dict[str, Any]]:
     """Every edge seen in the window at the resolution of `kind` (pod, deploy or ns), with
-    SECURED measured from TLS handshakes against connections and SERVER_ID from the
+    SECURED measured from the TLS handshakes of its connections and SERVER_ID from the
     servers' own series (the manifests in `state` fill in a server that exports none)."""
     promql = queries.edges(namespace, window)
     samples, handshakes, connections, serving = await asyncio.gather(
@@ -177,13 +177,15 @@ def _edge_key(labels: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _secured(handshakes: Sequence[Sample], connections: Sequence[Sample]) -> dict[tuple[str, ...], str]:
+    """Per edge series: TLS handshakes seen means mTLS. Connections can outnumber
+    handshakes without any plaintext (an attempt refused, or reset before its handshake,
+    while a server starts), so the two are not compared one for one; an edge whose
+    connections never completed a handshake was not secured."""
     shaken = {_edge_key(s.labels): s.value for s in handshakes}
-    found = {}
-    for sample in connections:
-        key = _edge_key(sample.labels)
-        done = shaken.get(key, 0.0)
-        found[key] = SECURED if done >= sample.value > 0 else PLAINTEXT if done == 0 else PARTLY
-    return found
+    return {
+        _edge_key(sample.labels): SECURED if shaken.get(_edge_key(sample.labels), 0.0) > 0 else PLAINTEXT
+        for sample in connections
+    }
 
 
 def _edge(

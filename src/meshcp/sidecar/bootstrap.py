@@ -26,7 +26,7 @@ Stats (`stats_config`), served as Prometheus text on the sidecar's Prometheus po
   `upstream_cx_active`; the inbound HTTP connection managers' `downstream_rq_<N>xx`,
   `downstream_rq_total` and `downstream_rq_time`; the local clusters' `upstream_cx_total`
   (one series per served port: who serves what); every `ssl.handshake` (an edge is
-  SECURED when its cluster's handshakes match its connections; the lab's demo reads the
+  SECURED when its cluster's connections handshook TLS; the lab's demo reads the
   inbound listener's from admin `/stats`, which the matcher filters as well);
   and a few liveness basics. Everything else is never created, so it costs no memory
   either.
