@@ -132,16 +132,14 @@ def callers(kind_: str, namespace: str, services: Iterable[str]) -> View:
     )
 
 
-def backend(namespace: str, service: str) -> View:
-    """Requests to one Service (a TrafficSplit's backend) from every caller (client side)."""
+def services(namespace: str) -> View:
+    """Requests to every Service of `namespace` (TrafficSplit backends among them) from
+    every caller, one row per Service (client side)."""
     return View(
         queries.RQ_TOTAL,
         queries.RQ_XX,
         queries.RQ_TIME_BUCKET,
-        (
-            f"{DESTINATION_NAMESPACE}={queries.quote(namespace)}",
-            f"{DESTINATION_SERVICE}={queries.quote(service)}",
-        ),
+        (f"{DESTINATION_NAMESPACE}={queries.quote(namespace)}", f'{DESTINATION_SERVICE}!=""'),
         queries.PER_DESTINATION,
     )
 
