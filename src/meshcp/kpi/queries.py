@@ -79,6 +79,11 @@ class Selection:
     per_destination: bool = False
 
 
+def valid_name(text: str) -> bool:
+    """A Kubernetes object name's characters (DNS subdomain): safe to quote into PromQL."""
+    return bool(_NAME.fullmatch(text))
+
+
 def window(text: str) -> str:
     """A Prometheus range duration (`30s`, `1m`, `1h30m`); anything else is refused here,
     so a typo is a usage error rather than a Prometheus parse error."""
@@ -91,7 +96,7 @@ def resource(text: str, namespace: str = "") -> Resource:
     """`kind/name` or `kind` of `--from`/`--to`; the namespace of `-n` unless named."""
     kind, _, name = text.partition("/")
     kind = _kind(kind, ("deploy", "pod", "svc", "ns"))
-    if name and not _NAME.fullmatch(name):
+    if name and not valid_name(name):
         raise QueryError(f"bad name {name!r} in {text!r}")
     return Resource(kind, name, name if kind == "ns" else namespace)
 

@@ -47,8 +47,6 @@ FIVE_XX = 'envoy_response_code_class="5"'
 #: The quantiles the spec names (p99, p90, p50), in its order.
 QUANTILES = (0.99, 0.9, 0.5)
 
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-
 
 @dataclass(frozen=True)
 class View:
@@ -73,7 +71,7 @@ def kind(resource: str) -> str:
 
 def name(text: str) -> str:
     """A Kubernetes object name, refused here rather than quoted into PromQL."""
-    if not _NAME.fullmatch(text) or len(text) > 253:
+    if not queries.valid_name(text) or len(text) > 253:
         raise QueryError(f"bad name {text!r}")
     return text
 
