@@ -30,6 +30,7 @@ from meshcp.injector.metrics import InjectorMetrics
 from meshcp.injector.settings import InjectorSettings
 from meshcp.injector.tls_reload import ReloadingTls
 from meshcp.kube.client import default_api_client
+from meshcp.telemetry.failures import one_line
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ async def _part(name: str, work: Coroutine[Any, Any, None]) -> None:
     try:
         await work
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = one_line(error)
         log.error("the injector's %s stopped: %s", name, reason)
         raise InjectorError(f"the injector's {name} stopped: {reason}") from error
 

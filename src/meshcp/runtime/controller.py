@@ -35,6 +35,7 @@ from meshcp.runtime.trust import TrustCoordinator
 from meshcp.sources.files import FileSource
 from meshcp.sources.kubernetes import KubernetesSource
 from meshcp.sources.kubernetes_events import EventRecorder
+from meshcp.telemetry.failures import one_line
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.auth import Authorizer, Classifier, by_node_id
@@ -328,8 +329,7 @@ class PartFailed(Exception):
     """A long-lived part of the controller stopped with an error it could not recover from."""
 
     def __init__(self, part: str, error: BaseException) -> None:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        super().__init__(f"the controller's {part} stopped: {reason}")
+        super().__init__(f"the controller's {part} stopped: {one_line(error)}")
         self.part = part
 
 
