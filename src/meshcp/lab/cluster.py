@@ -48,12 +48,9 @@ log = logging.getLogger("meshcp.lab")
 
 READY_TIMEOUT = 120.0
 POLL = 0.2
-#: The controller's HTTP endpoint (health, /metrics, /debug), on the node's loopback.
+#: The controller's HTTP endpoints (health and /metrics; /debug), on the node's loopback.
 CONTROLLER_HTTP = f"127.0.0.1:{ports.CONTROLLER_HTTP_PORT}"
 CONTROLLER_DEBUG = f"127.0.0.1:{ports.CONTROLLER_DEBUG_PORT}"
-#: The lab's Prometheus as the controller (in the same node namespace) reaches it.
-PROMETHEUS_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
-PROMETHEUS_URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
 
 
 class Lab:
@@ -98,7 +95,7 @@ class Lab:
             str(layout.GATEWAY),
             "--trust-domain",
             trust_domain,
-            *(() if self.prometheus_binary is None else ("--prometheus-url", PROMETHEUS_URL)),
+            *(() if self.prometheus_binary is None else ("--prometheus-url", layout.PROMETHEUS_URL)),
         )
         env = (("PATH", os.environ.get("PATH", "/usr/bin:/bin")), ("PYTHONUNBUFFERED", "1"))
         return Container("meshcp-serve", argv, env, 0, 0, "/")
@@ -153,7 +150,7 @@ class Lab:
             ready = code == 200
         except LabError:
             ready = False
-        url, netns = PROMETHEUS_URL, layout.NODE_NETNS
+        url, netns = layout.PROMETHEUS_URL, layout.NODE_NETNS
         return {**self.prometheus.as_json(), "ready": ready, "url": url, "netns": netns}
 
     async def proxies(self) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from meshcp.kpi.prometheus import Fetch, Prometheus, PrometheusUnreachable
 from meshcp.lab import layout, netns_http
 from meshcp.lab.network import LabError
 
-URL = f"http://{layout.PROMETHEUS_HOST}:{layout.PROMETHEUS_PORT}"
+URL = layout.PROMETHEUS_URL
 
 
 def reachable() -> bool:

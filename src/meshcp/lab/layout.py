@@ -34,6 +34,7 @@ CONTROLLER_NAME = "meshcp-controller.meshcp-system.svc"
 #: it reaches the pods through the bridge and the controller on loopback.
 PROMETHEUS_HOST = "127.0.0.1"
 PROMETHEUS_PORT = 9090
+PROMETHEUS_URL = f"http://{PROMETHEUS_HOST}:{PROMETHEUS_PORT}"
 
 CLUSTER_DOMAIN = "cluster.local"
 ETC_NETNS = Path("/etc/netns")
