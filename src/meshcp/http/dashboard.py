@@ -25,8 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
+from meshcp.http.prometheus_errors import HANDLED, NOT_CONFIGURED, UNAVAILABLE, status_of
 from meshcp.kpi import queries, report
-from meshcp.kpi.prometheus import BadAnswer, NoData, Prometheus, PrometheusUnreachable
+from meshcp.kpi.prometheus import NoData, Prometheus
 from meshcp.kpi.queries import QueryError, Resource, Selection
 from meshcp.model.state import MeshState
 
@@ -45,7 +46,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
-NOT_CONFIGURED = "Prometheus is not configured: start the controller with meshcp serve --prometheus-url URL"
 
 #: Node kinds: a workload (the pods of a deploy) and a service.
 DEPLOY, SERVICE = "deploy", "svc"
@@ -130,14 +130,12 @@ async def data(request: web.Request) -> web.Response:
         return _error(400, str(error))
     client = source.prometheus
     if client is None:
-        return _error(503, NOT_CONFIGURED, window=window)
+        return _error(UNAVAILABLE, NOT_CONFIGURED, window=window)
     state = source.state()
     try:
         found = await request.app[SHARED].get(window, lambda: snapshot(client, state, window))
-    except PrometheusUnreachable as error:
-        return _error(503, str(error), window=window, prometheus=client.url)
-    except BadAnswer as error:
-        return _error(502, str(error), window=window, prometheus=client.url)
+    except HANDLED as error:
+        return _error(status_of(error), str(error), window=window, prometheus=client.url)
     return web.json_response(found, headers={"Cache-Control": "no-store"})
 
 

@@ -19,15 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
+from meshcp.http.prometheus_errors import HANDLED, NOT_CONFIGURED, UNAVAILABLE, status_of
 from meshcp.kpi import report, traffic_figures
 from meshcp.kpi import traffic_metrics as tm
 from meshcp.kpi import traffic_queries as tq
-from meshcp.kpi.prometheus import BadAnswer, NoData, Prometheus, PrometheusUnreachable
+from meshcp.kpi.prometheus import NoData, Prometheus
 from meshcp.kpi.queries import QueryError, window
 from meshcp.model.state import MeshState
 
 PREFIX = f"/apis/{tm.API_VERSION}"
-NOT_CONFIGURED = "Prometheus is not configured: start the controller with meshcp serve --prometheus-url URL"
 
 
 class _Failure(Exception):
@@ -72,13 +72,11 @@ def _answer(make: Callable[[web.Request, Prometheus, tm.Request], Awaitable[dict
                 raise _Failure(400, str(error)) from None
             client = request.app[SOURCE].prometheus
             if client is None:
-                raise _Failure(503, NOT_CONFIGURED)
+                raise _Failure(UNAVAILABLE, NOT_CONFIGURED)
             try:
                 return _json(await make(request, client, asked))
-            except PrometheusUnreachable as error:
-                raise _Failure(503, str(error)) from None
-            except BadAnswer as error:
-                raise _Failure(502, str(error)) from None
+            except HANDLED as error:
+                raise _Failure(status_of(error), str(error)) from None
         except _Failure as failure:
             return _json(tm.status(failure.code, str(failure), failure.details), failure.code)
 
