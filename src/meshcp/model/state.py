@@ -49,12 +49,18 @@ class MeshState:
     """Objects by reference, plus the problems of objects that could not be accepted.
 
     Immutable: a change makes a new state with the next revision (`with_changes`), so the
-    compiler always sees one consistent picture. Indexes are computed on first use.
+    compiler always sees one consistent picture. Indexes are computed on first use; a
+    state made by `with_changes` takes over its parent's indexes of the kinds the change
+    did not touch, and knows which references changed (`changes_since`), so a change
+    costs the compiler what it touched, not a walk over the mesh.
     """
 
     objects: Mapping[ObjectRef, MeshObject] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
     revision: int = 0
+    #: The parent's `objects` and the references that differ from it (`with_changes`).
+    base: Mapping[ObjectRef, MeshObject] | None = field(default=None, compare=False, repr=False)
+    changed: frozenset[ObjectRef] = field(default=frozenset(), compare=False, repr=False)
 
     def with_changes(
         self,
@@ -63,13 +69,39 @@ class MeshState:
         problems: tuple[Problem, ...] | None = None,
     ) -> MeshState:
         objects = dict(self.objects)
+        changed: set[ObjectRef] = set()
         for ref in deletes:
-            objects.pop(ref, None)
+            if objects.pop(ref, None) is not None:
+                changed.add(ref)
         for obj in upserts:
-            objects[obj.ref] = obj
-        return MeshState(
-            MappingProxyType(objects), self.problems if problems is None else problems, self.revision + 1
+            ref = obj.ref
+            if objects.get(ref) is not obj:
+                changed.add(ref)
+            objects[ref] = obj
+        state = MeshState(
+            MappingProxyType(objects),
+            self.problems if problems is None else problems,
+            self.revision + 1,
+            self.objects,
+            frozenset(changed),
         )
+        touched = {ref.kind for ref in changed}
+        for name, kinds in _INDEX_KINDS.items():
+            if name in self.__dict__ and touched.isdisjoint(kinds):
+                state.__dict__[name] = self.__dict__[name]
+        return state
+
+    def changes_since(self, other: MeshState) -> frozenset[ObjectRef]:
+        """The references whose object differs between `other` and this state (added,
+        replaced or removed): known without a walk when this state was made from it."""
+        if self.base is other.objects:
+            return self.changed
+        if self.objects is other.objects:
+            return frozenset()
+        mine, theirs = self.objects, other.objects
+        found = {ref for ref, obj in mine.items() if (their := theirs.get(ref)) is not obj and their != obj}
+        found.update(ref for ref in theirs if ref not in mine)
+        return frozenset(found)
 
     def get(self, ref: ObjectRef) -> MeshObject | None:
         return self.objects.get(ref)
@@ -146,3 +178,23 @@ class MeshState:
     @cached_property
     def service_index(self) -> Mapping[tuple[str, str], Service]:
         return {(s.meta.namespace, s.meta.name): s for s in self.services}
+
+
+#: Each index of `MeshState` and the kinds it is computed from: what a state made by
+#: `with_changes` may take over from its parent when no object of those kinds changed.
+_INDEX_KINDS: dict[str, frozenset[str]] = {
+    "namespaces": frozenset({"Namespace"}),
+    "services": frozenset({"Service"}),
+    "pods": frozenset({"Pod"}),
+    "endpoint_slices": frozenset({"EndpointSlice"}),
+    "service_accounts": frozenset({"ServiceAccount"}),
+    "traffic_targets": frozenset({"TrafficTarget"}),
+    "http_route_groups": frozenset({"HTTPRouteGroup"}),
+    "tcp_routes": frozenset({"TCPRoute"}),
+    "udp_routes": frozenset({"UDPRoute"}),
+    "traffic_splits": frozenset({"TrafficSplit"}),
+    "mesh_configs": frozenset({"MeshConfig"}),
+    "mesh_config": frozenset({"MeshConfig"}),
+    "meshed_namespaces": frozenset({"Namespace", "MeshConfig"}),
+    "service_index": frozenset({"Service"}),
+}

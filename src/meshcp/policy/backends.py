@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from functools import cached_property
 
 from meshcp.identity import Identity
 from meshcp.model.core import EndpointSlice, Pod, Service, ServicePort
+from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
 from meshcp.policy.membership import is_meshed
 from meshcp.policy.types import Endpoint
@@ -51,18 +53,38 @@ class Backends:
     def __init__(self, state: MeshState) -> None:
         self.state = state
         self.meshed_ns = state.meshed_namespaces
-        self.meshed_pods = [p for p in state.pods if is_meshed(p, self.meshed_ns)]
-        #: The services of meshed namespaces: the mesh's upstreams.
-        self.services = [s for s in state.services if s.meta.namespace in self.meshed_ns]
-        self._pods = {(p.meta.namespace, p.meta.name): p for p in state.pods}
-        self._pods_by_namespace: dict[str, list[Pod]] = defaultdict(list)
-        for pod in state.pods:
-            self._pods_by_namespace[pod.meta.namespace].append(pod)
-        self._slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
-        for endpoint_slice in state.endpoint_slices:
-            self._slices[(endpoint_slice.meta.namespace, endpoint_slice.service)].append(endpoint_slice)
         self._backends: dict[tuple[str, str], list[Backend]] = {}
         self._local: dict[int, list[Service]] | None = None
+
+    # The indexes are built on first use: an endpoints-only change asks about a few
+    # services (`policy.endpoint_change`) and must not pay for a walk over the mesh.
+
+    @cached_property
+    def meshed_pods(self) -> list[Pod]:
+        return [p for p in self.state.pods if is_meshed(p, self.meshed_ns)]
+
+    @cached_property
+    def services(self) -> list[Service]:
+        """The services of meshed namespaces: the mesh's upstreams."""
+        return [s for s in self.state.services if s.meta.namespace in self.meshed_ns]
+
+    @cached_property
+    def _pods_by_namespace(self) -> dict[str, list[Pod]]:
+        found: dict[str, list[Pod]] = defaultdict(list)
+        for pod in self.state.pods:
+            found[pod.meta.namespace].append(pod)
+        return found
+
+    @cached_property
+    def _slices(self) -> dict[tuple[str, str], list[EndpointSlice]]:
+        found: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+        for endpoint_slice in self.state.endpoint_slices:
+            found[(endpoint_slice.meta.namespace, endpoint_slice.service)].append(endpoint_slice)
+        return found
+
+    def _pod(self, namespace: str, name: str) -> Pod | None:
+        found = self.state.objects.get(ObjectRef("Pod", namespace, name))
+        return found if isinstance(found, Pod) else None
 
     def of(self, service: Service) -> list[Backend]:
         """(pod, address, ready) behind a service: from its EndpointSlices if it has any,
@@ -76,7 +98,7 @@ class Backends:
         if slices:
             for endpoint_slice in slices:
                 for endpoint in endpoint_slice.endpoints:
-                    pod = self._pods.get((service.meta.namespace, endpoint.pod)) if endpoint.pod else None
+                    pod = self._pod(service.meta.namespace, endpoint.pod) if endpoint.pod else None
                     out.extend((pod, address, endpoint.ready) for address in endpoint.addresses)
         else:
             for pod in self._pods_by_namespace.get(service.meta.namespace, ()):

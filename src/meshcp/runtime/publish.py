@@ -72,17 +72,26 @@ class Publisher:
             self._publish(proxy_class)
 
     def update(self, classes: Iterable[ProxyClass]) -> None:
-        """Replace the set of classes; publish every class whose identity has a certificate."""
+        """Replace the set of classes; publish every class whose identity has a certificate.
+
+        A class handed over as the very object already published is unchanged (the
+        reconciler keeps untouched classes' objects): it is not published again, so a
+        change costs the classes it touched. Certificates and trust bundles publish
+        through their own paths (`on_rotated`, `set_trust_bundle`)."""
         fresh = {proxy_class.key: proxy_class for proxy_class in classes}
-        for key in self._classes.keys() - fresh.keys():
+        previous = self._classes
+        for key in previous.keys() - fresh.keys():
             self._cache.clear(key)
         self._classes = fresh
-        wanted = {proxy_class.identity for proxy_class in fresh.values()}
-        for identity in set(self._certificates.keys()) - wanted:
-            self._certificates.forget(identity)
-            self._certs.pop(identity, None)
-            self._identity_sets.pop(identity, None)
-        for proxy_class in fresh.values():
+        if previous.keys() != fresh.keys():
+            wanted = {proxy_class.identity for proxy_class in fresh.values()}
+            for identity in set(self._certificates.keys()) - wanted:
+                self._certificates.forget(identity)
+                self._certs.pop(identity, None)
+                self._identity_sets.pop(identity, None)
+        for key, proxy_class in fresh.items():
+            if previous.get(key) is proxy_class and self._cache.get(key) is not None:
+                continue
             if self._certificates.current(proxy_class.identity) is None:
                 self._waiting.put_nowait(proxy_class.identity)
             else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import betterproto2
@@ -32,6 +32,7 @@ from meshcp.cache.snapshot import ResourceSet
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.build import MeshPolicy, build_policies
+from meshcp.policy.endpoint_change import EndpointChange, endpoint_change
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.runtime.proxy_class import ProxyClass
 from meshcp.telemetry.metrics import Metrics
@@ -94,6 +95,9 @@ class _Shared:
     #: What the upstream clusters are compiled from (`cds.upstream_specs`), and its key.
     spec_list: tuple[cds.UpstreamSpec, ...]
     specs: _Key
+    #: The encoded assignment of each (service, port) these upstreams reach, and all of
+    #: them as one piece (replaced, not edited, by an endpoints-only change).
+    assignments: dict[tuple[ServiceKey, int], Resource]
     endpoints: list[Resource]
     upstream_list: tuple[Upstream, ...]
     #: What the outbound listener matches (all mesh services when pruned), its key, the
@@ -130,19 +134,60 @@ class Reconciler:
         self._policy = MeshPolicy({}, {}, {}, {})
         self._reported: set[Problem] = set()
         self.revision = -1
+        #: The last state applied, its classes (in order) and the shared part of each.
+        self._state: MeshState | None = None
+        self._classes: list[ProxyClass] = []
+        self._class_groups: list[_Shared] = []
+        #: Built on the first endpoints-only change after a full round: which groups hold
+        #: each (service, port)'s assignment, and which classes each group is part of.
+        self._holders: dict[tuple[ServiceKey, int], list[_Shared]] | None = None
+        self._members: dict[int, list[int]] | None = None
+        #: What the last `apply` recompiled: "endpoints" or "full".
+        self.last_scope = ""
 
     @property
     def policy(self) -> MeshPolicy:
         return self._policy
 
     def apply(self, state: MeshState) -> list[ProxyClass]:
-        """Compile `state` into its proxy classes (the publisher installs them)."""
-        policy = build_policies(state, self._trust_domain)
+        """Compile `state` into its proxy classes (the publisher installs them).
+
+        A change that moves endpoints only (`policy.endpoint_change`) re-encodes the
+        assignments it touches and replaces the endpoint pieces of the classes holding
+        them: O(change). Any other change rebuilds the policy and re-derives every
+        class from the memo: O(mesh) walks, but only what changed is encoded."""
+        change = None
+        if self._state is not None:
+            change = endpoint_change(self._state, state, state.changes_since(self._state), self._policy)
+        if change is not None:
+            classes = self._apply_endpoints(change)
+            policy = change.policy
+        else:
+            policy = build_policies(state, self._trust_domain)
+            classes = self._apply_policy(policy)
         self._report(state.problems + policy.problems)
+        self._policy = policy
+        self._state = state
+        self.revision = state.revision
+        self.last_scope = "full" if change is None else "endpoints"
+        if self._metrics is not None:
+            self._metrics.compiles.labels(self.last_scope).inc()
+        log.debug(
+            "revision %d: %d classes (%s), %d pieces reused, %d encodes so far",
+            state.revision,
+            len(classes),
+            "endpoints only" if change is not None else "full",
+            self._memo.hits,
+            self._encoder.encodes,
+        )
+        return classes
+
+    def _apply_policy(self, policy: MeshPolicy) -> list[ProxyClass]:
         old, self._memo = self._memo, _Memo()
         shared: dict[int, _Shared] = {}  # by id(): the classes of a round share one tuple
         listeners: dict[int, tuple[_Key, tuple[int, ...]]] = {}  # likewise, with pruning
         classes = []
+        groups = []
         for key, class_policy in sorted(policy.classes.items()):
             common = shared.get(id(class_policy.upstreams))
             if common is None:
@@ -153,24 +198,64 @@ class Reconciler:
                     self._listener(class_policy.listener_upstreams, listeners, old),
                 )
             classes.append(self._compile(key, class_policy, common, old))
+            groups.append(common)
         if self._hosts_used.templates:
             self._hosts, self._hosts_used = self._hosts_used, _Hosts()
-        self._policy = policy
-        self.revision = state.revision
-        log.debug(
-            "revision %d: %d classes, %d pieces reused, %d encodes so far",
-            state.revision,
-            len(classes),
-            self._memo.hits,
-            self._encoder.encodes,
-        )
+        self._classes, self._class_groups = classes, groups
+        self._holders = self._members = None
         return classes
+
+    def _apply_endpoints(self, change: EndpointChange) -> list[ProxyClass]:
+        """Re-encode the changed assignments and swap them into the groups and classes
+        that hold them; every other class is returned as the same object as before."""
+        memo, none = self._memo, _Memo()
+        before, after = self._policy.endpoints, change.policy.endpoints
+        fresh: dict[tuple[ServiceKey, int], Resource] = {}
+        holders, members = self._indexes()
+        for service, port in sorted(change.changed, key=lambda k: (k[0].namespace, k[0].name, k[1])):
+            if (service, port) not in holders:
+                continue  # no class reaches it: nothing to encode
+            memo.entries.pop(("eds", service, port, before.get((service, port), ())), None)
+            found = after.get((service, port), ())
+            (fresh[(service, port)],) = self._piece(
+                none, ("eds", service, port, found), self._encoded(partial(_assignment, service, port, found))
+            )
+        touched = {id(group): group for key in fresh for group in holders[key]}
+        classes = list(self._classes)
+        for group in touched.values():
+            memo.entries.pop(("eds-all", tuple(group.endpoints)), None)
+            memo.sets.pop(id(group.endpoints), None)
+            group.assignments = {key: fresh.get(key, value) for key, value in group.assignments.items()}
+            values = list(group.assignments.values())
+            group.endpoints = self._piece(none, ("eds-all", tuple(values)), partial(list, values))
+            endpoints = self._set(group.endpoints, none)
+            for index in members[id(group)]:
+                proxy_class = classes[index]
+                classes[index] = replace(proxy_class, sets=(*proxy_class.sets[:-1], endpoints))
+        self._classes = classes
+        return classes
+
+    def _indexes(self) -> tuple[dict[tuple[ServiceKey, int], list[_Shared]], dict[int, list[int]]]:
+        """Which groups hold each assignment, and each group's classes (by position)."""
+        if self._holders is None or self._members is None:
+            holders: dict[tuple[ServiceKey, int], list[_Shared]] = {}
+            members: dict[int, list[int]] = {}
+            for index, group in enumerate(self._class_groups):
+                found = members.get(id(group))
+                if found is None:
+                    found = members[id(group)] = []
+                    for key in group.assignments:
+                        holders.setdefault(key, []).append(group)
+                found.append(index)
+            self._holders, self._members = holders, members
+        return self._holders, self._members
 
     def forget(self) -> None:
         """Drop every compiled piece: the next `apply` compiles and encodes everything
         (the baseline benchmarks/compile_scale.py compares against)."""
         self._memo = _Memo()
         self._hosts = _Hosts()
+        self._state = None
 
     def _key(self, old: _Memo, value: Hashable) -> _Key:
         key = _Key(value)
@@ -233,6 +318,7 @@ class Reconciler:
         return _Shared(
             upstreams_key,
             *specs,
+            assignments,
             all_endpoints,
             upstreams,
             listener_key,

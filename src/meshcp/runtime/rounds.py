@@ -51,6 +51,7 @@ class Rounds:
         self._reclassify = reclassify
         self._on_round = on_round
         self._after_round = after_round
+        self._tables: tuple[object, object, object] = (None, None, None)
         #: Workload certificate lifetime: `--cert-validity`, until a MeshConfig sets one.
         self.cert_validity = cert_validity
 
@@ -61,8 +62,13 @@ class Rounds:
             self.apply_mesh_config(state)
             self._publisher.update(self._reconciler.apply(state))
             policy = self._reconciler.policy
-            self._classifier.update(policy.proxies, policy.pod_classes, policy.classes)
-            self._reclassify()
+            tables = (policy.proxies, policy.pod_classes, policy.classes)
+            # The same tables (an endpoints-only round keeps them) move no stream: skip
+            # the pass over every open stream.
+            if any(new is not old for new, old in zip(tables, self._tables, strict=True)):
+                self._classifier.update(*tables)
+                self._reclassify()
+                self._tables = tables
             self._readiness.mark_synced(MESH)
             if self._on_round is not None:
                 self._on_round(time.perf_counter() - started)

@@ -163,6 +163,15 @@ class Metrics:
         self.rounds = Counter(
             "meshcp_reconcile_rounds", "Reconcile rounds completed (one per settled change).", registry=r
         )
+        self.compiles = Counter(
+            "meshcp_reconcile_compiles",
+            "Reconcile rounds by what they recompiled: scope=endpoints (a change that moved "
+            "endpoints only: the assignments it touched) or full (the policy rebuilt).",
+            ["scope"],
+            registry=r,
+        )
+        for scope in ("endpoints", "full"):
+            self.compiles.labels(scope)
         self.round_duration = Histogram(
             "meshcp_reconcile_round_duration_seconds",
             "Time one reconcile round took: compile, publish, reclassify.",

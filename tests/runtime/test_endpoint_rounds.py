@@ -1,0 +1,197 @@
+"""Endpoints-only rounds: a change that moves endpoints is compiled from the last round
+(O(change)) and must give exactly what a full compile of the same state gives.
+
+Each case applies a base mesh, then a change, on one reconciler; a second reconciler
+compiles the changed state from nothing. Every class's resources must be byte-equal, and
+the round must have taken the path the change allows (`Reconciler.last_scope`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from meshcp.cache import Encoder, resource_types
+from meshcp.model.core import EndpointSlice, Pod, SliceEndpoint, SlicePort
+from meshcp.model.meta import Meta, ObjectRef
+from meshcp.model.state import MeshObject, MeshState
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.reconcile import Reconciler
+from meshcp.telemetry.metrics import Metrics
+from tests.policy.mesh import RULE_ALL, Bookstore, pod, service, split, target
+
+Change = list[MeshObject]
+
+
+def endpoint_slice(ns: str, svc: str, *endpoints: tuple[str, str, bool], name: str = "") -> EndpointSlice:
+    return EndpointSlice(
+        Meta(name or f"{svc}-abc", ns),
+        svc,
+        tuple(SliceEndpoint((ip,), ready, pod_name) for pod_name, ip, ready in endpoints),
+        (SlicePort(14001, "http"),),
+    )
+
+
+def base(prune: bool = True) -> list[MeshObject]:
+    return Bookstore(
+        prune=prune,
+        extra=[
+            target(
+                "bookstore",
+                "t",
+                "bookstore",
+                [("bookbuyer", "bookbuyer"), ("bookthief", "bookthief")],
+                RULE_ALL,
+            ),
+            split("bookstore", "s", "bookstore", ("bookstore-v1", 1), ("bookstore-v2", 1)),
+            pod("bookstore", "bookstore-v1b", "bookstore", "10.244.2.3", app="bookstore", version="v1"),
+            endpoint_slice(
+                "bookstore",
+                "bookstore-v1",
+                ("bookstore-v1", "10.244.2.1", True),
+                ("bookstore-v1b", "10.244.2.3", True),
+            ),
+            pod("bookstore", "db-0", "warehouse", "10.244.4.1", app="db"),
+            service("bookstore", "db", "None", (5432, "tcp"), app="db"),
+        ],
+    ).objects()
+
+
+def snapshot(classes: list[ProxyClass]) -> dict[tuple[str, str, str], bytes]:
+    return {(c.key, r.type_url, r.name): r.body for c in classes for r in c.all_resources()}
+
+
+CASES: dict[str, tuple[Change, str]] = {
+    # selected (no slice) pod's IP and readiness: endpoints only
+    "pod IP": (
+        [pod("bookstore", "bookstore-v2", "bookstore", "10.244.7.2", app="bookstore", version="v2")],
+        "endpoints",
+    ),
+    "pod not ready": (
+        [
+            pod(
+                "bookstore",
+                "bookstore-v2",
+                "bookstore",
+                "10.244.2.2",
+                ready=False,
+                app="bookstore",
+                version="v2",
+            )
+        ],
+        "endpoints",
+    ),
+    "slice address": (
+        [
+            endpoint_slice(
+                "bookstore",
+                "bookstore-v1",
+                ("bookstore-v1", "10.244.8.1", True),
+                ("bookstore-v1b", "10.244.2.3", True),
+            )
+        ],
+        "endpoints",
+    ),
+    "slice endpoint not ready": (
+        [
+            endpoint_slice(
+                "bookstore",
+                "bookstore-v1",
+                ("bookstore-v1", "10.244.2.1", True),
+                ("bookstore-v1b", "10.244.2.3", False),
+            )
+        ],
+        "endpoints",
+    ),
+    # a pod leaves a service's slice: its local services (inbound) change
+    "slice drops a pod": (
+        [endpoint_slice("bookstore", "bookstore-v1", ("bookstore-v1", "10.244.2.1", True))],
+        "full",
+    ),
+    "pod label": ([pod("bookstore", "bookstore-v2", "bookstore", "10.244.2.2", app="bookstore")], "full"),
+    "new pod": ([pod("bookstore", "bookstore-v3", "bookstore", "10.244.2.9", app="bookstore")], "full"),
+    # a headless service's addresses are its pods' IPs: the outbound listener changes
+    "headless pod IP": ([pod("bookstore", "db-0", "warehouse", "10.244.4.9", app="db")], "full"),
+    "TrafficTarget": (
+        [target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_ALL)],
+        "full",
+    ),
+}
+
+
+@pytest.mark.parametrize("prune", [True, False], ids=["pruned", "every-upstream"])
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_a_change_compiles_as_a_full_compile_would(case: str, prune: bool) -> None:
+    change, scope = CASES[case]
+    before = MeshState().with_changes(base(prune))
+    after = before.with_changes(change)
+    metrics = Metrics()
+    incremental = Reconciler(Encoder(), metrics)
+    first = snapshot(incremental.apply(before))
+    got = snapshot(incremental.apply(after))
+    assert incremental.last_scope == scope
+    assert metrics.compiles.labels(scope)._value.get() == 1 + (scope == "full")
+    want = snapshot(Reconciler(Encoder()).apply(after))
+    assert got == want
+    if scope == "endpoints":
+        assert got != first  # each case moves something
+        changed = {key[1] for key, body in got.items() if first.get(key) != body}
+        assert changed == {resource_types.ENDPOINT}
+
+
+async def test_untouched_classes_are_the_same_objects() -> None:
+    """The publisher skips classes handed back as the same object: an endpoints-only round
+    must hand back every class it did not touch as it was."""
+    before = MeshState().with_changes(base())
+    rec = Reconciler(Encoder())
+    first = {c.key: c for c in rec.apply(before)}
+    moved = pod("bookstore", "bookstore-v2", "bookstore", "10.244.7.2", app="bookstore", version="v2")
+    second = {c.key: c for c in rec.apply(before.with_changes([moved]))}
+    assert rec.last_scope == "endpoints"
+    same = sorted(key for key in first if second[key] is first[key])
+    replaced = sorted(key for key in first if second[key] is not first[key])
+    # bookbuyer and bookthief reach bookstore (split to v2); the servers reach nothing
+    assert [key.split("#")[0] for key in replaced] == ["bookbuyer/bookbuyer", "bookthief/bookthief"]
+    assert same, "every class was replaced"
+
+
+async def test_a_run_of_endpoint_changes_stays_equal_to_a_full_compile() -> None:
+    """Twenty endpoints-only rounds in a row: the memo the fast path edits in place must
+    not drift from what a full compile makes (and must not keep what it replaced)."""
+    state = MeshState().with_changes(base())
+    rec = Reconciler(Encoder())
+    rec.apply(state)
+    for step in range(20):
+        ip = f"10.244.{7 + step % 3}.{step}"
+        state = state.with_changes(
+            [pod("bookstore", "bookstore-v2", "bookstore", ip, app="bookstore", version="v2")]
+        )
+        got = snapshot(rec.apply(state))
+        assert rec.last_scope == "endpoints"
+        assert got == snapshot(Reconciler(Encoder()).apply(state)), f"step {step}"
+    held = {key for key in rec._memo.entries if isinstance(key, tuple) and key[0] == "eds"}
+    assert len(held) == len({key[1:3] for key in held}), "replaced assignments are still held"
+
+
+async def test_a_state_not_derived_from_the_last_one_is_diffed() -> None:
+    """A state built afresh (not by `with_changes` from the last one) is compared object by
+    object: still endpoints-only when that is all that differs."""
+    rec = Reconciler(Encoder())
+    rec.apply(MeshState().with_changes(base()))
+    moved = ObjectRef("Pod", "bookstore", "bookstore-v2")
+    objects = [
+        replace(obj, ip="10.244.7.2") if isinstance(obj, Pod) and obj.ref == moved else obj for obj in base()
+    ]
+    rec.apply(MeshState().with_changes(objects))
+    assert rec.last_scope == "endpoints"
+
+
+def test_states_take_over_the_indexes_a_change_did_not_touch() -> None:
+    state = MeshState().with_changes(base())
+    services, pods = state.services, state.pods
+    after = state.with_changes([pod("bookstore", "bookstore-v2", "bookstore", "10.244.7.2", app="bookstore")])
+    assert after.services is services
+    assert after.pods is not pods and len(after.pods) == len(pods)
+    assert after.changes_since(state) == {ObjectRef("Pod", "bookstore", "bookstore-v2")}
+    assert after.changes_since(after) == frozenset()
+    assert state.changes_since(after) == {ObjectRef("Pod", "bookstore", "bookstore-v2")}  # walked
