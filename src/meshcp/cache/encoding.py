@@ -11,6 +11,7 @@ nested messages must be packed with `pack` (which canonicalises first), never wi
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -206,29 +207,35 @@ class Encoder:
         self._interned: weakref.WeakValueDictionary[tuple[str, str, str], Resource] = (
             weakref.WeakValueDictionary()
         )
+        #: The reconciler may encode in a worker thread while the publisher encodes
+        #: secrets on the event loop: the index and the count are shared.
+        self._lock = threading.Lock()
 
     def encode(self, message: betterproto2.Message, name: str | None = None) -> Resource:
         """Encode `message` once; equal content returns the already interned Resource."""
-        self.encodes += 1
         packed = pack(message)
         body = message_bytes(packed)
         version = digest(body)
         key = (packed.type_url, name if name is not None else resource_name(message), version)
-        found = self._interned.get(key)
-        if found is not None:
-            return found
-        resource = Resource(key[0], key[1], version, body, _endpoints_name(message))
-        self._interned[key] = resource
-        return resource
+        with self._lock:
+            self.encodes += 1
+            found = self._interned.get(key)
+            if found is not None:
+                return found
+            resource = Resource(key[0], key[1], version, body, _endpoints_name(message))
+            self._interned[key] = resource
+            return resource
 
     def fragment(self, message: betterproto2.Message) -> bytes:
         """The canonical bytes of a part of a resource, to fill a template with."""
-        self.encodes += 1
+        with self._lock:
+            self.encodes += 1
         return canonical_bytes(message)
 
     def template(self, message: betterproto2.Message, marker: bytes) -> Template:
         """Encode `message` once, leaving open the field whose value is `marker`."""
-        self.encodes += 1
+        with self._lock:
+            self.encodes += 1
         packed = pack(message)
         return Template(
             message_bytes(packed), marker, packed.type_url, resource_name(message), _endpoints_name(message)
@@ -242,21 +249,24 @@ class Encoder:
         Interned only on request: a caller that memoises what it fills needs no index,
         whose weak references can cost more memory than a small resource itself.
         """
-        self.encodes += 1
         head = template._heads.get(len(field)) or template.head(len(field))
         tail = template.tail
         version = _sha256(head + field + tail).hexdigest()[:32]  # digest(), inlined
         if not intern:
+            with self._lock:
+                self.encodes += 1
             return ComposedResource(
                 template.type_url, template.name, version, (head, field, tail), template.endpoints
             )
         key = (template.type_url, template.name, version)
-        found = self._interned.get(key)
-        if found is None:
-            found = self._interned[key] = ComposedResource(
-                key[0], key[1], version, (head, field, tail), template.endpoints
-            )
-        return found
+        with self._lock:
+            self.encodes += 1
+            found = self._interned.get(key)
+            if found is None:
+                found = self._interned[key] = ComposedResource(
+                    key[0], key[1], version, (head, field, tail), template.endpoints
+                )
+            return found
 
 
 class Template:

@@ -150,12 +150,27 @@ class Reconciler:
         return self._policy
 
     def apply(self, state: MeshState) -> list[ProxyClass]:
+        """Compile `state` into its proxy classes and report its problems."""
+        classes = self.compile(state)
+        self.report(state)
+        return classes
+
+    def report(self, state: MeshState) -> None:
+        """Report the problems of `state` and of the policy last compiled from it: log
+        lines, `on_problem` and the problems gauge. On the event loop: `on_problem` may
+        queue work for it."""
+        self._report(state.problems + self._policy.problems)
+
+    def compile(self, state: MeshState) -> list[ProxyClass]:
         """Compile `state` into its proxy classes (the publisher installs them).
 
         A change that moves endpoints only (`policy.endpoint_change`) re-encodes the
         assignments it touches and replaces the endpoint pieces of the classes holding
         them: O(change). Any other change rebuilds the policy and re-derives every
-        class from the memo: O(mesh) walks, but only what changed is encoded."""
+        class from the memo: O(mesh) walks, but only what changed is encoded.
+
+        Touches nothing but this reconciler, the encoder and the metrics, so a round may
+        run it in a worker thread (`rounds.Rounds`) while the event loop serves streams."""
         change = None
         if self._state is not None:
             change = endpoint_change(self._state, state, state.changes_since(self._state), self._policy)
@@ -165,7 +180,6 @@ class Reconciler:
         else:
             policy = build_policies(state, self._trust_domain)
             classes = self._apply_policy(policy)
-        self._report(state.problems + policy.problems)
         self._policy = policy
         self._state = state
         self.revision = state.revision

@@ -1,12 +1,14 @@
 """Reconcile rounds: every settled mesh state, compiled, published and handed to the streams.
 
-A round applies the state's MeshConfig run-time settings, compiles and publishes every
-proxy class (`Reconciler`, then `Publisher`), gives the classifier the round's tables and lets the xDS
-server move streams whose class changed; the first round makes the controller ready.
+A round applies the state's MeshConfig run-time settings, compiles (in a worker thread)
+and publishes every proxy class (`Reconciler`, then `Publisher`), gives the classifier
+the round's tables and lets the xDS server move streams whose class changed; the first
+round makes the controller ready.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -60,7 +62,12 @@ class Rounds:
         async for state in self._store.states():
             started = time.perf_counter()
             self.apply_mesh_config(state)
-            self._publisher.update(self._reconciler.apply(state))
+            # In a worker thread: a full compile takes long enough at scale to starve
+            # the xDS streams if it held the loop; the loop keeps serving them (the
+            # GIL switches every few milliseconds) and installs the result.
+            classes = await asyncio.to_thread(self._reconciler.compile, state)
+            self._reconciler.report(state)
+            self._publisher.update(classes)
             policy = self._reconciler.policy
             tables = (policy.proxies, policy.pod_classes, policy.classes)
             # The same tables (an endpoints-only round keeps them) move no stream: skip
