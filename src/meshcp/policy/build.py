@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from meshcp.identity import Identity
 from meshcp.model.core import ContainerPort, Pod
@@ -49,10 +49,23 @@ def class_key(identity: Identity, inbound: tuple[InboundPort, ...]) -> str:
     return f"{identity}#{digest}"
 
 
-def build_policies(state: MeshState, trust_domain: str | None = None) -> MeshPolicy:
+@dataclass
+class PodMemo:
+    """What a build derived from each pod object alone (its identity and proxy UUID),
+    kept by the caller from one build to the next: a state made by `with_changes` keeps
+    the objects of unchanged pods, so their UUIDs (a SHA-1 each) and validated
+    identities are not derived again. Holds only the pods of the last build."""
+
+    pods: dict[int, tuple[Pod, Identity, str]] = field(default_factory=dict)
+
+
+def build_policies(
+    state: MeshState, trust_domain: str | None = None, memo: PodMemo | None = None
+) -> MeshPolicy:
     """`trust_domain`: the CA's, the one source of the SPIFFE IDs that RBAC principals and
     SAN matchers name (certificates carry it); a MeshConfig `trustDomain` that differs is
-    reported and not used. None: the MeshConfig's (offline work without a CA)."""
+    reported and not used. None: the MeshConfig's (offline work without a CA).
+    `memo`: carried across builds by the caller (see `PodMemo`); the result is the same."""
     problems: list[Problem] = []
 
     def report(ref: ObjectRef, reason: str) -> None:
@@ -97,8 +110,11 @@ def build_policies(state: MeshState, trust_domain: str | None = None) -> MeshPol
             return
         proxies[uuid] = here
 
+    known = memo.pods if memo is not None else {}
+    derived: dict[int, tuple[Pod, Identity, str]] = {}
     for pod in backends.meshed_pods:
-        identity = Identity(pod.meta.namespace, pod.service_account)
+        held = derived[id(pod)] = _pod_facts(pod, known)
+        identity = held[1]
         same = (identity, tuple(id(s) for s in backends.local_services(pod)), pod.ports)
         found = seen.get(same)
         if found is None:
@@ -118,7 +134,9 @@ def build_policies(state: MeshState, trust_domain: str | None = None) -> MeshPol
                 None if reachable_from is None else mesh_upstreams,
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
-        claim(proxy_uuid(pod), pod)
+        claim(held[2], pod)
+    if memo is not None:
+        memo.pods = derived
     endpoints = {
         (ServiceKey(s.meta.namespace, s.meta.name), p.port): backends.endpoints(s, p)
         for s in backends.services
@@ -127,3 +145,11 @@ def build_policies(state: MeshState, trust_domain: str | None = None) -> MeshPol
     }
     unique = tuple(dict.fromkeys(problems))
     return MeshPolicy(classes, pod_classes, proxies, endpoints, unique)
+
+
+def _pod_facts(pod: Pod, known: Mapping[int, tuple[Pod, Identity, str]]) -> tuple[Pod, Identity, str]:
+    """The pod's identity and proxy UUID: from the last build when it had this very pod."""
+    held = known.get(id(pod))
+    if held is None or held[0] is not pod:
+        held = (pod, Identity(pod.meta.namespace, pod.service_account), proxy_uuid(pod))
+    return held

@@ -31,7 +31,7 @@ from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.model.state import MeshState, Problem
-from meshcp.policy.build import MeshPolicy, build_policies
+from meshcp.policy.build import MeshPolicy, PodMemo, build_policies
 from meshcp.policy.endpoint_change import EndpointChange, endpoint_change
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.runtime.proxy_class import ProxyClass
@@ -132,6 +132,7 @@ class Reconciler:
         self._hosts = _Hosts()
         self._hosts_used = _Hosts()
         self._policy = MeshPolicy({}, {}, {}, {})
+        self._pods = PodMemo()
         self._reported: set[Problem] = set()
         self.revision = -1
         #: The last state applied, its classes (in order) and the shared part of each.
@@ -178,7 +179,7 @@ class Reconciler:
             classes = self._apply_endpoints(change)
             policy = change.policy
         else:
-            policy = build_policies(state, self._trust_domain)
+            policy = build_policies(state, self._trust_domain, self._pods)
             classes = self._apply_policy(policy)
         self._policy = policy
         self._state = state
