@@ -39,8 +39,19 @@ def median_run(runs: list[RunResult]) -> dict[str, Any]:
         same = [x for r in runs for x in r.changes if x.name == c.name]
         row: dict[str, Any] = {
             k: med([getattr(x, k) for x in same])
-            for k in ("affected", "p50_ms", "p99_ms", "max_ms", "responses", "encodes", "cpu_s", "bytes_sent")
+            for k in (
+                "affected",
+                "p50_ms",
+                "p99_ms",
+                "max_ms",
+                "responses",
+                "encodes",
+                "cpu_s",
+                "round_cpu_ms",
+                "bytes_sent",
+            )
         }
+        row["rounds"] = c.rounds
         row["name"] = c.name
         row["pushed"] = c.pushed
         row["resources_sent"] = c.resources_sent
@@ -74,8 +85,9 @@ def table(summary: dict[str, Any], debounce_ms: int) -> str:
         "| " + " | ".join(cold) + " |",
         "",
         f"| change | affected proxies | p50 ms | p99 ms | max ms | p99 beyond {debounce_ms} ms debounce "
-        "| encodes | resources sent (metrics) | controller CPU s | bytes sent | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| encodes | resources sent (metrics) | controller CPU s | round CPU ms (rounds) "
+        "| bytes sent | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for c in s["changes"]:
         sent = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(c["resources_sent"].items())) or "-"
@@ -89,6 +101,7 @@ def table(summary: dict[str, Any], debounce_ms: int) -> str:
             f"{c['encodes']:,.0f}",
             sent,
             f"{c['cpu_s']:.2f}",
+            f"{c['round_cpu_ms']:.0f} ({_scopes(c.get('rounds', {}))})",
             f"{c['bytes_sent'] / 1e3:,.0f} KB",
             c["note"],
         ]
@@ -102,3 +115,13 @@ def table(summary: dict[str, Any], debounce_ms: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _scopes(rounds: dict[str, float]) -> str:
+    """`meshcp_reconcile_compiles_total` deltas by scope (`metric_delta` labels such as
+    `scope="endpoints`), e.g. "1 endpoints"."""
+    found = []
+    for label, value in sorted(rounds.items()):
+        if value:
+            found.append(f"{value:.0f} {label.removeprefix('scope=').strip(chr(34))}")
+    return ", ".join(found) or "none"

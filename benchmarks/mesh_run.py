@@ -42,6 +42,10 @@ class ChangeResult:
     encodes: float = 0.0
     resources_sent: dict[str, float] = field(default_factory=dict)
     cpu_s: float = 0.0
+    #: The controller's own count: CPU its reconcile rounds took (before any push), and
+    #: the rounds, by scope (`meshcp_reconcile_compiles_total`).
+    round_cpu_ms: float = 0.0
+    rounds: dict[str, float] = field(default_factory=dict)
     bytes_sent: int = 0
     unconverged: int = 0
     note: str = ""
@@ -349,6 +353,11 @@ class Run:
         )
         result.resources_sent = metric_delta(before, after, "meshcp_xds_resources_sent_total")
         result.cpu_s = controller.cpu() - cpu0
+        result.round_cpu_ms = 1000 * (
+            after.get("meshcp_reconcile_round_cpu_seconds_total", 0.0)
+            - before.get("meshcp_reconcile_round_cpu_seconds_total", 0.0)
+        )
+        result.rounds = metric_delta(before, after, "meshcp_reconcile_compiles_total")
         result.bytes_sent = sum(rep["bytes"] for rep in reports) - bytes0
         result.unconverged = sum(rep["unconverged"] for rep in reports)
         if note:

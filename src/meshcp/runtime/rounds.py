@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from meshcp.model.state import MeshState
 from meshcp.runtime.classify import ProxyClassifier
+from meshcp.runtime.proxy_class import ProxyClass
 from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.store import Store
@@ -40,10 +41,11 @@ class Rounds:
         *,
         reclassify: Callable[[], object],
         cert_validity: timedelta,
-        on_round: Callable[[float], None] | None = None,
+        on_round: Callable[[float, float], None] | None = None,
         after_round: Callable[[], None] | None = None,
     ) -> None:
-        """`on_round` is told how long each completed round took, in seconds (metrics);
+        """`on_round` is told how long each completed round took, in seconds of wall time
+        and of CPU time (metrics);
         `after_round` runs after it (the process's `GcFreeze`, when its entry point has one)."""
         self._store = store
         self._reconciler = reconciler
@@ -65,7 +67,8 @@ class Rounds:
             # In a worker thread: a full compile takes long enough at scale to starve
             # the xDS streams if it held the loop; the loop keeps serving them (the
             # GIL switches every few milliseconds) and installs the result.
-            classes = await asyncio.to_thread(self._reconciler.compile, state)
+            classes, cpu = await asyncio.to_thread(self._compile, state)
+            loop_cpu = time.thread_time()
             self._reconciler.report(state)
             self._publisher.update(classes)
             policy = self._reconciler.policy
@@ -78,9 +81,15 @@ class Rounds:
                 self._tables = tables
             self._readiness.mark_synced(MESH)
             if self._on_round is not None:
-                self._on_round(time.perf_counter() - started)
+                self._on_round(time.perf_counter() - started, cpu + time.thread_time() - loop_cpu)
             if self._after_round is not None:
                 self._after_round()
+
+    def _compile(self, state: MeshState) -> tuple[list[ProxyClass], float]:
+        """The compile, and the CPU time it took (this thread's alone)."""
+        started = time.thread_time()
+        classes = self._reconciler.compile(state)
+        return classes, time.thread_time() - started
 
     def apply_mesh_config(self, state: MeshState) -> None:
         """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce

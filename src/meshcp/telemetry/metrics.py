@@ -172,6 +172,12 @@ class Metrics:
         )
         for scope in ("endpoints", "full"):
             self.compiles.labels(scope)
+        self.round_cpu = Counter(
+            "meshcp_reconcile_round_cpu_seconds",
+            "CPU time reconcile rounds took (the compile's worker thread and the loop's "
+            "publish and reclassify), before any push: the cost of a change to the controller.",
+            registry=r,
+        )
         self.round_duration = Histogram(
             "meshcp_reconcile_round_duration_seconds",
             "Time one reconcile round took: compile, publish, reclassify.",
@@ -289,10 +295,11 @@ class Metrics:
             )
         )
 
-    def round_done(self, seconds: float) -> None:
-        """A reconcile round completed in `seconds`."""
+    def round_done(self, seconds: float, cpu_seconds: float = 0.0) -> None:
+        """A reconcile round completed in `seconds`, using `cpu_seconds` of CPU."""
         self.rounds.inc()
         self.round_duration.observe(seconds)
+        self.round_cpu.inc(cpu_seconds)
 
     def certificate_installed_at(self, identity: str, when: float, live: Iterable[str]) -> None:
         """Record `identity`'s new certificate; drop the series of identities not in `live`."""
