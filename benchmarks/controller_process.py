@@ -123,6 +123,27 @@ def meshcp_source(rev: str) -> Iterator[None]:
         shutil.rmtree(target, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exported(rev: str) -> Iterator[Path]:
+    """`git archive REV src` in a temporary directory (its `src` to put on PYTHONPATH with
+    `use_source`), removed at the end; PYTHONPATH is left as it was."""
+    before = os.environ.get("PYTHONPATH")
+    target = _export(rev)
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
+    try:
+        yield target / "src"
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def use_source(src: Path, base: str | None) -> None:
+    """Children spawned from now on import meshcp from `src` (PYTHONPATH `src` + `base`)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), base]))
+
+
 def _export(rev: str) -> Path:
     repo = Path(__file__).resolve().parent.parent
     commit = subprocess.run(

@@ -125,3 +125,35 @@ def _scopes(rounds: dict[str, float]) -> str:
         if value:
             found.append(f"{value:.0f} {label.removeprefix('scope=').strip(chr(34))}")
     return ", ".join(found) or "none"
+
+
+def ratios(measured: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """The medians of two controllers side by side: measured / baseline."""
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "-"
+
+    lines = [
+        f"| figure | {measured['source']} | {baseline['source']} | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, key, unit in (
+        ("cold: all converged", "cold_s", "s"),
+        ("cold: controller CPU", "cold_cpu_s", "s"),
+        ("peak RSS", "peak_rss_mb", "MB"),
+    ):
+        a, b = measured[key], baseline[key]
+        lines.append(f"| {name} ({unit}) | {a:.2f} | {b:.2f} | {ratio(a, b)} |")
+    before = {c["name"]: c for c in baseline["changes"]}
+    for change in measured["changes"]:
+        other = before.get(change["name"])
+        if other is None:
+            continue
+        for name, key in (
+            ("p99 ms", "p99_ms"),
+            ("round CPU ms", "round_cpu_ms"),
+            ("controller CPU s", "cpu_s"),
+        ):
+            a, b = change[key], other[key]
+            lines.append(f"| {change['name']}: {name} | {a:.2f} | {b:.2f} | {ratio(a, b)} |")
+    return "\n".join(lines) + "\n"

@@ -51,22 +51,26 @@ printed at start and end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import mesh_manifests as mm
 import mesh_resources
 from bench_support import load_average, machine
-from controller_process import meshcp_source
+from controller_process import exported, meshcp_source, use_source
 from mesh_changes import CHANGES
-from mesh_report import median_run, table
-from mesh_run import Run
+from mesh_report import median_run, ratios, table
+from mesh_run import Run, RunResult
 from processes import terminate_on_sigterm
 
 
@@ -108,6 +112,13 @@ def main() -> None:
         metavar="DIR",
         help="sample the controller per phase in the first run (py-spy)",
     )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        metavar="REV",
+        help="also run REV's controller (git archive), alternating run by run with the one measured, "
+        "and print the ratio of the medians (measured / baseline)",
+    )
     parser.add_argument("--json", default="", metavar="FILE", help="write every run and the medians")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     parser.add_argument(
@@ -124,13 +135,29 @@ def main() -> None:
     modes = ["smi", "permissive"] if args.mode == "both" else [args.mode]
     xds_modes = ["sotw", "delta"] if args.xds == "both" else [args.xds]
     mesh_resources.self_check()
-    with meshcp_source(args.meshcp_rev):
-        measure(args, modes, xds_modes)
+    if not args.baseline:
+        with meshcp_source(args.meshcp_rev):
+            measure(args, modes, xds_modes)
+        return
+    base = os.environ.get("PYTHONPATH")
+    with contextlib.ExitStack() as stack:
+        measured = stack.enter_context(exported(args.meshcp_rev or "HEAD"))
+        baseline = stack.enter_context(exported(args.baseline))
+        sources = {args.meshcp_rev or "HEAD": measured, args.baseline: baseline}
+        measure(args, modes, xds_modes, {k: partial(use_source, v, base) for k, v in sources.items()})
 
 
-def measure(args: argparse.Namespace, modes: list[str], xds_modes: list[str]) -> None:
+def measure(
+    args: argparse.Namespace,
+    modes: list[str],
+    xds_modes: list[str],
+    sources: dict[str, Callable[[], None]] | None = None,
+) -> None:
+    """`sources`: with a baseline, how to switch to each controller (by label, measured
+    first); the runs alternate between them so that both see the same machine."""
     print(f"# {machine()}; load average at start {load_average():.2f}", file=sys.stderr)
     started = time.monotonic()
+    switch = sources or {"": lambda: None}
     summaries: list[dict[str, Any]] = []
     every: list[dict[str, Any]] = []
     with terminate_on_sigterm():
@@ -144,37 +171,51 @@ def measure(args: argparse.Namespace, modes: list[str], xds_modes: list[str]) ->
                 prune=args.prune,
             )
             for xds in xds_modes:
-                runs = []
+                runs: dict[str, list[RunResult]] = {label: [] for label in switch}
                 for n in range(args.runs):
-                    workdir = Path(tempfile.mkdtemp(prefix="mesh-scale-"))
-                    run = Run(args, shape, xds == "delta", workdir)
-                    profile = None
-                    if args.py_spy and n == 0:
-                        profile = Path(args.py_spy)
-                        profile.mkdir(parents=True, exist_ok=True)
-                    try:
-                        result = run.execute(profile)
-                    finally:
-                        run.close()
-                        if not args.keep:
-                            shutil.rmtree(workdir, ignore_errors=True)
-                    runs.append(result)
-                    every.append(asdict(result))
-                    print(
-                        f"  {mode}/{xds} run {n + 1}: cold {result.cold_s:.2f} s, "
-                        + ", ".join(f"{c.name} p99 {c.p99_ms:.0f} ms ({c.affected})" for c in result.changes)
-                        + f", peak RSS {result.peak_rss_mb:.0f} MB",
-                        file=sys.stderr,
-                    )
-                summary = median_run(runs)
-                summaries.append(summary)
-                print(table(summary, shape.debounce_ms), flush=True)
+                    for label, use in switch.items():
+                        use()
+                        result = _one_run(args, shape, xds, n)
+                        runs[label].append(result)
+                        every.append({"source": label, **asdict(result)})
+                        print(
+                            f"  {mode}/{xds} {label} run {n + 1}: cold {result.cold_s:.2f} s, "
+                            + ", ".join(
+                                f"{c.name} p99 {c.p99_ms:.0f} ms ({c.affected})" for c in result.changes
+                            )
+                            + f", peak RSS {result.peak_rss_mb:.0f} MB",
+                            file=sys.stderr,
+                        )
+                medians = {label: median_run(found) for label, found in runs.items()}
+                for label, summary in medians.items():
+                    summary["source"] = label
+                    summaries.append(summary)
+                    if label:
+                        print(f"#### controller: {label}")
+                    print(table(summary, shape.debounce_ms), flush=True)
+                if len(medians) == 2:
+                    print(ratios(*medians.values()), flush=True)
     print(
         f"# load average at end {load_average():.2f}; total {time.monotonic() - started:.0f} s",
         file=sys.stderr,
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": every, "medians": summaries}, indent=1))
+
+
+def _one_run(args: argparse.Namespace, shape: mm.Shape, xds: str, n: int) -> RunResult:
+    workdir = Path(tempfile.mkdtemp(prefix="mesh-scale-"))
+    run = Run(args, shape, xds == "delta", workdir)
+    profile = None
+    if args.py_spy and n == 0:
+        profile = Path(args.py_spy)
+        profile.mkdir(parents=True, exist_ok=True)
+    try:
+        return run.execute(profile)
+    finally:
+        run.close()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
