@@ -108,7 +108,9 @@ class MeshState:
 
     def _of(self, cls: type[T]) -> tuple[T, ...]:
         found = [obj for obj in self.objects.values() if isinstance(obj, cls)]
-        return tuple(sorted(found, key=lambda obj: obj.ref))
+        # By reference order; one kind, so (namespace, name): plain tuples compare in C,
+        # ObjectRef's generated ordering in Python (most of a re-index of 5,000 pods).
+        return tuple(sorted(found, key=_namespace_and_name))
 
     @cached_property
     def namespaces(self) -> tuple[Namespace, ...]:
@@ -178,6 +180,11 @@ class MeshState:
     @cached_property
     def service_index(self) -> Mapping[tuple[str, str], Service]:
         return {(s.meta.namespace, s.meta.name): s for s in self.services}
+
+
+def _namespace_and_name(obj: MeshObject) -> tuple[str, str]:
+    ref = obj.ref
+    return ref.namespace, ref.name
 
 
 #: Each index of `MeshState` and the kinds it is computed from: what a state made by

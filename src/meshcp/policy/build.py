@@ -50,22 +50,45 @@ def class_key(identity: Identity, inbound: tuple[InboundPort, ...]) -> str:
 
 
 @dataclass
-class PodMemo:
-    """What a build derived from each pod object alone (its identity and proxy UUID),
-    kept by the caller from one build to the next: a state made by `with_changes` keeps
-    the objects of unchanged pods, so their UUIDs (a SHA-1 each) and validated
-    identities are not derived again. Holds only the pods of the last build."""
+class BuildMemo:
+    """What a build derived that the next build may take over, kept by the caller: a
+    state made by `with_changes` keeps the objects of unchanged pods, so their identity
+    and proxy UUID (a SHA-1) are looked up, not derived again; the class key of equal
+    inbound ports (a digest of their text) likewise. Holds only what the last build used."""
 
     pods: dict[int, tuple[Pod, Identity, str]] = field(default_factory=dict)
+    keys: dict[tuple[Identity, InboundTuple], str] = field(default_factory=dict)
+    _pods_used: dict[int, tuple[Pod, Identity, str]] = field(default_factory=dict)
+    _keys_used: dict[tuple[Identity, InboundTuple], str] = field(default_factory=dict)
+
+    def pod(self, pod: Pod) -> tuple[Identity, str]:
+        """The pod's identity and proxy UUID."""
+        held = self.pods.get(id(pod))
+        if held is None or held[0] is not pod:
+            held = (pod, Identity(pod.meta.namespace, pod.service_account), proxy_uuid(pod))
+        self._pods_used[id(pod)] = held
+        return held[1], held[2]
+
+    def key(self, identity: Identity, inbound: InboundTuple) -> str:
+        found = self.keys.get((identity, inbound))
+        if found is None:
+            found = class_key(identity, inbound)
+        self._keys_used[(identity, inbound)] = found
+        return found
+
+    def done(self) -> None:
+        """The build is over: keep what it used, for the next."""
+        self.pods, self._pods_used = self._pods_used, {}
+        self.keys, self._keys_used = self._keys_used, {}
 
 
 def build_policies(
-    state: MeshState, trust_domain: str | None = None, memo: PodMemo | None = None
+    state: MeshState, trust_domain: str | None = None, memo: BuildMemo | None = None
 ) -> MeshPolicy:
     """`trust_domain`: the CA's, the one source of the SPIFFE IDs that RBAC principals and
     SAN matchers name (certificates carry it); a MeshConfig `trustDomain` that differs is
     reported and not used. None: the MeshConfig's (offline work without a CA).
-    `memo`: carried across builds by the caller (see `PodMemo`); the result is the same."""
+    `memo`: carried across builds by the caller (see `BuildMemo`); the result is the same."""
     problems: list[Problem] = []
 
     def report(ref: ObjectRef, reason: str) -> None:
@@ -110,17 +133,15 @@ def build_policies(
             return
         proxies[uuid] = here
 
-    known = memo.pods if memo is not None else {}
-    derived: dict[int, tuple[Pod, Identity, str]] = {}
+    memo = memo if memo is not None else BuildMemo()
     for pod in backends.meshed_pods:
-        held = derived[id(pod)] = _pod_facts(pod, known)
-        identity = held[1]
+        identity, uuid = memo.pod(pod)
         same = (identity, tuple(id(s) for s in backends.local_services(pod)), pod.ports)
         found = seen.get(same)
         if found is None:
             reported = len(problems)
             inbound = inbound_ports(state, backends, targets, pod, identity, report=report)
-            found = (class_key(identity, inbound), inbound)
+            found = (memo.key(identity, inbound), inbound)
             if len(problems) == reported:  # problems name the pod: others report theirs
                 seen[same] = found
         key, inbound = found
@@ -134,9 +155,8 @@ def build_policies(
                 None if reachable_from is None else mesh_upstreams,
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
-        claim(held[2], pod)
-    if memo is not None:
-        memo.pods = derived
+        claim(uuid, pod)
+    memo.done()
     endpoints = {
         (ServiceKey(s.meta.namespace, s.meta.name), p.port): backends.endpoints(s, p)
         for s in backends.services
@@ -145,11 +165,3 @@ def build_policies(
     }
     unique = tuple(dict.fromkeys(problems))
     return MeshPolicy(classes, pod_classes, proxies, endpoints, unique)
-
-
-def _pod_facts(pod: Pod, known: Mapping[int, tuple[Pod, Identity, str]]) -> tuple[Pod, Identity, str]:
-    """The pod's identity and proxy UUID: from the last build when it had this very pod."""
-    held = known.get(id(pod))
-    if held is None or held[0] is not pod:
-        held = (pod, Identity(pod.meta.namespace, pod.service_account), proxy_uuid(pod))
-    return held

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshcp.identity import Identity
 from meshcp.model.meta import ObjectRef
@@ -65,6 +65,15 @@ class Upstream:
     #: matches of the TrafficTargets to `identities` and of the split, each counted on a
     #: route of its own. None: off (no route carries a stat prefix).
     route_stats: tuple[RouteStat, ...] | None = None
+    #: The hash, computed once: every class holding this upstream keys memos by it.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.service, self.port, self.protocol, self.addresses, self.identities, self.split)
+        object.__setattr__(self, "_hash", hash((*fields, self.route_stats)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def is_http(self) -> bool:

@@ -31,7 +31,7 @@ from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.model.state import MeshState, Problem
-from meshcp.policy.build import MeshPolicy, PodMemo, build_policies
+from meshcp.policy.build import BuildMemo, MeshPolicy, build_policies
 from meshcp.policy.endpoint_change import EndpointChange, endpoint_change
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.runtime.proxy_class import ProxyClass
@@ -132,7 +132,7 @@ class Reconciler:
         self._hosts = _Hosts()
         self._hosts_used = _Hosts()
         self._policy = MeshPolicy({}, {}, {}, {})
-        self._pods = PodMemo()
+        self._pods = BuildMemo()
         self._reported: set[Problem] = set()
         self.revision = -1
         #: The last state applied, its classes (in order) and the shared part of each.
@@ -201,6 +201,9 @@ class Reconciler:
         old, self._memo = self._memo, _Memo()
         shared: dict[int, _Shared] = {}  # by id(): the classes of a round share one tuple
         listeners: dict[int, tuple[_Key, tuple[int, ...]]] = {}  # likewise, with pruning
+        #: Each (service, port)'s assignment, looked up once per round for all groups
+        #: (its key hashes the endpoints).
+        assignments: dict[tuple[ServiceKey, int], Resource] = {}
         classes = []
         groups = []
         for key, class_policy in sorted(policy.classes.items()):
@@ -210,6 +213,7 @@ class Reconciler:
                     class_policy.upstreams,
                     policy.endpoints,
                     old,
+                    assignments,
                     self._listener(class_policy.listener_upstreams, listeners, old),
                 )
             classes.append(self._compile(key, class_policy, common, old))
@@ -298,22 +302,29 @@ class Reconciler:
         upstreams: tuple[Upstream, ...],
         endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
         old: _Memo,
+        known: dict[tuple[ServiceKey, int], Resource],
         listener: tuple[_Key, tuple[int, ...]] | None = None,
     ) -> _Shared:
+        """`known`: the round's assignments so far, by (service, port)."""
         assignments: dict[tuple[ServiceKey, int], Resource] = {}
         for upstream in upstreams:
             services = [upstream.service]
             if upstream.split is not None:
                 services += [backend for backend, _ in upstream.split.backends]
             for service in services:
-                if (service, upstream.port) in assignments:
+                key = (service, upstream.port)
+                if key in assignments:
                     continue
-                found = endpoints.get((service, upstream.port), ())
-                (assignments[(service, upstream.port)],) = self._piece(
-                    old,
-                    ("eds", service, upstream.port, found),
-                    self._encoded(partial(_assignment, service, upstream.port, found)),
-                )
+                found = known.get(key)
+                if found is None:
+                    addresses = endpoints.get(key, ())
+                    (found,) = self._piece(
+                        old,
+                        ("eds", service, upstream.port, addresses),
+                        self._encoded(partial(_assignment, service, upstream.port, addresses)),
+                    )
+                    known[key] = found
+                assignments[key] = found
         upstreams_key = self._key(old, upstreams)
         # Derived from the upstreams alone: unchanged upstreams (most rounds) skip the
         # walk over every service and the hashing of the result.
