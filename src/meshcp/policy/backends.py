@@ -128,6 +128,14 @@ class Backends:
 
     def local_services(self, pod: Pod) -> list[Service]:
         """The services a pod backs (selected by them, or named in their EndpointSlices)."""
+        return self.local_index().get(id(pod), [])
+
+    def use_local_index(self, index: dict[int, list[Service]]) -> None:
+        """`local_index()` of a Backends of the same pods, services and slices (objects)."""
+        self._local = index
+
+    def local_index(self) -> dict[int, list[Service]]:
+        """The services each pod backs, by id(pod): one walk over the mesh, on first use."""
         if self._local is None:
             by_label: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
             for pod_ in self.state.pods:
@@ -141,7 +149,7 @@ class Backends:
                 for backend_pod in local.values():
                     index[id(backend_pod)].append(service)
             self._local = index
-        return self._local.get(id(pod), [])
+        return self._local
 
 
 def _selected(service: Service, by_label: Mapping[tuple[str, str, str], list[Pod]]) -> list[Pod]:

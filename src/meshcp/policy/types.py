@@ -101,6 +101,15 @@ class InboundPort:
     #: TCP ports: who may connect. HTTP ports use http_rules.
     tcp_sources: frozenset[Identity] = frozenset()
     any_source: bool = False
+    #: The hash, computed once: memo keys hold every class's inbound ports.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.service, self.port, self.target_port, self.protocol, self.http_rules)
+        object.__setattr__(self, "_hash", hash((*fields, self.tcp_sources, self.any_source)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def is_http(self) -> bool:

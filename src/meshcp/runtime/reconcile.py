@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import TypeVar
 
 import betterproto2
 
@@ -31,13 +32,16 @@ from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.model.state import MeshState, Problem
-from meshcp.policy.build import BuildMemo, MeshPolicy, build_policies
+from meshcp.policy.build import MeshPolicy, build_policies
+from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.endpoint_change import EndpointChange, endpoint_change
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.runtime.proxy_class import ProxyClass
 from meshcp.telemetry.metrics import Metrics
 
 log = logging.getLogger("meshcp.runtime.reconcile")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -109,6 +113,11 @@ class _Shared:
     #: service's namespace and the host's bytes for clients in it and for all others.
     #: Built when some namespace's outbound routes must be encoded.
     route_hosts: list[tuple[Template, list[tuple[str, bytes, bytes]]]] | None = None
+    #: What the listener was derived from (the policy's `listener_upstreams`): a group is
+    #: taken over by the next round only if this is still the same object.
+    listener_source: tuple[Upstream, ...] | None = None
+    #: The memo entries this group used (`Reconciler._carry` takes them over with it).
+    used: list[tuple[str, Hashable]] = field(default_factory=list)
 
 
 class Reconciler:
@@ -143,6 +152,9 @@ class Reconciler:
         #: each (service, port)'s assignment, and which classes each group is part of.
         self._holders: dict[tuple[ServiceKey, int], list[_Shared]] | None = None
         self._members: dict[int, list[int]] | None = None
+        #: The memo entries each class's compile used, and where a compile records them.
+        self._class_used: dict[str, list[tuple[str, Hashable]]] = {}
+        self._recorder: list[tuple[str, Hashable]] | None = None
         #: What the last `apply` recompiled: "endpoints" or "full".
         self.last_scope = ""
 
@@ -198,7 +210,15 @@ class Reconciler:
         return classes
 
     def _apply_policy(self, policy: MeshPolicy) -> list[ProxyClass]:
+        """Every class of `policy`. A class whose policy is the very object of the last
+        round (`BuildMemo` hands unchanged ones on as such) and whose group of upstreams
+        is unchanged, endpoints included, is taken over as it was, with the memo entries
+        it used; the others are compiled from the memo."""
         old, self._memo = self._memo, _Memo()
+        last_classes = {c.key: (c, g) for c, g in zip(self._classes, self._class_groups, strict=True)}
+        last_groups = {id(g.upstream_list): g for g in self._class_groups}
+        last_policies = self._policy.classes
+        moved = _moved_endpoints(self._policy.endpoints, policy.endpoints)
         shared: dict[int, _Shared] = {}  # by id(): the classes of a round share one tuple
         listeners: dict[int, tuple[_Key, tuple[int, ...]]] = {}  # likewise, with pruning
         #: Each (service, port)'s assignment, looked up once per round for all groups
@@ -206,23 +226,90 @@ class Reconciler:
         assignments: dict[tuple[ServiceKey, int], Resource] = {}
         classes = []
         groups = []
+        class_used: dict[str, list[tuple[str, Hashable]]] = {}
         for key, class_policy in sorted(policy.classes.items()):
             common = shared.get(id(class_policy.upstreams))
             if common is None:
-                common = shared[id(class_policy.upstreams)] = self._shared(
-                    class_policy.upstreams,
-                    policy.endpoints,
-                    old,
-                    assignments,
-                    self._listener(class_policy.listener_upstreams, listeners, old),
-                )
-            classes.append(self._compile(key, class_policy, common, old))
+                common = last_groups.get(id(class_policy.upstreams))
+                if common is not None and _still(common, class_policy, moved):
+                    common.used = self._carry(old, common.used)
+                    assignments.update(common.assignments)
+                else:
+                    common = self._record(
+                        partial(self._new_group, class_policy, policy.endpoints, old, assignments, listeners)
+                    )
+                shared[id(class_policy.upstreams)] = common
+            last = last_classes.get(key)
+            if last is not None and last[1] is common and last_policies.get(key) is class_policy:
+                proxy_class, used = last[0], self._carry(old, self._class_used[key])
+            else:
+                used = []
+                proxy_class = self._record(partial(self._compile, key, class_policy, common, old), used)
+            classes.append(proxy_class)
             groups.append(common)
+            class_used[key] = used
         if self._hosts_used.templates:
             self._hosts, self._hosts_used = self._hosts_used, _Hosts()
-        self._classes, self._class_groups = classes, groups
+        self._classes, self._class_groups, self._class_used = classes, groups, class_used
         self._holders = self._members = None
         return classes
+
+    def _record(self, build: Callable[[], T], into: list[tuple[str, Hashable]] | None = None) -> T:
+        """Run `build`, noting the memo entries it uses in `into` (a new group: its own)."""
+        used: list[tuple[str, Hashable]] = [] if into is None else into
+        self._recorder = used
+        try:
+            found = build()
+        finally:
+            self._recorder = None
+        if isinstance(found, _Shared):
+            found.used = used
+        return found
+
+    def _note(self, kind: str, key: Hashable) -> None:
+        if self._recorder is not None:
+            self._recorder.append((kind, key))
+
+    def _carry(self, old: _Memo, used: list[tuple[str, Hashable]]) -> list[tuple[str, Hashable]]:
+        """Take the memo entries a class or group used over into this round's memo; the
+        list of those still there (an endpoints-only round replaces some)."""
+        memo = self._memo
+        kept: list[tuple[str, Hashable]] = []
+        for kind, key in used:
+            if kind == "entry":
+                entry = old.entries.get(key)
+                if entry is None:
+                    continue
+                memo.entries.setdefault(key, entry)
+            elif isinstance(key, int):  # "set": by the piece's id
+                held = old.sets.get(key)
+                if held is None:
+                    continue
+                memo.sets.setdefault(key, held)
+            elif isinstance(key, _Key):
+                if kind == "spec":
+                    spec = old.specs.get(key)
+                    if spec is None:
+                        continue
+                    memo.specs.setdefault(key, spec)
+                else:
+                    memo.keys.setdefault(key, key)
+            kept.append((kind, key))
+        return kept
+
+    def _new_group(
+        self,
+        policy: ProxyPolicy,
+        endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
+        old: _Memo,
+        known: dict[tuple[ServiceKey, int], Resource],
+        listeners: dict[int, tuple[_Key, tuple[int, ...]]],
+    ) -> _Shared:
+        group = self._shared(
+            policy.upstreams, endpoints, old, known, self._listener(policy.listener_upstreams, listeners, old)
+        )
+        group.listener_source = policy.listener_upstreams
+        return group
 
     def _apply_endpoints(self, change: EndpointChange) -> list[ProxyClass]:
         """Re-encode the changed assignments and swap them into the groups and classes
@@ -239,6 +326,8 @@ class Reconciler:
             (fresh[(service, port)],) = self._piece(
                 none, ("eds", service, port, found), self._encoded(partial(_assignment, service, port, found))
             )
+            for group in holders[(service, port)]:
+                group.used.append(("entry", ("eds", service, port, found)))
         touched = {id(group): group for key in fresh for group in holders[key]}
         classes = list(self._classes)
         for group in touched.values():
@@ -246,13 +335,18 @@ class Reconciler:
             memo.sets.pop(id(group.endpoints), None)
             group.assignments = {key: fresh.get(key, value) for key, value in group.assignments.items()}
             values = list(group.assignments.values())
-            group.endpoints = self._piece(none, ("eds-all", tuple(values)), partial(list, values))
-            endpoints = self._set(group.endpoints, none)
+            group.endpoints, endpoints = self._record(
+                partial(self._group_endpoints, values, none), group.used
+            )
             for index in members[id(group)]:
                 proxy_class = classes[index]
                 classes[index] = replace(proxy_class, sets=(*proxy_class.sets[:-1], endpoints))
         self._classes = classes
         return classes
+
+    def _group_endpoints(self, values: list[Resource], none: _Memo) -> tuple[list[Resource], ResourceSet]:
+        piece = self._piece(none, ("eds-all", tuple(values)), partial(list, values))
+        return piece, self._set(piece, none)
 
     def _indexes(self) -> tuple[dict[tuple[ServiceKey, int], list[_Shared]], dict[int, list[int]]]:
         """Which groups hold each assignment, and each group's classes (by position)."""
@@ -280,6 +374,7 @@ class Reconciler:
         key = _Key(value)
         found = self._memo.keys.get(key) or old.keys.get(key) or key
         self._memo.keys[found] = found
+        self._note("key", found)
         return found
 
     def _piece(self, old: _Memo, key: Hashable, build: Callable[[], list[Resource]]) -> list[Resource]:
@@ -292,6 +387,7 @@ class Reconciler:
         else:
             self._memo.hits += 1
         self._memo.entries[key] = found
+        self._note("entry", key)
         return found
 
     def _encoded(self, build: Callable[[], list[betterproto2.Message]]) -> Callable[[], list[Resource]]:
@@ -334,6 +430,8 @@ class Reconciler:
             specs = (spec_list, self._key(old, spec_list))
         self._memo.specs[upstreams_key] = specs
         self._memo.keys[specs[1]] = specs[1]  # still interned if other upstreams give them
+        self._note("spec", upstreams_key)
+        self._note("key", specs[1])
         # The same objects as last round when nothing changed: the publisher and the
         # snapshots then recognise them by identity instead of comparing their contents.
         values = list(assignments.values())
@@ -413,6 +511,7 @@ class Reconciler:
         the round's memo would otherwise drop: other upstreams that include them later
         (a new TrafficTarget source, a new service) find them instead of encoding again."""
         key = ("cds-up", shared.specs, trust_domain)
+        self._note("entry", key)
         found = self._memo.entries.get(key)
         if found is not None:
             self._memo.hits += 1
@@ -422,6 +521,7 @@ class Reconciler:
             self._memo.hits += 1
             for spec, cluster in zip(shared.spec_list, found, strict=True):
                 self._memo.entries.setdefault(("cds", spec, trust_domain), [cluster])
+                self._note("entry", ("cds", spec, trust_domain))
         else:
             found = [
                 self._piece(
@@ -480,6 +580,7 @@ class Reconciler:
         if found is None or found[0] is not piece:
             found = (piece, ResourceSet(piece))
         self._memo.sets[id(piece)] = found
+        self._note("set", id(piece))
         return found[1]
 
     def _report(self, problems: tuple[Problem, ...]) -> None:
@@ -507,3 +608,24 @@ def _assignment(
 
 def _cluster(spec: cds.UpstreamSpec, trust_domain: str) -> list[betterproto2.Message]:
     return [cds.upstream_cluster(*spec, trust_domain)]
+
+
+def _moved_endpoints(
+    before: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
+    after: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
+) -> set[tuple[ServiceKey, int]]:
+    """The (service, port)s whose endpoints are not the very tuple of the last round
+    (`BuildMemo` hands equal ones on as the same object)."""
+    moved = {key for key, found in after.items() if before.get(key) is not found}
+    moved.update(key for key in before if key not in after)
+    return moved
+
+
+def _still(group: _Shared, policy: ProxyPolicy, moved: set[tuple[ServiceKey, int]]) -> bool:
+    """Whether last round's `group` still holds for `policy`: the same upstream and
+    listener tuples (objects), and none of its assignments moved."""
+    return (
+        group.upstream_list is policy.upstreams
+        and group.listener_source is policy.listener_upstreams
+        and not any(key in group.assignments for key in moved)
+    )
