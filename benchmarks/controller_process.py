@@ -41,6 +41,8 @@ class Controller:
             f"127.0.0.1:{self.xds_port}",
             "--http-address",
             f"127.0.0.1:{self.http_port}",
+            "--debug-address",
+            "127.0.0.1:0",
             "--state-dir",
             str(state),
             *extra,

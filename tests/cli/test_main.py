@@ -56,6 +56,8 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(
         "127.0.0.1:0",
         "--http-address",
         "127.0.0.1:0",
+        "--debug-address",
+        "127.0.0.1:0",
         stderr=asyncio.subprocess.PIPE,
     )
     try:

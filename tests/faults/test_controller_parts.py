@@ -88,6 +88,8 @@ async def test_serve_on_a_missing_directory_exits_1_with_one_line(tmp_path: Path
         "127.0.0.1:0",
         "--http-address",
         "127.0.0.1:0",
+        "--debug-address",
+        "127.0.0.1:0",
         "--state-dir",
         str(tmp_path / "state"),
     )

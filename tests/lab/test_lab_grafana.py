@@ -281,6 +281,7 @@ async def test_every_kubernetes_source_expression_has_data(tmp_path: Path) -> No
                 f"--kubeconfig={kubeconfig(tmp_path / 'kubeconfig', str(emulator.url))}",
                 f"--xds-address=127.0.0.1:{free_port()}",
                 f"--http-address=127.0.0.1:{http}",
+                "--debug-address=127.0.0.1:0",
                 f"--state-dir={tmp_path / 'state'}",
                 ready=f"http://127.0.0.1:{http}/readyz",
             ),
