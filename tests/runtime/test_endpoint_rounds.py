@@ -277,3 +277,20 @@ async def test_a_class_nothing_touched_is_taken_over_as_it_was() -> None:
     replaced = sorted(key.split("#")[0] for key in second if first.get(key) is not second[key])
     # warehouse's inbound now admits bookbuyer, and bookbuyer may now reach warehouse
     assert replaced == ["bookbuyer/bookbuyer", "bookstore/warehouse"]
+
+
+async def test_unchanged_tables_stay_the_same_objects() -> None:
+    """A split's weights move no pod to another class: the classification tables are the
+    last round's objects, so the streams are not reclassified (`Rounds`)."""
+    state = MeshState().with_changes(base())
+    rec = Reconciler(Encoder())
+    rec.apply(state)
+    before = rec.policy
+    rec.apply(
+        state.with_changes([split("bookstore", "s", "bookstore", ("bookstore-v1", 9), ("bookstore-v2", 1))])
+    )
+    assert rec.last_scope == "full"
+    assert rec.policy.pod_classes is before.pod_classes
+    assert rec.policy.proxies is before.proxies
+    assert rec.policy.classes is not before.classes  # the clients' upstreams changed
+    assert rec.policy.classes.keys() == before.classes.keys()

@@ -138,9 +138,14 @@ def build_policies(
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
         proxies.claim(uuid, pod)
     endpoints = memo.derived("endpoints", None, behind, partial(_endpoints, backends, memo), report)
+    tables = (
+        memo.equal("classes", classes),
+        memo.equal("pod classes", pod_classes),
+        memo.equal("proxies", proxies.found),
+    )
     memo.done()
     unique = tuple(dict.fromkeys(problems))
-    return MeshPolicy(classes, pod_classes, proxies.found, endpoints, unique)
+    return MeshPolicy(*tables, endpoints, unique)
 
 
 class _Proxies:

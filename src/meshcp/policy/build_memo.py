@@ -123,6 +123,16 @@ class BuildMemo:
         used[key] = held
         return held
 
+    def equal(self, name: str, value: T) -> T:
+        """The last build's `name` if equal to `value` (a C-level comparison of two
+        mappings, most values the same objects), else `value`: unchanged tables stay
+        the same objects, so the xDS server's streams need not be reclassified."""
+        last, used = self._table(name)
+        held: T | None = last.get(None)
+        found = held if held is not None and held == value else value
+        used[None] = found
+        return found
+
     def done(self) -> None:
         """The build is over: keep what it used, for the next."""
         self._last, self._used = self._used, {}
