@@ -200,6 +200,8 @@ def test_states_take_over_the_indexes_a_change_did_not_touch() -> None:
     assert state.changes_since(after) == {ObjectRef("Pod", "bookstore", "bookstore-v2")}  # walked
 
 
+BUYER = [("bookbuyer", "bookbuyer")]
+
 #: A run of changes of every kind, applied one after the other on one reconciler.
 STEPS: list[tuple[str, Change, list[ObjectRef]]] = [
     ("split weight", [split("bookstore", "s", "bookstore", ("bookstore-v1", 9), ("bookstore-v2", 1))], []),
@@ -294,3 +296,26 @@ async def test_unchanged_tables_stay_the_same_objects() -> None:
     assert rec.policy.proxies is before.proxies
     assert rec.policy.classes is not before.classes  # the clients' upstreams changed
     assert rec.policy.classes.keys() == before.classes.keys()
+
+
+async def test_a_full_round_after_endpoint_rounds_takes_the_mesh_walks_over() -> None:
+    """Pods moving in between do not make the next full round (a TrafficTarget) walk
+    the mesh again: the local-service index, the upstreams and the endpoints are taken
+    over from the endpoints-only rounds."""
+    state = MeshState().with_changes(base())
+    rec = Reconciler(Encoder())
+    rec.apply(state)
+    memo = rec._pods
+    computed = dict(memo.computed)
+    for ip in ("10.244.7.2", "10.244.7.3"):
+        state = state.with_changes(
+            [pod("bookstore", "bookstore-v2", "bookstore", ip, app="bookstore", version="v2")]
+        )
+        rec.apply(state)
+        assert rec.last_scope == "endpoints"
+    state = state.with_changes([target("bookstore", "t2", "warehouse", BUYER, RULE_ALL)])
+    got = snapshot(rec.apply(state))
+    assert rec.last_scope == "full"
+    for name in ("local", "upstreams", "all endpoints"):
+        assert memo.computed[name] == computed[name], name
+    assert got == snapshot(Reconciler(Encoder()).apply(state))

@@ -54,7 +54,7 @@ class Backends:
         self.state = state
         self.meshed_ns = state.meshed_namespaces
         self._backends: dict[tuple[str, str], list[Backend]] = {}
-        self._local: dict[int, list[Service]] | None = None
+        self._local: dict[tuple[str, str], list[Service]] | None = None
 
     # The indexes are built on first use: an endpoints-only change asks about a few
     # services (`policy.endpoint_change`) and must not pay for a walk over the mesh.
@@ -128,26 +128,28 @@ class Backends:
 
     def local_services(self, pod: Pod) -> list[Service]:
         """The services a pod backs (selected by them, or named in their EndpointSlices)."""
-        return self.local_index().get(id(pod), [])
+        return self.local_index().get((pod.meta.namespace, pod.meta.name), [])
 
-    def use_local_index(self, index: dict[int, list[Service]]) -> None:
-        """`local_index()` of a Backends of the same pods, services and slices (objects)."""
+    def use_local_index(self, index: dict[tuple[str, str], list[Service]]) -> None:
+        """`local_index()` of a Backends of the same pods (by name and labels), services
+        and slices (the same objects, or an endpoints-only change away from them)."""
         self._local = index
 
-    def local_index(self) -> dict[int, list[Service]]:
-        """The services each pod backs, by id(pod): one walk over the mesh, on first use."""
+    def local_index(self) -> dict[tuple[str, str], list[Service]]:
+        """The services each pod backs, by (namespace, pod name): one walk over the mesh,
+        on first use."""
         if self._local is None:
             by_label: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
             for pod_ in self.state.pods:
                 for label, value in pod_.meta.labels.items():
                     by_label[(pod_.meta.namespace, label, value)].append(pod_)
-            index: dict[int, list[Service]] = defaultdict(list)
+            index: dict[tuple[str, str], list[Service]] = defaultdict(list)
             for service in self.services:
                 local = {id(p): p for p, _, _ in self.of(service) if p is not None}
                 for candidate in _selected(service, by_label):
                     local[id(candidate)] = candidate
                 for backend_pod in local.values():
-                    index[id(backend_pod)].append(service)
+                    index[(backend_pod.meta.namespace, backend_pod.meta.name)].append(service)
             self._local = index
         return self._local
 

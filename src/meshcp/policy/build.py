@@ -75,9 +75,7 @@ def build_policies(
         config = replace(config, trust_domain=trust_domain)
     memo = memo if memo is not None else BuildMemo()
     backends = Backends(state)
-    # What backs each service: the pods, services and slices (and which namespaces are
-    # meshed) as objects; MeshState keeps these index tuples while none of them changes.
-    behind = (state.pods, state.services, state.endpoint_slices, state.meshed_namespaces)
+    behind = _behind(state)
     backends.use_local_index(
         memo.derived("local", None, behind, lambda report: backends.local_index(), report)
     )
@@ -137,7 +135,7 @@ def build_policies(
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
         proxies.claim(uuid, pod)
-    endpoints = memo.derived("endpoints", None, behind, partial(_endpoints, backends, memo), report)
+    endpoints = memo.derived("all endpoints", None, behind, partial(_endpoints, backends, memo), report)
     tables = (
         memo.equal("classes", classes),
         memo.equal("pod classes", pod_classes),
@@ -146,6 +144,25 @@ def build_policies(
     memo.done()
     unique = tuple(dict.fromkeys(problems))
     return MeshPolicy(*tables, endpoints, unique)
+
+
+def endpoints_moved(memo: BuildMemo, before: MeshState, after: MeshState, policy: MeshPolicy) -> None:
+    """`after` is an endpoints-only change away from `before` (`endpoint_change`), and
+    `policy` its policy: what the memo derived from `before`'s pods and slices (the
+    local-service index, the upstreams) holds for `after`'s too, and the endpoints are
+    `policy`'s, so the next full build takes them over instead of walking the mesh
+    again because an IP moved in between."""
+    memo.rebase(("local", "upstreams"), _behind(before), _behind(after))
+    memo.rebase(("all endpoints",), _behind(before), _behind(after), policy.endpoints)
+    for key, found in policy.endpoints.items():
+        memo.endpoints(key, found)
+    memo.keep("endpoints")
+
+
+def _behind(state: MeshState) -> tuple[object, ...]:
+    """What backs each service: the pods, services and slices (and which namespaces are
+    meshed), as objects; MeshState keeps these index tuples while none of them changes."""
+    return (state.pods, state.services, state.endpoint_slices, state.meshed_namespaces)
 
 
 class _Proxies:

@@ -38,6 +38,9 @@ class BuildMemo:
     def __init__(self) -> None:
         self._last: dict[str, dict[Any, Any]] = {}
         self._used: dict[str, dict[Any, Any]] = {}
+        #: How often each `derived` value was computed (not taken over): what tests and
+        #: profiles look at to see that a change did not walk the mesh.
+        self.computed: dict[str, int] = {}
 
     def _table(self, name: str) -> tuple[dict[Any, Any], dict[Any, Any]]:
         return self._last.get(name, {}), self._used.setdefault(name, {})
@@ -99,6 +102,7 @@ class BuildMemo:
             report(ref, reason)
 
         found = compute(report=noted)
+        self.computed[name] = self.computed.get(name, 0) + 1
         if keep_if_reported or not problems:
             used[key] = (inputs, found, tuple(problems))
         return found
@@ -132,6 +136,26 @@ class BuildMemo:
         found = held if held is not None and held == value else value
         used[None] = found
         return found
+
+    def rebase(
+        self,
+        names: tuple[str, ...],
+        before: tuple[object, ...],
+        after: tuple[object, ...],
+        value: object = None,
+    ) -> None:
+        """Entries `names` of the last build that were derived from `before` (the leading
+        inputs) hold for `after` (and are `value`, when given): see `build.endpoints_moved`."""
+        for name in names:
+            table = self._last.get(name, {})
+            held = table.get(None)
+            if held is not None and _same_objects(held[0][: len(before)], before):
+                table[None] = (after + held[0][len(before) :], held[1] if value is None else value, held[2])
+
+    def keep(self, name: str) -> None:
+        """What was used of table `name` since the last build replaces its last state."""
+        last = self._last.setdefault(name, {})
+        last.update(self._used.pop(name, {}))
 
     def done(self) -> None:
         """The build is over: keep what it used, for the next."""

@@ -32,7 +32,7 @@ from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import ResourceSet
 from meshcp.compile import cds, eds, lds, rds
 from meshcp.model.state import MeshState, Problem
-from meshcp.policy.build import MeshPolicy, build_policies
+from meshcp.policy.build import MeshPolicy, build_policies, endpoints_moved
 from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.endpoint_change import EndpointChange, endpoint_change
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
@@ -187,9 +187,10 @@ class Reconciler:
         change = None
         if self._state is not None:
             change = endpoint_change(self._state, state, state.changes_since(self._state), self._policy)
-        if change is not None:
+        if change is not None and self._state is not None:
             classes = self._apply_endpoints(change)
             policy = change.policy
+            endpoints_moved(self._pods, self._state, state, policy)
         else:
             policy = build_policies(state, self._trust_domain, self._pods)
             classes = self._apply_policy(policy)
