@@ -117,7 +117,7 @@ class _Shared:
     #: taken over by the next round only if this is still the same object.
     listener_source: tuple[Upstream, ...] | None = None
     #: The memo entries this group used (`Reconciler._carry` takes them over with it).
-    used: list[tuple[str, Hashable]] = field(default_factory=list)
+    used: _Memo = field(default_factory=_Memo)
 
 
 class Reconciler:
@@ -153,8 +153,8 @@ class Reconciler:
         self._holders: dict[tuple[ServiceKey, int], list[_Shared]] | None = None
         self._members: dict[int, list[int]] | None = None
         #: The memo entries each class's compile used, and where a compile records them.
-        self._class_used: dict[str, list[tuple[str, Hashable]]] = {}
-        self._recorder: list[tuple[str, Hashable]] | None = None
+        self._class_used: dict[str, _Memo] = {}
+        self._recorder: _Memo | None = None
         #: What the last `apply` recompiled: "endpoints" or "full".
         self.last_scope = ""
 
@@ -227,13 +227,13 @@ class Reconciler:
         assignments: dict[tuple[ServiceKey, int], Resource] = {}
         classes = []
         groups = []
-        class_used: dict[str, list[tuple[str, Hashable]]] = {}
+        class_used: dict[str, _Memo] = {}
         for key, class_policy in sorted(policy.classes.items()):
             common = shared.get(id(class_policy.upstreams))
             if common is None:
                 common = last_groups.get(id(class_policy.upstreams))
                 if common is not None and _still(common, class_policy, moved):
-                    common.used = self._carry(old, common.used)
+                    self._carry(common.used)
                     assignments.update(common.assignments)
                 else:
                     common = self._record(
@@ -242,9 +242,10 @@ class Reconciler:
                 shared[id(class_policy.upstreams)] = common
             last = last_classes.get(key)
             if last is not None and last[1] is common and last_policies.get(key) is class_policy:
-                proxy_class, used = last[0], self._carry(old, self._class_used[key])
+                proxy_class, used = last[0], self._class_used[key]
+                self._carry(used)
             else:
-                used = []
+                used = _Memo()
                 proxy_class = self._record(partial(self._compile, key, class_policy, common, old), used)
             classes.append(proxy_class)
             groups.append(common)
@@ -255,9 +256,9 @@ class Reconciler:
         self._holders = self._members = None
         return classes
 
-    def _record(self, build: Callable[[], T], into: list[tuple[str, Hashable]] | None = None) -> T:
+    def _record(self, build: Callable[[], T], into: _Memo | None = None) -> T:
         """Run `build`, noting the memo entries it uses in `into` (a new group: its own)."""
-        used: list[tuple[str, Hashable]] = [] if into is None else into
+        used = _Memo() if into is None else into
         self._recorder = used
         try:
             found = build()
@@ -267,36 +268,14 @@ class Reconciler:
             found.used = used
         return found
 
-    def _note(self, kind: str, key: Hashable) -> None:
-        if self._recorder is not None:
-            self._recorder.append((kind, key))
-
-    def _carry(self, old: _Memo, used: list[tuple[str, Hashable]]) -> list[tuple[str, Hashable]]:
-        """Take the memo entries a class or group used over into this round's memo; the
-        list of those still there (an endpoints-only round replaces some)."""
+    def _carry(self, used: _Memo) -> None:
+        """Take the memo entries a class or group used over into this round's memo (dict
+        merges reuse the stored hashes: no key is hashed again)."""
         memo = self._memo
-        kept: list[tuple[str, Hashable]] = []
-        for kind, key in used:
-            if kind == "entry":
-                entry = old.entries.get(key)
-                if entry is None:
-                    continue
-                memo.entries.setdefault(key, entry)
-            elif isinstance(key, int):  # "set": by the piece's id
-                held = old.sets.get(key)
-                if held is None:
-                    continue
-                memo.sets.setdefault(key, held)
-            elif isinstance(key, _Key):
-                if kind == "spec":
-                    spec = old.specs.get(key)
-                    if spec is None:
-                        continue
-                    memo.specs.setdefault(key, spec)
-                else:
-                    memo.keys.setdefault(key, key)
-            kept.append((kind, key))
-        return kept
+        memo.entries.update(used.entries)
+        memo.sets.update(used.sets)
+        memo.specs.update(used.specs)
+        memo.keys.update(used.keys)
 
     def _new_group(
         self,
@@ -322,18 +301,22 @@ class Reconciler:
         for service, port in sorted(change.changed, key=lambda k: (k[0].namespace, k[0].name, k[1])):
             if (service, port) not in holders:
                 continue  # no class reaches it: nothing to encode
-            memo.entries.pop(("eds", service, port, before.get((service, port), ())), None)
+            stale = ("eds", service, port, before.get((service, port), ()))
+            memo.entries.pop(stale, None)
             found = after.get((service, port), ())
-            (fresh[(service, port)],) = self._piece(
+            piece = self._piece(
                 none, ("eds", service, port, found), self._encoded(partial(_assignment, service, port, found))
             )
+            (fresh[(service, port)],) = piece
             for group in holders[(service, port)]:
-                group.used.append(("entry", ("eds", service, port, found)))
+                group.used.entries.pop(stale, None)
+                group.used.entries[("eds", service, port, found)] = piece
         touched = {id(group): group for key in fresh for group in holders[key]}
         classes = list(self._classes)
         for group in touched.values():
-            memo.entries.pop(("eds-all", tuple(group.endpoints)), None)
-            memo.sets.pop(id(group.endpoints), None)
+            for held in (memo, group.used):
+                held.entries.pop(("eds-all", tuple(group.endpoints)), None)
+                held.sets.pop(id(group.endpoints), None)
             group.assignments = {key: fresh.get(key, value) for key, value in group.assignments.items()}
             values = list(group.assignments.values())
             group.endpoints, endpoints = self._record(
@@ -375,7 +358,8 @@ class Reconciler:
         key = _Key(value)
         found = self._memo.keys.get(key) or old.keys.get(key) or key
         self._memo.keys[found] = found
-        self._note("key", found)
+        if self._recorder is not None:
+            self._recorder.keys[found] = found
         return found
 
     def _piece(self, old: _Memo, key: Hashable, build: Callable[[], list[Resource]]) -> list[Resource]:
@@ -388,7 +372,8 @@ class Reconciler:
         else:
             self._memo.hits += 1
         self._memo.entries[key] = found
-        self._note("entry", key)
+        if self._recorder is not None:
+            self._recorder.entries[key] = found
         return found
 
     def _encoded(self, build: Callable[[], list[betterproto2.Message]]) -> Callable[[], list[Resource]]:
@@ -431,8 +416,9 @@ class Reconciler:
             specs = (spec_list, self._key(old, spec_list))
         self._memo.specs[upstreams_key] = specs
         self._memo.keys[specs[1]] = specs[1]  # still interned if other upstreams give them
-        self._note("spec", upstreams_key)
-        self._note("key", specs[1])
+        if self._recorder is not None:
+            self._recorder.specs[upstreams_key] = specs
+            self._recorder.keys[specs[1]] = specs[1]
         # The same objects as last round when nothing changed: the publisher and the
         # snapshots then recognise them by identity instead of comparing their contents.
         values = list(assignments.values())
@@ -512,17 +498,19 @@ class Reconciler:
         the round's memo would otherwise drop: other upstreams that include them later
         (a new TrafficTarget source, a new service) find them instead of encoding again."""
         key = ("cds-up", shared.specs, trust_domain)
-        self._note("entry", key)
         found = self._memo.entries.get(key)
         if found is not None:
             self._memo.hits += 1
+            if self._recorder is not None:
+                self._recorder.entries[key] = found
             return found
         found = old.entries.get(key)
         if found is not None:
             self._memo.hits += 1
             for spec, cluster in zip(shared.spec_list, found, strict=True):
-                self._memo.entries.setdefault(("cds", spec, trust_domain), [cluster])
-                self._note("entry", ("cds", spec, trust_domain))
+                single = self._memo.entries.setdefault(("cds", spec, trust_domain), [cluster])
+                if self._recorder is not None:
+                    self._recorder.entries[("cds", spec, trust_domain)] = single
         else:
             found = [
                 self._piece(
@@ -531,6 +519,8 @@ class Reconciler:
                 for spec in shared.spec_list
             ]
         self._memo.entries[key] = found
+        if self._recorder is not None:
+            self._recorder.entries[key] = found
         return found
 
     def _compile(self, key: str, policy: ProxyPolicy, shared: _Shared, old: _Memo) -> ProxyClass:
@@ -581,7 +571,8 @@ class Reconciler:
         if found is None or found[0] is not piece:
             found = (piece, ResourceSet(piece))
         self._memo.sets[id(piece)] = found
-        self._note("set", id(piece))
+        if self._recorder is not None:
+            self._recorder.sets[id(piece)] = found
         return found[1]
 
     def _report(self, problems: tuple[Problem, ...]) -> None:
