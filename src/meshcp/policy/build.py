@@ -127,7 +127,9 @@ def build_policies(
                 ProxyPolicy(
                     identity,
                     inbound,
-                    mesh_upstreams if reachable_from is None else memo.upstreams(reachable_from(identity)),
+                    mesh_upstreams
+                    if reachable_from is None
+                    else memo.upstream_tuple(reachable_from(identity)),
                     config.egress_passthrough,
                     config.trust_domain,
                     None if reachable_from is None else mesh_upstreams,

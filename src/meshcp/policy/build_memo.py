@@ -111,6 +111,11 @@ class BuildMemo:
         """The tuple, of the last build's objects where equal (elements and tuple)."""
         return self.same("tuples", tuple(self.same("upstreams", u) for u in upstreams))
 
+    def upstream_tuple(self, upstreams: tuple[Upstream, ...]) -> tuple[Upstream, ...]:
+        """The tuple (of elements `upstreams` already handed out), the last build's where
+        equal."""
+        return self.same("tuples", upstreams)
+
     def endpoints(self, key: tuple[ServiceKey, int], found: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         last, used = self._table("endpoints")
         held: tuple[Endpoint, ...] | None = last.get(key)
