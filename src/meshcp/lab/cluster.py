@@ -124,14 +124,13 @@ class Lab:
         if not targets.exists():
             targets.write_text("[]\n")
         (directory / "prometheus.yml").write_text(prometheus_config(str(targets), CONTROLLER_HTTP))
-        self.group.create_task(
-            processes.keep_running(
-                layout.NODE_NETNS,
-                self.prometheus_container(self.prometheus_binary),
-                self.paths.logs / "prometheus.log",
-                self.prometheus,
-            )
+        keeper = processes.keep_running(
+            layout.NODE_NETNS,
+            self.prometheus_container(self.prometheus_binary),
+            self.paths.logs / "prometheus.log",
+            self.prometheus,
         )
+        self.group.create_task(processes.part("the keeper of Prometheus", keeper))
 
     def _write_targets(self, new: LabPlan) -> None:
         """Replaced atomically: Prometheus re-reads the file when it changes."""

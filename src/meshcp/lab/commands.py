@@ -29,6 +29,7 @@ from meshcp.lab.layout import LabPaths
 from meshcp.lab.network import LabError
 from meshcp.lab.pods import PROXY_USER, Container
 from meshcp.lab.supervisor import supervise, teardown
+from meshcp.telemetry.failures import one_line
 
 REQUEST_TIMEOUT = 180.0
 DOWN_TIMEOUT = 60.0
@@ -58,6 +59,16 @@ def supervisor_pid(paths: LabPaths) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if b"_supervise" in cmdline else None
+
+
+def not_running(paths: LabPaths) -> LabError:
+    """No lab is running; and why the last one stopped, when it stopped on its own."""
+    try:
+        reason = paths.failure.read_text().strip()
+    except OSError:
+        reason = ""
+    said = f": the last one stopped: {reason}" if reason else ""
+    return LabError(f"no lab is running{said} (meshcp lab up DIR starts one)")
 
 
 def up(directory: Path, paths: LabPaths, out: TextIO = sys.stdout) -> None:
@@ -118,7 +129,7 @@ def up(directory: Path, paths: LabPaths, out: TextIO = sys.stdout) -> None:
 def request(paths: LabPaths, payload: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
     """One request to the supervisor; its answer, or `LabError`."""
     if supervisor_pid(paths) is None:
-        raise LabError("no lab is running (meshcp lab up DIR starts one)")
+        raise not_running(paths)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -222,7 +233,7 @@ def _state(paths: LabPaths) -> dict[str, Any]:
 def _pod(paths: LabPaths, target: str) -> dict[str, Any]:
     pods: dict[str, Any] = _state(paths).get("pods", {})
     if not pods:
-        raise LabError("no lab is running (meshcp lab up DIR starts one)")
+        raise not_running(paths)
     if target not in pods:
         raise LabError(f"no pod {target} in the lab; pods: {', '.join(sorted(pods))}")
     pod: dict[str, Any] = pods[target]
@@ -289,6 +300,8 @@ def down(paths: LabPaths, out: TextIO = sys.stdout) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     removed = asyncio.run(teardown(paths))
+    with contextlib.suppress(FileNotFoundError):
+        paths.failure.unlink()
     if pid is not None or removed:
         print("lab removed", file=out)
     else:
@@ -315,4 +328,8 @@ def run_supervisor(directory: Path, envoy: Path, paths: LabPaths) -> int:
             os.dup2(devnull, 1)
             os.close(devnull)
 
-    return asyncio.run(supervise(directory, paths, notify, envoy))
+    try:
+        return asyncio.run(supervise(directory, paths, notify, envoy))
+    except Exception as error:  # before its TaskGroup, or while leaving it: still one line
+        notify(f"error: the lab's supervisor stopped: {one_line(error)}")
+        return 1

@@ -48,7 +48,7 @@ def pod_netns(namespace: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class LabPaths:
-    """The lab's files; all under one directory, removed by `lab down`."""
+    """The lab's files; all under one directory, removed by `lab down` (but `failure`)."""
 
     root: Path
 
@@ -60,6 +60,12 @@ class LabPaths:
     def state(self) -> Path:
         """What the supervisor last applied (JSON): read by status, exec, logs."""
         return self.root / "state.json"
+
+    @property
+    def failure(self) -> Path:
+        """Why the last lab stopped on its own (one line), beside the lab's directory so that
+        it outlives it; removed by `lab down` and by the next lab."""
+        return self.root.with_name(self.root.name + ".failure")
 
     @property
     def supervisor_pid(self) -> Path:

@@ -4,7 +4,6 @@ kept running, and its readiness probes checked, as the kubelet would."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
@@ -60,9 +59,9 @@ class PodRuntime:
                 )
         for container in pod.containers:
             state = self.states[container.name]
-            self._tasks.append(
-                group.create_task(processes.keep_running(pod.netns, container, self._log(container), state))
-            )
+            keeper = processes.keep_running(pod.netns, container, self._log(container), state)
+            name = f"the keeper of container {container.name} of pod {pod.key}"
+            self._tasks.append(group.create_task(processes.part(name, keeper)))
         for state in self.states.values():
             await state.started.wait()
         self.phase = "Starting"
@@ -75,9 +74,9 @@ class PodRuntime:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # What a keeper raised is its TaskGroup's to report (it stops the lab): here it is
+        # only waited for.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await network.delete_netns(self.planned.netns)
         shutil.rmtree(self.paths.pod_dir(self.planned.namespace, self.planned.name), ignore_errors=True)

@@ -5,6 +5,10 @@ the pod's network (and its /etc/hosts), the container's user, exactly the contai
 environment. Each gets its own session, so stopping it also stops what it spawned.
 Containers restart when they exit, with kubelet's doubling back-off (restartPolicy
 Always); init containers run once, in order, before them.
+
+What keeps a container running is a long-lived part of the lab (`part`): an error it
+cannot recover from (its log cannot be opened, `ip` cannot be started) ends the lab with
+one line naming it, rather than a container nobody restarts any more.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from meshcp.lab.network import LabError
 from meshcp.lab.pods import Container
+from meshcp.telemetry.failures import one_line
 
 log = logging.getLogger("meshcp.lab")
 
@@ -28,6 +35,22 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 #: A container that ran this long is considered healthy: its back-off starts over.
 STEADY = 10.0
+
+
+class PartFailed(LabError):
+    """A long-lived part of the lab stopped with an error it could not recover from: the
+    lab stops as a whole (`supervisor.supervise`)."""
+
+
+async def part(name: str, work: Awaitable[None]) -> None:
+    """Run one long-lived part of the lab (`name`: what a user would call it); what it
+    raises becomes one line naming it."""
+    try:
+        await work
+    except PartFailed:
+        raise
+    except Exception as error:
+        raise PartFailed(f"{name} stopped: {one_line(error)}") from error
 
 
 def running(pid: int) -> bool:
