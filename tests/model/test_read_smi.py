@@ -70,6 +70,11 @@ VALID: Valid = [
         HEADER_MATCH,
     ),
     (
+        "regexes at Envoy's program size limit (100, the path counted as a prefix)",
+        routes(pathRegex="x{94}", headers={"x-id": "x{96}"}),
+        HTTPRouteGroup(meta(), (HTTPMatch("m", path_regex="x{94}", headers=frozen_map({"x-id": "x{96}"})),)),
+    ),
+    (
         "match without path, methods or headers",
         routes(),
         HTTPRouteGroup(meta(), (HTTPMatch("m"),)),
@@ -181,6 +186,19 @@ INVALID: Invalid = [
         routes(headers={"cookie": "(?<=type=)insider"}),
         "spec.matches[0].headers.cookie: invalid regular expression '(?<=type=)insider' (RE2, Envoy's "
         "engine): invalid perl operator: (?<=",
+    ),
+    (
+        "path regex over Envoy's program size limit once sent as a prefix",
+        routes(pathRegex="x{95}"),
+        "spec.matches[0].pathRegex: regular expression 'x{95}' is too large for Envoy: its RE2 program "
+        "size is 101 as a prefix, over Envoy's limit of 100 (re2.max_program_size.error_level); every "
+        "proxy would refuse it",
+    ),
+    (
+        "header regex over Envoy's program size limit",
+        routes(headers={"x-id": "x{97}"}),
+        "spec.matches[0].headers.x-id: regular expression 'x{97}' is too large for Envoy: its RE2 "
+        "program size is 101, over Envoy's limit of 100",
     ),
     ("method", routes(methods=["get"]), "spec.matches[0].methods[0]: must be one of *, GET, HEAD"),
     (

@@ -20,13 +20,14 @@ from meshcp._proto.envoy.config.route.v3 import HeaderMatcher
 from meshcp._proto.envoy.type.matcher.v3 import PathMatcher, RegexMatcher, StringMatcher
 from meshcp.compile.common import principals
 from meshcp.identity import Identity
+from meshcp.model.regex import envoy_regex
 from meshcp.model.smi import HTTPMatch
 from meshcp.policy.types import HttpRule
 
 
 def path_regex(match: HTTPMatch) -> str:
     """SMI's pathRegex is anchored at the start only: a prefix, in regex form."""
-    return f"(?:{match.path_regex}).*" if match.path_regex else ""
+    return envoy_regex(match.path_regex, prefix=True)
 
 
 def method_regex(match: HTTPMatch) -> str:

@@ -99,7 +99,7 @@ def _http_match(node: Field) -> HTTPMatch:
             methods.append(value)
     return HTTPMatch(
         name=node.field("name").string(required=True),
-        path_regex=read_regex(node.field("pathRegex")),
+        path_regex=read_regex(node.field("pathRegex"), prefix=True),
         methods=tuple(methods),
         headers=_headers(node.field("headers")),
     )
