@@ -18,11 +18,13 @@ import collections
 import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 import yarl
 
 #: Where the emulator keeps Namespace objects (see the module's docstring).
@@ -156,3 +158,20 @@ def status_410() -> dict[str, Any]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig pointing at the emulator `server` (with a token, as a real user has)."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "mock", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                "contexts": [{"name": "mock", "context": {"cluster": "mock", "user": "tester"}}],
+                "current-context": "mock",
+            }
+        )
+    )
+    return path

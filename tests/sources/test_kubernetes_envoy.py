@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
-import yaml
 
 from meshcp.identity import Identity, ProxyIdentity
 from meshcp.model.core import Pod
@@ -20,7 +19,7 @@ from meshcp.policy.membership import proxy_uuid
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.kubernetes import RESOURCES
-from tests.sources.kube_fixtures import Emulator
+from tests.sources.kube_fixtures import Emulator, kubeconfig
 from tests.sources.kube_objects import BY_KIND, key, namespace, seed, stored, url_of
 from tests.support import eventually
 from tests.support.bootstrap import ads_bootstrap
@@ -58,22 +57,6 @@ def web_service() -> dict[str, Any]:
             "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
         },
     }
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "mock", "cluster": {"server": server}}],
-                "users": [{"name": "tester", "user": {"token": "test-token"}}],
-                "contexts": [{"name": "mock", "context": {"cluster": "mock", "user": "tester"}}],
-                "current-context": "mock",
-            }
-        )
-    )
-    return path
 
 
 async def test_serve_from_kubernetes_configures_a_real_envoy(tmp_path: Path) -> None:

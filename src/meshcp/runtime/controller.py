@@ -32,6 +32,7 @@ from meshcp.runtime.rounds import MESH, Rounds
 from meshcp.runtime.settings import Address, Settings
 from meshcp.runtime.store import Store
 from meshcp.runtime.trust import TrustCoordinator
+from meshcp.sources.bootstrap_secrets import SecretCollector
 from meshcp.sources.files import FileSource
 from meshcp.sources.kubernetes import KubernetesSource
 from meshcp.sources.kubernetes_events import EventRecorder
@@ -291,6 +292,11 @@ class ControllerRuntime:
                 )
                 part("kubernetes", source.run())
                 part("reconcile", self.rounds.run())
+                collector = SecretCollector(
+                    partial(default_api_client, settings.kube_context, settings.kubeconfig),
+                    settings.secret_collection,
+                )
+                part("bootstrap Secret collector", collector.run())
             elif settings.source is not None:
                 part("files", FileSource(settings.source, self.store.apply).run())
                 part("reconcile", self.rounds.run())

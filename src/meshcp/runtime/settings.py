@@ -9,6 +9,7 @@ from pathlib import Path
 from meshcp.certs.setup import CaSettings
 from meshcp.http.api_tls import API_PORT
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, XDS_PORT
+from meshcp.sources.bootstrap_secrets import CollectorSettings
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Settings:
     kubernetes: bool = False
     kubeconfig: str | None = None
     kube_context: str | None = None
+    #: With `kubernetes`: collecting the bootstrap Secrets of pods that are gone.
+    secret_collection: CollectorSettings = field(default_factory=CollectorSettings)
     #: The Prometheus that scrapes the sidecars: the TrafficMetrics API and `/dashboard`
     #: read from it (None: both answer 503, saying so; xDS never depends on it).
     prometheus_url: str | None = None
