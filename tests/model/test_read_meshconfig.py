@@ -43,7 +43,29 @@ VALID: Valid = [
             inbound_port_exclusions=(9999, 8888),
             sidecar_image="envoyproxy/envoy:v1.40.1",
             sidecar_log_level="debug",
+            explicit=frozenset(
+                {
+                    "mesh_name",
+                    "trust_domain",
+                    "permissive",
+                    "egress_passthrough",
+                    "cert_validity_seconds",
+                    "cert_provider",
+                    "debounce_window",
+                    "debounce_max",
+                    "outbound_ip_exclusions",
+                    "outbound_port_exclusions",
+                    "inbound_port_exclusions",
+                    "sidecar_image",
+                    "sidecar_log_level",
+                }
+            ),
         ),
+    ),
+    (
+        "mesh config: what was set, even to its default, is told from what was not",
+        mesh_config(certProvider="internal", observability={"enablePerRouteStats": False}),
+        MeshConfig(Meta("meshcp"), explicit=frozenset({"cert_provider", "per_route_stats"})),
     ),
 ]
 
@@ -65,7 +87,7 @@ INVALID: Invalid = [
     (
         "config provider",
         mesh_config(certProvider="acme"),
-        "spec.certProvider: must be one of internal, cfssl, vault",
+        "spec.certProvider: must be one of internal, cfssl, vault, cert-manager",
     ),
     (
         "config cidr",

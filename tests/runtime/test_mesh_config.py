@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from meshcp.certs.setup import CaSettings
 from meshcp.identity import Identity
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshState
@@ -30,7 +31,12 @@ async def test_mesh_config_sets_debounce_and_certificate_lifetime() -> None:
     assert runtime.store.debounce == (0.1, 1.0)
     assert runtime.rounds.cert_validity == timedelta(hours=24)
 
-    config = MeshConfig(debounce_window=0.25, debounce_max=3.0, cert_validity_seconds=3600)
+    config = MeshConfig(
+        debounce_window=0.25,
+        debounce_max=3.0,
+        cert_validity_seconds=3600,
+        explicit=frozenset({"debounce_window", "debounce_max", "cert_validity_seconds"}),
+    )
     runtime.rounds.apply_mesh_config(MeshState().with_changes([config]))
     assert runtime.store.debounce == (0.25, 3.0)
     assert runtime.rounds.cert_validity == timedelta(hours=1)
@@ -38,3 +44,16 @@ async def test_mesh_config_sets_debounce_and_certificate_lifetime() -> None:
     lifetime = issued.certificate.not_valid_after_utc - issued.certificate.not_valid_before_utc
     # Issued for an hour (the CA may back-date the start a little against clock skew).
     assert timedelta(minutes=59) <= lifetime <= timedelta(minutes=70)
+
+
+async def test_a_mesh_config_without_cert_validity_keeps_the_command_lines() -> None:
+    """Its default (24 h) is not a choice: `--cert-validity` stays until a MeshConfig sets
+    `certValidity`, and comes back when it no longer does."""
+    runtime = await ControllerRuntime.open(Settings(ca=CaSettings(validity=timedelta(hours=2))))
+    runtime.rounds.apply_mesh_config(MeshState().with_changes([MeshConfig(permissive=True)]))
+    assert runtime.rounds.cert_validity == timedelta(hours=2)
+    setting = MeshConfig(cert_validity_seconds=600, explicit=frozenset({"cert_validity_seconds"}))
+    runtime.rounds.apply_mesh_config(MeshState().with_changes([setting]))
+    assert runtime.rounds.cert_validity == timedelta(minutes=10)
+    runtime.rounds.apply_mesh_config(MeshState().with_changes([MeshConfig()]))
+    assert runtime.rounds.cert_validity == timedelta(hours=2)

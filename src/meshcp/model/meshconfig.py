@@ -9,8 +9,9 @@ from meshcp.model.meta import Meta, ObjectRef
 MESH_LABEL = "meshcp.dev/monitored-by"
 PERMISSIVE_ANNOTATION = "meshcp.dev/permissive"
 
-#: Who may sign workload certificates (`certProvider`); the CA layer implements each of these.
-CERT_PROVIDERS = ("internal", "cfssl", "vault")
+#: Who signs workload certificates (`certProvider`): the CA layer's providers, one of which
+#: the controller is started with (`--ca-provider`).
+CERT_PROVIDERS = ("internal", "cfssl", "vault", "cert-manager")
 #: Envoy's `--log-level` values (`sidecarLogLevel`).
 SIDECAR_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 
@@ -39,6 +40,9 @@ class MeshConfig:
     #: proxy restart.
     per_route_stats: bool = False
     cert_validity_seconds: int = 24 * 3600
+    #: The CA the mesh expects (OSM chose it when installing, `--certificate-manager`):
+    #: the controller signs with the one it was started with (`--ca-provider`), and reports
+    #: a MeshConfig that sets another (`runtime.mesh_checks`).
     cert_provider: str = "internal"
     #: Debounce: a change is compiled after `debounce_window` of quiet, at most `debounce_max`
     #: after the first change of a burst.
@@ -53,6 +57,13 @@ class MeshConfig:
     #: pairs (e.g. ("cpu", "100m")); empty: the injector's own defaults.
     sidecar_requests: tuple[tuple[str, str], ...] = ()
     sidecar_limits: tuple[tuple[str, str], ...] = ()
+    #: The attributes the manifest set (its spec's fields), as opposed to defaults: only
+    #: these may override the controller's own settings or disagree with them.
+    explicit: frozenset[str] = frozenset()
+
+    def is_set(self, attribute: str) -> bool:
+        """Whether the manifest set `attribute` (a default is not a choice to honour)."""
+        return attribute in self.explicit
 
     def sidecar_resources(self) -> dict[str, dict[str, str]]:
         """The container's `resources` (empty when MeshConfig sets none)."""

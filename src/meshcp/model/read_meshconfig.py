@@ -34,7 +34,7 @@ def read_mesh_config(root: Field, meta: Meta, version: str) -> MeshConfig:
                 values.update(read(spec.field(key)))
             else:
                 values[attribute] = read(spec.field(key))
-    config = MeshConfig(meta=meta, **values)
+    config = MeshConfig(meta=meta, **values, explicit=frozenset(values))
     if config.debounce_max < config.debounce_window:
         spec.field("debounceMax").fail(
             f"{config.debounce_max:g}s must not be shorter than debounceWindow ({config.debounce_window:g}s)"

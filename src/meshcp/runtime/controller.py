@@ -26,6 +26,7 @@ from meshcp.kpi.prometheus import Prometheus, aiohttp_fetch
 from meshcp.kube.client import ApiClientFactory, default_api_client
 from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
 from meshcp.runtime.classify import ProxyClassifier
+from meshcp.runtime.mesh_checks import mesh_config_problem
 from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.rounds import MESH, Rounds
@@ -71,7 +72,11 @@ class ControllerRuntime:
         self.metrics.read_expiries(lambda: self.trust.root_expiry, self._soonest_workload_expiry)
         self.metrics.read_rotation_laggards(lambda: float(len(self.trust.laggards)))
         self.readiness = readiness or Readiness()
-        self.store = Store(window=settings.debounce_window, max_wait=settings.debounce_max)
+        self.store = Store(
+            window=settings.debounce_window,
+            max_wait=settings.debounce_max,
+            check=partial(mesh_config_problem, ca_provider=settings.ca.provider),
+        )
         self.proxies = ConnectedProxies()
         ca = settings.ca
         self.issuer = Issuer(provider, report=self.metrics)

@@ -56,8 +56,9 @@ class Rounds:
         self._on_round = on_round
         self._after_round = after_round
         self._tables: tuple[object, object, object] = (None, None, None)
-        #: Workload certificate lifetime: `--cert-validity`, until a MeshConfig sets one.
+        #: Workload certificate lifetime: `--cert-validity`, unless a MeshConfig sets one.
         self.cert_validity = cert_validity
+        self._command_line_validity = cert_validity
 
     async def run(self) -> None:
         """Compile every settled state; the first one makes the controller ready."""
@@ -93,15 +94,17 @@ class Rounds:
 
     def apply_mesh_config(self, state: MeshState) -> None:
         """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
-        bounds (from the next burst of changes on) and the lifetime of certificates issued
-        from now on (those in use are renewed on their own schedule)."""
+        bounds (from the next burst of changes on) and, when it sets one, the lifetime of
+        certificates issued from now on (those in use are renewed on their own schedule)."""
         if not state.mesh_configs:
             return
         mesh = state.mesh_config
         if self._store.debounce != (mesh.debounce_window, mesh.debounce_max):
             self._store.set_debounce(mesh.debounce_window, mesh.debounce_max)
             log.info("debounce: %gs quiet window, at most %gs", mesh.debounce_window, mesh.debounce_max)
-        validity = timedelta(seconds=mesh.cert_validity_seconds)
+        validity = self._command_line_validity
+        if mesh.is_set("cert_validity_seconds"):  # MeshConfig's default does not override the flag
+            validity = timedelta(seconds=mesh.cert_validity_seconds)
         if validity != self.cert_validity:
             self.cert_validity = validity
             log.info("workload certificates are now issued for %s", validity)

@@ -32,6 +32,10 @@ class Store:
     `Upsert` or a `Delete` of the ref removes it. An `Invalid` never removes an object: the
     last good version stays in force while the bad one is reported.
 
+    `check` is asked about every valid object: a problem it finds (an object the running
+    controller cannot honour as it was started, `runtime.mesh_checks`) is kept for the
+    object's ref while the object itself stays in force.
+
     `states()` is for one consumer. `clock`/`sleep` default to the event loop's; tests pass
     their own to step time without waiting for it.
     """
@@ -43,6 +47,7 @@ class Store:
         max_wait: float,
         clock: Clock = _loop_time,
         sleep: Sleep = asyncio.sleep,
+        check: Callable[[MeshObject], Problem | None] | None = None,
     ) -> None:
         if window < 0 or max_wait < window:
             raise ValueError(f"need 0 <= window <= max_wait, got window={window}, max_wait={max_wait}")
@@ -50,6 +55,7 @@ class Store:
         self._max_wait = max_wait
         self._clock = clock
         self._sleep = sleep
+        self._check = check
         self._state = MeshState()
         self._pending: dict[ObjectRef, MeshObject | None] = {}  # None: delete
         self._problems: dict[ObjectRef, Problem] = {}
@@ -87,6 +93,8 @@ class Store:
             case Upsert(obj=obj):
                 self._pending[obj.ref] = obj
                 self._problems.pop(obj.ref, None)
+                if self._check is not None and (problem := self._check(obj)) is not None:
+                    self._problems[obj.ref] = problem
             case Delete(ref=ref):
                 self._pending[ref] = None
                 self._problems.pop(ref, None)
