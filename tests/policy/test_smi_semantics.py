@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from meshcp.identity import Identity
 from meshcp.model.core import Pod
+from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.meta import Meta, frozen_map
 from meshcp.model.smi import SplitMatch, TargetRule
 from meshcp.model.state import MeshState
@@ -278,9 +281,14 @@ def test_the_cas_trust_domain_is_the_one_rbac_uses() -> None:
     """RBAC principals and SAN matchers name SPIFFE IDs of the CA's trust domain (the
     certificates carry it): a MeshConfig `trustDomain` that differs is reported on the
     MeshConfig and not used, instead of every request getting a 403 with nothing saying why."""
-    policy = build_policies(Bookstore().state(), "example.org")
+    chosen = replace(MeshConfig(), explicit=frozenset({"trust_domain"}))
+    policy = build_policies(Bookstore().state().with_changes([chosen]), "example.org")
     assert {p.trust_domain for p in policy.classes.values()} == {"example.org"}
     (problem,) = [p for p in policy.problems if p.ref.kind == "MeshConfig"]
     assert problem.reason.startswith("trustDomain 'cluster.local' is not the CA's 'example.org'")
-    same = build_policies(Bookstore().state(), "cluster.local")
+    same = build_policies(Bookstore().state().with_changes([chosen]), "cluster.local")
     assert not [p for p in same.problems if p.ref.kind == "MeshConfig"]
+    # a MeshConfig that does not set trustDomain chose nothing: the CA's is used, silently
+    unset = build_policies(Bookstore().state(), "example.org")
+    assert {p.trust_domain for p in unset.classes.values()} == {"example.org"}
+    assert not [p for p in unset.problems if p.ref.kind == "MeshConfig"]

@@ -67,6 +67,8 @@ def build_policies(
     config = state.mesh_config
     if trust_domain is not None and trust_domain != config.trust_domain:
         for mesh_config in state.mesh_configs:
+            if not mesh_config.is_set("trust_domain"):
+                continue  # its default is no choice: the CA's is simply used
             report(
                 mesh_config.ref,
                 f"trustDomain {config.trust_domain!r} is not the CA's {trust_domain!r} (--trust-domain), "
