@@ -18,9 +18,8 @@ from meshcp.certs import InternalCA, ProxyIdentity, pem
 from meshcp.certs.issuance import xds_client_request
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.proxy_class import ProxyClass
-from tests.certs.support import free_port
 from tests.factories import cluster
-from tests.support import eventually
+from tests.support import eventually, free_port
 from tests.support.bootstrap import mtls_ads_bootstrap
 from tests.support.envoy import EnvoyProcess, envoy_binary
 from tests.support.mtls import (

@@ -4,7 +4,6 @@ a counting provider and a scripted HTTP server on loopback."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,14 +65,6 @@ class CountingProvider:
 
     async def trust_bundle(self) -> str:
         return await self.inner.trust_bundle()
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound and released by the kernel)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

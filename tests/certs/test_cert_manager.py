@@ -25,8 +25,7 @@ from meshcp.certs.authority import Root, create_root
 from meshcp.certs.cert_manager import USAGES, CertManagerProvider, go_duration
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.provider import CertificateError, CertificateRequest
-
-from .support import free_port
+from tests.support import free_port
 
 RESOURCE = "cert-manager.io/v1/certificaterequests"
 NAMESPACE = "mesh-system"

@@ -26,8 +26,7 @@ from meshcp.certs.keys import KeySpec, key_spec_of, load_private_key
 from meshcp.certs.provider import CertificateError
 from meshcp.certs.xds_identity import verify_xds_client
 from meshcp.identity import Identity, ProxyIdentity
-
-from .support import free_port
+from tests.support import free_port
 
 IDENTITY = Identity("bookstore", "bookbuyer")
 READY_TIMEOUT = 30.0

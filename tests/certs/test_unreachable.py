@@ -8,8 +8,9 @@ from meshcp.certs.issuance import workload_request
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.provider import CertificateError
 from meshcp.identity import Identity
+from tests.support import free_port
 
-from .support import RecordingSleep, free_port
+from .support import RecordingSleep
 
 REQUEST = workload_request(Identity("ns", "sa"))
 

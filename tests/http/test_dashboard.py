@@ -31,9 +31,9 @@ from meshcp.model.state import MeshState
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
-from tests.support import eventually
+from tests.support import eventually, free_port
 from tests.support.chromium import Chromium, artifact
-from tests.support.prometheus import Exporter, PrometheusServer, free_port
+from tests.support.prometheus import Exporter, PrometheusServer
 
 WINDOW = "1m"
 #: What the page shows for a number Prometheus does not have (an en dash).

@@ -16,10 +16,9 @@ from meshcp.identity import Identity, ProxyIdentity
 from meshcp.policy.membership import proxy_uuid
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
-from tests.support import eventually
+from tests.support import eventually, free_port
 from tests.support.bootstrap import ads_bootstrap
 from tests.support.envoy import EnvoyProcess
-from tests.support.prometheus import free_port
 
 pytestmark = [
     pytest.mark.envoy,

@@ -18,8 +18,8 @@ from meshcp.kpi.prometheus import Prometheus, aiohttp_fetch
 from meshcp.model.meta import Meta
 from meshcp.model.smi import SplitBackend, TrafficSplit
 from meshcp.model.state import MeshState
-from tests.support import eventually
-from tests.support.prometheus import Exporter, PrometheusServer, free_port
+from tests.support import eventually, free_port
+from tests.support.prometheus import Exporter, PrometheusServer
 
 #: One Prometheus for the module: its tests only read.
 pytestmark = pytest.mark.asyncio(loop_scope="module")

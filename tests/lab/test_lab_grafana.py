@@ -44,8 +44,8 @@ from tests.lab.driver import LabDriver, bookstore_lab, lab_leftovers, wait_for
 from tests.lab.failing_app import FAILING_APP, FLAKY_MANIFESTS
 from tests.sources.kube_fixtures import Emulator
 from tests.sources.kube_objects import BY_KIND, key, namespace, seed, service, stored, url_of
-from tests.support import eventually, grafana
-from tests.support.prometheus import PrometheusServer, free_port
+from tests.support import eventually, free_port, grafana
+from tests.support.prometheus import PrometheusServer
 
 CLIENT = "bookbuyer/egress-client-0"
 BUYER_HEADERS = ("client-app=bookbuyer", "user-agent=Go-http-client/1.1")

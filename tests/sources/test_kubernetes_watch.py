@@ -16,7 +16,6 @@ from meshcp.sources.events import Synced, Upsert
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_watch import WatchSettings
 from meshcp.telemetry.metrics import Metrics
-from tests.certs.support import free_port
 from tests.sources.kube_fixtures import Emulator, status_410
 from tests.sources.kube_objects import BY_KIND, SAMPLES, key, namespace, pod, seed, stored, url_of
 from tests.sources.kube_source import (
@@ -29,6 +28,7 @@ from tests.sources.kube_source import (
     upsert_of,
     wait_watches,
 )
+from tests.support import free_port
 
 
 async def test_initial_list_is_paginated_and_synced_once(emulator: Emulator) -> None:

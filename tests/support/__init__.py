@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -51,16 +52,29 @@ async def eventually(
         await asyncio.sleep(POLL_INTERVAL)
 
 
-def required_binary(name: str, package: str) -> str:
-    """The path of executable `name`; without it the calling test skips with how to install
-    it (Debian `package`), except in CI (`CI` set), where a missing prerequisite fails."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} is not installed (apt-get install -y {package})"
+def required_binary(
+    name: str, package: str = "", *, install: str = "", path: str | Path | None = None
+) -> str:
+    """The path of executable `name` (on PATH, or in directory `path`); without it the
+    calling test skips with how to install it (Debian `package`, or the command `install`),
+    except in CI (`CI` set), where a missing prerequisite fails."""
+    found = shutil.which(name, path=path)
+    if found is None:
+        how = install or f"apt-get install -y {package}"
+        reason = f"{name} is not installed ({how})"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    return path
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a child process that must be
+    told its port (one that can be given port 0 should be)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def log_tail(directory: tempfile.TemporaryDirectory[str] | None, name: str, size: int = 4000) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +23,7 @@ from types import TracebackType
 from aiohttp import web
 
 from meshcp.kpi.prometheus import Prometheus, PrometheusUnreachable, aiohttp_fetch
-from tests.support import eventually, log_tail, required_binary
+from tests.support import eventually, free_port, log_tail, required_binary
 
 #: Scrape interval (s): the shortest Prometheus takes, so tests wait little.
 SCRAPE_INTERVAL = 1
@@ -33,13 +32,6 @@ SCRAPE_INTERVAL = 1
 def prometheus_binary() -> str:
     """The `prometheus` executable; skip without it, fail in CI."""
     return required_binary("prometheus", "prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class Exporter:

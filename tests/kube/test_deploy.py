@@ -1,0 +1,70 @@
+"""deploy/ installs into a real API server: `kubectl apply -f deploy/` as deploy/README.md
+says, every object accepted by server-side validation (strict: an unknown field is an error)
+and stored as written; applying again changes nothing."""
+
+from __future__ import annotations
+
+from tests.kube.conftest import Installed
+from tests.support.deploy import DEPLOY, DOCUMENTS, _namespace
+
+#: Deleted again by the `installed` fixture (see why there).
+DELETED_AFTER_INSTALL = {
+    ("MutatingWebhookConfiguration", "meshcp-injector"),
+    ("APIService", "v1alpha1.metrics.smi-spec.io"),
+}
+
+
+def test_kubectl_apply_creates_every_object(installed: Installed) -> None:
+    created = [line for line in installed.output.splitlines() if line.endswith(" created")]
+    # namespace.yaml and meshconfig-crd.yaml were applied first, so they are "unchanged" here.
+    assert len(created) == len(DOCUMENTS) - 2, installed.output
+
+
+def _differences(written: object, stored: object, path: str = "") -> list[str]:
+    """Where `stored` lacks or changed what `written` says (fields the server added, by
+    defaulting, are no difference)."""
+    if isinstance(written, dict) and isinstance(stored, dict):
+        return [
+            d for key, value in written.items() for d in _differences(value, stored.get(key), f"{path}.{key}")
+        ]
+    if isinstance(written, list) and isinstance(stored, list) and len(written) == len(stored):
+        return [
+            d
+            for i, (w, s) in enumerate(zip(written, stored, strict=True))
+            for d in _differences(w, s, f"{path}[{i}]")
+        ]
+    return [] if written == stored else [f"{path}: wrote {written!r}, stored {stored!r}"]
+
+
+def test_every_object_is_stored_as_written(installed: Installed) -> None:
+    stored = installed.api.get("-f", str(DEPLOY), "--ignore-not-found")["items"]
+    by_key = {(obj["kind"], _namespace(obj), obj["metadata"]["name"]): obj for obj in stored}
+    written = {
+        (doc["kind"], _namespace(doc), doc["metadata"]["name"]): doc
+        for _, doc in DOCUMENTS
+        if (doc["kind"], doc["metadata"]["name"]) not in DELETED_AFTER_INSTALL
+    }
+    assert set(by_key) == set(written)
+    differences = {key: _differences(doc, by_key[key]) for key, doc in written.items()}
+    assert {key: found for key, found in differences.items() if found} == {}
+
+
+def test_applying_again_changes_nothing(installed: Installed) -> None:
+    output = installed.api.kubectl("apply", "-f", str(DEPLOY), "--dry-run=server").stdout
+    changed = [
+        line
+        for line in output.splitlines()
+        if not line.endswith("unchanged (server dry run)")
+        and not any(name in line for _, name in DELETED_AFTER_INSTALL)
+    ]
+    assert changed == []
+
+
+def test_the_meshconfig_crd_schema_rejects_an_unknown_field(installed: Installed) -> None:
+    meshconfig = next(doc for _, doc in DOCUMENTS if doc["kind"] == "MeshConfig")
+    bad = {**meshconfig, "spec": {**meshconfig["spec"], "sidecarr": {}}}
+    result = installed.api.kubectl(
+        "apply", "-f", "-", "--dry-run=server", input=__import__("json").dumps(bad), check=False
+    )
+    assert result.returncode != 0
+    assert 'unknown field "spec.sidecarr"' in result.stderr
