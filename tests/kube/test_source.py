@@ -102,6 +102,25 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, process: Meshcp
     await eventually(check, timeout=30, what=what, details=lambda: process.log)
 
 
+def endpoints_are(
+    envoy: EnvoyProcess, cluster: str, *wanted: tuple[str, int]
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return sorted(await envoy.cluster_endpoints(cluster)) == sorted(wanted)
+
+    return check
+
+
+def clusters_are(
+    envoy: EnvoyProcess, *, present: str = "", absent: str = ""
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        clusters = await envoy.clusters()
+        return (not present or present in clusters) and (not absent or absent not in clusters)
+
+    return check
+
+
 @pytest.mark.parametrize("identity", ["admin", "service-account"])
 async def test_kubectl_changes_reach_envoy(installed: Installed, tmp_path: Path, identity: str) -> None:
     kube = installed.api
@@ -117,40 +136,27 @@ async def test_kubectl_changes_reach_envoy(installed: Installed, tmp_path: Path,
         bootstrap = ads_bootstrap(node_id(first), serve.xds_port, delta=False)
         async with EnvoyProcess(bootstrap) as envoy:
             cluster = f"{namespace}/web|80"
-
-            async def endpoints(*wanted: tuple[str, int]) -> Callable[[], Awaitable[bool]]:
-                async def check() -> bool:
-                    return sorted(await envoy.cluster_endpoints(cluster)) == sorted(wanted)
-
-                return check
-
             # Created before the controller started: listed.
-            await until(await endpoints(("10.244.0.5", 8080)), "the first pod in Envoy's endpoints", serve)
+            first_only = endpoints_are(envoy, cluster, ("10.244.0.5", 8080))
+            await until(first_only, "the first pod in Envoy's endpoints", serve)
 
             # Created while it runs: watched.
             start_pod(kube, namespace, "web-1", "10.244.0.6")
-            await until(
-                await endpoints(("10.244.0.5", 8080), ("10.244.0.6", 8080)),
-                "the second pod's endpoint",
-                serve,
-            )
+            both = endpoints_are(envoy, cluster, ("10.244.0.5", 8080), ("10.244.0.6", 8080))
+            await until(both, "the second pod's endpoint", serve)
 
             # Updated: the Service's port changes the cluster's name.
             kube.kubectl(
                 "patch", "service", "web", "-n", namespace, "--type=json",
                 "-p", json.dumps([{"op": "replace", "path": "/spec/ports/0/port", "value": 81}]),
             )  # fmt: skip
-
-            async def renamed() -> bool:
-                clusters = await envoy.clusters()
-                return f"{namespace}/web|81" in clusters and cluster not in clusters
-
-            await until(renamed, "the cluster of the Service's new port", serve)
-            cluster = f"{namespace}/web|81"
+            renamed = f"{namespace}/web|81"
+            await until(clusters_are(envoy, present=renamed, absent=cluster), "the Service's new port", serve)
 
             # Deleted: the pod leaves the endpoints.
             kube.kubectl("delete", "pod", "web-1", "-n", namespace, "--wait=false")
-            await until(await endpoints(("10.244.0.5", 8080)), "the deleted pod out of the endpoints", serve)
+            first_only = endpoints_are(envoy, renamed, ("10.244.0.5", 8080))
+            await until(first_only, "the deleted pod out of the endpoints", serve)
 
             # Another meshed namespace's service is an upstream (permissive mode) until
             # that namespace leaves the mesh.
@@ -158,24 +164,17 @@ async def test_kubectl_changes_reach_envoy(installed: Installed, tmp_path: Path,
             kube.apply(web_objects(other))
             start_pod(kube, other, "web-0", "10.244.1.5")
             other_cluster = f"{other}/web|80"
-
-            async def other_in(present: bool) -> Callable[[], Awaitable[bool]]:
-                async def check() -> bool:
-                    return (other_cluster in await envoy.clusters()) == present
-
-                return check
-
-            await until(await other_in(True), "the other namespace's service in Envoy", serve)
+            await until(clusters_are(envoy, present=other_cluster), "the other namespace's service", serve)
             kube.kubectl("label", "namespace", other, f"{MESH_LABEL}-")
-            await until(await other_in(False), "the unlabelled namespace's service out of Envoy", serve)
+            await until(
+                clusters_are(envoy, absent=other_cluster), "the unlabelled namespace's service out", serve
+            )
 
             # Deleted: the Service's clusters go.
             kube.kubectl("delete", "service", "web", "-n", namespace)
-
-            async def gone() -> bool:
-                return cluster not in await envoy.clusters()
-
-            await until(gone, "the deleted Service's cluster out of Envoy", serve)
+            await until(
+                clusters_are(envoy, absent=renamed), "the deleted Service's cluster out of Envoy", serve
+            )
     assert "forbidden" not in serve.final_log.lower(), serve.final_log
     namespace, name = CA_SECRET.split("/")
     assert kube.get("secret", name, "-n", namespace)["data"], "the controller keeps its CA in the Secret"
