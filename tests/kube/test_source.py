@@ -178,3 +178,24 @@ async def test_kubectl_changes_reach_envoy(installed: Installed, tmp_path: Path,
     assert "forbidden" not in serve.final_log.lower(), serve.final_log
     namespace, name = CA_SECRET.split("/")
     assert kube.get("secret", name, "-n", namespace)["data"], "the controller keeps its CA in the Secret"
+
+
+async def test_the_source_follows_the_api_server_through_a_restart(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The API server going away closes every watch; the source reconnects (with backoff)
+    once it is back, and a change made after the restart reaches Envoy."""
+    kube = installed.api
+    namespace = "shop-restart"
+    kube.apply(web_objects(namespace))
+    first = start_pod(kube, namespace, "web-0", "10.244.2.5")
+    async with controller(kube.admin_kubeconfig, tmp_path / "state") as serve:
+        async with EnvoyProcess(ads_bootstrap(node_id(first), serve.xds_port, delta=False)) as envoy:
+            cluster = f"{namespace}/web|80"
+            await until(endpoints_are(envoy, cluster, ("10.244.2.5", 8080)), "the first pod", serve)
+
+            kube.restart_apiserver()
+            start_pod(kube, namespace, "web-1", "10.244.2.6")
+            both = endpoints_are(envoy, cluster, ("10.244.2.5", 8080), ("10.244.2.6", 8080))
+            await until(both, "the pod created after the restart", serve)
+        assert serve.running, serve.log

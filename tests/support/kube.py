@@ -173,7 +173,7 @@ class _Process:
     def __init__(self, name: str, args: list[str], log: Path) -> None:
         self.name = name
         self.log = log
-        with log.open("wb") as out:
+        with log.open("ab") as out:  # a restarted process adds to its log
             self.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -214,6 +214,7 @@ class ApiServer:
         self.service_account_key = Path()
         self._etcd: _Process | None = None
         self._apiserver: _Process | None = None
+        self._apiserver_args: list[str] = []
         #: Seconds from starting etcd to the API server's /readyz answering 200.
         self.startup_seconds = 0.0
         self._kubectl = ""
@@ -278,45 +279,57 @@ class ApiServer:
         self.service_account_key = directory / "service-account.key"
         self.service_account_key.write_bytes(_pem_key(signing_key))
         self.url = f"https://127.0.0.1:{self.port}"
-        self._apiserver = _Process(
-            "kube-apiserver",
-            [
-                apiserver,
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={self.port}",
-                f"--cert-dir={directory / 'certs'}",
-                f"--tls-cert-file={cert}",
-                f"--tls-private-key-file={key}",
-                f"--token-auth-file={directory / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                f"--service-account-issuer={ISSUER}",
-                f"--service-account-key-file={self.service_account_key}",
-                f"--service-account-signing-key-file={self.service_account_key}",
-                # A range ClusterIPs are allocated from; nothing routes to them here.
-                "--service-cluster-ip-range=10.96.0.0/16",
-                # Webhooks and APIServices behind a Service are called at their EndpointSlices'
-                # addresses, never at a ClusterIP (see the module docstring).
-                "--enable-aggregator-routing=true",
-                # One API server, no load balancer: it does not write itself into the
-                # `kubernetes` Service's endpoints (a loopback address is not a valid one).
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-            ],
-            directory / "kube-apiserver.log",
-        )
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        self._wait(
-            f"{self.url}/readyz",
-            self._apiserver,
-            context=context,
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-        )
+        self._apiserver_args = [
+            apiserver,
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}",
+            f"--cert-dir={directory / 'certs'}",
+            f"--tls-cert-file={cert}",
+            f"--tls-private-key-file={key}",
+            f"--token-auth-file={directory / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={ISSUER}",
+            f"--service-account-key-file={self.service_account_key}",
+            f"--service-account-signing-key-file={self.service_account_key}",
+            # A range ClusterIPs are allocated from; nothing routes to them here.
+            "--service-cluster-ip-range=10.96.0.0/16",
+            # Webhooks and APIServices behind a Service are called at their EndpointSlices'
+            # addresses, never at a ClusterIP (see the module docstring).
+            "--enable-aggregator-routing=true",
+            # One API server, no load balancer: it does not write itself into the
+            # `kubernetes` Service's endpoints (a loopback address is not a valid one).
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            # On SIGTERM, end open watches within 2 s (the default waits for them to end by
+            # themselves): a restart closes every client's watch, as a rollout does.
+            "--shutdown-watch-termination-grace-period=2s",
+        ]
+        self._start_apiserver()
         self.admin_kubeconfig = write_kubeconfig(
             directory / "admin.kubeconfig", self.url, self.ca_file, self.admin_token, ADMIN_USER
         )
         self.startup_seconds = time.monotonic() - started
+
+    def _start_apiserver(self) -> None:
+        """Start the API server (again) with the same arguments; wait for its /readyz."""
+        self._apiserver = _Process(
+            "kube-apiserver", self._apiserver_args, self.directory / "kube-apiserver.log"
+        )
+        self._wait(
+            f"{self.url}/readyz",
+            self._apiserver,
+            context=ssl.create_default_context(cafile=str(self.ca_file)),
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
+
+    def restart_apiserver(self) -> None:
+        """Stop the API server (SIGTERM: it closes every watch) and start it again on the
+        same port, with the same etcd; returns once it is ready."""
+        assert self._apiserver is not None
+        self._apiserver.stop()
+        self._start_apiserver()
 
     @staticmethod
     def _wait(url: str, process: _Process, context: ssl.SSLContext | None, headers: dict[str, str]) -> None:
