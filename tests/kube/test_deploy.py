@@ -4,6 +4,8 @@ and stored as written; applying again changes nothing."""
 
 from __future__ import annotations
 
+import json
+
 from tests.kube.conftest import Installed
 from tests.support.deploy import DEPLOY, DOCUMENTS, _namespace
 
@@ -63,8 +65,6 @@ def test_applying_again_changes_nothing(installed: Installed) -> None:
 def test_the_meshconfig_crd_schema_rejects_an_unknown_field(installed: Installed) -> None:
     meshconfig = next(doc for _, doc in DOCUMENTS if doc["kind"] == "MeshConfig")
     bad = {**meshconfig, "spec": {**meshconfig["spec"], "sidecarr": {}}}
-    result = installed.api.kubectl(
-        "apply", "-f", "-", "--dry-run=server", input=__import__("json").dumps(bad), check=False
-    )
+    result = installed.api.kubectl("apply", "-f", "-", "--dry-run=server", input=json.dumps(bad), check=False)
     assert result.returncode != 0
     assert 'unknown field "spec.sidecarr"' in result.stderr
