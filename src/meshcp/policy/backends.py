@@ -69,10 +69,13 @@ class Backends:
         return [s for s in self.state.services if s.meta.namespace in self.meshed_ns]
 
     @cached_property
-    def _pods_by_namespace(self) -> dict[str, list[Pod]]:
-        found: dict[str, list[Pod]] = defaultdict(list)
+    def _by_label(self) -> dict[tuple[str, str, str], list[Pod]]:
+        """Pods by (namespace, label, value): what a selector is matched against (scanning
+        a namespace's pods per service is quadratic)."""
+        found: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
         for pod in self.state.pods:
-            found[pod.meta.namespace].append(pod)
+            for label, value in pod.meta.labels.items():
+                found[(pod.meta.namespace, label, value)].append(pod)
         return found
 
     @cached_property
@@ -101,9 +104,7 @@ class Backends:
                     pod = self._pod(service.meta.namespace, endpoint.pod) if endpoint.pod else None
                     out.extend((pod, address, endpoint.ready) for address in endpoint.addresses)
         else:
-            for pod in self._pods_by_namespace.get(service.meta.namespace, ()):
-                if selects(service, pod) and pod.ip:
-                    out.append((pod, pod.ip, pod.ready))
+            out.extend((pod, pod.ip, pod.ready) for pod in _selected(service, self._by_label) if pod.ip)
         self._backends[key] = out
         return out
 
@@ -139,10 +140,7 @@ class Backends:
         """The services each pod backs, by (namespace, pod name): one walk over the mesh,
         on first use."""
         if self._local is None:
-            by_label: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
-            for pod_ in self.state.pods:
-                for label, value in pod_.meta.labels.items():
-                    by_label[(pod_.meta.namespace, label, value)].append(pod_)
+            by_label = self._by_label
             index: dict[tuple[str, str], list[Service]] = defaultdict(list)
             for service in self.services:
                 local = {id(p): p for p, _, _ in self.of(service) if p is not None}
