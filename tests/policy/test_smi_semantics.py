@@ -35,10 +35,8 @@ def allowed(port: InboundPort) -> dict[str, set[Identity]]:
 
 
 def upstream(policy: MeshPolicy, service: str, port: int) -> Upstream:
-    """The mesh's view of a service port (what a class that may reach it gets): with pruning
-    (the default) a class's own upstreams hold only what its identity may reach."""
-    any_class = next(iter(policy.classes.values()))
-    (found,) = [u for u in any_class.matched_upstreams if u.service.name == service and u.port == port]
+    """The mesh's view of a service port (what a class that may reach it gets)."""
+    (found,) = [u for u in policy.upstreams if u.service.name == service and u.port == port]
     return found
 
 

@@ -24,7 +24,7 @@ from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.inbound import inbound_ports
 from meshcp.policy.pruning import reachable
 from meshcp.policy.targets import Targets
-from meshcp.policy.types import Endpoint, InboundPort, ProxyPolicy, Report, ServiceKey
+from meshcp.policy.types import Endpoint, InboundPort, ProxyPolicy, Report, ServiceKey, Upstream
 from meshcp.policy.upstreams import upstreams
 
 InboundTuple = tuple[InboundPort, ...]
@@ -42,6 +42,9 @@ class MeshPolicy:
     #: Endpoints of every upstream port: (service, port) → endpoints (meshed, ready).
     endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]]
     problems: tuple[Problem, ...] = ()
+    #: Every port of every meshed service as its clients see it (identities, split),
+    #: whoever may reach it.
+    upstreams: tuple[Upstream, ...] = ()
 
 
 def class_key(identity: Identity, inbound: tuple[InboundPort, ...]) -> str:
@@ -93,6 +96,11 @@ def build_policies(
         )
     )
     reachable_from = reachable(state, mesh_upstreams, targets) if config.prune_unreachable_upstreams else None
+    listening = None
+    if reachable_from is not None:
+        listening = memo.upstreams(
+            memo.derived("listening", None, (mesh_upstreams,), partial(_listening, mesh_upstreams), report)
+        )
     classes: dict[str, ProxyPolicy] = {}
     pod_classes: dict[tuple[str, str], str] = {}
     proxies = _Proxies(report)
@@ -134,7 +142,7 @@ def build_policies(
                     else memo.upstream_tuple(reachable_from(identity)),
                     config.egress_passthrough,
                     config.trust_domain,
-                    None if reachable_from is None else mesh_upstreams,
+                    listening,
                 ),
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
@@ -147,7 +155,7 @@ def build_policies(
     )
     memo.done()
     unique = tuple(dict.fromkeys(problems))
-    return MeshPolicy(*tables, endpoints, unique)
+    return MeshPolicy(*tables, endpoints, unique, mesh_upstreams)
 
 
 def endpoints_moved(memo: BuildMemo, before: MeshState, after: MeshState, policy: MeshPolicy) -> None:
@@ -161,6 +169,14 @@ def endpoints_moved(memo: BuildMemo, before: MeshState, after: MeshState, policy
     for key, found in policy.endpoints.items():
         memo.endpoints(key, found)
     memo.keep("endpoints")
+
+
+def _listening(upstreams: tuple[Upstream, ...], report: Report) -> tuple[Upstream, ...]:
+    """What the outbound listener matches of every mesh service (with pruning): ports,
+    protocols and addresses, without what the listener does not read (identities, split
+    routes, route stats), so that a TrafficSplit or a new server identity leaves every
+    class's listener, and the classes that do not reach the service, as they were."""
+    return tuple(Upstream(u.service, u.port, u.protocol, u.addresses, ()) for u in upstreams)
 
 
 def _behind(state: MeshState) -> tuple[object, ...]:

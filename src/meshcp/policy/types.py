@@ -128,7 +128,8 @@ class ProxyPolicy:
     trust_domain: str
     #: With pruning (MeshConfig `pruneUnreachableUpstreams`): every mesh service, which the
     #: outbound listener still matches so that requests to the pruned ones get 403 from
-    #: this proxy. None: no pruning, the listener matches `upstreams`.
+    #: this proxy; only what the listener reads (service, port, protocol, addresses: no
+    #: identities, split or route stats). None: no pruning, the listener matches `upstreams`.
     listener_upstreams: tuple[Upstream, ...] | None = None
 
     @property
