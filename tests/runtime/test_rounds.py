@@ -3,11 +3,26 @@ settled change is one round, counted and timed on the controller's metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
+from datetime import timedelta
 from pathlib import Path
 
+from meshcp.cache import Encoder, SnapshotCache
+from meshcp.certs import InternalCA, Issuer, MemoryStore, workload_certificates
+from meshcp.model.state import MeshState
+from meshcp.runtime.classify import ProxyClassifier
 from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.publish import Publisher
+from meshcp.runtime.reconcile import Reconciler
+from meshcp.runtime.rounds import MESH, Rounds
 from meshcp.runtime.settings import Address, Settings
+from meshcp.runtime.store import Store
+from meshcp.sources.events import Synced, Upsert
+from meshcp.telemetry.readiness import Readiness
+from tests.policy.mesh import Bookstore
 from tests.support import eventually
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bookstore"
@@ -68,3 +83,50 @@ async def test_each_settled_change_is_a_counted_and_timed_round(tmp_path: Path) 
         assert after[0] == after[1]
         sum_seconds = runtime.metrics.registry.get_sample_value("meshcp_reconcile_round_duration_seconds_sum")
         assert sum_seconds is not None and sum_seconds > 0
+
+
+async def test_a_compile_runs_beside_the_event_loop() -> None:
+    """The compile runs in a worker thread: while it runs, the loop goes on (it is what
+    serves every xDS stream). The compile here waits until a loop task lets it go; on the
+    loop it would wait for ever (and fail after 10 s)."""
+    started, released = threading.Event(), threading.Event()
+
+    class Held(Reconciler):
+        def compile(self, state: MeshState) -> list[ProxyClass]:
+            started.set()
+            assert released.wait(10), "nothing let the compile go: it held the event loop"
+            return super().compile(state)
+
+    encoder = Encoder()
+    ca = await InternalCA.open(MemoryStore())
+    store = Store(window=0, max_wait=0)
+    store.expect("test")
+    readiness = Readiness()
+    readiness.expect(MESH)
+    rounds = Rounds(
+        store,
+        Held(encoder),
+        Publisher(SnapshotCache(), encoder, workload_certificates(Issuer(ca))),
+        ProxyClassifier(),
+        readiness,
+        reclassify=lambda: 0,
+        cert_validity=timedelta(hours=1),
+    )
+    for obj in Bookstore().objects():
+        store.apply(Upsert(obj))
+    store.apply(Synced("test"))
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(rounds.run())
+
+        async def compiling() -> bool:
+            return started.is_set()
+
+        await eventually(compiling, what="the compile to start")
+        assert not readiness.ready  # the round is not over: the loop is free meanwhile
+        released.set()
+
+        async def ready() -> bool:
+            return readiness.ready
+
+        await eventually(ready, what="the round to finish")
+        running.cancel()
