@@ -79,6 +79,7 @@ def build_policies(
             )
         config = replace(config, trust_domain=trust_domain)
     memo = memo if memo is not None else BuildMemo()
+    _rebase(memo)
     backends = Backends(state)
     behind = _behind(state)
     backends.use_local_index(
@@ -147,7 +148,9 @@ def build_policies(
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
         proxies.claim(uuid, pod)
-    endpoints = memo.derived("all endpoints", None, behind, partial(_endpoints, backends, memo), report)
+    endpoints = memo.derived(
+        "all endpoints", None, behind, partial(_endpoints, backends, memo.last_value("all endpoints")), report
+    )
     tables = (
         memo.equal("classes", classes),
         memo.equal("pod classes", pod_classes),
@@ -158,17 +161,22 @@ def build_policies(
     return MeshPolicy(*tables, endpoints, unique, mesh_upstreams)
 
 
-def endpoints_moved(memo: BuildMemo, before: MeshState, after: MeshState, policy: MeshPolicy) -> None:
-    """`after` is an endpoints-only change away from `before` (`endpoint_change`), and
-    `policy` its policy: what the memo derived from `before`'s pods and slices (the
-    local-service index, the upstreams) holds for `after`'s too, and the endpoints are
-    `policy`'s, so the next full build takes them over instead of walking the mesh
-    again because an IP moved in between."""
-    memo.rebase(("local", "upstreams"), _behind(before), _behind(after))
-    memo.rebase(("all endpoints",), _behind(before), _behind(after), policy.endpoints)
-    for key, found in policy.endpoints.items():
-        memo.endpoints(key, found)
-    memo.keep("endpoints")
+def endpoints_moved(memo: BuildMemo, after: MeshState, policy: MeshPolicy) -> None:
+    """`after` is an endpoints-only change (`endpoint_change`) away from the last state
+    compiled, and `policy` its policy: what the memo derived from the pods and slices of
+    the last build (the local-service index, the upstreams) holds for `after`'s too, and
+    the endpoints are `policy`'s, so the next full build takes them over instead of
+    walking the mesh again because an IP moved in between. O(1) here: the next build
+    applies it (`_rebase`)."""
+    memo.moved = (after, policy.endpoints)
+
+
+def _rebase(memo: BuildMemo) -> None:
+    if memo.moved is not None:
+        state, endpoints = memo.moved
+        memo.moved = None
+        memo.rebase(("local", "upstreams"), _behind(state))
+        memo.rebase(("all endpoints",), _behind(state), endpoints)
 
 
 def _listening(upstreams: tuple[Upstream, ...], report: Report) -> tuple[Upstream, ...]:
@@ -211,13 +219,16 @@ class _Proxies:
 
 
 def _endpoints(
-    backends: Backends, memo: BuildMemo, report: Report
+    backends: Backends, last: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]] | None, report: Report
 ) -> dict[tuple[ServiceKey, int], tuple[Endpoint, ...]]:
-    """Every upstream port's endpoints (each tuple the last build's where equal)."""
+    """Every upstream port's endpoints (each tuple the last build's where equal, so the
+    reconciler sees which moved by identity)."""
     endpoints: dict[tuple[ServiceKey, int], tuple[Endpoint, ...]] = {}
     for service in backends.services:
         for port in service.ports:
             if port.transport == "TCP":
                 at = (ServiceKey(service.meta.namespace, service.meta.name), port.port)
-                endpoints[at] = memo.endpoints(at, backends.endpoints(service, port))
+                found = backends.endpoints(service, port)
+                held = last.get(at) if last is not None else None
+                endpoints[at] = held if held is not None and held == found else found
     return endpoints

@@ -7,8 +7,9 @@ not change, so most of a build can be recognised by identity instead of recomput
 - per pod object: its identity and proxy UUID (a SHA-1);
 - derived values whose inputs are named as objects (`derived`): the mesh's upstreams
   (services, pods, slices, splits...), the pods' local-service index, the endpoints, the
-  inbound ports of a group of pods; a hit needs every input to be the very object it
-  was computed from, and replays the problems the computation reported;
+  inbound ports of a group of pods; a hit needs every input to be the object it was
+  computed from or an equal one (a pure function of its inputs' values), and replays the
+  problems the computation reported;
 - equal values handed on as the objects of the last build (`same`, `endpoints`,
   `policy`): upstreams and their tuples, inbound ports, endpoints and whole class
   policies, so that what consumes the policy (the reconciler) compares them by identity
@@ -27,7 +28,7 @@ from meshcp.identity import Identity
 from meshcp.model.core import Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.policy.membership import proxy_uuid
-from meshcp.policy.types import Endpoint, ProxyPolicy, Report, ServiceKey, Upstream
+from meshcp.policy.types import ProxyPolicy, Report, Upstream
 
 T = TypeVar("T")
 
@@ -38,6 +39,9 @@ class BuildMemo:
     def __init__(self) -> None:
         self._last: dict[str, dict[Any, Any]] = {}
         self._used: dict[str, dict[Any, Any]] = {}
+        #: Set by endpoints-only rounds since the last build: the state they reached and
+        #: its endpoints (`build.endpoints_moved`), applied by the next build.
+        self.moved: tuple[Any, Any] | None = None
         #: How often each `derived` value was computed (not taken over): what tests and
         #: profiles look at to see that a change did not walk the mesh.
         self.computed: dict[str, int] = {}
@@ -116,14 +120,6 @@ class BuildMemo:
         equal."""
         return self.same("tuples", upstreams)
 
-    def endpoints(self, key: tuple[ServiceKey, int], found: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
-        last, used = self._table("endpoints")
-        held: tuple[Endpoint, ...] | None = last.get(key)
-        if held is None or held != found:
-            held = found
-        used[key] = held
-        return held
-
     def policy(self, key: str, policy: ProxyPolicy) -> ProxyPolicy:
         last, used = self._table("policies")
         held: ProxyPolicy | None = last.get(key)
@@ -142,25 +138,19 @@ class BuildMemo:
         used[None] = found
         return found
 
-    def rebase(
-        self,
-        names: tuple[str, ...],
-        before: tuple[object, ...],
-        after: tuple[object, ...],
-        value: object = None,
-    ) -> None:
-        """Entries `names` of the last build that were derived from `before` (the leading
-        inputs) hold for `after` (and are `value`, when given): see `build.endpoints_moved`."""
+    def rebase(self, names: tuple[str, ...], inputs: tuple[object, ...], value: object = None) -> None:
+        """Entries `names` of the last build hold for `inputs` as their leading inputs (and
+        are `value`, when given): a caller proved it (see `build.endpoints_moved`)."""
         for name in names:
             table = self._last.get(name, {})
             held = table.get(None)
-            if held is not None and _same_objects(held[0][: len(before)], before):
-                table[None] = (after + held[0][len(before) :], held[1] if value is None else value, held[2])
+            if held is not None:
+                table[None] = (inputs + held[0][len(inputs) :], held[1] if value is None else value, held[2])
 
-    def keep(self, name: str) -> None:
-        """What was used of table `name` since the last build replaces its last state."""
-        last = self._last.setdefault(name, {})
-        last.update(self._used.pop(name, {}))
+    def last_value(self, name: str) -> Any:
+        """The value `derived` gave for `name` (key None) in the last build, or None."""
+        held = self._last.get(name, {}).get(None)
+        return None if held is None else held[1]
 
     def done(self) -> None:
         """The build is over: keep what it used, for the next."""
@@ -168,4 +158,7 @@ class BuildMemo:
 
 
 def _same_objects(before: tuple[object, ...], now: tuple[object, ...]) -> bool:
-    return len(before) == len(now) and all(a is b for a, b in zip(before, now, strict=True))
+    """The same inputs: the very objects, or equal ones (an index recomputed from the same
+    objects compares equal in one pass of identity checks; every derived value is a pure
+    function of its inputs' values)."""
+    return len(before) == len(now) and all(a is b or a == b for a, b in zip(before, now, strict=True))

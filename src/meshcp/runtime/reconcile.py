@@ -190,7 +190,7 @@ class Reconciler:
         if change is not None and self._state is not None:
             classes = self._apply_endpoints(change)
             policy = change.policy
-            endpoints_moved(self._pods, self._state, state, policy)
+            endpoints_moved(self._pods, state, policy)
         else:
             policy = build_policies(state, self._trust_domain, self._pods)
             classes = self._apply_policy(policy)
