@@ -316,6 +316,6 @@ async def test_a_full_round_after_endpoint_rounds_takes_the_mesh_walks_over() ->
     state = state.with_changes([target("bookstore", "t2", "warehouse", BUYER, RULE_ALL)])
     got = snapshot(rec.apply(state))
     assert rec.last_scope == "full"
-    for name in ("local", "upstreams", "all endpoints"):
+    for name in ("labels", "local", "upstreams", "all endpoints"):
         assert memo.computed[name] == computed[name], name
     assert got == snapshot(Reconciler(Encoder()).apply(state))

@@ -8,7 +8,7 @@ a pod's inbound ports are all derived from this one answer.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 
 from meshcp.identity import Identity
@@ -50,8 +50,11 @@ class Backends:
     ports and local services all ask, and a scan of every pod per question is quadratic.
     """
 
-    def __init__(self, state: MeshState) -> None:
+    def __init__(self, state: MeshState, labels: LabelIndex | None = None) -> None:
+        """`labels`: `label_index` of this state's pods, or of pods with the same names
+        and labels (an endpoints-only change away): saves the walk over every pod."""
         self.state = state
+        self._labels = labels
         self.meshed_ns = state.meshed_namespaces
         self._backends: dict[tuple[str, str], list[Backend]] = {}
         self._local: dict[tuple[str, str], list[Service]] | None = None
@@ -69,14 +72,20 @@ class Backends:
         return [s for s in self.state.services if s.meta.namespace in self.meshed_ns]
 
     @cached_property
-    def _by_label(self) -> dict[tuple[str, str, str], list[Pod]]:
-        """Pods by (namespace, label, value): what a selector is matched against (scanning
-        a namespace's pods per service is quadratic)."""
-        found: dict[tuple[str, str, str], list[Pod]] = defaultdict(list)
-        for pod in self.state.pods:
-            for label, value in pod.meta.labels.items():
-                found[(pod.meta.namespace, label, value)].append(pod)
-        return found
+    def _by_label(self) -> LabelIndex:
+        return self._labels if self._labels is not None else label_index(self.state.pods)
+
+    def _selected(self, service: Service) -> list[Pod]:
+        """The pods `service` selects, looked up by the rarest label of its selector
+        (checking every pod of the namespace per service is quadratic)."""
+        if not service.selector:
+            return []
+        ns = service.meta.namespace
+        by_label = self._by_label
+        carrying = (by_label.get((ns, label, value), ()) for label, value in service.selector.items())
+        rarest = min(carrying, key=len)
+        found = (self._pod(ns, name) for name in rarest)
+        return [pod for pod in found if pod is not None and selects(service, pod)]
 
     @cached_property
     def _slices(self) -> dict[tuple[str, str], list[EndpointSlice]]:
@@ -104,7 +113,7 @@ class Backends:
                     pod = self._pod(service.meta.namespace, endpoint.pod) if endpoint.pod else None
                     out.extend((pod, address, endpoint.ready) for address in endpoint.addresses)
         else:
-            out.extend((pod, pod.ip, pod.ready) for pod in _selected(service, self._by_label) if pod.ip)
+            out.extend((pod, pod.ip, pod.ready) for pod in self._selected(service) if pod.ip)
         self._backends[key] = out
         return out
 
@@ -140,11 +149,10 @@ class Backends:
         """The services each pod backs, by (namespace, pod name): one walk over the mesh,
         on first use."""
         if self._local is None:
-            by_label = self._by_label
             index: dict[tuple[str, str], list[Service]] = defaultdict(list)
             for service in self.services:
                 local = {id(p): p for p, _, _ in self.of(service) if p is not None}
-                for candidate in _selected(service, by_label):
+                for candidate in self._selected(service):
                     local[id(candidate)] = candidate
                 for backend_pod in local.values():
                     index[(backend_pod.meta.namespace, backend_pod.meta.name)].append(service)
@@ -152,11 +160,15 @@ class Backends:
         return self._local
 
 
-def _selected(service: Service, by_label: Mapping[tuple[str, str, str], list[Pod]]) -> list[Pod]:
-    """The pods `service` selects, looked up by the rarest label of its selector
-    (checking every pod of the namespace per service is quadratic)."""
-    if not service.selector:
-        return []
-    ns = service.meta.namespace
-    rarest = min((by_label.get((ns, label, value), []) for label, value in service.selector.items()), key=len)
-    return [pod for pod in rarest if selects(service, pod)]
+#: Pod names by (namespace, label, value).
+LabelIndex = Mapping[tuple[str, str, str], tuple[str, ...]]
+
+
+def label_index(pods: Iterable[Pod]) -> dict[tuple[str, str, str], tuple[str, ...]]:
+    """Which pods carry each label value, by name: what selectors are matched against.
+    By name, so that it holds across an endpoints-only change (same pods, same labels)."""
+    found: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for pod in pods:
+        for label, value in pod.meta.labels.items():
+            found[(pod.meta.namespace, label, value)].append(pod.meta.name)
+    return {key: tuple(names) for key, names in found.items()}

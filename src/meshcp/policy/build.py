@@ -19,7 +19,7 @@ from meshcp.identity import Identity
 from meshcp.model.core import ContainerPort, Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState, Problem
-from meshcp.policy.backends import Backends
+from meshcp.policy.backends import Backends, label_index
 from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.inbound import inbound_ports
 from meshcp.policy.pruning import reachable
@@ -80,7 +80,8 @@ def build_policies(
         config = replace(config, trust_domain=trust_domain)
     memo = memo if memo is not None else BuildMemo()
     _rebase(memo)
-    backends = Backends(state)
+    labels = memo.derived("labels", None, (state.pods,), lambda report: label_index(state.pods), report)
+    backends = Backends(state, labels)
     behind = _behind(state)
     backends.use_local_index(
         memo.derived("local", None, behind, lambda report: backends.local_index(), report)
@@ -175,6 +176,7 @@ def _rebase(memo: BuildMemo) -> None:
     if memo.moved is not None:
         state, endpoints = memo.moved
         memo.moved = None
+        memo.rebase(("labels",), (state.pods,))
         memo.rebase(("local", "upstreams"), _behind(state))
         memo.rebase(("all endpoints",), _behind(state), endpoints)
 

@@ -84,17 +84,13 @@ class BuildMemo:
         *,
         keep_if_reported: bool = True,
     ) -> T:
-        """`compute(report=...)`, unless the last build computed it from the very same
-        `inputs` (objects, compared by identity): then its result, with the problems it
-        reported reported again. `keep_if_reported=False`: a result that reported
+        """`compute(report=...)`, unless the last build computed it from the same
+        `inputs` (`_same_objects`): then its result, with the problems it reported
+        reported again. `keep_if_reported=False`: a result that reported
         problems is not kept (problems that name the object asked about, not the key)."""
         last, used = self._table(name)
         held = used.get(key) or last.get(key)
-        if (
-            held is not None
-            and len(held[0]) == len(inputs)
-            and all(a is b for a, b in zip(held[0], inputs, strict=True))
-        ):
+        if held is not None and _same_objects(held[0], inputs):
             for ref, reason in held[2]:
                 report(ref, reason)
             used[key] = held

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from meshcp.model.core import EndpointSlice, Pod, Service
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
-from meshcp.policy.backends import Backends, selects
+from meshcp.policy.backends import Backends, LabelIndex, selects
 from meshcp.policy.build import MeshPolicy
 from meshcp.policy.types import ServiceKey
 
@@ -37,10 +37,16 @@ class EndpointChange:
 
 
 def endpoint_change(
-    before: MeshState, after: MeshState, changed: Iterable[ObjectRef], policy: MeshPolicy
+    before: MeshState,
+    after: MeshState,
+    changed: Iterable[ObjectRef],
+    policy: MeshPolicy,
+    labels: LabelIndex | None = None,
 ) -> EndpointChange | None:
     """`policy`: built from `before`; `changed`: the references that differ between the
-    two states. None when the change is not endpoints-only (see the module)."""
+    two states; `labels`: `backends.label_index` of `before`'s pods, if known (an
+    endpoints-only change keeps it: same pods, same labels). None when the change is not
+    endpoints-only (see the module)."""
     services: set[tuple[str, str]] = set()
     moved: list[Pod] = []
     for ref in changed:
@@ -60,7 +66,7 @@ def endpoint_change(
             return None
     if moved:
         services.update(_behind(after, moved))
-    old_backends, new_backends = Backends(before), Backends(after)
+    old_backends, new_backends = Backends(before, labels), Backends(after, labels)
     endpoints = dict(policy.endpoints)
     keys: set[EndpointKey] = set()
     for namespace, name in sorted(services):

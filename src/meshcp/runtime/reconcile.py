@@ -186,7 +186,10 @@ class Reconciler:
         run it in a worker thread (`rounds.Rounds`) while the event loop serves streams."""
         change = None
         if self._state is not None:
-            change = endpoint_change(self._state, state, state.changes_since(self._state), self._policy)
+            labels = self._pods.last_value("labels")
+            change = endpoint_change(
+                self._state, state, state.changes_since(self._state), self._policy, labels
+            )
         if change is not None and self._state is not None:
             classes = self._apply_endpoints(change)
             policy = change.policy
