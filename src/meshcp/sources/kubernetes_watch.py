@@ -1,6 +1,7 @@
 """The list/watch loop for one Kubernetes resource, in kopf's three layers.
 
-1. Forever: list, then watch; after a failure, wait (exponential backoff) and start over.
+1. Forever: list, then watch; after a failure, wait (exponential backoff, reset once a
+   watch stream is open again) and start over.
 2. List every page (`limit`/`continue`), hand the complete set to the consumer, then watch
    from the list's `resourceVersion`, following bookmarks; a `410 Gone` means the version is
    too old to resume from, so list again (the consumer turns the new list into differences).
@@ -91,12 +92,19 @@ class WatchObserver(Protocol):
         """The loop of `kind` starts over with a fresh list: `expired` (410 Gone),
         `error` (a failed request or stream) or `not_served` (404)."""
 
+    def watch_failing(self, kind: str, failing: bool) -> None:
+        """The loop of `kind` cannot follow the API (True, after an error: it retries with
+        back-off) or follows it again (False, once a watch stream is open again)."""
+
 
 class _Unobserved:
     def watch_event(self, kind: str, event_type: str) -> None:
         pass
 
     def watch_restart(self, kind: str, reason: str) -> None:
+        pass
+
+    def watch_failing(self, kind: str, failing: bool) -> None:
         pass
 
 
@@ -141,18 +149,18 @@ class ListWatch:
         self._selector = label_selector
         self._settings = settings or WatchSettings()
         self._sleep = sleep
+        self._backoff = self._settings.backoff_initial
+        #: After an error, until a watch stream is open again (see `_following`).
+        self._failing = False
+        #: The kind answered 404 (its CRD is not installed), until it is served.
+        self._not_served = False
 
     async def run(self) -> None:
-        backoff = self._settings.backoff_initial
-        failing = False
+        self._backoff = self._settings.backoff_initial
         while True:
             phase = "listing"
             try:
                 version = await self._list()
-                if failing:
-                    log.info("listing %s works again", self._describe())
-                    failing = False
-                backoff = self._settings.backoff_initial
                 phase = "watching"
                 while True:
                     version = await self._watch(version)
@@ -163,29 +171,44 @@ class ListWatch:
                 self._observer.watch_restart(self.resource.kind, "not_served")
                 # Nothing of it can exist: say so (so the source can sync without it) and
                 # look again now and then, in case its CRD is installed later.
-                if not failing:
+                if not self._not_served:
                     log.warning(
                         "Kubernetes API %s does not serve %s (is its CRD installed?); checking every %gs",
                         self._host(),
                         self.resource.api_version + "/" + self.resource.plural,
                         self._settings.backoff_max,
                     )
-                failing = True
+                self._not_served = True
                 self._consumer.listed(self.resource, [])
                 await self._sleep(self._settings.backoff_max)
             except _RETRIABLE as error:
                 self._observer.watch_restart(self.resource.kind, "error")
-                failing = True
+                if not self._failing:
+                    self._failing = True
+                    self._observer.watch_failing(self.resource.kind, True)
                 log.error(
                     "Kubernetes API %s: %s %s failed: %s; retrying in %gs",
                     self._host(),
                     phase,
                     self._describe(),
                     _reason(error),
-                    backoff,
+                    self._backoff,
                 )
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self._settings.backoff_max)
+                await self._sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, self._settings.backoff_max)
+
+    def _following(self) -> None:
+        """A watch stream is open: the API answers lists and watches again. Only now is the
+        back-off reset: an API that lists but fails every watch (a 500, a proxy in the way)
+        would otherwise be listed again, everything of the kind, every `backoff_initial`."""
+        self._backoff = self._settings.backoff_initial
+        if self._failing:
+            self._failing = False
+            self._observer.watch_failing(self.resource.kind, False)
+            log.info("watching %s works again", self._describe())
+        if self._not_served:
+            self._not_served = False
+            log.info("Kubernetes API %s serves %s now", self._host(), self._describe())
 
     # --- list ---------------------------------------------------------------------------
 
@@ -236,11 +259,19 @@ class ListWatch:
             query.append(("labelSelector", self._selector))
         connect = settings.request_timeout
         try:
-            response = await self._get(query, aiohttp.ClientTimeout(connect=connect, sock_connect=connect))
+            # aiohttp's connect timeouts end once connected: a server that accepts and never
+            # answers would hold this watch (and the kind) for ever without the outer bound.
+            async with asyncio.timeout(connect):
+                response = await self._get(
+                    query, aiohttp.ClientTimeout(connect=connect, sock_connect=connect)
+                )
+        except TimeoutError:
+            raise _WatchFailure(f"no answer within {connect:g}s") from None
         except ApiError as error:
             if error.status == 410:
                 raise _Gone from None
             raise _WatchFailure(str(error)) from None
+        self._following()
         try:
             buffer = b""
             while True:
