@@ -293,7 +293,8 @@ class ControllerRuntime:
                     api_client_factory=partial(
                         default_api_client, settings.kube_context, settings.kubeconfig
                     ),
-                    observer=self.metrics,
+                    settings=settings.watch,
+                    observer=ApiHealth(self.metrics, self.readiness),
                 )
                 part("kubernetes", source.run())
                 part("reconcile", self.rounds.run())
@@ -334,6 +335,34 @@ class ControllerRuntime:
                     self._background = None  # reported here, not again on the way out
                     raise first_failure(error) from None
             log.info("shutting down")
+
+
+class ApiHealth:
+    """The Kubernetes source's watch observer: counts in the metrics, and `/readyz` false
+    while a kind cannot be listed or watched (the source retries; xDS keeps serving the last
+    state seen, see `Readiness`)."""
+
+    def __init__(self, metrics: Metrics, readiness: Readiness) -> None:
+        self._metrics = metrics
+        self._readiness = readiness
+        self._failing: set[str] = set()
+
+    def watch_event(self, kind: str, event_type: str) -> None:
+        self._metrics.watch_event(kind, event_type)
+
+    def watch_restart(self, kind: str, reason: str) -> None:
+        self._metrics.watch_restart(kind, reason)
+
+    def watch_failing(self, kind: str, failing: bool) -> None:
+        self._metrics.watch_failing(kind, failing)
+        if failing:
+            self._failing.add(kind)
+        else:
+            self._failing.discard(kind)
+        if self._failing:
+            self._readiness.down("kubernetes", "cannot follow the API: " + ", ".join(sorted(self._failing)))
+        else:
+            self._readiness.up("kubernetes")
 
 
 class PartFailed(Exception):

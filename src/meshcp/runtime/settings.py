@@ -10,6 +10,7 @@ from meshcp.certs.setup import CaSettings
 from meshcp.http.api_tls import API_PORT
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, XDS_PORT
 from meshcp.sources.bootstrap_secrets import CollectorSettings
+from meshcp.sources.kubernetes_watch import WatchSettings
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Settings:
     kube_context: str | None = None
     #: With `kubernetes`: collecting the bootstrap Secrets of pods that are gone.
     secret_collection: CollectorSettings = field(default_factory=CollectorSettings)
+    #: Paging, timeouts and back-off of the Kubernetes watches.
+    watch: WatchSettings = field(default_factory=WatchSettings)
     #: The Prometheus that scrapes the sidecars: the TrafficMetrics API and `/dashboard`
     #: read from it (None: both answer 503, saying so; xDS never depends on it).
     prometheus_url: str | None = None

@@ -197,6 +197,13 @@ class Metrics:
             ["kind", "reason"],
             registry=r,
         )
+        self.watches_failing = Gauge(
+            "meshcp_kubernetes_watch_failing",
+            "1 while the list-watch loop of a kind cannot follow the Kubernetes API (it retries "
+            "with back-off), 0 once a watch stream is open again.",
+            ["kind"],
+            registry=r,
+        )
 
         # Certificates ------------------------------------------------------------------
         self.certificates_issued = Counter(
@@ -282,6 +289,10 @@ class Metrics:
     def watch_restart(self, kind: str, reason: str) -> None:
         """A Kubernetes list-watch loop starts over with a fresh list."""
         self.watch_restarts.labels(kind, reason).inc()
+
+    def watch_failing(self, kind: str, failing: bool) -> None:
+        """A Kubernetes list-watch loop cannot follow the API (True) or does again (False)."""
+        self.watches_failing.labels(kind).set(1 if failing else 0)
 
     def read_rotation_laggards(self, count: Callable[[], float | None]) -> None:
         """Expose how many proxies a root rotation phase waits for (0 when none waits)."""
