@@ -142,7 +142,7 @@ class ControllerRuntime:
             guard=may_receive,
             admission=settings.admission,
         )
-        self.xds = XdsServer(self.service)
+        self.xds = XdsServer(self.service, handshake_timeout=settings.xds_handshake_timeout)
         self.rounds = Rounds(
             self.store,
             self.reconciler,

@@ -51,6 +51,9 @@ class Settings:
     xds_names: tuple[str, ...] = ("localhost", "127.0.0.1")
     #: New streams served their initial configuration at once (reconnect storms).
     admission: int = 256
+    #: Seconds a new xDS connection has to open its first stream before it is closed (a
+    #: client that connects and sends nothing, or half a frame, would hold a descriptor).
+    xds_handshake_timeout: float = 10.0
     ca: CaSettings = field(default_factory=CaSettings)
     #: Seconds between trust-bundle checks (root rotation progress, `meshcp ca rotate`).
     trust_interval: float = 1.0

@@ -17,21 +17,27 @@ from meshcp.xds.service import AggregatedDiscoveryService
 #: h2 allows 100 concurrent streams per connection by default; an Envoy uses one ADS
 #: stream per connection, but load generators and gRPC multiplexers use many.
 MAX_CONCURRENT_STREAMS = 100_000
+#: Seconds a new connection has to open its first stream before it is closed.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class _Server(grpclib.server.Server):
-    """grpclib's server with the HTTP/2 concurrent-stream limit raised, and connections
-    closed on shutdown.
+    """grpclib's server with the HTTP/2 concurrent-stream limit raised, connections that
+    open no stream closed after `handshake_timeout`, and connections closed on shutdown.
 
     grpclib exposes no setting for the limit, so it is announced right after the
-    connection's initial SETTINGS frame. grpclib's `close` cancels handlers but leaves
-    connections open, so clients would wait forever; `close_connections` sends GOAWAY
-    and closes them, and the proxies reconnect (to another replica, or to us later).
+    connection's initial SETTINGS frame. grpclib keeps a connection for ever however little
+    it sent (half a preface, half a frame): each would hold a descriptor, so one that has
+    not opened a stream after `handshake_timeout` seconds is closed. grpclib's `close`
+    cancels handlers but leaves connections open, so clients would wait forever;
+    `close_connections` sends GOAWAY and closes them, and the proxies reconnect (to
+    another replica, or to us later).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, handshake_timeout: float = HANDSHAKE_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self._handshake_timeout = handshake_timeout
 
     def close_connections(self) -> None:
         for protocol in list(self._protocols):
@@ -52,16 +58,26 @@ class _Server(grpclib.server.Server):
             h2_connection = protocol.connection._connection
             h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS})
             protocol.connection.flush()
+            asyncio.get_running_loop().call_later(
+                self._handshake_timeout, _close_if_silent, protocol, transport
+            )
 
         protocol.connection_made = connection_made  # type: ignore[method-assign]
         return protocol
 
 
+def _close_if_silent(protocol: H2Protocol, transport: asyncio.BaseTransport) -> None:
+    if protocol.connection.streams_started == 0 and not transport.is_closing():
+        transport.close()
+
+
 class XdsServer:
     """Owns the gRPC listener of one AggregatedDiscoveryService."""
 
-    def __init__(self, service: AggregatedDiscoveryService) -> None:
-        self._server = _Server([service], codec=FramedCodec())
+    def __init__(
+        self, service: AggregatedDiscoveryService, *, handshake_timeout: float = HANDSHAKE_TIMEOUT
+    ) -> None:
+        self._server = _Server([service], codec=FramedCodec(), handshake_timeout=handshake_timeout)
         self._stopped = False
         self.port = 0
 
