@@ -120,6 +120,46 @@ class FramedCodec(CodecBase):
     def decode(self, data: bytes, message_type: Any) -> Any:
         if message_type is DiscoveryRequest or message_type is DeltaDiscoveryRequest:
             parsed = fast_parse(data, message_type, self._names)
-            if parsed is not None:
-                return parsed
+            if parsed is None:
+                parsed = message_type.parse(data)
+                check_request(parsed)
+            else:  # its strings and names are strings; the nested messages may not be
+                _check_nested(parsed)
+            return parsed
         return message_type.parse(data)
+
+
+#: The scalar and repeated fields of requests the server reads, and their Python types.
+_STRINGS = ("version_info", "type_url", "response_nonce")
+_NAME_LISTS = ("resource_names", "resource_names_subscribe", "resource_names_unsubscribe")
+
+
+def check_request(request: Any) -> None:
+    """Raise ValueError if a field the server reads has the wrong type. betterproto2 decodes
+    leniently: a field sent with another wire type than its own comes out as an int (a
+    `node` of 18), which would fail deep in the handler instead of refusing the request."""
+    for name in _STRINGS:
+        if not isinstance(getattr(request, name, ""), str):
+            raise ValueError(f"{name} is not a string")
+    for name in _NAME_LISTS:
+        names = getattr(request, name, [])
+        if not isinstance(names, list) or not all(isinstance(item, str) for item in names):
+            raise ValueError(f"{name} is not a list of strings")
+    versions = getattr(request, "initial_resource_versions", {})
+    if not isinstance(versions, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in versions.items()
+    ):
+        raise ValueError("initial_resource_versions is not a map of strings")
+    _check_nested(request)
+
+
+def _check_nested(request: Any) -> None:
+    node, error = request.node, request.error_detail
+    if node is not None and not (
+        isinstance(node, Node) and isinstance(node.id, str) and isinstance(node.cluster, str)
+    ):
+        raise ValueError("node is not a Node")
+    if error is not None and not (
+        isinstance(error, Status) and isinstance(error.code, int) and isinstance(error.message, str)
+    ):
+        raise ValueError("error_detail is not a Status")
