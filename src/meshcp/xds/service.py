@@ -50,6 +50,9 @@ log = logging.getLogger("meshcp.xds")
 SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 SOTW_PATH = SERVICE + "StreamAggregatedResources"
 DELTA_PATH = SERVICE + "DeltaAggregatedResources"
+#: The largest request a stream may send (gRPC's default receive limit). grpclib has none:
+#: it would buffer whatever a length prefix announces, up to 4 GiB per stream.
+MAX_REQUEST_BYTES = 4 << 20
 
 
 class _Protocol(StreamState, Protocol):
@@ -250,7 +253,7 @@ class AggregatedDiscoveryService:
         await self._serve(stream, DeltaProtocol(self._observer, self._shared))
 
     async def _serve(self, stream: grpclib.server.Stream[Any, Any], protocol: _Protocol) -> None:
-        first = await _receive(stream)
+        first = await self._receive(stream)
         if first is None:
             return
         node = first.node
@@ -276,7 +279,7 @@ class AggregatedDiscoveryService:
         log.debug("%s stream opened by %s (class %s)", protocol.kind, node.id, pusher.key)
         try:
             while True:
-                request = await _receive(stream)
+                request = await self._receive(stream)
                 if request is None:
                     break
                 self._check_secrets(request, identity, node)
@@ -293,6 +296,16 @@ class AggregatedDiscoveryService:
             self._proxies.remove(token)
             gauge.dec()
             log.debug("%s stream of %s closed", protocol.kind, node.id)
+
+    async def _receive(self, stream: grpclib.server.Stream[Any, Any]) -> Any:
+        """The next request, or None when the client has gone. A request that is too large
+        or does not decode ends the stream (counted as rejected, `oversized` or `malformed`)."""
+        try:
+            return await _receive(stream)
+        except _Refused as refused:
+            self._metrics.rejected_streams.labels(refused.reason).inc()
+            log.debug("refused an ADS stream from %s: %s", _peer(stream), refused.error.message)
+            raise refused.error from None
 
     def _send_failed(self, error: BaseException) -> None:
         """Count a response that could not be sent (the stream ends or resets after it)."""
@@ -326,16 +339,51 @@ class AggregatedDiscoveryService:
             )
 
 
+class _Refused(Exception):
+    """A request the stream is ended for: the gRPC error to answer, and the reason counted."""
+
+    def __init__(self, reason: str, status: grpclib.const.Status, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.error = GRPCError(status, message)
+
+
 async def _receive(stream: grpclib.server.Stream[Any, Any]) -> Any:
-    """The next request, or None when the client has gone."""
+    """The next request, or None when the client has gone; raises `_Refused`."""
     try:
-        return await stream.recv_message()
+        return await _read_bounded(stream)
     except (StreamTerminatedError, ConnectionError):
         return None
-    except GRPCError:
+    except (GRPCError, _Refused):
         raise
     except Exception as error:  # a request that does not decode
-        raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"malformed request: {error}") from None
+        status = grpclib.const.Status.INVALID_ARGUMENT
+        raise _Refused("malformed", status, f"malformed request: {error}") from None
+
+
+async def _read_bounded(stream: grpclib.server.Stream[Any, Any]) -> Any:
+    """grpclib's `Stream.recv_message` with a size limit: the length prefix is checked
+    before any of the message is read (grpclib's own reads, and acknowledges to the
+    client, as many bytes as the prefix announces). Reaches into grpclib's stream, as
+    `_peer_certificate` does, because grpclib offers no limit."""
+    h2_stream = stream._stream
+    prefix = await h2_stream.recv_data(5)
+    if not prefix:
+        return None
+    if prefix[0]:
+        status = grpclib.const.Status.INVALID_ARGUMENT
+        raise _Refused("malformed", status, "malformed request: compressed messages are not accepted")
+    size = int.from_bytes(prefix[1:5], "big")
+    if size > MAX_REQUEST_BYTES:
+        status = grpclib.const.Status.RESOURCE_EXHAUSTED
+        raise _Refused("oversized", status, f"request of {size} bytes (at most {MAX_REQUEST_BYTES})")
+    body = await h2_stream.recv_data(size)
+    if len(body) != size:
+        raise ValueError(f"the stream ended {size - len(body)} bytes into a message")
+    request = stream._codec.decode(body, stream._recv_type)
+    h2_stream.connection.messages_received += 1
+    h2_stream.connection.last_message_received = time.monotonic()
+    return request
 
 
 def _peer_certificate(stream: grpclib.server.Stream[Any, Any]) -> bytes | None:
