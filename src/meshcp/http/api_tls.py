@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from meshcp.http.app import Controller, create_app
+from meshcp.http.app import IDLE_TIMEOUT, Controller, create_app
 from meshcp.injector.tls_reload import ReloadingTls
 
 #: The HTTPS listener's default port.
@@ -24,8 +24,10 @@ API_PORT = 9443
 class HttpsServer:
     """The controller's app on host:port over TLS, on the caller's loop."""
 
-    def __init__(self, controller: Controller, cert: Path, key: Path) -> None:
-        self._runner = web.AppRunner(create_app(controller), access_log=None)
+    def __init__(
+        self, controller: Controller, cert: Path, key: Path, *, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
+        self._runner = web.AppRunner(create_app(controller), access_log=None, keepalive_timeout=idle_timeout)
         self._files = (cert, key)
         self.port = 0
 

@@ -18,6 +18,10 @@ from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Seconds a connection may sit without a complete request (idle between requests, or
+#: trickling its headers, slow-loris) before it is closed. aiohttp's own default is an
+#: hour, so a client could hold a descriptor that long per connection.
+IDLE_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,13 @@ class HttpServer:
     """Runs the app on host:port with aiohttp's AppRunner (shares the caller's loop)."""
 
     def __init__(
-        self, controller: Controller, app: Callable[[Controller], web.Application] = create_app
+        self,
+        controller: Controller,
+        app: Callable[[Controller], web.Application] = create_app,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        self._runner = web.AppRunner(app(controller), access_log=None)
+        self._runner = web.AppRunner(app(controller), access_log=None, keepalive_timeout=idle_timeout)
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:

@@ -42,8 +42,9 @@ class InjectorError(Exception):
 class InjectorServer:
     """Runs the app on host:port over TLS with aiohttp's AppRunner (shares the caller's loop)."""
 
-    def __init__(self, app: web.Application) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+    def __init__(self, app: web.Application, *, idle_timeout: float) -> None:
+        """`idle_timeout`: seconds a connection may go without a complete request."""
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
         self.port = 0
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
@@ -92,7 +93,7 @@ async def run_injector(
             mesh_config_name=settings.mesh_config_name,
             deadline=settings.deadline,
         )
-        server = InjectorServer(create_app(injector, metrics))
+        server = InjectorServer(create_app(injector, metrics), idle_timeout=settings.idle_timeout)
         await server.start(settings.host, settings.port, tls.context)
         stack.push_async_callback(server.stop)
         log.info("sidecar injector serving https://%s:%d%s", settings.host, server.port, MUTATE_PATH)

@@ -42,6 +42,9 @@ class InjectorSettings:
     mesh_config_name: str = "meshcp"
     #: Seconds to answer one admission request in.
     deadline: float = DEFAULT_DEADLINE
+    #: Seconds a connection may go without a complete request (idle, or trickling its
+    #: headers: slow-loris) before it is closed; aiohttp's own default is an hour.
+    idle_timeout: float = 15.0
     #: The CA that signs xDS client certificates: the controller's (same provider; for the
     #: internal CA, the same state directory).
     ca: CaSettings = field(default_factory=CaSettings)

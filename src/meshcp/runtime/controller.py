@@ -167,13 +167,14 @@ class ControllerRuntime:
                 else Prometheus(settings.prometheus_url, aiohttp_fetch(settings.prometheus_url))
             ),
         )
-        self.http = HttpServer(endpoint)
-        self.debug_http = HttpServer(endpoint, create_debug_app)
+        idle = settings.http_idle_timeout
+        self.http = HttpServer(endpoint, idle_timeout=idle)
+        self.debug_http = HttpServer(endpoint, create_debug_app, idle_timeout=idle)
         #: The same endpoint over TLS, for the Kubernetes API aggregator (`--api-tls-cert`).
         self.https = (
             None
             if settings.api_tls_cert is None or settings.api_tls_key is None
-            else HttpsServer(endpoint, settings.api_tls_cert, settings.api_tls_key)
+            else HttpsServer(endpoint, settings.api_tls_cert, settings.api_tls_key, idle_timeout=idle)
         )
         self._background: asyncio.Task[None] | None = None
 

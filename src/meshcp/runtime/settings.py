@@ -8,6 +8,7 @@ from pathlib import Path
 
 from meshcp.certs.setup import CaSettings
 from meshcp.http.api_tls import API_PORT
+from meshcp.http.app import IDLE_TIMEOUT
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, XDS_PORT
 from meshcp.sources.bootstrap_secrets import CollectorSettings
 from meshcp.sources.kubernetes_watch import WatchSettings
@@ -77,6 +78,8 @@ class Settings:
     #: (None: no HTTPS listener).
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
+    #: Seconds an HTTP(S) connection may go without a complete request (slow-loris).
+    http_idle_timeout: float = IDLE_TIMEOUT
     #: Debounce of source changes: quiet window, and the longest a change may wait.
     debounce_window: float = 0.1
     debounce_max: float = 1.0
