@@ -6,6 +6,7 @@ converges on every change as if the NACKer were not there."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpclib.client
 import grpclib.const
@@ -84,7 +85,8 @@ async def test_a_proxy_nacking_every_push(runtime: ControllerRuntime) -> None:
             assert len({response.version_info for response in pushed_to_nacker}) == CHANGES + 1
             assert sample(runtime, "meshcp_xds_nacks_total") == CHANGES + 1
             assert sample(runtime, "meshcp_xds_responses_total") == 2 * (CHANGES + 1)
-            status = {entry["node_id"]: entry["types"]["cds"] for entry in runtime.proxies.status()}
+            entries: list[Any] = runtime.proxies.status()
+            status = {entry["node_id"]: entry["types"]["cds"] for entry in entries}
             latest = world.snapshot().version(CDS)
             assert status["healthy"]["version_acked"] == latest
             assert status["nacker"]["last_nack"]["message"] == f"rejected change {CHANGES}"

@@ -123,7 +123,7 @@ async def injector(
     async with KubeCluster.connect(configuration=api.configuration()) as cluster:
         issuer = Issuer(ca, ISSUE_RETRY)
         service = Injector(cluster, issuer, TEMPLATE, ca.trust_bundle)
-        server = InjectorServer(create_app(service, metrics))
+        server = InjectorServer(create_app(service, metrics), idle_timeout=15.0)
         await server.start("127.0.0.1", 0, tls.context)
         try:
             yield RunningInjector(f"https://127.0.0.1:{server.port}", server.port, metrics, issuer, tls)
