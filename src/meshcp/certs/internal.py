@@ -8,6 +8,7 @@ worker thread: an RSA-4096 key takes long enough to stall every xDS stream other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import replace
 from datetime import timedelta
@@ -174,10 +175,21 @@ class InternalCA:
                 state = before.pruned(self._clock()).begin_rotation(new_root, cross)
             except RotationConflict as exc:
                 raise CertificateError(_NAME, str(exc)) from exc
-            await ca_persistence.save_root(self._store, new_root)
-            if state.crosses and state.crosses[0].subject_id == new_root.id:
-                await ca_persistence.save_cross(self._store, state.crosses[0])
-            await ca_persistence.save_state(self._store, state)
+            try:
+                await ca_persistence.save_root(self._store, new_root)
+                if state.crosses and state.crosses[0].subject_id == new_root.id:
+                    await ca_persistence.save_cross(self._store, state.crosses[0])
+                await ca_persistence.save_state(self._store, state)
+            except CertificateError:
+                # Unless committed after all (a failure after the index was renamed into
+                # place), leave no key of a root nobody will use; best effort: the store
+                # that just failed may fail this too.
+                with contextlib.suppress(CertificateError, OSError):
+                    committed = await ca_persistence.read_index(self._store)
+                    if committed is None or committed[0] != new_root.id:
+                        await ca_persistence.delete_root(self._store, new_root.id)
+                        await self._store.delete(ca_persistence.cross_entry(new_root.id))
+                raise
             await ca_persistence.delete_unused(self._store, before, state)
             self._state = state
             log.info("root rotation started: new root %s, old root %s still trusted", new_root.id, old_id)

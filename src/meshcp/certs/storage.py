@@ -16,6 +16,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from meshcp.certs.provider import CertificateError
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]*")
 _SECRET_MODE = 0o600
 _PUBLIC_MODE = 0o644
@@ -83,6 +85,18 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
     os.replace(temp, path)
 
 
+class StateWriteError(CertificateError):
+    """An entry could not be written or removed (disk full, read-only, permissions): one
+    line naming the entry and the directory. Retryable: what was committed before is
+    intact (each write is whole or not at all), and the same write may succeed once the
+    cause is gone; the trust upkeep logs it and tries again instead of ending the
+    controller, and the command line prints it as one line."""
+
+    def __init__(self, action: str, name: str, location: str, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        super().__init__("internal", f"cannot {action} {name} in {location}: {reason}", retryable=True)
+
+
 class DirectoryStore:
     """Entries as files in a state directory (created with mode 0700 if missing)."""
 
@@ -97,10 +111,16 @@ class DirectoryStore:
         return await asyncio.to_thread(self._read, check_name(name))
 
     async def write(self, name: str, data: bytes, *, secret: bool = False) -> None:
-        await asyncio.to_thread(self._write, check_name(name), data, secret)
+        try:
+            await asyncio.to_thread(self._write, check_name(name), data, secret)
+        except OSError as error:
+            raise StateWriteError("write", name, self.location, error) from None
 
     async def delete(self, name: str) -> None:
-        await asyncio.to_thread(self._delete, check_name(name))
+        try:
+            await asyncio.to_thread(self._delete, check_name(name))
+        except OSError as error:
+            raise StateWriteError("remove", name, self.location, error) from None
 
     def _read(self, name: str) -> bytes | None:
         try:
