@@ -246,11 +246,22 @@ class TrustCoordinator:
         return True
 
     async def run(self) -> None:
+        """`step` every `interval` until cancelled. A failure the CA reports (unreachable,
+        its state directory full) is retried at the next tick, the served bundle and
+        certificates unchanged meanwhile: logged once when it starts or changes, and once
+        when it is over, not every tick."""
+        failing = ""
         while True:
             try:
                 await self.step()
             except CertificateError as error:
-                log.error("trust bundle: %s", error)
+                if str(error) != failing:
+                    log.error("trust upkeep: %s; retrying every %gs", error, self._interval)
+                failing = str(error)
+            else:
+                if failing:
+                    log.info("trust upkeep works again")
+                failing = ""
             await asyncio.sleep(self._interval)
 
     def _internal_or_none(self) -> InternalCA | None:
