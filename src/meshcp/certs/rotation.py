@@ -145,8 +145,10 @@ class CertificateManager(Generic[K]):
         # Bumped by renew_all: issuances started before it are not joined by later
         # requests, so no certificate from an old root survives a root rotation.
         self._generation = 0
-        # Set when a certificate is stored: `run` recomputes its next wake-up, so a
-        # certificate issued while it sleeps is renewed on time, not after `max_wait`.
+        # Set when a certificate is stored or a renewal failed: `run` recomputes its next
+        # wake-up, so a certificate issued while it sleeps is renewed on time, and a
+        # renewal that failed outside `run` (`renew_all`, for a root rotation) is retried
+        # after `retry_interval`, not after `max_wait`.
         self._stored = asyncio.Event()
 
     @property
@@ -255,6 +257,7 @@ class CertificateManager(Generic[K]):
                 except CertificateError as exc:
                     report.failed[key] = exc
                     self._retry_after[key] = self._clock() + self._retry_interval
+                    self._stored.set()
                 else:
                     report.renewed.append(key)
 
