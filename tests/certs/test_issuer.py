@@ -192,6 +192,7 @@ class Outcomes:
     def __init__(self) -> None:
         self.issued: list[str] = []
         self.failed: list[str] = []
+        self.retried: list[str] = []
         self.durations: list[float] = []
 
     def certificate_issued(self, provider: str, seconds: float) -> None:
@@ -202,6 +203,9 @@ class Outcomes:
         self.failed.append(provider)
         self.durations.append(seconds)
 
+    def certificate_retried(self, provider: str) -> None:
+        self.retried.append(provider)
+
 
 async def test_each_issuance_reports_its_outcome_once_retries_included(internal_ca: InternalCA) -> None:
     provider = CountingProvider(internal_ca)
@@ -210,6 +214,7 @@ async def test_each_issuance_reports_its_outcome_once_retries_included(internal_
     issuer = Issuer(provider, RetryPolicy(jitter=0.0), sleep=RecordingSleep(), report=outcomes)
     await issuer.issue(REQUEST)  # two retried failures, then a certificate: one issuance
     assert (outcomes.issued, outcomes.failed) == (["counting"], [])
+    assert outcomes.retried == ["counting", "counting"]  # each failed attempt, as it happens
     provider.failures = [CertificateError("counting", "HTTP 403: denied")]
     with pytest.raises(CertificateError):
         await issuer.issue(REQUEST)

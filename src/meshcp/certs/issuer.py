@@ -61,6 +61,10 @@ class IssuanceReport(Protocol):
     def certificate_failed(self, provider: str, seconds: float) -> None:
         """Issuance failed for good after `seconds`."""
 
+    def certificate_retried(self, provider: str) -> None:
+        """An attempt failed and will be retried: a CA that is down shows from its first
+        failed attempt, not only once an issuance gives up."""
+
 
 class Issuer:
     """A provider with retries: the only way the rest of `certs` asks for a certificate."""
@@ -114,6 +118,8 @@ class Issuer:
                     ) from exc
                 delay = policy.delay(attempt, self._random())
                 log.warning("%s; retrying in %.1fs (attempt %d of %d)", exc, delay, attempt, policy.attempts)
+                if self._report is not None:
+                    self._report.certificate_retried(self._provider.name)
                 await self._sleep(delay)
             else:
                 self.issued += 1

@@ -215,6 +215,12 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.certificate_retries = Counter(
+            "meshcp_certificate_issue_retries",
+            "Attempts to obtain a certificate that failed and were retried, by CA provider.",
+            ["provider"],
+            registry=r,
+        )
         self.issue_duration = Histogram(
             "meshcp_certificate_issue_duration_seconds",
             "Time to obtain a certificate from the CA (retries included), by CA provider.",
@@ -270,10 +276,18 @@ class Metrics:
 
     def certificate_issued(self, provider: str, seconds: float) -> None:
         """A certificate came back from `provider` after `seconds` (see `certs.issuer`).
-        The provider's failure count starts at 0 with its first answer."""
+        The provider's failure and retry counts start at 0 with its first answer."""
         self.certificates_issued.labels(provider).inc()
         self.certificate_failures.labels(provider)
+        self.certificate_retries.labels(provider)
         self.issue_duration.labels(provider).observe(seconds)
+
+    def certificate_retried(self, provider: str) -> None:
+        """An attempt to obtain a certificate from `provider` failed and is retried; its
+        issued and failed counts start at 0 if nothing came back yet."""
+        self.certificate_retries.labels(provider).inc()
+        self.certificates_issued.labels(provider)
+        self.certificate_failures.labels(provider)
 
     def certificate_failed(self, provider: str, seconds: float) -> None:
         """Asking `provider` for a certificate failed for good after `seconds`; its issued
