@@ -17,6 +17,7 @@ from meshcp.certs.cert_manager import CertManagerProvider
 from meshcp.certs.external.cfssl import CfsslProvider
 from meshcp.certs.external.vault import VaultProvider
 from meshcp.certs.internal import InternalCA
+from meshcp.certs.issuer import RetryPolicy
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.kubernetes_store import SecretStore
 from meshcp.certs.provider import (
@@ -64,6 +65,11 @@ class CaSettings:
     validity: timedelta = DEFAULT_WORKLOAD_VALIDITY
     #: Renew when less than this share of a certificate's lifetime remains.
     renew_share: float = 0.3
+    #: Attempts and back-off of one issuance (a CA restarting costs a few retries).
+    issue_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: After a renewal failed for good (the retries above exhausted), when to try again;
+    #: the current certificate stays in service meanwhile.
+    renew_retry: timedelta = timedelta(seconds=30)
     cfssl_url: str = ""
     vault_address: str = ""
     vault_token: str = field(default="", repr=False)

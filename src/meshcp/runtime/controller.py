@@ -79,7 +79,7 @@ class ControllerRuntime:
         )
         self.proxies = ConnectedProxies()
         ca = settings.ca
-        self.issuer = Issuer(provider, report=self.metrics)
+        self.issuer = Issuer(provider, ca.issue_retry, report=self.metrics)
 
         def installed(identity: Identity) -> None:
             live = map(str, self.certificates.keys())
@@ -90,11 +90,12 @@ class ControllerRuntime:
             await self.publisher.on_rotated(identity, certificate)
 
         self.certificates: CertificateManager[Identity] = workload_certificates(
-            ReportingIssuer(provider, ca.trust_domain, installed, report=self.metrics),
+            ReportingIssuer(provider, ca.trust_domain, installed, ca.issue_retry, report=self.metrics),
             ca.trust_domain,
             validity=ca.validity,
             key_spec=ca.key_spec,
             policy=RenewalPolicy(renew_share=ca.renew_share),
+            retry_interval=ca.renew_retry,
             on_rotated=on_rotated,
             validity_of=lambda: self.rounds.cert_validity,
         )
