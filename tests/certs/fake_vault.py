@@ -109,8 +109,9 @@ class FakeVault:
     def url(self) -> str:
         return self._server.url
 
-    async def start(self) -> str:
-        return await self._server.start()
+    async def start(self, port: int = 0) -> str:
+        """Serve (again, after `stop`, on `port`: the same CA comes back)."""
+        return await self._server.start(port)
 
     async def stop(self) -> None:
         await self._server.stop()

@@ -74,12 +74,17 @@ class LoopbackServer:
     """An aiohttp application served on 127.0.0.1 for the duration of a test."""
 
     def __init__(self, app: web.Application) -> None:
+        self._app = app
         self._runner = web.AppRunner(app)
         self.url = ""
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
+        """Listen (again, after `stop`: on `port`, the one it had, to come back where
+        clients look for it)."""
+        if self._runner.server is not None or self.url:
+            self._runner = web.AppRunner(self._app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
