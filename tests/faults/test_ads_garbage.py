@@ -3,7 +3,8 @@ Bytes that are not HTTP/2, HTTP/2 frames that are not valid, gRPC messages that 
 DiscoveryRequests, requests without a node, length prefixes announcing a gigabyte,
 messages larger than the server takes, compressed messages, unknown methods. The server
 refuses each (its connection or its stream, with a gRPC status), counts what reached the
-ADS service, stays up, leaks no descriptor, and the connected proxies keep being served.
+ADS service and every connection closed before a stream, stays up, leaks no descriptor,
+and the connected proxies keep being served.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def open_fds() -> int:
 def rejected(runtime: ControllerRuntime, reason: str) -> float:
     value = runtime.metrics.registry.get_sample_value("meshcp_xds_rejected_streams_total", {"reason": reason})
     return value or 0.0
+
+
+def refused(runtime: ControllerRuntime, reason: str) -> float:
+    labels = {"reason": reason}
+    return runtime.metrics.registry.get_sample_value("meshcp_xds_refused_connections_total", labels) or 0.0
 
 
 async def closed_by_server(port: int, data: bytes) -> bool:
@@ -173,6 +179,8 @@ async def test_a_thousand_hostile_requests(runtime: ControllerRuntime) -> None:
             )
             assert rejected(runtime, "no_node") >= COUNTS["no node"]
             assert rejected(runtime, "oversized") == COUNTS["oversized"]
+            closed = refused(runtime, "protocol_error") + refused(runtime, "no_stream")
+            assert closed == COUNTS["raw bytes"] + COUNTS["bad frames"]
 
             async def no_leak() -> bool:
                 return open_fds() <= fds and len(runtime.proxies) == 2

@@ -143,7 +143,11 @@ class ControllerRuntime:
             guard=may_receive,
             admission=settings.admission,
         )
-        self.xds = XdsServer(self.service, handshake_timeout=settings.xds_handshake_timeout)
+        self.xds = XdsServer(
+            self.service,
+            handshake_timeout=settings.xds_handshake_timeout,
+            refused=lambda reason: self.metrics.refused_connections.labels(reason).inc(),
+        )
         self.rounds = Rounds(
             self.store,
             self.reconciler,

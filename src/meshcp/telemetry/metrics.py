@@ -131,6 +131,15 @@ class Metrics:
         self.rejected_streams = Counter(
             "meshcp_xds_rejected_streams", "ADS streams refused, by reason.", ["reason"], registry=r
         )
+        self.refused_connections = Counter(
+            "meshcp_xds_refused_connections",
+            "Connections to the xDS port closed before any stream: not HTTP/2 (protocol_error), "
+            "or no stream opened in time (no_stream).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("protocol_error", "no_stream"):
+            self.refused_connections.labels(reason)
         self.refused_secrets = Counter(
             "meshcp_xds_refused_secrets",
             "Secret names refused to a proxy because the mesh does not serve them.",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 import weakref
+from collections.abc import Callable
 from typing import Any, cast
 
 import grpclib.server
 from grpclib.protocol import H2Protocol
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
 from meshcp.xds.codec import FramedCodec
@@ -19,6 +21,10 @@ from meshcp.xds.service import AggregatedDiscoveryService
 MAX_CONCURRENT_STREAMS = 100_000
 #: Seconds a new connection has to open its first stream before it is closed.
 HANDSHAKE_TIMEOUT = 10.0
+#: Why a connection was refused (the `refused` callback's argument): its bytes are not
+#: HTTP/2, or it opened no stream within the handshake timeout.
+PROTOCOL_ERROR, NO_STREAM = "protocol_error", "no_stream"
+REFUSAL_REASONS = (PROTOCOL_ERROR, NO_STREAM)
 
 
 class _Server(grpclib.server.Server):
@@ -31,13 +37,21 @@ class _Server(grpclib.server.Server):
     not opened a stream after `handshake_timeout` seconds is closed. grpclib's `close`
     cancels handlers but leaves connections open, so clients would wait forever;
     `close_connections` sends GOAWAY and closes them, and the proxies reconnect (to
-    another replica, or to us later).
+    another replica, or to us later). Each connection refused is told to `refused` with
+    its reason (`REFUSAL_REASONS`).
     """
 
-    def __init__(self, *args: Any, handshake_timeout: float = HANDSHAKE_TIMEOUT, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        refused: Callable[[str], None] = lambda reason: None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
         self._handshake_timeout = handshake_timeout
+        self._refused = refused
 
     def close_connections(self) -> None:
         for protocol in list(self._protocols):
@@ -58,26 +72,43 @@ class _Server(grpclib.server.Server):
             h2_connection = protocol.connection._connection
             h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS})
             protocol.connection.flush()
+            feed = protocol.connection.feed
+
+            def counted_feed(data: bytes) -> Any:
+                try:
+                    return feed(data)
+                except ProtocolError:  # grpclib closes the connection
+                    self._refused(PROTOCOL_ERROR)
+                    raise
+
+            protocol.connection.feed = counted_feed  # type: ignore[method-assign]
             asyncio.get_running_loop().call_later(
-                self._handshake_timeout, _close_if_silent, protocol, transport
+                self._handshake_timeout, self._close_if_silent, protocol, transport
             )
 
         protocol.connection_made = connection_made  # type: ignore[method-assign]
         return protocol
 
-
-def _close_if_silent(protocol: H2Protocol, transport: asyncio.BaseTransport) -> None:
-    if protocol.connection.streams_started == 0 and not transport.is_closing():
-        transport.close()
+    def _close_if_silent(self, protocol: H2Protocol, transport: asyncio.BaseTransport) -> None:
+        if protocol.connection.streams_started == 0 and not transport.is_closing():
+            transport.close()
+            self._refused(NO_STREAM)
 
 
 class XdsServer:
     """Owns the gRPC listener of one AggregatedDiscoveryService."""
 
     def __init__(
-        self, service: AggregatedDiscoveryService, *, handshake_timeout: float = HANDSHAKE_TIMEOUT
+        self,
+        service: AggregatedDiscoveryService,
+        *,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
-        self._server = _Server([service], codec=FramedCodec(), handshake_timeout=handshake_timeout)
+        """`refused` is told of each connection refused, with its reason (`REFUSAL_REASONS`)."""
+        self._server = _Server(
+            [service], codec=FramedCodec(), handshake_timeout=handshake_timeout, refused=refused
+        )
         self._stopped = False
         self.port = 0
 
