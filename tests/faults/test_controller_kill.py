@@ -12,6 +12,7 @@ the same state directory and ports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -81,9 +82,9 @@ async def test_sigkill_during_a_root_rotation(serve: ServeProcess, killed_in: Ph
     proxies = [SdsProxy(serve.xds_port, node) for node in nodes]
     laggard = proxies[0]
     checked: list[str] = []
-    for proxy in proxies:
-        await proxy.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as running:
+        for proxy in proxies:
+            await running.enter_async_context(proxy)
 
         async def all_usable() -> bool:
             return all(proxy.usable() for proxy in proxies)
@@ -126,9 +127,6 @@ async def test_sigkill_during_a_root_rotation(serve: ServeProcess, killed_in: Ph
         assert new_root != old_root
         assert all(proxy.certificate() is not None for proxy in proxies)
         assert checked == []  # no proxy was ever left without a certificate its peers trust
-    finally:
-        for proxy in proxies:
-            await proxy.__aexit__(None, None, None)
 
 
 async def test_sigkill_during_a_cold_start(tmp_path: Path) -> None:
