@@ -73,26 +73,30 @@ class _Server(grpclib.server.Server):
             h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS})
             protocol.connection.flush()
             feed = protocol.connection.feed
+            refused: list[str] = []  # this connection's refusal, told once
+
+            def refuse(reason: str) -> None:
+                if not refused:
+                    refused.append(reason)
+                    self._refused(reason)
 
             def counted_feed(data: bytes) -> Any:
                 try:
                     return feed(data)
                 except ProtocolError:  # grpclib closes the connection
-                    self._refused(PROTOCOL_ERROR)
+                    refuse(PROTOCOL_ERROR)
                     raise
 
+            def close_if_silent() -> None:
+                if protocol.connection.streams_started == 0 and not transport.is_closing():
+                    transport.close()
+                    refuse(NO_STREAM)
+
             protocol.connection.feed = counted_feed  # type: ignore[method-assign]
-            asyncio.get_running_loop().call_later(
-                self._handshake_timeout, self._close_if_silent, protocol, transport
-            )
+            asyncio.get_running_loop().call_later(self._handshake_timeout, close_if_silent)
 
         protocol.connection_made = connection_made  # type: ignore[method-assign]
         return protocol
-
-    def _close_if_silent(self, protocol: H2Protocol, transport: asyncio.BaseTransport) -> None:
-        if protocol.connection.streams_started == 0 and not transport.is_closing():
-            transport.close()
-            self._refused(NO_STREAM)
 
 
 class XdsServer:
