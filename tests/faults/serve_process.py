@@ -12,8 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.certs.support import free_port
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 
 class ServeProcess:

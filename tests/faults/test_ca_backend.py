@@ -28,11 +28,10 @@ from meshcp.certs.issuer import RetryPolicy
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 from tests.certs.fake_vault import FakeVault
-from tests.certs.support import free_port
 from tests.faults.figures import Stopwatch, record
 from tests.faults.sds_proxy import SdsProxy
 from tests.faults.test_controller_parts import EXAMPLE
-from tests.support import eventually, required_binary
+from tests.support import eventually, free_port, required_binary
 
 RETRY = RetryPolicy(attempts=3, initial_delay=0.1, max_delay=0.2, attempt_timeout=2.0)
 RENEW_RETRY = timedelta(seconds=0.5)

@@ -26,12 +26,11 @@ import pytest
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_watch import WatchSettings
-from tests.certs.support import free_port
 from tests.faults.figures import Stopwatch, record
 from tests.faults.kube_api import FAST, FaultyApi, api_server, compiled, following
 from tests.sources.kube_fixtures import status_410
 from tests.sources.kube_objects import BY_KIND, CHANGES, SAMPLES, key, pod, seed, stored, url_of
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 #: Seconds the API server is away in `test_the_api_gone_for_a_while`. The issue's 60 s, with
 #: the production back-off, is `MESHCP_FAULT_API_OUTAGE=60` (a minute longer run).
