@@ -40,7 +40,7 @@ async def test_unreachable_prometheus_exits_1_with_one_line(command: tuple[str, 
     url = f"http://127.0.0.1:{_closed_port()}"
     status, output = await run(*command, "--prometheus-url", url)
     assert status == 1, output
-    assert output.startswith(f"meshcp: Prometheus at {url} is unreachable:"), output
+    assert output.startswith(f"meshcp: error: Prometheus at {url} is unreachable:"), output
     assert len(output.strip().splitlines()) == 1, output
 
 
@@ -74,11 +74,11 @@ async def test_no_data_says_what_is_missing() -> None:
         status, output = await run("stat", "deploy", "-n", "nowhere", "--prometheus-url", server.url)
         assert (status, output.strip()) == (
             1,
-            "meshcp: no data: no sidecar series in Prometheus name namespace 'nowhere' "
+            "meshcp: error: no data: no sidecar series in Prometheus name namespace 'nowhere' "
             "(is it meshed and scraped, and spelt right?)",
         )
         status, output = await run("edges", "deploy", "-n", "bookbuyer", "--prometheus-url", server.url)
         assert (status, output.strip()) == (
             1,
-            "meshcp: no data: no meshed traffic for edges in namespace bookbuyer in the last 1m (yet)",
+            "meshcp: error: no data: no meshed traffic for edges in namespace bookbuyer in the last 1m (yet)",
         )

@@ -198,14 +198,14 @@ def test_5xx_are_failures(lab: LabDriver) -> None:
 def test_errors_are_one_line(lab: LabDriver) -> None:
     unreachable = lab.meshcp("stat", "deploy", "--prometheus-url", "http://127.0.0.1:9", check=False)
     assert unreachable.returncode == 1
-    assert unreachable.stderr.startswith("meshcp: Prometheus at http://127.0.0.1:9 is unreachable"), (
+    assert unreachable.stderr.startswith("meshcp: error: Prometheus at http://127.0.0.1:9 is unreachable"), (
         unreachable
     )
     assert len(unreachable.stderr.strip().splitlines()) == 1
     nothing = lab.meshcp("stat", "deploy", "-n", "nowhere", check=False)
     assert nothing.returncode == 1
     assert nothing.stderr.strip().splitlines() == [
-        "meshcp: no data: no sidecar series in Prometheus name namespace 'nowhere' "
+        "meshcp: error: no data: no sidecar series in Prometheus name namespace 'nowhere' "
         "(is it meshed and scraped, and spelt right?)"
     ], nothing
     unknown = lab.meshcp("stat", "foo", check=False)

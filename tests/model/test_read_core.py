@@ -44,7 +44,7 @@ VALID: Valid = [
             (
                 ServicePort(80, 8080, "http", "http"),
                 ServicePort(81, "api", "grpc", "grpc-api"),
-                ServicePort(82, 9000, "tcp", "db"),
+                ServicePort(82, 9000, "tcp", "db", app_protocol="tcp"),
                 ServicePort(83, 83, "http", ""),
             ),
             frozen_map({"app": "web"}),

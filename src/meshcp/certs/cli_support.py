@@ -1,7 +1,9 @@
 """`meshcp ca show|rotate|finish-rotation`, as functions returning plain data.
 
-They work offline on a state directory (the controller should not be running: two
-writers to one CA would race). They never return or print key material.
+They work on the CA's store: a state directory or the CA's Kubernetes Secret (the
+controller picks up a change at its next trust tick; `rotate` and `finish-rotation` are
+writes, so they are not made while another writer is mid-update: the Secret store retries
+on conflicts). They never return or print key material.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from meshcp.certs.clock import Clock, utc_now
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.keys import KeySpec, describe_public_key
 from meshcp.certs.provider import CertificateError
-from meshcp.certs.storage import DirectoryStore
+from meshcp.certs.storage import DirectoryStore, StateStore
+
+CaStore = StateStore | Path | str
 
 
 def describe_root(certificate: x509.Certificate) -> dict[str, str]:
@@ -30,11 +34,15 @@ def describe_root(certificate: x509.Certificate) -> dict[str, str]:
     }
 
 
-async def ca_show(state_dir: Path | str) -> dict[str, Any]:
+def _store(where: CaStore) -> StateStore:
+    return DirectoryStore(where) if isinstance(where, Path | str) else where
+
+
+async def ca_show(state_dir: CaStore) -> dict[str, Any]:
     """The CA in `state_dir`: phase, newest root, mid-rotation the old root (which still
     signs while the phase is "trusting"), and the retired roots (key destroyed, still
     trusted for xDS client certificates until they expire)."""
-    store = DirectoryStore(state_dir)
+    store = _store(state_dir)
     index = await ca_persistence.read_index(store)
     roots = await ca_persistence.load_root_certificates(store)
     if roots is None or index is None:
@@ -50,19 +58,21 @@ async def ca_show(state_dir: Path | str) -> dict[str, Any]:
 
 
 async def ca_rotate(
-    state_dir: Path | str, *, key_spec: KeySpec = KeySpec.ECDSA_P256, clock: Clock = utc_now
+    state_dir: CaStore, *, key_spec: KeySpec = KeySpec.ECDSA_P256, clock: Clock = utc_now
 ) -> dict[str, Any]:
     """Start a root rotation: a new root, trusted at once and signing once every proxy
     trusts it (TRUSTING, then ROTATING); the old one is trusted until
     `ca_finish_rotation` (or the controller, once every proxy has the new certificates)."""
-    ca = await InternalCA.open(DirectoryStore(state_dir), key_spec=key_spec, clock=clock, create=False)
+    store = _store(state_dir)
+    ca = await InternalCA.open(store, key_spec=key_spec, clock=clock, create=False)
     await ca.rotate_root()
-    return await ca_show(state_dir)
+    return await ca_show(store)
 
 
-async def ca_finish_rotation(state_dir: Path | str) -> dict[str, Any]:
+async def ca_finish_rotation(state_dir: CaStore) -> dict[str, Any]:
     """Stop trusting the old root now, whether or not every proxy has moved on (it stays
     trusted for xDS client certificates, retired, until it expires)."""
-    ca = await InternalCA.open(DirectoryStore(state_dir), create=False)
+    store = _store(state_dir)
+    ca = await InternalCA.open(store, create=False)
     await ca.finish_root_rotation()
-    return await ca_show(state_dir)
+    return await ca_show(store)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
+import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from meshcp.certs.setup import close_provider, open_provider
 from meshcp.cli import offline
-from meshcp.cli.options import UsageError, ca_settings
+from meshcp.cli.analyze import analysis_findings
+from meshcp.cli.options import UsageError, ca_settings, pod_of
+from meshcp.cli.output import dumps
 from meshcp.injector.server import run_injector
 from meshcp.injector.settings import InjectorSettings
 from meshcp.kube.client import default_api_client
@@ -43,20 +42,29 @@ async def serve(settings: Settings) -> None:
             await thaws
 
 
-async def compile_pod(args: argparse.Namespace) -> None:
-    namespace, name = args.pod
-    state = await offline.load(args.source)
-    compiled = offline.compile_pod(state, namespace, name)
-    document = {"pod": f"{namespace}/{name}", "class": compiled.class_key, "identity": str(compiled.identity)}
+async def compile_pod(args: argparse.Namespace) -> int:
+    """The pod's configuration, and exit status 1 when the mesh has errors (`analyze`)."""
+    namespace, name = pod_of(args)
+    loaded = await offline.load_located(args.source)
+    compiled = offline.compile_pod(loaded.state, namespace, name)
+    findings = analysis_findings(loaded)
+    document: dict[str, object] = {
+        "pod": f"{namespace}/{name}",
+        "class": compiled.class_key,
+        "identity": str(compiled.identity),
+    }
     document.update(compiled.config)
-    if args.output == "yaml":
-        print(yaml.safe_dump(document, sort_keys=False), end="")
-    else:
-        print(json.dumps(document, indent=2))
+    document["problems"] = [finding.line() for finding in findings]
+    print(dumps(document, args.output), end="")
+    errors = sum(1 for finding in findings if finding.severity == "error")
+    if errors:
+        print(f"meshcp: error: the mesh has {errors} error(s); `meshcp analyze` lists them", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def bootstrap(args: argparse.Namespace) -> None:
-    namespace, name = args.pod
+    namespace, name = pod_of(args)
     try:
         xds = Address.parse(args.xds_address)
     except ValueError as error:
@@ -111,19 +119,6 @@ async def inject(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await run_injector(settings, stop)
-
-
-def print_ca(report: dict[str, Any], output: str) -> None:
-    if output == "json":
-        print(json.dumps(report, indent=2))
-        return
-    print(f"phase: {report['phase']}")
-    for label, key in (("root", "root"), ("previous root", "previous_root")):
-        root = report.get(key)
-        if root:
-            print(f"{label}:")
-            for field, value in root.items():
-                print(f"  {field}: {value}")
 
 
 def lab_command(args: argparse.Namespace) -> int:

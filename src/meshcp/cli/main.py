@@ -1,18 +1,25 @@
-"""The `meshcp` command: parse, run the command, turn known failures into one-line errors."""
+"""The `meshcp` command: parse, run the command, turn every failure into one line on stderr.
+
+Exit status: 0 done, 1 the command failed (or found errors: `analyze`, `compile`), 2 bad
+usage, 130 interrupted. A failure nobody foresaw is still one line (its traceback is
+logged at `--log-level debug`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
-from meshcp.certs.cli_support import ca_rotate, ca_show
 from meshcp.certs.provider import CertificateError
-from meshcp.cli import commands, stat
+from meshcp.cli import analyze, commands, completion, operate, stat
 from meshcp.cli.offline import OfflineError
 from meshcp.cli.options import UsageError, controller_settings
 from meshcp.cli.parser import build_parser
+from meshcp.http.debug_client import ControllerError
 from meshcp.injector.server import InjectorError
 from meshcp.kpi.prometheus import PrometheusError
 from meshcp.lab.demo import run_demo
@@ -20,6 +27,55 @@ from meshcp.lab.layout import LabPaths
 from meshcp.lab.network import LabError
 from meshcp.runtime.controller import ListenError, PartFailed
 from meshcp.sources.files import SourceError
+
+log = logging.getLogger("meshcp.cli")
+
+#: Failures a command reports as they are: the message says what to fix.
+KNOWN_FAILURES = (
+    ListenError,
+    PartFailed,
+    CertificateError,
+    OfflineError,
+    SourceError,
+    InjectorError,
+    LabError,
+    PrometheusError,
+    ControllerError,
+)
+
+
+def _async(
+    work: Callable[[argparse.Namespace], Coroutine[Any, Any, int | None]],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that runs on an event loop; it returns its exit status (None: 0)."""
+
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(work(args)) or 0
+
+    return run
+
+
+def _serve(args: argparse.Namespace) -> int:
+    asyncio.run(commands.serve(controller_settings(args)))
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _serve,
+    "inject": _async(commands.inject),
+    "compile": _async(commands.compile_pod),
+    "bootstrap": _async(commands.bootstrap),
+    "stat": _async(stat.stat),
+    "edges": _async(stat.edges),
+    "lab": commands.lab_command,
+    "demo": lambda args: run_demo(args.source, LabPaths.default(), duration=args.duration),
+    "analyze": _async(analyze.analyze),
+    "proxy": _async(operate.proxy),
+    "policy": _async(analyze.policy),
+    "ca": _async(operate.ca),
+    "version": _async(operate.version),
+    "completion": completion.command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,42 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        if args.command == "serve":
-            asyncio.run(commands.serve(controller_settings(args)))
-        elif args.command == "inject":
-            asyncio.run(commands.inject(args))
-        elif args.command == "compile":
-            asyncio.run(commands.compile_pod(args))
-        elif args.command == "bootstrap":
-            asyncio.run(commands.bootstrap(args))
-        elif args.command == "stat":
-            asyncio.run(stat.stat(args))
-        elif args.command == "edges":
-            asyncio.run(stat.edges(args))
-        elif args.command == "lab":
-            return commands.lab_command(args)
-        elif args.command == "demo":
-            return run_demo(args.source, LabPaths.default(), duration=args.duration)
-        elif args.command == "ca":
-            action = ca_show if args.ca_command == "show" else ca_rotate
-            commands.print_ca(asyncio.run(action(args.state_dir)), args.output)
+        return HANDLERS[args.command](args)
     except UsageError as error:
         parser.exit(2, f"meshcp: error: {error}\n")
-    except PrometheusError as error:
-        parser.exit(1, f"meshcp: {error}\n")
-    except (
-        ListenError,
-        PartFailed,
-        CertificateError,
-        OfflineError,
-        SourceError,
-        InjectorError,
-        LabError,
-    ) as error:
+    except KNOWN_FAILURES as error:
         parser.exit(1, f"meshcp: error: {error}\n")
     except KeyboardInterrupt:
         return 130
-    return 0
+    except Exception as error:
+        log.debug("unexpected failure", exc_info=True)
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        parser.exit(1, f"meshcp: error: {type(error).__name__}: {detail} (--log-level debug shows where)\n")
 
 
 if __name__ == "__main__":

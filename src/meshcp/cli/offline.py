@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from meshcp.certs.provider import CertificateProvider
 from meshcp.certs.storage import write_file
 from meshcp.compile import naming
 from meshcp.identity import Identity, ProxyIdentity
+from meshcp.kube.client import ApiClientFactory
 from meshcp.model.core import Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
@@ -25,20 +27,66 @@ from meshcp.policy.membership import is_meshed, proxy_uuid
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.store import Store
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sources.events import Event, Upsert
 from meshcp.sources.files import FileSource
+from meshcp.sources.kubernetes import KubernetesSource
 
 
 class OfflineError(Exception):
     """What the user asked for cannot be done with these manifests."""
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A state read once, and where each of its objects came from (`file:line`, relative
+    to `root`, for manifests; nothing for objects of the API server)."""
+
+    state: MeshState
+    locations: Mapping[ObjectRef, str]
+    root: Path | None = None
+
+
 async def load(directory: Path) -> MeshState:
-    """Everything in `directory`, read once (no watching). The reader failing (a directory
-    that does not exist, a file) ends the wait with its error instead of waiting for ever
-    for a state it will never send."""
+    """Everything in `directory`, read once (no watching)."""
+    return (await load_located(directory)).state
+
+
+async def load_located(directory: Path) -> Loaded:
+    """Everything in `directory`, read once, with each object's location. The reader
+    failing (a directory that does not exist, a file) ends the wait with its error instead
+    of waiting for ever for a state it will never send."""
     store = Store(window=0, max_wait=0)
     store.expect("files")
-    reader = asyncio.create_task(FileSource(directory, store.apply).run())
+    locations: dict[ObjectRef, str] = {}
+
+    def emit(event: Event) -> None:
+        if isinstance(event, Upsert) and event.location:
+            locations[event.obj.ref] = event.location
+        store.apply(event)
+
+    state = await _read_once(store, FileSource(directory, emit).run(), str(directory))
+    return Loaded(state, locations, directory)
+
+
+async def load_cluster(factory: ApiClientFactory, seconds: float) -> Loaded:
+    """The cluster's mesh objects, listed once; `OfflineError` if the API server does not
+    list everything within `seconds` (the source itself retries for ever)."""
+    store = Store(window=0, max_wait=0)
+    store.expect("kubernetes")
+    source = KubernetesSource(store.apply, api_client_factory=factory)
+    try:
+        async with asyncio.timeout(seconds):
+            state = await _read_once(store, source.run(), "the cluster")
+    except TimeoutError:
+        raise OfflineError(
+            f"the Kubernetes API did not list the mesh's objects within {seconds:g}s (--timeout; "
+            "is the cluster reachable, and may this user list them?)"
+        ) from None
+    return Loaded(state, {})
+
+
+async def _read_once(store: Store, reading: Coroutine[Any, Any, None], what: str) -> MeshState:
+    reader = asyncio.create_task(reading)
     first = asyncio.create_task(_first(store))
     try:
         await asyncio.wait({reader, first}, return_when=asyncio.FIRST_COMPLETED)
@@ -47,7 +95,7 @@ async def load(directory: Path) -> MeshState:
         error = reader.exception()
         if error is not None:
             raise error
-        raise OfflineError(f"{directory}: the manifests could not be read")
+        raise OfflineError(f"{what}: the manifests could not be read")
     finally:
         for task in (reader, first):
             task.cancel()

@@ -95,3 +95,23 @@ def ca_settings(args: argparse.Namespace) -> CaSettings:
     if problems:
         raise UsageError(problems[0])
     return settings
+
+
+def pod_of(args: argparse.Namespace, value: str | None = None, option: str = "POD") -> tuple[str, str]:
+    """(namespace, name) of a pod given as `NAME -n NS` or `NS/NAME` (or the older `--pod NS/NAME`)."""
+    if value is None:
+        given = getattr(args, "pod_option", None)
+        if given is not None:
+            if args.pod is not None:
+                raise UsageError(f"give the pod once: {args.pod!r} or --pod {'/'.join(given)}")
+            namespace, name = given
+            return namespace, name
+        value = args.pod
+    if not value:
+        raise UsageError(f"{option} is required: NAME with -n NAMESPACE, or NAMESPACE/NAME")
+    namespace, sep, name = value.partition("/")
+    if not sep:
+        return args.namespace or "default", value
+    if not namespace or not name or "/" in name:
+        raise UsageError(f"{option} {value!r} is not NAME or NAMESPACE/NAME")
+    return namespace, name

@@ -6,12 +6,14 @@ import argparse
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from meshcp import __version__
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.setup import PROVIDERS, default_state_dir
+from meshcp.cli.output import ALIASES, FORMATS
 from meshcp.http.api_tls import API_PORT
+from meshcp.injector.template import DEFAULT_INIT_IMAGE
 from meshcp.model.durations import parse_duration
 from meshcp.sidecar.ports import CONTROLLER_DEBUG_PORT, CONTROLLER_HTTP_PORT, WEBHOOK_PORT, XDS_PORT
 
@@ -69,13 +71,91 @@ def _add_listeners(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshcp", description="A service mesh control plane for Envoy.")
-    parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help line, unless the help already says it or there is
+    none to say (a flag, an unset option)."""
 
-    serve = commands.add_parser("serve", help="run the controller (ADS server, CA, HTTP endpoint)")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or "(default" in text or text == argparse.SUPPRESS:
+            return text
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS
+        if unset or default in ("", []) or not action.option_strings:
+            return text
+        return f"{text} (default %(default)s)" if text else "(default %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr, exit status 2 (as every other error is one line)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"meshcp: error: {message} (see `{self.prog} --help`)\n")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _common() -> Parser:
+    """Options every command takes, anywhere on its line (`--log-level`)."""
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log verbosity (default info)"
+    )
+    return common
+
+
+def command(group: Any, name: str, text: str, **kwargs: Any) -> Parser:
+    """A (sub)command with the common options."""
+    parser: Parser = group.add_parser(name, help=text, description=text, parents=[_common()], **kwargs)
+    return parser
+
+
+def output_option(
+    parser: argparse.ArgumentParser, choices: tuple[str, ...] = FORMATS, default: str = "table"
+) -> None:
+    """`-o/--output`, the same on every command (older spellings accepted, see `output.ALIASES`)."""
+
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=lambda text: ALIASES.get(text, text),
+        choices=choices,
+        default=default,
+        help="output format",
+    )
+
+
+def pod_argument(parser: argparse.ArgumentParser, text: str = "the pod") -> None:
+    """`POD -n NS` (or `NS/POD`), as kubectl and osm name pods; `--pod NS/NAME` still works."""
+    parser.add_argument("pod", nargs="?", metavar="POD", help=f"{text}: NAME (with -n) or NAMESPACE/NAME")
+    parser.add_argument("-n", "--namespace", default="default", help="the pod's namespace")
+    parser.add_argument("--pod", dest="pod_option", type=_pod, help=argparse.SUPPRESS)
+
+
+def server_option(parser: argparse.ArgumentParser) -> None:
+    """Where a running controller answers: its debug listener (`serve --debug-address`)."""
+    parser.add_argument(
+        "--server",
+        "--debug-address",
+        dest="server",
+        metavar="HOST:PORT",
+        default=f"127.0.0.1:{CONTROLLER_DEBUG_PORT}",
+        help="the controller's debug listener (serve --debug-address)",
+    )
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="meshcp", description="A service mesh control plane for Envoy.")
+    parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log verbosity")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    serve = command(commands, "serve", "run the controller (ADS server, CA, HTTP endpoint)")
     _add_listeners(serve)
     serve.add_argument("--insecure-xds", action="store_true", help="serve xDS in plaintext (local work only)")
     serve.add_argument(
@@ -97,14 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_api_options(serve)
     _add_ca_options(serve)
 
-    compile_ = commands.add_parser("compile", help="print the Envoy config one pod's proxy would receive")
+    compile_ = command(commands, "compile", "print the Envoy config one pod's proxy would receive")
+    pod_argument(compile_)
     compile_.add_argument("--source", type=Path, required=True, help="directory of manifests")
-    compile_.add_argument("--pod", type=_pod, required=True, metavar="NS/NAME")
-    compile_.add_argument("--output", choices=["json", "yaml"], default="json")
+    output_option(compile_, ("json", "yaml"), "json")
 
-    boot = commands.add_parser("bootstrap", help="write one pod's Envoy bootstrap and xDS client certificate")
+    boot = command(commands, "bootstrap", "write one pod's Envoy bootstrap and xDS client certificate")
+    pod_argument(boot)
     boot.add_argument("--source", type=Path, required=True, help="directory of manifests")
-    boot.add_argument("--pod", type=_pod, required=True, metavar="NS/NAME")
     boot.add_argument(
         "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="where the proxy reaches the controller"
     )
@@ -116,47 +196,143 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ca_options(boot)
 
-    inject = commands.add_parser("inject", help="run the sidecar injector (HTTPS mutating webhook)")
+    inject = command(commands, "inject", "run the sidecar injector (HTTPS mutating webhook)")
     inject.add_argument(
         "--tls-cert", type=Path, required=True, help="PEM chain the webhook serves (reloaded)"
     )
     inject.add_argument("--tls-key", type=Path, required=True, help="PEM key for --tls-cert (reloaded)")
-    inject.add_argument("--address", default=f"0.0.0.0:{WEBHOOK_PORT}", help="listener (default %(default)s)")
+    inject.add_argument("--address", default=f"0.0.0.0:{WEBHOOK_PORT}", help="listener")
     inject.add_argument(
         "--xds-address",
         default=f"meshcp-controller.meshcp-system.svc:{XDS_PORT}",
         help="controller, as sidecars dial it",
     )
-    inject.add_argument("--xds-server-name", default="", help="name on the controller's certificate")
+    inject.add_argument(
+        "--xds-server-name", default="", help="name on the controller's certificate (default: its host)"
+    )
     inject.add_argument("--xds-trust-bundle", type=Path, help="PEM bundle sidecars trust for the controller")
-    inject.add_argument("--init-image", default=None, help="image of the iptables init container")
+    inject.add_argument(
+        "--init-image",
+        default=None,
+        help=f"image of the iptables init container (default {DEFAULT_INIT_IMAGE})",
+    )
     inject.add_argument("--mesh-config", default="meshcp", help="name of the MeshConfig object")
     inject.add_argument("--delta-xds", action="store_true", help="sidecars use incremental (delta) ADS")
     _add_ca_options(inject)
 
-    ca = commands.add_parser("ca", help="inspect or rotate the internal CA")
-    ca_commands = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
-    for name, text in (
-        ("show", "print the root certificate (never the key)"),
-        ("rotate", "start a root rotation"),
-    ):
-        action = ca_commands.add_parser(name, help=text)
-        action.add_argument("--state-dir", type=Path, default=default_state_dir(), help="CA state directory")
-        action.add_argument("--output", choices=["text", "json"], default="text")
+    add_operator_commands(commands)
     _add_lab(commands)
     _add_kpi(commands)
-    demo = commands.add_parser("demo", help="run the bookstore mesh in a lab, drive traffic, print a report")
-    demo.add_argument(
-        "--source", type=Path, default=Path("examples/bookstore"), help="manifests (%(default)s)"
-    )
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (%(default)s)")
+    demo = command(commands, "demo", "run the bookstore mesh in a lab, drive traffic, print a report")
+    demo.add_argument("--source", type=Path, default=Path("examples/bookstore"), help="manifests")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic")
+    version = command(commands, "version", "print meshcp's version, and the controller's when it answers")
+    server_option(version)
+    output_option(version)
+    completion = command(commands, "completion", "print a shell completion script (source it)")
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell")
     return parser
+
+
+def add_operator_commands(commands: Any) -> None:
+    """The operator's commands: analyze, proxy, policy and ca."""
+    analyze = command(commands, "analyze", "every problem of a mesh, with its object, field and code")
+    _add_mesh_source(analyze)
+    analyze.add_argument(
+        "-n", "--namespace", default="", help="only objects of this namespace (default: all)"
+    )
+    analyze.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    output_option(analyze)
+
+    proxy = command(commands, "proxy", "what a running controller sent each proxy")
+    proxy_actions = proxy.add_subparsers(
+        dest="proxy_command", required=True, metavar="ACTION", parser_class=Parser
+    )
+    status = command(proxy_actions, "status", "each connected proxy and, per type, whether it is in sync")
+    status.add_argument("-n", "--namespace", default="", help="only proxies of this namespace (default: all)")
+    server_option(status)
+    output_option(status)
+    config = command(proxy_actions, "config", "one proxy's configuration as sent (keys never shown)")
+    pod_argument(config)
+    config.add_argument(
+        "--type",
+        choices=PROXY_CONFIG_TYPES,
+        default="all",
+        help="which resources",
+    )
+    config.add_argument(
+        "--envoy", metavar="ADMIN_URL", help="also the proxy's own config_dump (its admin URL), to show drift"
+    )
+    server_option(config)
+    output_option(config, default="json")
+
+    policy = command(commands, "policy", "ask the compiled policy")
+    policy_actions = policy.add_subparsers(
+        dest="policy_command", required=True, metavar="ACTION", parser_class=Parser
+    )
+    check = command(policy_actions, "check", "may pod SRC reach pod DST? and which object decides")
+    check.add_argument("src", metavar="SRC", help="client pod: NAME (with -n) or NAMESPACE/NAME")
+    check.add_argument("dst", metavar="DST", help="server pod: NAME (with -n) or NAMESPACE/NAME")
+    check.add_argument("-n", "--namespace", default="default", help="namespace of SRC and DST given as NAME")
+    check.add_argument("--port", type=int, help="the destination's service port (default: each port)")
+    check.add_argument("--path", help="an HTTP request's path (default: any request)")
+    check.add_argument("--method", help="an HTTP request's method (default: any method)")
+    check.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    output_option(check)
+
+    ca = command(commands, "ca", "inspect or rotate the internal CA")
+    ca_actions = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION", parser_class=Parser)
+    for name, text in (
+        ("show", "the roots (never a key), the rotation phase and the proxies it waits for"),
+        ("rotate", "start a root rotation"),
+        ("finish-rotation", "stop trusting the old root now, whether or not every proxy moved on"),
+    ):
+        action = command(ca_actions, name, text)
+        action.add_argument(
+            "--state-dir", type=Path, default=default_state_dir(), help="the internal CA's state directory"
+        )
+        action.add_argument(
+            "--ca-secret", default="", metavar="NS/NAME", help="the CA's Secret instead of --state-dir"
+        )
+        _add_kubernetes_access(action)
+        server_option(action)
+        output_option(action)
+
+
+#: `proxy config --type`: an xDS type, or every one.
+PROXY_CONFIG_TYPES = ("all", "listeners", "clusters", "routes", "endpoints", "secrets")
+
+
+def _add_mesh_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        metavar="DIR",
+        help="directory of manifests, or `kubernetes` (the default with --kubeconfig or --context)",
+    )
+    _add_kubernetes_access(parser)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the Kubernetes API to list everything",
+    )
+    parser.add_argument(
+        "--trust-domain", help="the CA's trust domain, checked against MeshConfig (default: not checked)"
+    )
+
+
+def _add_kubernetes_access(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig",
+        help="Kubernetes access outside a pod (default: in-cluster, $KUBECONFIG, ~/.kube/config)",
+    )
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
 def _add_kpi(commands: Any) -> None:
     """`stat` and `edges`: golden metrics from Prometheus (kinds are checked by the command,
     so that a bad one is a one-line usage error like a bad window)."""
-    stat = commands.add_parser("stat", help="success rate, RPS, latency and connections from Prometheus")
+    stat = command(commands, "stat", "success rate, RPS, latency and connections from Prometheus")
     stat.add_argument("kind", metavar="KIND", help="deploy, pod, svc, ns or trafficsplit")
     stat.add_argument("name", metavar="NAME", nargs="?", help="one resource (all when omitted)")
     stat.add_argument(
@@ -165,43 +341,39 @@ def _add_kpi(commands: Any) -> None:
     stat.add_argument("--to", metavar="RES", help="only requests to RES (svc|ns[/NAME])")
     stat.add_argument("--from-namespace", metavar="NS", help="the namespace of --from (default: -n)")
     stat.add_argument("--to-namespace", metavar="NS", help="the namespace of --to (default: -n)")
-    stat.add_argument("--window", default="1m", help="rate window, a Prometheus duration (%(default)s)")
+    stat.add_argument("--window", default="1m", help="rate window, a Prometheus duration")
     stat.add_argument("--source", type=Path, metavar="DIR", help="manifests: TrafficSplit weights and leaves")
-    edges = commands.add_parser("edges", help="who talks to whom, and with which identities")
+    edges = command(commands, "edges", "who talks to whom, and with which identities")
     edges.add_argument("kind", metavar="KIND", help="deploy, pod or ns")
-    edges.add_argument(
-        "--window", default="1m", help="connections opened in this window or open (%(default)s)"
-    )
+    edges.add_argument("--window", default="1m", help="connections opened in this window or open")
     edges.add_argument("--source", type=Path, metavar="DIR", help="manifests: the servers' identities")
     for parser in (stat, edges):
-        parser.add_argument("-n", "--namespace", default="", help="namespace (all when omitted)")
-        parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+        parser.add_argument("-n", "--namespace", default="", help="namespace (default: all)")
+        output_option(parser)
         parser.add_argument(
             "--prometheus-url", metavar="URL", help="Prometheus (default: the lab's, in its node namespace)"
         )
 
 
 def _add_lab(commands: Any) -> None:
-    lab_parser = commands.add_parser(
-        "lab", help="the mesh on this machine: pods as network namespaces (root)"
+    lab_parser = command(commands, "lab", "the mesh on this machine: pods as network namespaces (root)")
+    actions = lab_parser.add_subparsers(
+        dest="lab_command", required=True, metavar="ACTION", parser_class=Parser
     )
-    actions = lab_parser.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
-    up = actions.add_parser("up", help="start a lab from a directory of manifests")
+    up = command(actions, "up", "start a lab from a directory of manifests")
     up.add_argument("directory", type=Path)
-    apply = actions.add_parser("apply", help="apply changed manifests to the running lab")
+    apply = command(actions, "apply", "apply changed manifests to the running lab")
     apply.add_argument("directory", type=Path)
-    status = actions.add_parser("status", help="pods, addresses, sidecars and their last xDS ACK")
-    status.add_argument("--output", choices=["text", "json"], default="text")
-    exec_ = actions.add_parser("exec", help="run a command in a pod's network namespace")
+    status = command(actions, "status", "pods, addresses, sidecars and their last xDS ACK")
+    output_option(status, ("table", "json"))
+    exec_ = command(actions, "exec", "run a command in a pod's network namespace")
     exec_.add_argument("pod", metavar="NAMESPACE/POD")
     exec_.add_argument("-c", "--container", help="whose user and environment (default: the first app)")
     exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
-    logs = actions.add_parser(
-        "logs", help="a container's output (or `controller`, `supervisor`, `prometheus`)"
-    )
+    logs = command(actions, "logs", "a container's output (or `controller`, `supervisor`, `prometheus`)")
     logs.add_argument("pod", metavar="NAMESPACE/POD|controller|supervisor|prometheus")
     logs.add_argument("-c", "--container", help="container name (default: the first app)")
-    actions.add_parser("down", help="stop the lab and remove all it made (also after a crash)")
+    command(actions, "down", "stop the lab and remove all it made (also after a crash)")
     supervise = actions.add_parser("_supervise")
     supervise.add_argument("directory", type=Path)
     supervise.add_argument("--envoy", type=Path, required=True)
@@ -216,27 +388,21 @@ def _pod(text: str) -> tuple[str, str]:
 
 def _add_ca_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("certificates")
+    group.add_argument("--state-dir", type=Path, default=default_state_dir(), help="internal CA state")
+    group.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    group.add_argument("--ca-provider", choices=PROVIDERS, default="internal", help="who signs")
     group.add_argument(
-        "--state-dir", type=Path, default=default_state_dir(), help="internal CA state (%(default)s)"
+        "--ca-key-type", type=key_spec, default="ecdsa-p256", help="ecdsa-p256 or rsa-2048/3072/4096"
     )
-    group.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (%(default)s)")
-    group.add_argument("--ca-provider", choices=PROVIDERS, default="internal", help="who signs (%(default)s)")
-    group.add_argument(
-        "--ca-key-type", type=key_spec, default=KeySpec.ECDSA_P256, help="ecdsa-p256 or rsa-2048/3072/4096"
-    )
-    group.add_argument(
-        "--cert-validity", type=duration, default=timedelta(hours=24), help="workload certificates (24h)"
-    )
-    group.add_argument(
-        "--renew-share", type=float, default=0.3, help="renew below this share of validity (0.3)"
-    )
+    group.add_argument("--cert-validity", type=duration, default="24h", help="workload certificates")
+    group.add_argument("--renew-share", type=float, default=0.3, help="renew below this share of validity")
     group.add_argument("--cfssl-url", default="", help="cfssl server, e.g. http://127.0.0.1:8888")
     group.add_argument("--vault-address", default="", help="Vault server, e.g. https://vault:8200")
     group.add_argument(
-        "--vault-token", default=os.environ.get("VAULT_TOKEN", ""), help="Vault token ($VAULT_TOKEN)"
+        "--vault-token", default=os.environ.get("VAULT_TOKEN", ""), help="Vault token (default $VAULT_TOKEN)"
     )
-    group.add_argument("--vault-role", default="meshcp", help="Vault PKI role (%(default)s)")
-    group.add_argument("--vault-mount", default="pki", help="Vault PKI mount (%(default)s)")
+    group.add_argument("--vault-role", default="meshcp", help="Vault PKI role")
+    group.add_argument("--vault-mount", default="pki", help="Vault PKI mount")
     group.add_argument(
         "--ca-secret", default="", metavar="NS/NAME", help="keep the internal CA in this Secret"
     )
@@ -246,6 +412,7 @@ def _add_ca_options(parser: argparse.ArgumentParser) -> None:
         "--cert-manager-namespace", default="meshcp-system", help="where CertificateRequests go"
     )
     group.add_argument(
-        "--kubeconfig", help="Kubernetes access outside a pod (default: in-cluster, ~/.kube/config)"
+        "--kubeconfig",
+        help="Kubernetes access outside a pod (default: in-cluster, $KUBECONFIG, ~/.kube/config)",
     )
     group.add_argument("--context", help="kubeconfig context (default: the current one)")

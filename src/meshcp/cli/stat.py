@@ -9,13 +9,13 @@ namespace (`lab.kpi_client`); any other URL is asked directly.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from meshcp.cli.offline import OfflineError, load
 from meshcp.cli.options import UsageError
+from meshcp.cli.output import emit
 from meshcp.kpi import queries, report
 from meshcp.kpi.prometheus import (
     NoData,
@@ -127,13 +127,11 @@ async def _explain(client: Prometheus, what: str, namespace: str, window: str) -
 
 
 def _print(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str) -> None:
-    if output == "json":
-        print(json.dumps(list(rows), indent=2))
-        return
-    table = [list(columns)] + [[_cell(row, column) for column in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    emit(
+        list(rows),
+        output,
+        lambda: [list(columns)] + [[_cell(row, column) for column in columns] for row in rows],
+    )
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:

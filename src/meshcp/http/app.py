@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from meshcp import __version__
 from meshcp.cache.dump import dump
 from meshcp.cache.snapshot_cache import SnapshotCache
 from meshcp.http import dashboard, traffic_metrics
@@ -37,6 +38,11 @@ class Controller:
     state: Callable[[], MeshState] = MeshState
     #: Where golden metrics are read (None: the metrics API and dashboard answer 503).
     prometheus: Prometheus | None = None
+    #: The CA's root rotation as the controller carries it out: phase and the proxies it
+    #: waits for (`TrustCoordinator.status`).
+    trust: Callable[[], Mapping[str, object]] = dict
+    #: The (namespace, pod) a node id stands for, when the mesh knows it.
+    pod_of: Callable[[str], tuple[str, str] | None] = lambda node_id: None
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -59,7 +65,23 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def debug_proxies(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROLLER].proxies.status())
+    """Each open stream, with per type what was sent, ACKed or NACKed, and whether the
+    proxy holds its class's current content (`current`, `version_current`)."""
+    controller = request.app[CONTROLLER]
+    found = controller.proxies.status(controller.cache.get)
+    for item in found:
+        pod = controller.pod_of(str(item["node_id"]))
+        item["pod"] = None if pod is None else f"{pod[0]}/{pod[1]}"
+    return web.json_response(found)
+
+
+async def debug_version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+async def debug_trust(request: web.Request) -> web.Response:
+    """The root rotation: its phase and the proxies that have not ACKed their secrets."""
+    return web.json_response(dict(request.app[CONTROLLER].trust()))
 
 
 async def debug_cache(request: web.Request) -> web.Response:
@@ -113,6 +135,8 @@ def create_debug_app(controller: Controller) -> web.Application:
     app.router.add_get("/debug/cache", debug_cache)
     app.router.add_get("/debug/problems", debug_problems)
     app.router.add_get("/debug/config/{node_id}", debug_config)
+    app.router.add_get("/debug/version", debug_version)
+    app.router.add_get("/debug/trust", debug_trust)
     return app
 
 

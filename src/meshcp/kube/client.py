@@ -52,3 +52,16 @@ def describe_api_error(error: ApiException) -> str:
         except ValueError:
             message = ""
     return f"{error.status} {error.reason}" + (f": {message}" if message else "")
+
+
+class KubeAccessError(Exception):
+    """No credentials for the cluster (no kubeconfig, an unknown context); one line."""
+
+
+async def checked_api_client(context: str | None = None, config_file: str | None = None) -> ApiClient:
+    """`default_api_client`, its configuration errors as one-line `KubeAccessError`s."""
+    try:
+        return await default_api_client(context, config_file)
+    except (config.ConfigException, OSError) as error:
+        where = config_file or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise KubeAccessError(f"no Kubernetes access ({where}): {error}") from None

@@ -38,6 +38,9 @@ class ServicePort:
     protocol: str  # one of PROTOCOLS (already resolved from appProtocol / name)
     name: str = ""
     transport: str = "TCP"  # Kubernetes' protocol field: TCP, UDP, SCTP
+    #: appProtocol as written ("" when absent): `meshcp analyze` tells a decided protocol
+    #: from one assumed (neither appProtocol nor the name says it).
+    app_protocol: str = ""
 
 
 @dataclass(frozen=True, slots=True)

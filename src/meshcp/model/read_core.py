@@ -27,6 +27,15 @@ from meshcp.model.names import dns_label, dns_subdomain, port_name
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
+def protocol_decided(app_protocol: str, name: str) -> bool:
+    """Whether appProtocol or the port name says how a port is spoken (else `port_protocol`
+    assumes http)."""
+    if app_protocol.lower() in PROTOCOLS:
+        return True
+    lowered = name.lower()
+    return lowered.startswith("tcp-server-first") or lowered.split("-", 1)[0] in PROTOCOLS
+
+
 def port_protocol(app_protocol: str, name: str) -> str:
     """How a service port is spoken: appProtocol when it is one meshcp knows, else the port
     name's prefix (`tcp-server-first`, or the part before the first `-`, or the whole name),
@@ -91,12 +100,14 @@ def _service_port(node: Field) -> ServicePort:
         target_port = port_name(target)
     elif target.present:
         target_port = target.port()
+    app_protocol = node.field("appProtocol").string()
     return ServicePort(
         port=port,
         target_port=target_port,
-        protocol=port_protocol(node.field("appProtocol").string(), name),
+        protocol=port_protocol(app_protocol, name),
         name=name,
         transport=transport,
+        app_protocol=app_protocol,
     )
 
 

@@ -92,3 +92,8 @@ class ProxyClassifier:
             self._uuids.clear()
         self._uuids[node_id] = found
         return found
+
+    def pod_of(self, node_id: str) -> tuple[str, str] | None:
+        """The (namespace, pod) the last round knows for a node id (for /debug/proxies)."""
+        proxy_uuid = self._uuid(node_id)
+        return None if proxy_uuid is None else self._proxies.get(proxy_uuid)

@@ -166,6 +166,8 @@ class ControllerRuntime:
             self.cache,
             problems=lambda: self.store.state.problems,
             state=lambda: self.store.state,
+            trust=self.trust.status,
+            pod_of=self.classifier.pod_of,
             prometheus=(
                 None
                 if settings.prometheus_url is None

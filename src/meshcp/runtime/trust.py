@@ -103,6 +103,20 @@ class TrustCoordinator:
         #: Proxies the current rotation phase waits for (a metric and /debug).
         self.laggards: tuple[str, ...] = ()
 
+    def status(self) -> dict[str, object]:
+        """The rotation as carried out here (`/debug/trust`, `meshcp ca show`): the CA's
+        phase (None for a provider without one), the proxies the phase waits for, how long
+        it has waited and how long it will wait at most."""
+        ca = self._internal_or_none()
+        waiting = self._waiting
+        return {
+            "provider": self._provider.name,
+            "phase": None if ca is None else ca.state.phase.value,
+            "lagging_proxies": list(self.laggards),
+            "waiting_seconds": None if waiting is None else round(self._monotonic() - waiting[1], 1),
+            "deadline_seconds": self._deadline,
+        }
+
     async def refresh(self) -> None:
         """Read the CA's trust bundles; publish them where they changed, and re-issue the
         xDS server certificate when the xDS roots or the signing root changed."""

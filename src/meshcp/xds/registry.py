@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp.cache.resource_types import SHORT_NAMES
 from meshcp.cache.snapshot import Snapshot
 
 
@@ -82,8 +83,18 @@ class ConnectedProxies:
                 out.append(node.id if node is not None else connection.peer)
         return sorted(out)
 
-    def status(self) -> list[dict[str, object]]:
-        return sorted(
-            (connection.status() for connection in self._connections.values()),
-            key=lambda item: (str(item["node_id"]), str(item["stream"])),
-        )
+    def status(self, snapshot_of: Callable[[str], Snapshot | None] | None = None) -> list[dict[str, object]]:
+        """Each stream's status; with `snapshot_of`, per type also the class's current
+        version and whether the proxy holds (has ACKed) that content."""
+        out = []
+        for connection in self._connections.values():
+            item = connection.status()
+            snapshot = None if snapshot_of is None else snapshot_of(connection.key)
+            types = item["types"]
+            if snapshot is not None and isinstance(types, dict):
+                for type_url, short in SHORT_NAMES.items():
+                    if short in types:
+                        types[short]["version_current"] = snapshot.version(type_url)
+                        types[short]["current"] = connection.protocol.holds_current(type_url, snapshot)
+            out.append(item)
+        return sorted(out, key=lambda item: (str(item["node_id"]), str(item["stream"])))
