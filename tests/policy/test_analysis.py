@@ -9,7 +9,7 @@ import yaml
 
 from meshcp.model.parse import parse_object
 from meshcp.model.state import MeshState, Problem
-from meshcp.policy.analysis import CODES, Finding, analyze
+from meshcp.policy.analysis import CODES, Finding, analyze, merged_problems
 from meshcp.policy.build import build_policies
 
 MESH = """
@@ -98,10 +98,8 @@ def test_every_builder_problem_has_its_own_code() -> None:
 
 
 def test_an_unknown_builder_problem_is_kept_as_mcp0900() -> None:
-    from meshcp.policy.analysis import _merged
-
     problem = Problem(parse_object(yaml.safe_load(MESH.split("---")[1])).ref, "something new")
-    assert _merged([problem], []) == [Finding("MCP0900", problem.ref, "something new")]
+    assert merged_problems([problem], []) == [Finding("MCP0900", problem.ref, "something new")]
 
 
 def test_every_code_is_documented() -> None:

@@ -152,7 +152,8 @@ class CAState:
         if self.previous is not None:
             raise RotationConflict(
                 f"a root rotation is already in progress (old root {self.previous.id}, "
-                f"new root {self.active.id}); finish it first"
+                f"new root {self.active.id}): a running controller finishes it once every proxy has "
+                "the new root, `meshcp ca finish-rotation` finishes it now"
             )
         if new_root.id == self.active.id:
             raise RotationConflict("the new root is the current root")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from meshcp.certs.provider import CertificateError
+from meshcp.certs.root_rotation import RotationConflict
 from meshcp.cli import analyze, commands, completion, operate, stat
 from meshcp.cli.offline import OfflineError
 from meshcp.cli.options import UsageError, controller_settings
@@ -41,6 +42,7 @@ KNOWN_FAILURES = (
     LabError,
     PrometheusError,
     ControllerError,
+    RotationConflict,
 )
 
 

@@ -6,6 +6,7 @@ Secret, cert-manager and the injector all find the cluster the same way kubectl 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -59,7 +60,10 @@ class KubeAccessError(Exception):
 
 
 async def checked_api_client(context: str | None = None, config_file: str | None = None) -> ApiClient:
-    """`default_api_client`, its configuration errors as one-line `KubeAccessError`s."""
+    """`default_api_client`, its configuration errors as one-line `KubeAccessError`s (a
+    missing file is said before the library logs its own warning about it)."""
+    if config_file is not None and not await asyncio.to_thread(os.path.isfile, config_file):
+        raise KubeAccessError(f"--kubeconfig {config_file}: no such file")
     try:
         return await default_api_client(context, config_file)
     except (config.ConfigException, OSError) as error:

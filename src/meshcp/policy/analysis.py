@@ -121,7 +121,7 @@ def analyze(
     checks.run()
     found.extend(checks.found)
     built = build_policies(state, trust_domain) if policy is None else policy
-    found.extend(_merged(built.problems, checks.found))
+    found.extend(merged_problems(built.problems, checks.found))
     unique = {(f.code, f.ref, f.field, f.message): f for f in found}
     return sorted(unique.values(), key=lambda f: (f.ref, f.code, f.field, f.message))
 
@@ -162,7 +162,7 @@ _BUILT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _SAME = {"MCP0103": {"MCP0103", "MCP0104"}}
 
 
-def _merged(problems: Iterable[Problem], own: list[Finding]) -> list[Finding]:
+def merged_problems(problems: Iterable[Problem], own: list[Finding]) -> list[Finding]:
     mine = {(f.ref, f.code) for f in own}
     out = []
     for problem in problems:
