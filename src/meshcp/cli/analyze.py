@@ -13,12 +13,14 @@ from functools import partial
 from pathlib import Path
 
 from meshcp.cli.offline import Loaded, OfflineError, load_cluster, load_located
-from meshcp.cli.options import UsageError
+from meshcp.cli.options import UsageError, pod_of
 from meshcp.cli.output import emit
 from meshcp.kube.client import KubeAccessError, checked_api_client
 from meshcp.model.locate import field_line
 from meshcp.policy.analysis import ERROR, WARNING, Finding, with_locations
 from meshcp.policy.analysis import analyze as analyze_state
+from meshcp.policy.build import build_policies
+from meshcp.policy.decide import DENIED, CheckError, Request, check
 
 
 async def load_source(args: argparse.Namespace) -> Loaded:
@@ -93,4 +95,29 @@ def _namespace_of(finding: Finding) -> str:
 
 
 async def policy(args: argparse.Namespace) -> int:
-    raise UsageError("policy check is not implemented yet")
+    """`policy check SRC DST`: exit 0 when allowed (for some requests, when none was given),
+    1 when denied."""
+    src, dst = pod_of(args, args.src, "SRC"), pod_of(args, args.dst, "DST")
+    headers = {}
+    for given in args.header or ():
+        name, sep, value = given.partition(":")
+        if not sep or not name.strip():
+            raise UsageError(f"--header {given!r} is not NAME:VALUE")
+        headers[name.strip().lower()] = value.strip()
+    request = Request(args.port, args.path, args.method, headers)
+    loaded = await load_located(args.source)
+    try:
+        verdicts = check(loaded.state, build_policies(loaded.state), src, dst, request)
+    except CheckError as error:
+        raise OfflineError(str(error)) from None
+    rows = [{"source": "/".join(src), "destination": "/".join(dst), **v.as_dict()} for v in verdicts]
+
+    def table() -> list[list[str]]:
+        header = ["DESTINATION", "PORT", "PROTOCOL", "DECISION", "DECIDED BY", "REASON"]
+        return [header] + [
+            [v.service, str(v.port), v.protocol, v.decision.upper(), "; ".join(v.by) or "-", v.reason]
+            for v in verdicts
+        ]
+
+    emit(rows, args.output, table)
+    return 0 if any(v.decision != DENIED for v in verdicts) else 1

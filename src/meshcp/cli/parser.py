@@ -277,6 +277,9 @@ def add_operator_commands(commands: Any) -> None:
     check.add_argument("--port", type=int, help="the destination's service port (default: each port)")
     check.add_argument("--path", help="an HTTP request's path (default: any request)")
     check.add_argument("--method", help="an HTTP request's method (default: any method)")
+    check.add_argument(
+        "--header", action="append", metavar="NAME:VALUE", help="an HTTP request's header (repeatable)"
+    )
     check.add_argument("--source", type=Path, required=True, help="directory of manifests")
     output_option(check)
 

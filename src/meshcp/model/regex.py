@@ -74,3 +74,8 @@ def read_regex(field: Field, *, prefix: bool = False) -> str:
             "(re2.max_program_size.error_level); every proxy would refuse it"
         )
     return pattern
+
+
+def full_match(pattern: str, text: str) -> bool:
+    """Whether RE2 matches all of `text` with `pattern`, as Envoy's `safe_regex` does."""
+    return re2.fullmatch(pattern, text) is not None
