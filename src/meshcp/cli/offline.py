@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
@@ -74,15 +75,41 @@ async def load_cluster(factory: ApiClientFactory, seconds: float) -> Loaded:
     store = Store(window=0, max_wait=0)
     store.expect("kubernetes")
     source = KubernetesSource(store.apply, api_client_factory=factory)
-    try:
-        async with asyncio.timeout(seconds):
-            state = await _read_once(store, source.run(), "the cluster")
-    except TimeoutError:
-        raise OfflineError(
-            f"the Kubernetes API did not list the mesh's objects within {seconds:g}s (--timeout; "
-            "is the cluster reachable, and may this user list them?)"
-        ) from None
+    with _LastError("meshcp.sources") as last:
+        try:
+            async with asyncio.timeout(seconds):
+                state = await _read_once(store, source.run(), "the cluster")
+        except TimeoutError:
+            said = f": {last.message}" if last.message else " (is the cluster reachable?)"
+            raise OfflineError(
+                f"the Kubernetes API did not list the mesh's objects within {seconds:g}s (--timeout){said}"
+            ) from None
     return Loaded(state, {})
+
+
+class _LastError(logging.Handler):
+    """While a command waits for a source, the source's retries (one log line per kind and
+    attempt) are held back and only the last is kept, for the one-line error; at
+    `--log-level debug` they are shown as they come."""
+
+    def __init__(self, logger: str) -> None:
+        super().__init__(logging.WARNING)
+        self._logger = logging.getLogger(logger)
+        self._propagate = self._logger.propagate
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage().split("; retrying")[0]
+
+    def __enter__(self) -> _LastError:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.addHandler(self)
+            self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._propagate
 
 
 async def _read_once(store: Store, reading: Coroutine[Any, Any, None], what: str) -> MeshState:
