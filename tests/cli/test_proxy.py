@@ -3,14 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,95 +14,23 @@ import pytest
 
 from meshcp import __version__
 from meshcp.cli.operate import sync_state
-from tests.cli.runner import bookstore
-from tests.cli.test_main import wait_for_line
+from tests.cli.controller import POD, TYPES, Mesh, proxy_status, run, running_mesh, wait_synced
 from tests.support import eventually
-from tests.support.envoy import REAL_ENVOY, EnvoyProcess
-
-MESHCP = [sys.executable, "-m", "meshcp"]
-POD = "bookstore-v1-0"
-TYPES = ("cds", "eds", "lds", "rds", "sds")
-
-
-async def run(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *MESHCP, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-@dataclass
-class Mesh:
-    state: Path
-    debug: str
-    envoy: EnvoyProcess
-    node_id: str
+from tests.support.envoy import REAL_ENVOY
 
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    source, state = bookstore(tmp_path), tmp_path / "state"
-    controller = await asyncio.create_subprocess_exec(
-        *MESHCP,
-        "serve",
-        "--source",
-        str(source),
-        "--state-dir",
-        str(state),
-        "--xds-address",
-        "127.0.0.1:0",
-        "--http-address",
-        "127.0.0.1:0",
-        "--debug-address",
-        "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert controller.stderr is not None
-        xds = (await wait_for_line(controller.stderr, r"serving xDS on 127\.0\.0\.1:(\d+)"))[1]
-        debug = (
-            "127.0.0.1:"
-            + (await wait_for_line(controller.stderr, r"serving /debug on 127\.0\.0\.1:(\d+)"))[1]
-        )
-        out = tmp_path / "proxy"
-        status, printed, err = await run(
-            "bootstrap", POD, "-n", "bookstore", "--source", str(source), "--state-dir", str(state),
-            "--out", str(out), "--xds-address", f"127.0.0.1:{xds}",
-        )  # fmt: skip
-        assert status == 0, err
-        node_id = re.search(r"for node (\S+)", printed)[1]  # type: ignore[index]
-        bootstrap = json.loads((out / "bootstrap.json").read_text())
-        bootstrap["admin"]["address"]["socketAddress"]["portValue"] = 0  # EnvoyProcess reads it back
-        async with EnvoyProcess(bootstrap) as envoy:
-            yield Mesh(state, debug, envoy, node_id)
-    finally:
-        controller.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(controller.wait(), 30)
-
-
-async def _status(mesh: Mesh) -> list[dict[str, Any]]:
-    status, out, err = await run("proxy", "status", "--server", mesh.debug, "-o", "json")
-    assert status == 0, err
-    rows: list[dict[str, Any]] = json.loads(out)
-    return rows
-
-
-async def _synced(mesh: Mesh) -> None:
-    async def all_synced() -> bool:
-        rows = await _status(mesh)
-        return len(rows) == 1 and all(rows[0][t]["state"] == "SYNCED" for t in TYPES)
-
-    await eventually(all_synced, timeout=60, what="the proxy SYNCED on every type")
+    async with running_mesh(tmp_path) as running:
+        yield running
 
 
 pytestmark = REAL_ENVOY
 
 
 async def test_proxy_status_config_and_version(mesh: Mesh) -> None:
-    await _synced(mesh)
-    [row] = await _status(mesh)
+    await wait_synced(mesh)
+    [row] = await proxy_status(mesh)
     assert (row["pod"], row["node_id"], row["identity"]) == (
         f"bookstore/{POD}",
         mesh.node_id,
@@ -165,7 +89,7 @@ async def test_proxy_status_config_and_version(mesh: Mesh) -> None:
 
 
 async def test_ca_show_names_the_proxies_a_rotation_waits_for(mesh: Mesh) -> None:
-    await _synced(mesh)
+    await wait_synced(mesh)
     state, server = str(mesh.state), mesh.debug
     status, out, err = await run("ca", "show", "--state-dir", state, "--server", server, "-o", "json")
     assert status == 0, err
@@ -194,6 +118,14 @@ async def test_ca_show_names_the_proxies_a_rotation_waits_for(mesh: Mesh) -> Non
         assert "proxies to ACK their secrets:" in text
         assert f"    {mesh.node_id}" in text.splitlines()
         assert "previous root:" in text
+
+        # Dropping the old root now would strand every proxy's certificate: refused.
+        status, out, err = await run("ca", "finish-rotation", "--state-dir", state, "--server", server)
+        assert (status, out) == (1, "")
+        assert err.startswith(
+            f"meshcp: error: the controller at {server} is in phase trusting (it waits for 1 proxies"
+        ), err
+        assert err.endswith("finishing now breaks mTLS between every proxy (--force does it anyway)\n"), err
     finally:
         os.kill(pid, signal.SIGCONT)
 

@@ -46,15 +46,14 @@ async def compile_pod(args: argparse.Namespace) -> int:
     """The pod's configuration, and exit status 1 when the mesh has errors (`analyze`)."""
     namespace, name = pod_of(args)
     loaded = await offline.load_located(args.source)
-    compiled = offline.compile_pod(loaded.state, namespace, name)
     findings = analysis_findings(loaded)
+    compiled = offline.compile_pod(loaded.state, namespace, name, [finding.line() for finding in findings])
     document: dict[str, object] = {
         "pod": f"{namespace}/{name}",
         "class": compiled.class_key,
         "identity": str(compiled.identity),
     }
     document.update(compiled.config)
-    document["problems"] = [finding.line() for finding in findings]
     print(dumps(document, args.output), end="")
     errors = sum(1 for finding in findings if finding.severity == "error")
     if errors:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from meshcp.kube.client import ApiClientFactory
 from meshcp.model.core import Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
+from meshcp.policy.analysis import analyze
 from meshcp.policy.membership import is_meshed, proxy_uuid
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.store import Store
@@ -75,7 +76,7 @@ async def load_cluster(factory: ApiClientFactory, seconds: float) -> Loaded:
     store = Store(window=0, max_wait=0)
     store.expect("kubernetes")
     source = KubernetesSource(store.apply, api_client_factory=factory)
-    with _LastError("meshcp.sources") as last:
+    with HeldBack("meshcp.sources") as last:
         try:
             async with asyncio.timeout(seconds):
                 state = await _read_once(store, source.run(), "the cluster")
@@ -87,9 +88,10 @@ async def load_cluster(factory: ApiClientFactory, seconds: float) -> Loaded:
     return Loaded(state, {})
 
 
-class _LastError(logging.Handler):
-    """While a command waits for a source, the source's retries (one log line per kind and
-    attempt) are held back and only the last is kept, for the one-line error; at
+class HeldBack(logging.Handler):
+    """Log lines of a part that a one-shot command reports itself, held back while it runs
+    (the last is kept, for a one-line error): the Kubernetes source's retries (a line per
+    kind and attempt), the reconciler's skipped objects (`analyze` lists them). At
     `--log-level debug` they are shown as they come."""
 
     def __init__(self, logger: str) -> None:
@@ -101,7 +103,7 @@ class _LastError(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.message = record.getMessage().split("; retrying")[0]
 
-    def __enter__(self) -> _LastError:
+    def __enter__(self) -> HeldBack:
         if not self._logger.isEnabledFor(logging.DEBUG):
             self._logger.addHandler(self)
             self._logger.propagate = False
@@ -154,12 +156,16 @@ class Compiled:
     config: dict[str, Any]
 
 
-def compile_pod(state: MeshState, namespace: str, name: str) -> Compiled:
+def compile_pod(
+    state: MeshState, namespace: str, name: str, problems: Sequence[str] | None = None
+) -> Compiled:
     """The configuration the proxy of one pod would receive (secrets by name only: no
-    certificate is issued, so no CA is needed)."""
+    certificate is issued, so no CA is needed), with the mesh's problems: `problems`, or
+    (None) `policy.analysis`'s findings without locations."""
     find_pod(state, namespace, name)
     reconciler = Reconciler(Encoder())
-    classes = {c.key: c for c in reconciler.apply(state)}
+    with HeldBack("meshcp.runtime.reconcile"):  # the problems are the command's to print
+        classes = {c.key: c for c in reconciler.apply(state)}
     key = reconciler.policy.pod_classes[(namespace, name)]
     proxy_class = classes[key]
     config: dict[str, Any] = dump(proxy_class.all_resources())
@@ -168,7 +174,7 @@ def compile_pod(state: MeshState, namespace: str, name: str) -> Compiled:
         {"name": naming.SERVICE_CERT, "holds": f"the certificate and key of {proxy_class.identity}"},
         {"name": naming.ROOT_CERT, "holds": "the mesh's trust bundle"},
     ]
-    config["problems"] = [str(p) for p in state.problems + reconciler.policy.problems]
+    config["problems"] = [f.line() for f in analyze(state)] if problems is None else list(problems)
     return Compiled(key, proxy_class.identity, config)
 
 

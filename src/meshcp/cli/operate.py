@@ -214,21 +214,46 @@ async def ca(args: argparse.Namespace) -> int:
         store = await _ca_store(args)
     except KubeAccessError as error:
         raise ControllerError(str(error)) from None
+    actions = {"show": ca_show, "rotate": ca_rotate, "finish-rotation": ca_finish_rotation}
     try:
-        action = {"show": ca_show, "rotate": ca_rotate, "finish-rotation": ca_finish_rotation}[
-            args.ca_command
-        ]
-        report = await action(store)
+        if args.ca_command == "finish-rotation" and not args.force:
+            await _safe_to_finish(args.server)
+        report = await actions[args.ca_command](store)
     finally:
         if isinstance(store, SecretStore):
             await store.aclose()
     report["store"] = store.location
-    try:
-        report["controller"] = {"address": args.server, **await get_json(args.server, "/debug/trust")}
-    except ControllerError:
-        report["controller"] = None
+    report["controller"] = await _trust(args.server)
     emit(report, args.output, lambda: ca_text(report, args.server))
     return 0
+
+
+async def _trust(server: str) -> dict[str, Any] | None:
+    """The rotation as the controller at `server` carries it out; None when none answers."""
+    try:
+        return {"address": server, **await get_json(server, "/debug/trust")}
+    except ControllerError:
+        return None
+
+
+async def _safe_to_finish(server: str) -> None:
+    """Refuse to drop the old root while a running controller's workload certificates still
+    come from it: every proxy would stop trusting every other's certificate at once."""
+    trust = await _trust(server)
+    if trust is None or trust.get("phase") in (None, "stable"):
+        return
+    if trust["phase"] == "trusting" or not trust.get("certificates_reissued"):
+        lagging = trust.get("lagging_proxies") or []
+        waits = (
+            f" (it waits for {len(lagging)} proxies, {trust['deadline_seconds']:g}s at most)"
+            if lagging
+            else ""
+        )
+        raise ControllerError(
+            f"the controller at {server} is in phase {trust['phase']}{waits} and workload certificates "
+            "still come from the old root: finishing now breaks mTLS between every proxy "
+            "(--force does it anyway)"
+        )
 
 
 def ca_text(report: Mapping[str, Any], server: str) -> str:

@@ -300,6 +300,12 @@ def add_operator_commands(commands: Any) -> None:
         _add_kubernetes_access(action)
         server_option(action)
         output_option(action)
+        if name == "finish-rotation":
+            action.add_argument(
+                "--force",
+                action="store_true",
+                help="even while the controller's workload certificates still come from the old root",
+            )
 
 
 #: `proxy config --type`: an xDS type, or every one.

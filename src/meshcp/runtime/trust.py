@@ -115,6 +115,9 @@ class TrustCoordinator:
             "lagging_proxies": list(self.laggards),
             "waiting_seconds": None if waiting is None else round(self._monotonic() - waiting[1], 1),
             "deadline_seconds": self._deadline,
+            #: Whether every workload certificate comes from the new root yet (the last step
+            #: before the old root can go without breaking mTLS between proxies).
+            "certificates_reissued": ca is not None and self._reissued_for == ca.state.active.id,
         }
 
     async def refresh(self) -> None:
