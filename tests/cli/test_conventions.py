@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from meshcp import __version__
+from meshcp.cli.commands import exec_command, lab_pod
 from meshcp.cli.completion import _walk
 from meshcp.cli.parser import HelpFormatter, build_parser
 from tests.cli.runner import EXAMPLE, meshcp
@@ -218,3 +219,23 @@ def test_bash_completion_knows_commands_options_and_values(tmp_path: object) -> 
     assert "--strict" in complete(script, "analyze", "--s")
     assert "--log-level" in complete(script, "ca", "show", "--l")
     assert "_supervise" not in complete(script, "lab", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "pod", "command", "container"),
+    [
+        (["lab", "exec", "p", "-n", "ns", "--", "ls", "-l"], "ns/p", ["ls", "-l"], None),
+        (["lab", "exec", "-n", "ns", "p", "-c", "app", "--", "ls"], "ns/p", ["ls"], "app"),
+        (["lab", "exec", "ns/p", "--", "ls", "-n"], "ns/p", ["ls", "-n"], None),
+        (["lab", "exec", "ns/p", "ls"], "ns/p", ["ls"], None),
+        (["lab", "logs", "controller"], "controller", None, None),
+        (["lab", "logs", "p", "-n", "ns", "-c", "app"], "ns/p", None, "app"),
+    ],
+)
+def testlab_pods_are_pod_dash_n_too(
+    argv: list[str], pod: str, command: list[str] | None, container: str | None
+) -> None:
+    args = build_parser().parse_args(argv)
+    if command is not None:
+        assert exec_command(args) == command
+    assert (lab_pod(args), args.container) == (pod, container)

@@ -130,12 +130,30 @@ def lab_command(args: argparse.Namespace) -> int:
     elif action == "status":
         lab.status(paths, args.output)
     elif action == "exec":
-        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        lab.exec_in(args.pod, command, paths, args.container)
+        command = exec_command(args)
+        lab.exec_in(lab_pod(args), command, paths, args.container)
     elif action == "logs":
-        lab.logs(args.pod, paths, args.container)
+        lab.logs(lab_pod(args), paths, args.container)
     elif action == "down":
         lab.down(paths)
     elif action == "_supervise":
         return lab.run_supervisor(args.directory, args.envoy, paths)
     return 0
+
+
+def lab_pod(args: argparse.Namespace) -> str:
+    """The lab's `NAMESPACE/POD` for `POD -n NS` (or `NS/POD`, or a part's name: `controller`)."""
+    if args.namespace is None or "/" in args.pod:
+        return str(args.pod)
+    return f"{args.namespace}/{args.pod}"
+
+
+def exec_command(args: argparse.Namespace) -> list[str]:
+    """`lab exec`'s command. Options written after POD (`-n NS`, `-c NAME`) arrive with the
+    command (argparse hands everything after POD to it): they are taken back here, up to the
+    first word that is not one of them, or `--`."""
+    rest = list(args.argv)
+    while len(rest) >= 2 and rest[0] in ("-n", "--namespace", "-c", "--container"):
+        flag, value = rest.pop(0), rest.pop(0)
+        setattr(args, "namespace" if flag in ("-n", "--namespace") else "container", value)
+    return rest[1:] if rest[:1] == ["--"] else rest

@@ -376,11 +376,15 @@ def _add_lab(commands: Any) -> None:
     status = command(actions, "status", "pods, addresses, sidecars and their last xDS ACK")
     output_option(status, ("table", "json"))
     exec_ = command(actions, "exec", "run a command in a pod's network namespace")
-    exec_.add_argument("pod", metavar="NAMESPACE/POD")
+    exec_.add_argument("pod", metavar="POD", help="NAME with -n, or NAMESPACE/NAME")
+    exec_.add_argument("-n", "--namespace", help="the pod's namespace")
     exec_.add_argument("-c", "--container", help="whose user and environment (default: the first app)")
     exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     logs = command(actions, "logs", "a container's output (or `controller`, `supervisor`, `prometheus`)")
-    logs.add_argument("pod", metavar="NAMESPACE/POD|controller|supervisor|prometheus")
+    logs.add_argument(
+        "pod", metavar="POD|controller|supervisor|prometheus", help="NAME with -n, or NAMESPACE/NAME"
+    )
+    logs.add_argument("-n", "--namespace", help="the pod's namespace")
     logs.add_argument("-c", "--container", help="container name (default: the first app)")
     command(actions, "down", "stop the lab and remove all it made (also after a crash)")
     supervise = actions.add_parser("_supervise")
