@@ -68,6 +68,12 @@ kind: TrafficSplit
 metadata: {name: b, namespace: shop}
 spec: {service: web-v2, backends: [{service: web, weight: 0}], matches: [{kind: HTTPRouteGroup, name: gone}]}
 ---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: gone-1, namespace: shop, labels: {kubernetes.io/service-name: gone}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.9]}]
+---
 apiVersion: config.meshcp.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: meshcp}
@@ -94,7 +100,17 @@ def test_every_builder_problem_has_its_own_code() -> None:
     for problem in built.problems:
         assert any(f.ref == problem.ref for f in findings), problem
     codes = {f.code for f in findings}
-    assert {"MCP0107", "MCP0205", "MCP0206", "MCP0207", "MCP0208", "MCP0303", "MCP0103", "MCP0404"} <= codes
+    assert {
+        "MCP0107",
+        "MCP0205",
+        "MCP0206",
+        "MCP0207",
+        "MCP0208",
+        "MCP0303",
+        "MCP0103",
+        "MCP0404",
+        "MCP0108",
+    } <= codes
 
 
 def test_an_unknown_builder_problem_is_kept_as_mcp0900() -> None:

@@ -20,7 +20,7 @@ from meshcp.identity import Identity
 from meshcp.model.core import PROTOCOLS, Service, ServicePort
 from meshcp.model.locate import path_of
 from meshcp.model.meta import ObjectRef
-from meshcp.model.read_core import protocol_decided
+from meshcp.model.read_core import SERVICE_NAME_LABEL, protocol_decided
 from meshcp.model.smi import HTTPMatch, TrafficTarget
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.backends import Backends, target_port
@@ -56,6 +56,7 @@ CODES: dict[str, Code] = _catalog(
     Code("MCP0105", ERROR, "a TrafficTarget names an HTTPRouteGroup match that the group does not have"),
     Code("MCP0106", WARNING, "a pod runs as a ServiceAccount that does not exist"),
     Code("MCP0107", ERROR, "a Service's targetPort names a port the pod does not have"),
+    Code("MCP0108", WARNING, "an EndpointSlice names a Service that does not exist"),
     Code("MCP0201", WARNING, "a TrafficTarget allows nothing"),
     Code("MCP0202", WARNING, "a TrafficTarget is shadowed: another one already allows all it allows"),
     Code("MCP0203", INFO, "a TrafficTarget's destination has no meshed pod (yet)"),
@@ -195,6 +196,7 @@ class _Checks:
         self.services()
         self.splits()
         self.pods()
+        self.endpoint_slices()
 
     def account_exists(self, namespace: str, name: str) -> bool:
         # Kubernetes makes `default` in every namespace.
@@ -441,6 +443,18 @@ class _Checks:
                         f"metadata.labels.{PROXY_UUID_LABEL}",
                     )
                 seen[label] = pod.ref
+
+    def endpoint_slices(self) -> None:
+        services = self.state.service_index
+        for endpoint_slice in self.state.endpoint_slices:
+            ns = endpoint_slice.meta.namespace
+            if (ns, endpoint_slice.service) not in services:
+                self.add(
+                    "MCP0108",
+                    endpoint_slice.ref,
+                    f"Service {ns}/{endpoint_slice.service} does not exist: its endpoints reach no one",
+                    f"metadata.labels.{SERVICE_NAME_LABEL}",
+                )
 
 
 def _covers(
