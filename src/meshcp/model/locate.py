@@ -37,7 +37,14 @@ def field_line(text: str, document_line: int, path: str) -> int:
         return document_line
     if root is None:
         return document_line
-    node, line = root, root.start_mark.line + 1
+    return node_field_line(root, path)
+
+
+def node_field_line(root: yaml.Node, path: str) -> int:
+    """The 1-based line of `path` in a composed YAML document (its marks count lines from 0
+    of the text it was composed from: the file's, or add the offset of a part of it)."""
+    node: yaml.Node | None = root
+    line = root.start_mark.line + 1
     rest = path
     while rest and node is not None:
         rest = rest.lstrip(".")
