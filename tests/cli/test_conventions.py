@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from meshcp import __version__
+from meshcp.cli.arguments import HelpFormatter
 from meshcp.cli.commands import exec_command, lab_pod
 from meshcp.cli.completion import _walk
-from meshcp.cli.parser import HelpFormatter, build_parser
+from meshcp.cli.parser import build_parser
 from tests.cli.runner import EXAMPLE, meshcp
 
 

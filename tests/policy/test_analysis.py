@@ -9,8 +9,9 @@ import yaml
 
 from meshcp.model.parse import parse_object
 from meshcp.model.state import MeshState, Problem
-from meshcp.policy.analysis import CODES, Finding, analyze, merged_problems
+from meshcp.policy.analysis import analyze, merged_problems
 from meshcp.policy.build import build_policies
+from meshcp.policy.findings import CODES, Finding
 
 MESH = """
 apiVersion: v1

@@ -17,10 +17,11 @@ from meshcp.cli.options import UsageError, pod_of
 from meshcp.cli.output import emit
 from meshcp.kube.client import KubeAccessError, checked_api_client
 from meshcp.model.locate import field_line
-from meshcp.policy.analysis import ERROR, WARNING, Finding, with_locations
 from meshcp.policy.analysis import analyze as analyze_state
+from meshcp.policy.analysis import with_locations
 from meshcp.policy.build import build_policies
 from meshcp.policy.decide import DENIED, CheckError, Request, check
+from meshcp.policy.findings import ERROR, WARNING, Finding
 
 
 async def load_source(args: argparse.Namespace) -> Loaded:

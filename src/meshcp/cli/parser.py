@@ -6,12 +6,12 @@ import argparse
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from meshcp import __version__
 from meshcp.certs.keys import KeySpec
 from meshcp.certs.setup import PROVIDERS, default_state_dir
-from meshcp.cli.output import ALIASES, FORMATS
+from meshcp.cli.arguments import LOG_LEVELS, Parser, command, output_option, pod_argument, server_option
 from meshcp.http.api_tls import API_PORT
 from meshcp.injector.template import DEFAULT_INIT_IMAGE
 from meshcp.model.durations import parse_duration
@@ -71,84 +71,6 @@ def _add_listeners(serve: argparse.ArgumentParser) -> None:
     )
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Every option's default in its help line, unless the help already says it or there is
-    none to say (a flag, an unset option)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "%(default)" in text or "(default" in text or text == argparse.SUPPRESS:
-            return text
-        default = action.default
-        unset = default is None or default is False or default is argparse.SUPPRESS
-        if unset or default in ("", []) or not action.option_strings:
-            return text
-        return f"{text} (default %(default)s)" if text else "(default %(default)s)"
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage errors are one line on stderr, exit status 2 (as every other error is one line)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"meshcp: error: {message} (see `{self.prog} --help`)\n")
-
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _common() -> Parser:
-    """Options every command takes, anywhere on its line (`--log-level`)."""
-    common = Parser(add_help=False)
-    common.add_argument(
-        "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log verbosity (default info)"
-    )
-    return common
-
-
-def command(group: Any, name: str, text: str, **kwargs: Any) -> Parser:
-    """A (sub)command with the common options."""
-    parser: Parser = group.add_parser(name, help=text, description=text, parents=[_common()], **kwargs)
-    return parser
-
-
-def output_option(
-    parser: argparse.ArgumentParser, choices: tuple[str, ...] = FORMATS, default: str = "table"
-) -> None:
-    """`-o/--output`, the same on every command (older spellings accepted, see `output.ALIASES`)."""
-
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=lambda text: ALIASES.get(text, text),
-        choices=choices,
-        default=default,
-        help="output format",
-    )
-
-
-def pod_argument(parser: argparse.ArgumentParser, text: str = "the pod") -> None:
-    """`POD -n NS` (or `NS/POD`), as kubectl and osm name pods; `--pod NS/NAME` still works."""
-    parser.add_argument("pod", nargs="?", metavar="POD", help=f"{text}: NAME (with -n) or NAMESPACE/NAME")
-    parser.add_argument("-n", "--namespace", default="default", help="the pod's namespace")
-    parser.add_argument("--pod", dest="pod_option", type=_pod, help=argparse.SUPPRESS)
-
-
-def server_option(parser: argparse.ArgumentParser) -> None:
-    """Where a running controller answers: its debug listener (`serve --debug-address`)."""
-    parser.add_argument(
-        "--server",
-        "--debug-address",
-        dest="server",
-        metavar="HOST:PORT",
-        default=f"127.0.0.1:{CONTROLLER_DEBUG_PORT}",
-        help="the controller's debug listener (serve --debug-address)",
-    )
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="meshcp", description="A service mesh control plane for Envoy.")
     parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
@@ -179,12 +101,12 @@ def build_parser() -> Parser:
 
     compile_ = command(commands, "compile", "print the Envoy config one pod's proxy would receive")
     pod_argument(compile_)
-    compile_.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    compile_.add_argument("--source", type=Path, required=True, metavar="DIR", help="directory of manifests")
     output_option(compile_, ("json", "yaml"), "json")
 
     boot = command(commands, "bootstrap", "write one pod's Envoy bootstrap and xDS client certificate")
     pod_argument(boot)
-    boot.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    boot.add_argument("--source", type=Path, required=True, metavar="DIR", help="directory of manifests")
     boot.add_argument(
         "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="where the proxy reaches the controller"
     )
@@ -280,7 +202,7 @@ def add_operator_commands(commands: Any) -> None:
     check.add_argument(
         "--header", action="append", metavar="NAME:VALUE", help="an HTTP request's header (repeatable)"
     )
-    check.add_argument("--source", type=Path, required=True, help="directory of manifests")
+    check.add_argument("--source", type=Path, required=True, metavar="DIR", help="directory of manifests")
     output_option(check)
 
     ca = command(commands, "ca", "inspect or rotate the internal CA")
@@ -390,13 +312,6 @@ def _add_lab(commands: Any) -> None:
     supervise = actions.add_parser("_supervise")
     supervise.add_argument("directory", type=Path)
     supervise.add_argument("--envoy", type=Path, required=True)
-
-
-def _pod(text: str) -> tuple[str, str]:
-    namespace, sep, name = text.partition("/")
-    if not sep or not namespace or not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
-    return namespace, name
 
 
 def _add_ca_options(parser: argparse.ArgumentParser) -> None:
