@@ -44,7 +44,8 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def running_mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+async def running_mesh(tmp_path: Path, *, delta: bool = False) -> AsyncIterator[Mesh]:
+    """`delta`: the proxy speaks incremental ADS (`bootstrap --delta`)."""
     source, state = bookstore(tmp_path), tmp_path / "state"
     controller = await asyncio.create_subprocess_exec(
         *MESHCP,
@@ -71,7 +72,7 @@ async def running_mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         out = tmp_path / "proxy"
         status, printed, err = await run(
             "bootstrap", POD, "-n", "bookstore", "--source", str(source), "--state-dir", str(state),
-            "--out", str(out), "--xds-address", f"127.0.0.1:{xds}",
+            "--out", str(out), "--xds-address", f"127.0.0.1:{xds}", *(["--delta"] if delta else []),
         )  # fmt: skip
         assert status == 0, err
         node_id = re.search(r"for node (\S+)", printed)[1]  # type: ignore[index]

@@ -139,6 +139,15 @@ async def test_ca_show_names_the_proxies_a_rotation_waits_for(mesh: Mesh) -> Non
     assert "retired root:" in text
 
 
+async def test_proxy_status_of_a_delta_stream(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path, delta=True) as mesh:
+        await wait_synced(mesh)
+        [row] = await proxy_status(mesh)
+        assert row["stream"] == "delta"
+        for short in TYPES:
+            assert row[short]["version_acked"] == row[short]["version_current"], row
+
+
 @pytest.mark.parametrize(
     ("details", "state"),
     [
