@@ -297,3 +297,24 @@ def test_compile_prints_the_config_and_exits_1_when_the_mesh_has_errors(
     ]
     clean = meshcp(capsys, "compile", "bookstore/bookstore-v1-0", "--source", str(EXAMPLE))
     assert (clean.status, json.loads(clean.out)["problems"]) == (0, [])
+
+
+def test_what_the_source_reports_gets_codes_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = bookstore(tmp_path)
+    (directory / "broken.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata:\n  name: [unclosed\n")
+    (directory / "deploy.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: bookstore\n"
+    )
+    (directory / "zz-again.yaml").write_text(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: bookstore\n  namespace: bookstore\n"
+    )
+    status, rows = _rows(capsys, directory)
+    assert status == 1
+    by_code = {row["code"]: row for row in rows}
+    assert set(by_code) == {"MCP0001", "MCP0003", "MCP0004"}, rows
+    assert by_code["MCP0001"]["location"].startswith("broken.yaml:")
+    assert by_code["MCP0001"]["severity"] == "error"
+    assert by_code["MCP0003"]["location"] == "deploy.yaml:1"
+    assert "unsupported kind Deployment" in by_code["MCP0003"]["message"]
+    assert by_code["MCP0004"]["object"] == "ServiceAccount bookstore/bookstore"
+    assert by_code["MCP0004"]["location"] == "zz-again.yaml:1"
