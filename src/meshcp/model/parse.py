@@ -4,7 +4,8 @@ Pure (no I/O): the file source and the Kubernetes source both call `parse_object
 object means the same thing whichever way it arrived, and a bad one is reported the same
 way — which field, what is wrong — and skipped, instead of taking the mesh down or being
 half-applied. This module reads the envelope (kind, apiVersion, metadata) and hands the
-rest to the reader of the kind: `read_core`, `read_smi` or `read_meshconfig`.
+rest to the reader of the kind: `read_core`, `read_smi`, `read_osm_policy` or
+`read_meshconfig`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from meshcp.model.fields import Field, FieldError, describe
 from meshcp.model.meta import Meta, ObjectRef
 from meshcp.model.names import dns_1035_label, dns_label, dns_subdomain
+from meshcp.model.osm_policy import POLICY_API
 from meshcp.model.read_core import (
     read_endpoint_slice,
     read_namespace,
@@ -24,6 +26,7 @@ from meshcp.model.read_core import (
     read_service_account,
 )
 from meshcp.model.read_meshconfig import read_mesh_config
+from meshcp.model.read_osm_policy import read_retry, read_upstream_traffic_setting
 from meshcp.model.read_smi import (
     read_http_route_group,
     read_tcp_route,
@@ -123,6 +126,8 @@ _KINDS: dict[str, _Kind] = {
     "TCPRoute": _Kind(_SPECS, True, dns_subdomain, read_tcp_route),
     "UDPRoute": _Kind(_SPECS[:1], True, dns_subdomain, read_udp_route),
     "TrafficSplit": _Kind(_SPLIT, True, dns_subdomain, read_traffic_split),
+    "Retry": _Kind((POLICY_API,), True, dns_subdomain, read_retry),
+    "UpstreamTrafficSetting": _Kind((POLICY_API,), True, dns_subdomain, read_upstream_traffic_setting),
     # Cluster-scoped: there is one mesh per control plane, and its settings are not a tenant's.
     "MeshConfig": _Kind(("config.meshcp.dev/v1alpha1",), False, dns_subdomain, read_mesh_config),
 }

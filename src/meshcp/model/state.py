@@ -11,6 +11,7 @@ from typing import TypeVar
 from meshcp.model.core import EndpointSlice, Namespace, Pod, Service, ServiceAccount
 from meshcp.model.meshconfig import MESH_LABEL, PERMISSIVE_ANNOTATION, MeshConfig
 from meshcp.model.meta import ObjectRef
+from meshcp.model.osm_policy import Retry, UpstreamTrafficSetting
 from meshcp.model.smi import HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget, UDPRoute
 
 MeshObject = (
@@ -24,6 +25,8 @@ MeshObject = (
     | TCPRoute
     | UDPRoute
     | TrafficSplit
+    | Retry
+    | UpstreamTrafficSetting
     | MeshConfig
 )
 
@@ -153,6 +156,14 @@ class MeshState:
         return self._of(TrafficSplit)
 
     @cached_property
+    def retries(self) -> tuple[Retry, ...]:
+        return self._of(Retry)
+
+    @cached_property
+    def upstream_traffic_settings(self) -> tuple[UpstreamTrafficSetting, ...]:
+        return self._of(UpstreamTrafficSetting)
+
+    @cached_property
     def mesh_configs(self) -> tuple[MeshConfig, ...]:
         """The MeshConfig objects declared, by name."""
         return self._of(MeshConfig)
@@ -200,6 +211,8 @@ _INDEX_KINDS: dict[str, frozenset[str]] = {
     "tcp_routes": frozenset({"TCPRoute"}),
     "udp_routes": frozenset({"UDPRoute"}),
     "traffic_splits": frozenset({"TrafficSplit"}),
+    "retries": frozenset({"Retry"}),
+    "upstream_traffic_settings": frozenset({"UpstreamTrafficSetting"}),
     "mesh_configs": frozenset({"MeshConfig"}),
     "mesh_config": frozenset({"MeshConfig"}),
     "meshed_namespaces": frozenset({"Namespace", "MeshConfig"}),

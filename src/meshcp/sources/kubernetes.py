@@ -42,6 +42,14 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("specs.smi-spec.io", "v1alpha4", "tcproutes", "TCPRoute", namespaced=True),
     Resource("specs.smi-spec.io", "v1alpha4", "udproutes", "UDPRoute", namespaced=True),
     Resource("split.smi-spec.io", "v1alpha4", "trafficsplits", "TrafficSplit", namespaced=True),
+    Resource("policy.openservicemesh.io", "v1alpha1", "retries", "Retry", namespaced=True),
+    Resource(
+        "policy.openservicemesh.io",
+        "v1alpha1",
+        "upstreamtrafficsettings",
+        "UpstreamTrafficSetting",
+        namespaced=True,
+    ),
     Resource("config.meshcp.dev", "v1alpha1", "meshconfigs", "MeshConfig", namespaced=False),
 )
 

@@ -57,6 +57,8 @@ OBJECT_KINDS = (
     "TCPRoute",
     "UDPRoute",
     "TrafficSplit",
+    "Retry",
+    "UpstreamTrafficSetting",
     "MeshConfig",
 )
 

@@ -1,0 +1,118 @@
+"""OSM's traffic policies (`policy.openservicemesh.io/v1alpha1`): Retry and UpstreamTrafficSetting.
+
+Read from OSM's manifests unchanged, so a mesh moving from OSM keeps its objects. Durations
+are in seconds; every optional setting OSM leaves unset is None here (Envoy's default then
+applies), never a made-up default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshcp.model.meta import Meta, ObjectRef
+from meshcp.model.smi import IdentitySubject
+
+POLICY_API = "policy.openservicemesh.io/v1alpha1"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Envoy's retry policy as OSM names it: `retry_on` is Envoy's comma-separated list."""
+
+    retry_on: str
+    per_try_timeout: float | None = None
+    num_retries: int | None = None
+    backoff_base_interval: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceName:
+    """A Service named by a policy: namespace and name."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Requests from `source` (a ServiceAccount) to `destinations` (Services) are retried."""
+
+    meta: Meta
+    source: IdentitySubject
+    destinations: tuple[ServiceName, ...]
+    policy: RetryPolicy
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Retry", self.meta.namespace, self.meta.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """`connectionSettings.tcp` and `.http`: the upstream cluster's circuit breakers, connect
+    timeout and requests per connection. None: not set (Envoy's default)."""
+
+    max_connections: int | None = None
+    connect_timeout: float | None = None
+    max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    max_pending_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive health checking of the upstream's endpoints (meshcp's addition, see
+    docs/osm-policies.md): eject an endpoint after `consecutive_5xx` errors in a row."""
+
+    consecutive_5xx: int | None = None
+    interval: float | None = None
+    base_ejection_time: float | None = None
+    max_ejection_percent: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TcpRateLimit:
+    """`rateLimit.local.tcp`: `connections` per `unit` seconds, plus `burst`."""
+
+    connections: int
+    unit: int
+    burst: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRateLimit:
+    """`rateLimit.local.http` (or a route's): `requests` per `unit` seconds plus `burst`;
+    requests over the limit get `status` and `headers`."""
+
+    requests: int
+    unit: int
+    burst: int = 0
+    status: int = 429
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRateLimit:
+    """`httpRoutes[]`: requests whose path matches `path` (an RE2 regex, in full) share
+    their own limit."""
+
+    path: str
+    limit: HttpRateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTrafficSetting:
+    """Settings of the traffic to one Service (`host`), of the setting's own namespace."""
+
+    meta: Meta
+    service: str
+    connection: ConnectionSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tcp_rate_limit: TcpRateLimit | None = None
+    http_rate_limit: HttpRateLimit | None = None
+    http_routes: tuple[RouteRateLimit, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("UpstreamTrafficSetting", self.meta.namespace, self.meta.name)

@@ -1,0 +1,237 @@
+"""Readers of OSM's Retry and UpstreamTrafficSetting (`policy.openservicemesh.io/v1alpha1`).
+
+Field names and meanings are OSM's; what OSM's schema bounds (a status code in 400..599, a
+unit of second, minute or hour) is checked here so a bad value is reported with its field
+instead of being NACKed by every Envoy that receives it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from meshcp.model.durations import parse_duration
+from meshcp.model.fields import Field, describe
+from meshcp.model.meta import Meta
+from meshcp.model.names import dns_1035_label, dns_label, dns_subdomain
+from meshcp.model.osm_policy import (
+    ConnectionSettings,
+    HttpRateLimit,
+    OutlierDetection,
+    Retry,
+    RetryPolicy,
+    RouteRateLimit,
+    ServiceName,
+    TcpRateLimit,
+    UpstreamTrafficSetting,
+)
+from meshcp.model.regex import read_regex
+from meshcp.model.smi import IdentitySubject
+
+#: Envoy's `retry_on` conditions (HTTP and gRPC): anything else Envoy ignores silently.
+RETRY_ON = (
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+)
+UNITS = {"second": 1, "minute": 60, "hour": 3600}
+_UINT32 = 2**32 - 1
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CLUSTER_SUFFIX = ".svc.cluster.local"
+
+
+def read_retry(root: Field, meta: Meta, version: str) -> Retry:
+    spec = root.field("spec")
+    source_node = spec.field("source")
+    if not source_node.present:
+        source_node.fail("required")
+    source_node.field("kind").one_of(("ServiceAccount",))
+    source = IdentitySubject(
+        name=dns_subdomain(source_node.field("name")),
+        namespace=dns_label(source_node.field("namespace"), required=False) or meta.namespace,
+    )
+    destinations: list[ServiceName] = []
+    for node in spec.field("destinations").items():
+        node.field("kind").one_of(("Service",))
+        destination = ServiceName(
+            namespace=dns_label(node.field("namespace"), required=False) or meta.namespace,
+            name=dns_1035_label(node.field("name")),
+        )
+        if destination in destinations:
+            node.fail(f"{destination.namespace}/{destination.name} is listed twice")
+        destinations.append(destination)
+    if not destinations:
+        spec.field("destinations").fail("at least one destination is required")
+    return Retry(meta, source, tuple(destinations), _retry_policy(spec.field("retryPolicy")))
+
+
+def _retry_policy(node: Field) -> RetryPolicy:
+    if not node.present:
+        node.fail("required")
+    retry_on = node.field("retryOn").string(required=True)
+    for condition in retry_on.split(","):
+        if condition.strip() not in RETRY_ON:
+            node.field("retryOn").fail(
+                f"{describe(condition.strip())} is not a retry condition (one of {', '.join(RETRY_ON)})"
+            )
+    return RetryPolicy(
+        retry_on=",".join(condition.strip() for condition in retry_on.split(",")),
+        per_try_timeout=_duration(node.field("perTryTimeout"), positive=True),
+        num_retries=_uint(node.field("numRetries")),
+        backoff_base_interval=_duration(node.field("retryBackoffBaseInterval"), positive=True),
+    )
+
+
+def read_upstream_traffic_setting(root: Field, meta: Meta, version: str) -> UpstreamTrafficSetting:
+    spec = root.field("spec")
+    service = _host(spec.field("host"), meta.namespace)
+    connection = spec.field("connectionSettings")
+    rate_limit = spec.field("rateLimit")
+    if rate_limit.field("global").present:
+        rate_limit.field("global").fail(
+            "global rate limiting is not supported (meshcp has no rate limit service)"
+        )
+    local = rate_limit.field("local")
+    tcp_limit = local.field("tcp")
+    http_limit = local.field("http")
+    routes: list[RouteRateLimit] = []
+    for node in spec.field("httpRoutes").items():
+        path = read_regex(node.field("path"))
+        if not path:
+            node.field("path").fail("required")
+        route_limit = node.field("rateLimit")
+        if route_limit.field("global").present:
+            route_limit.field("global").fail("global rate limiting is not supported")
+        if not route_limit.field("local").present:
+            node.field("rateLimit").fail("a route needs rateLimit.local (its only setting)")
+        if any(route.path == path for route in routes):
+            node.field("path").fail(f"{path!r} is listed twice")
+        routes.append(RouteRateLimit(path, _http_rate_limit(route_limit.field("local"))))
+    return UpstreamTrafficSetting(
+        meta=meta,
+        service=service,
+        connection=_connection(connection) if connection.present else None,
+        outlier_detection=_outlier(spec.field("outlierDetection")),
+        tcp_rate_limit=_tcp_rate_limit(tcp_limit) if tcp_limit.present else None,
+        http_rate_limit=_http_rate_limit(http_limit) if http_limit.present else None,
+        http_routes=tuple(routes),
+    )
+
+
+def _host(node: Field, namespace: str) -> str:
+    """The Service `host` names: `<name>` or its FQDN `<name>.<namespace>.svc.cluster.local`
+    (also `<name>.<namespace>` and `<name>.<namespace>.svc`), in the setting's namespace as
+    OSM matches it: a service's settings belong to the service's owner."""
+    value = node.string(required=True)
+    name, _, rest = value.partition(".")
+    if rest:
+        other = rest.removesuffix(_CLUSTER_SUFFIX).removesuffix(".svc")
+        if other != namespace:
+            node.fail(
+                f"{value!r} is not a Service of this namespace ({namespace!r}): an UpstreamTrafficSetting "
+                f"names a Service of its own namespace, as {name}.{namespace}.svc.cluster.local or {name}"
+            )
+    dns_1035_label(Field(name, node.path))
+    return name
+
+
+def _connection(node: Field) -> ConnectionSettings:
+    tcp, http = node.field("tcp"), node.field("http")
+    return ConnectionSettings(
+        max_connections=_uint(tcp.field("maxConnections")),
+        connect_timeout=_duration(tcp.field("connectTimeout"), positive=True),
+        max_requests=_uint(http.field("maxRequests")),
+        max_requests_per_connection=_uint(http.field("maxRequestsPerConnection")),
+        max_pending_requests=_uint(http.field("maxPendingRequests")),
+        max_retries=_uint(http.field("maxRetries")),
+    )
+
+
+def _outlier(node: Field) -> OutlierDetection | None:
+    if not node.present:
+        return None
+    node.mapping()
+    percent = _uint(node.field("maxEjectionPercent"))
+    if percent is not None and percent > 100:
+        node.field("maxEjectionPercent").fail(f"must be a percentage 0..100, got {percent}")
+    return OutlierDetection(
+        consecutive_5xx=_uint(node.field("consecutive5xx")),
+        interval=_duration(node.field("interval"), positive=True),
+        base_ejection_time=_duration(node.field("baseEjectionTime"), positive=True),
+        max_ejection_percent=percent,
+    )
+
+
+def _tcp_rate_limit(node: Field) -> TcpRateLimit:
+    return TcpRateLimit(
+        connections=_count(node.field("connections")),
+        unit=UNITS[node.field("unit").one_of(tuple(UNITS))],
+        burst=_uint(node.field("burst")) or 0,
+    )
+
+
+def _http_rate_limit(node: Field) -> HttpRateLimit:
+    status = _uint(node.field("responseStatusCode"))
+    if status is not None and not 400 <= status <= 599:
+        node.field("responseStatusCode").fail(f"must be an HTTP error status 400..599, got {status}")
+    headers: list[tuple[str, str]] = []
+    for item in node.field("responseHeadersToAdd").items():
+        name = item.field("name").string(required=True)
+        if not _HEADER_NAME.fullmatch(name):
+            item.field("name").fail("is not a valid HTTP header name")
+        headers.append((name, item.field("value").string(required=True)))
+    return HttpRateLimit(
+        requests=_count(node.field("requests")),
+        unit=UNITS[node.field("unit").one_of(tuple(UNITS))],
+        burst=_uint(node.field("burst")) or 0,
+        status=status or 429,
+        headers=tuple(headers),
+    )
+
+
+def _uint(node: Field) -> int | None:
+    """An optional uint32."""
+    value = node.value
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT32:
+        node.fail(f"must be an integer 0..{_UINT32}, got {describe(value)}")
+    return value
+
+
+def _count(node: Field) -> int:
+    """A required uint32 of at least 1 (a rate of zero would refuse everything)."""
+    value = _uint(node)
+    if value is None:
+        node.fail("required")
+    if value < 1:
+        node.fail(f"must be at least 1, got {value}")
+    return value
+
+
+def _duration(node: Field, *, positive: bool) -> float | None:
+    """An optional duration (`1s`, `250ms`), as Kubernetes' metav1.Duration is written."""
+    value = node.value
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        node.fail(f'must be a duration such as "250ms" or "1s", got {describe(value)}')
+    try:
+        seconds = parse_duration(value)
+    except ValueError as error:
+        node.fail(str(error))
+    if positive and seconds < 0.001:
+        node.fail(f"must be at least 1ms, got {describe(value)}")
+    return seconds
