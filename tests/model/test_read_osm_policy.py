@@ -188,6 +188,11 @@ INVALID: Invalid = [
         "spec.rateLimit.local.http.responseStatusCode: must be an HTTP error status 400..599, got 200",
     ),
     (
+        "status Envoy does not know",
+        setting(rateLimit={"local": {"http": {"requests": 1, "unit": "second", "responseStatusCode": 499}}}),
+        "responseStatusCode: 499 is not a status Envoy can send (it knows 400-417, 421-424, 426",
+    ),
+    (
         "header without name",
         setting(
             rateLimit={

@@ -190,8 +190,8 @@ async def test_a_new_client_of_a_service_is_handed_its_encoded_clusters(
     compiled: list[str] = []
     original = cds.upstream_cluster
 
-    def counting(*args: Any) -> Cluster:
-        cluster = original(*args)
+    def counting(*args: Any, **kwargs: Any) -> Cluster:
+        cluster = original(*args, **kwargs)
         compiled.append(cluster.name)
         return cluster
 

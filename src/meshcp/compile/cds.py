@@ -14,12 +14,23 @@ same bytes and the cluster is encoded once per service port.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 
 from meshcp._proto.envoy.config.cluster.v3 import (
+    CircuitBreakers,
+    CircuitBreakersThresholds,
     Cluster,
     ClusterDiscoveryType,
     ClusterEdsClusterConfig,
     ClusterLbPolicy,
+    OutlierDetection,
+)
+from meshcp._proto.envoy.config.core.v3 import (
+    Http1ProtocolOptions,
+    Http2ProtocolOptions,
+)
+from meshcp._proto.envoy.config.core.v3 import (
+    HttpProtocolOptions as CommonHttpProtocolOptions,
 )
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
@@ -29,21 +40,51 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     SubjectAltNameMatcherSanType,
     UpstreamTlsContext,
 )
+from meshcp._proto.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
 from meshcp._proto.envoy.type.matcher.v3 import StringMatcher
+from meshcp.cache.encoding import pack
 from meshcp.compile import naming
 from meshcp.compile.common import sds
 from meshcp.identity import Identity
+from meshcp.model.osm_policy import ConnectionSettings
+from meshcp.model.osm_policy import OutlierDetection as OsmOutlierDetection
 from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
-from meshcp.sidecar.envoy_parts import CONNECT_TIMEOUT, LOOPBACK, ads, http2_only, static_cluster, tls_socket
+from meshcp.sidecar.envoy_parts import (
+    CONNECT_TIMEOUT,
+    HTTP_OPTIONS,
+    LOOPBACK,
+    ads,
+    http2_only,
+    static_cluster,
+    tls_socket,
+)
 from meshcp.sidecar.ports import ADMIN_PORT
 
+#: A service's UpstreamTrafficSetting as its clusters read it: connection settings and
+#: outlier detection (None when it has none of either).
+ClusterSettings = tuple[ConnectionSettings | None, OsmOutlierDetection | None]
 #: What an upstream cluster is compiled from, besides the trust domain: the service, the
-#: port, whether HTTP/2 is needed end to end, and the identities its endpoints may present.
-UpstreamSpec = tuple[ServiceKey, int, bool, tuple[Identity, ...]]
+#: port, whether HTTP/2 is needed end to end, the identities its endpoints may present,
+#: and the service's own settings. Nothing of the client.
+UpstreamSpec = tuple[ServiceKey, int, bool, tuple[Identity, ...], ClusterSettings | None]
+
+
+def cluster_of(spec: UpstreamSpec, trust_domain: str) -> Cluster:
+    service, port, http2, identities, settings = spec
+    return upstream_cluster(service, port, http2, identities, trust_domain, settings=settings)
 
 
 def upstream_cluster(
-    service: ServiceKey, port: int, http2: bool, identities: Iterable[Identity], trust_domain: str
+    service: ServiceKey,
+    port: int,
+    http2: bool,
+    identities: Iterable[Identity],
+    trust_domain: str,
+    *,
+    settings: ClusterSettings | None = None,
 ) -> Cluster:
     """An upstream service port over mTLS, the same for every client.
 
@@ -77,7 +118,52 @@ def upstream_cluster(
     )
     if http2:  # gRPC needs HTTP/2 end to end
         cluster.typed_extension_protocol_options = http2_only()
+    if settings is not None:
+        _apply_settings(cluster, http2, *settings)
     return cluster
+
+
+def _apply_settings(
+    cluster: Cluster, http2: bool, connection: ConnectionSettings | None, outlier: OsmOutlierDetection | None
+) -> None:
+    """An UpstreamTrafficSetting on the service's cluster: circuit breakers (default
+    priority), connect timeout, requests per connection, outlier detection. What the
+    setting leaves out keeps Envoy's default."""
+    if connection is not None:
+        if connection.connect_timeout is not None:
+            cluster.connect_timeout = timedelta(seconds=connection.connect_timeout)
+        thresholds = CircuitBreakersThresholds(
+            max_connections=connection.max_connections,
+            max_pending_requests=connection.max_pending_requests,
+            max_requests=connection.max_requests,
+            max_retries=connection.max_retries,
+        )
+        if thresholds != CircuitBreakersThresholds():
+            cluster.circuit_breakers = CircuitBreakers(thresholds=[thresholds])
+        if connection.max_requests_per_connection is not None:
+            explicit = (
+                HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
+                if http2
+                else HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=Http1ProtocolOptions())
+            )
+            options = HttpProtocolOptions(
+                common_http_protocol_options=CommonHttpProtocolOptions(
+                    max_requests_per_connection=connection.max_requests_per_connection
+                ),
+                explicit_http_config=explicit,
+            )
+            cluster.typed_extension_protocol_options = {HTTP_OPTIONS: pack(options)}
+    if outlier is not None:
+        cluster.outlier_detection = OutlierDetection(
+            consecutive_5xx=outlier.consecutive_5xx,
+            interval=_seconds(outlier.interval),
+            base_ejection_time=_seconds(outlier.base_ejection_time),
+            max_ejection_percent=outlier.max_ejection_percent,
+        )
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
 
 
 def server_sans(identities: Iterable[Identity], trust_domain: str) -> list[SubjectAltNameMatcher]:
@@ -120,7 +206,7 @@ def metrics_cluster() -> Cluster:
 
 def upstream_clusters(policy: ProxyPolicy) -> list[Cluster]:
     """One cluster per upstream service port and per split backend port."""
-    return [upstream_cluster(*spec, policy.trust_domain) for spec in upstream_specs(policy.upstreams)]
+    return [cluster_of(spec, policy.trust_domain) for spec in upstream_specs(policy.upstreams)]
 
 
 def upstream_specs(upstreams: Iterable[Upstream]) -> tuple[UpstreamSpec, ...]:
@@ -129,22 +215,31 @@ def upstream_specs(upstreams: Iterable[Upstream]) -> tuple[UpstreamSpec, ...]:
     backend port also served as an upstream of its own takes the protocol of whichever
     comes first; a backend's identities are those of its own upstream (its pods)."""
     upstreams = tuple(upstreams)
-    identities: dict[ServiceKey, tuple[Identity, ...]] | None = None  # for split backends
+    backends: dict[ServiceKey, Upstream] | None = None  # for split backends
     seen: dict[str, UpstreamSpec] = {}
     for upstream in upstreams:
         http2 = _http2(upstream)
         name = naming.cluster(upstream.service.namespace, upstream.service.name, upstream.port)
         if name not in seen:
-            seen[name] = (upstream.service, upstream.port, http2, upstream.identities)
+            seen[name] = (upstream.service, upstream.port, http2, upstream.identities, _settings(upstream))
         if upstream.split is None:
             continue
-        if identities is None:
-            identities = {u.service: u.identities for u in upstreams}
+        if backends is None:
+            backends = {u.service: u for u in upstreams}
         for backend, _ in upstream.split.backends:
             name = naming.cluster(backend.namespace, backend.name, upstream.port)
             if name not in seen:
-                seen[name] = (backend, upstream.port, http2, identities.get(backend, ()))
+                own = backends.get(backend)
+                identities = own.identities if own is not None else ()
+                seen[name] = (backend, upstream.port, http2, identities, _settings(own))
     return tuple(seen[name] for name in sorted(seen))
+
+
+def _settings(upstream: Upstream | None) -> ClusterSettings | None:
+    """The service's own settings (a split backend's are its own, not its apex's)."""
+    if upstream is None or (upstream.connection is None and upstream.outlier_detection is None):
+        return None
+    return (upstream.connection, upstream.outlier_detection)
 
 
 def _http2(upstream: Upstream) -> bool:

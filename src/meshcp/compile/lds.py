@@ -43,6 +43,7 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsCon
 from meshcp.cache.encoding import pack
 from meshcp.compile import naming
 from meshcp.compile.common import sds
+from meshcp.compile.ratelimit import NETWORK_LOCAL_RATE_LIMIT, http_filter, limits_requests, network_limit
 from meshcp.compile.rbac import tcp_rbac
 from meshcp.policy.types import InboundPort, ProxyPolicy, Upstream
 from meshcp.sidecar.envoy_parts import (
@@ -63,12 +64,16 @@ NETWORK_RBAC = "envoy.filters.network.rbac"
 HTTP_RBAC = "envoy.filters.http.rbac"
 
 
-def _hcm(stat_prefix: str, route_config_name: str, *, rbac: bool) -> Filter:
+def _hcm(stat_prefix: str, route_config_name: str, *, rbac: bool, rate_limit: bool = False) -> Filter:
+    """`rate_limit`: with the local rate limit filter, after RBAC (a denied request spends
+    no token); the limits themselves are on the routes (`compile.ratelimit`)."""
     http_filters = []
     if rbac:  # deny by default; each route's RbacPerRoute says who may call it
         http_filters.append(
             HttpFilter(name=HTTP_RBAC, typed_config=pack(HttpRbac(rules=Rbac(action=RbacAction.ALLOW))))
         )
+    if rate_limit:
+        http_filters.append(http_filter(f"{stat_prefix}.rate_limit"))
     http_filters.append(router_filter())
     return network_filter(
         HCM,
@@ -212,13 +217,25 @@ def _inbound_chain(port: InboundPort, policy: ProxyPolicy) -> FilterChain:
         require_client_certificate=True,
     )
     if port.is_http:
-        filters = [_hcm(f"inbound.{port.port}", naming.inbound_routes(port.port), rbac=True)]
+        manager = _hcm(
+            f"inbound.{port.port}",
+            naming.inbound_routes(port.port),
+            rbac=True,
+            rate_limit=limits_requests(port),
+        )
+        filters = [manager]
     else:
         rules = tcp_rbac(port.tcp_sources, port.any_source, policy.trust_domain)
         filters = [
             network_filter(NETWORK_RBAC, NetworkRbac(stat_prefix=f"inbound.{name}.", rules=rules)),
             network_filter(TCP_PROXY, TcpProxy(stat_prefix=f"inbound.{name}", cluster=name)),
         ]
+    limits = port.rate_limits
+    if limits is not None and limits.tcp is not None:  # every connection to the port, HTTP or not
+        limit = network_filter(
+            NETWORK_LOCAL_RATE_LIMIT, network_limit(f"inbound.{name}.rate_limit", limits.tcp)
+        )
+        filters.insert(len(filters) - 1, limit)
     return FilterChain(
         name=f"inbound:{name}",
         filter_chain_match=FilterChainMatch(

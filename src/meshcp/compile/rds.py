@@ -12,6 +12,8 @@ from meshcp._proto.envoy.config.core.v3 import DataSource
 from meshcp._proto.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
+    RetryPolicy,
+    RetryPolicyRetryBackOff,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -25,7 +27,9 @@ from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
 from meshcp._proto.envoy.type.matcher.v3 import RegexMatcher
 from meshcp.cache.encoding import canonical_bytes, pack
 from meshcp.compile import naming
+from meshcp.compile.ratelimit import HTTP_LOCAL_RATE_LIMIT, http_limit
 from meshcp.compile.rbac import header, http_rbac, method_regex, path_regex
+from meshcp.model.osm_policy import RetryPolicy as OsmRetryPolicy
 from meshcp.model.smi import HTTPMatch
 from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
 
@@ -123,7 +127,27 @@ def outbound_virtual_host(upstream: Upstream, client_namespace: str) -> VirtualH
         name=naming.cluster(service.namespace, service.name, upstream.port),
         domains=domains(service, upstream.port, upstream.addresses, client_namespace),
         routes=routes,
+        retry_policy=retry_policy(upstream.retry) if upstream.retry is not None else None,
     )
+
+
+def retry_policy(retry: OsmRetryPolicy) -> RetryPolicy:
+    """An OSM Retry on every route of the virtual host. Unset fields keep Envoy's
+    defaults (one retry, the route's timeout per try, a 25ms backoff base)."""
+    return RetryPolicy(
+        retry_on=retry.retry_on,
+        num_retries=retry.num_retries,
+        per_try_timeout=_seconds(retry.per_try_timeout),
+        retry_back_off=(
+            RetryPolicyRetryBackOff(base_interval=_seconds(retry.backoff_base_interval))
+            if retry.backoff_base_interval is not None
+            else None
+        ),
+    )
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
 
 
 def outbound_ports(upstreams: Iterable[Upstream]) -> list[tuple[int, list[Upstream]]]:
@@ -205,22 +229,39 @@ def outbound_host_variants(upstream: Upstream) -> tuple[VirtualHost, VirtualHost
 
 
 def inbound_virtual_host(port: InboundPort, trust_domain: str, only: bool) -> VirtualHost:
-    """One route to the application; the RBAC on it decides who may call what."""
+    """One route to the application; the RBAC on it decides who may call what.
+
+    With an UpstreamTrafficSetting's local rate limits: the service's limit on the virtual
+    host, and before the catch-all one route per `httpRoutes` path (an RE2 regex matching
+    the whole path) with its own limit, which replaces the virtual host's for the requests
+    it matches. Those routes act as the catch-all does (same cluster, same RBAC)."""
     service = port.service
-    rbac = RbacPerRoute(rbac=_http_filter_config(port, trust_domain))
+    name = naming.local_cluster(service.namespace, service.name, port.port)
+    rbac = pack(RbacPerRoute(rbac=_http_filter_config(port, trust_domain)))
+    action = RouteAction(cluster=name, timeout=NO_TIMEOUT if port.protocol == "grpc" else None)
+    limits = port.rate_limits
+    routes = [
+        Route(
+            match=RouteMatch(safe_regex=RegexMatcher(regex=route.path)),
+            route=action,
+            typed_per_filter_config={
+                RBAC_FILTER: rbac,
+                HTTP_LOCAL_RATE_LIMIT: pack(http_limit(f"inbound.{name}.route.{index}", route.limit)),
+            },
+        )
+        for index, route in enumerate(limits.routes if limits is not None else ())
+    ]
+    routes.append(
+        Route(match=RouteMatch(prefix="/"), route=action, typed_per_filter_config={RBAC_FILTER: rbac})
+    )
+    host_limit = limits.http if limits is not None else None
     return VirtualHost(
-        name=naming.local_cluster(service.namespace, service.name, port.port),
+        name=name,
         domains=["*"] if only else domains(service, port.port, (), service.namespace),
-        routes=[
-            Route(
-                match=RouteMatch(prefix="/"),
-                route=RouteAction(
-                    cluster=naming.local_cluster(service.namespace, service.name, port.port),
-                    timeout=NO_TIMEOUT if port.protocol == "grpc" else None,
-                ),
-                typed_per_filter_config={RBAC_FILTER: pack(rbac)},
-            )
-        ],
+        routes=routes,
+        typed_per_filter_config=(
+            {HTTP_LOCAL_RATE_LIMIT: pack(http_limit(f"inbound.{name}", host_limit))} if host_limit else {}
+        ),
     )
 
 

@@ -47,6 +47,15 @@ RETRY_ON = (
     "unavailable",
 )
 UNITS = {"second": 1, "minute": 60, "hour": 3600}
+#: The error statuses Envoy can answer a rate-limited request with (its StatusCode enum):
+#: any other would be NACKed by every proxy that receives it.
+ERROR_STATUSES = (
+    *range(400, 418),
+    *(421, 422, 423, 424, 426, 428, 429, 431),
+    *range(500, 509),
+    510,
+    511,
+)
 _UINT32 = 2**32 - 1
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CLUSTER_SUFFIX = ".svc.cluster.local"
@@ -186,6 +195,10 @@ def _http_rate_limit(node: Field) -> HttpRateLimit:
     status = _uint(node.field("responseStatusCode"))
     if status is not None and not 400 <= status <= 599:
         node.field("responseStatusCode").fail(f"must be an HTTP error status 400..599, got {status}")
+    if status is not None and status not in ERROR_STATUSES:
+        node.field("responseStatusCode").fail(
+            f"{status} is not a status Envoy can send (it knows {_ranges()})"
+        )
     headers: list[tuple[str, str]] = []
     for item in node.field("responseHeadersToAdd").items():
         name = item.field("name").string(required=True)
@@ -235,3 +248,14 @@ def _duration(node: Field, *, positive: bool) -> float | None:
     if positive and seconds < 0.001:
         node.fail(f"must be at least 1ms, got {describe(value)}")
     return seconds
+
+
+def _ranges() -> str:
+    """`ERROR_STATUSES` as runs: 400-417, 421-424, ..."""
+    runs: list[list[int]] = []
+    for status in ERROR_STATUSES:
+        if runs and runs[-1][-1] == status - 1:
+            runs[-1].append(status)
+        else:
+            runs.append([status])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)

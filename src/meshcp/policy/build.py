@@ -22,6 +22,7 @@ from meshcp.model.state import MeshState, Problem
 from meshcp.policy.backends import Backends, label_index
 from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.inbound import inbound_ports
+from meshcp.policy.osm_policies import client_upstreams, retry_table, traffic_settings
 from meshcp.policy.pruning import reachable
 from meshcp.policy.targets import Targets
 from meshcp.policy.types import Endpoint, InboundPort, ProxyPolicy, Report, ServiceKey, Upstream
@@ -88,12 +89,19 @@ def build_policies(
     )
     targets = Targets.of(state)
     counted = targets if config.per_route_stats else None
+    settings = traffic_settings(state, report)
     mesh_upstreams = memo.upstreams(
         memo.derived(
             "upstreams",
             None,
-            (*behind, state.traffic_splits, state.http_route_groups, counted and state.traffic_targets),
-            partial(upstreams, state, backends, counted=counted),
+            (
+                *behind,
+                state.traffic_splits,
+                state.http_route_groups,
+                counted and state.traffic_targets,
+                state.upstream_traffic_settings,
+            ),
+            partial(upstreams, state, backends, counted=counted, settings=settings),
             report,
         )
     )
@@ -103,14 +111,24 @@ def build_policies(
         listening = memo.upstreams(
             memo.derived("listening", None, (mesh_upstreams,), partial(_listening, mesh_upstreams), report)
         )
+    upstreams_of = client_upstreams(
+        mesh_upstreams, reachable_from, retry_table(state, report), memo.upstream_tuple
+    )
     classes: dict[str, ProxyPolicy] = {}
     pod_classes: dict[tuple[str, str], str] = {}
     proxies = _Proxies(report)
     # The pods of one service (same identity, local services and container ports) get
     # the same inbound ports: compute them and the class key once, not per pod.
     seen: dict[tuple[Identity, tuple[int, ...], tuple[ContainerPort, ...]], tuple[str, InboundTuple]] = {}
-    #: What inbound ports read besides the pod: TCPRoutes, HTTPRouteGroups, permissiveness.
-    rules = (state.tcp_routes, state.http_route_groups, state.namespaces, state.mesh_configs)
+    #: What inbound ports read besides the pod: TCPRoutes, HTTPRouteGroups, permissiveness,
+    #: the local rate limits of UpstreamTrafficSettings.
+    rules = (
+        state.tcp_routes,
+        state.http_route_groups,
+        state.namespaces,
+        state.mesh_configs,
+        state.upstream_traffic_settings,
+    )
     for pod in backends.meshed_pods:
         identity, uuid = memo.pod(pod)
         local = backends.local_services(pod)
@@ -124,7 +142,7 @@ def build_policies(
                     "inbound-of",
                     same,
                     (*local, *targets.naming(identity), *rules),
-                    partial(inbound_ports, state, backends, targets, pod, identity),
+                    partial(inbound_ports, state, backends, targets, pod, identity, settings=settings),
                     report,
                     keep_if_reported=False,  # its problems name this pod
                 ),
@@ -139,9 +157,7 @@ def build_policies(
                 ProxyPolicy(
                     identity,
                     inbound,
-                    mesh_upstreams
-                    if reachable_from is None
-                    else memo.upstream_tuple(reachable_from(identity)),
+                    upstreams_of(identity),
                     config.egress_passthrough,
                     config.trust_domain,
                     listening,

@@ -7,6 +7,14 @@ from dataclasses import dataclass, field
 
 from meshcp.identity import Identity
 from meshcp.model.meta import ObjectRef
+from meshcp.model.osm_policy import (
+    ConnectionSettings,
+    HttpRateLimit,
+    OutlierDetection,
+    RetryPolicy,
+    RouteRateLimit,
+    TcpRateLimit,
+)
 from meshcp.model.smi import HTTPMatch
 
 #: How a build step reports an object it skips (or applies only in part), and why.
@@ -65,12 +73,19 @@ class Upstream:
     #: matches of the TrafficTargets to `identities` and of the split, each counted on a
     #: route of its own. None: off (no route carries a stat prefix).
     route_stats: tuple[RouteStat, ...] | None = None
+    #: The service's UpstreamTrafficSetting: its clusters' circuit breakers, connect
+    #: timeout and outlier detection (the same for every client).
+    connection: ConnectionSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    #: The client identity's Retry for this service (HTTP ports only): set per class.
+    retry: RetryPolicy | None = None
     #: The hash, computed once: every class holding this upstream keys memos by it.
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fields = (self.service, self.port, self.protocol, self.addresses, self.identities, self.split)
-        object.__setattr__(self, "_hash", hash((*fields, self.route_stats)))
+        settings = (self.connection, self.outlier_detection, self.retry)
+        object.__setattr__(self, "_hash", hash((*fields, self.route_stats, *settings)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -78,6 +93,16 @@ class Upstream:
     @property
     def is_http(self) -> bool:
         return self.protocol in ("http", "grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimits:
+    """What a service's UpstreamTrafficSetting limits on the inbound side of its pods:
+    connections (every port), requests (HTTP ports) and requests per path."""
+
+    tcp: TcpRateLimit | None = None
+    http: HttpRateLimit | None = None
+    routes: tuple[RouteRateLimit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +126,17 @@ class InboundPort:
     #: TCP ports: who may connect. HTTP ports use http_rules.
     tcp_sources: frozenset[Identity] = frozenset()
     any_source: bool = False
+    #: Out of the repr (which `build.class_key` hashes): a function of `service`, so it
+    #: tells no two ports of one round apart, and class keys stay as they were without it.
+    rate_limits: LocalRateLimits | None = field(default=None, repr=False)
     #: The hash, computed once: memo keys hold every class's inbound ports.
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fields = (self.service, self.port, self.target_port, self.protocol, self.http_rules)
-        object.__setattr__(self, "_hash", hash((*fields, self.tcp_sources, self.any_source)))
+        object.__setattr__(
+            self, "_hash", hash((*fields, self.tcp_sources, self.any_source, self.rate_limits))
+        )
 
     def __hash__(self) -> int:
         return self._hash

@@ -8,6 +8,9 @@ routes count (`route_stats`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from meshcp.model.osm_policy import UpstreamTrafficSetting
 from meshcp.model.state import MeshState
 from meshcp.policy.backends import Backends
 from meshcp.policy.route_stats import route_stats
@@ -17,10 +20,15 @@ from meshcp.policy.types import Report, ServiceKey, Upstream
 
 
 def upstreams(
-    state: MeshState, backends: Backends, report: Report, counted: Targets | None = None
+    state: MeshState,
+    backends: Backends,
+    report: Report,
+    counted: Targets | None = None,
+    settings: Mapping[ServiceKey, UpstreamTrafficSetting] | None = None,
 ) -> tuple[Upstream, ...]:
     """`counted`: with per-route stats on (MeshConfig), the TrafficTargets whose
-    HTTPRouteGroup matches the routes count; None: per-route stats off."""
+    HTTPRouteGroup matches the routes count; None: per-route stats off. `settings`: the
+    UpstreamTrafficSetting of each service that has one (`osm_policies.traffic_settings`)."""
     splits = valid_splits(state, report)
     out = []
     for service in backends.services:
@@ -36,6 +44,9 @@ def upstreams(
                     backend_identities.update(backends.identities(backend_service))
             identities = tuple(sorted(backend_identities))
         stats = None if counted is None else route_stats(state, counted, identities, split)
+        setting = settings.get(key) if settings else None
+        connection = setting.connection if setting is not None else None
+        outlier = setting.outlier_detection if setting is not None else None
         for port in service.ports:
             if port.transport != "TCP":
                 continue
@@ -46,5 +57,9 @@ def upstreams(
             else:
                 addresses = ()  # not assigned yet: reachable once it is
                 report(service.ref, "has no clusterIP yet; clients reach it once one is assigned")
-            out.append(Upstream(key, port.port, port.protocol, addresses, identities, route, stats))
+            out.append(
+                Upstream(
+                    key, port.port, port.protocol, addresses, identities, route, stats, connection, outlier
+                )
+            )
     return tuple(out)

@@ -602,7 +602,7 @@ def _assignment(
 
 
 def _cluster(spec: cds.UpstreamSpec, trust_domain: str) -> list[betterproto2.Message]:
-    return [cds.upstream_cluster(*spec, trust_domain)]
+    return [cds.cluster_of(spec, trust_domain)]
 
 
 def _moved_endpoints(
