@@ -1,0 +1,308 @@
+"""OSM's Retry and UpstreamTrafficSetting on a real Envoy: it ACKs what meshcp compiles for
+them, and behaves as the policies say on loopback.
+
+One Envoy with the sidecar bootstrap follows the controller over ADS. The snapshots are
+built from `compile.*`'s own pieces (the retry on the outbound virtual host, the settings
+in the upstream cluster, the rate limit filters and per-route limits of the inbound side);
+only mTLS is left out (the clusters' transport socket, the inbound chain's TLS match) so a
+plain HTTP client on loopback can drive them: mTLS is tests/test_envoy_mtls.py's subject,
+and which policy objects produce these pieces is tests/policy/test_osm_policies.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+import aiohttp
+import betterproto2
+from aiohttp import web
+
+from meshcp._proto.envoy.config.cluster.v3 import Cluster
+from meshcp._proto.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from meshcp._proto.envoy.config.route.v3 import RouteConfiguration
+from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    Rds,
+)
+from meshcp._proto.envoy.extensions.filters.network.tcp_proxy.v3 import TcpProxy
+from meshcp.cache import Encoder
+from meshcp.cache.encoding import pack
+from meshcp.compile import cds, naming, rds
+from meshcp.compile.ratelimit import NETWORK_LOCAL_RATE_LIMIT, http_filter, network_limit
+from meshcp.model.osm_policy import (
+    ConnectionSettings,
+    HttpRateLimit,
+    OutlierDetection,
+    RetryPolicy,
+    RouteRateLimit,
+    TcpRateLimit,
+)
+from meshcp.policy.types import HttpRule, InboundPort, LocalRateLimits, ServiceKey
+from meshcp.policy.types import Upstream as UpstreamPolicy
+from meshcp.sidecar.bootstrap import Workload, as_dict, bootstrap, stats_config
+from meshcp.sidecar.envoy_parts import TCP_PROXY, network_filter, router_filter
+from tests.support.ads import LISTENER, TYPES, serving, wait_acked
+from tests.support.envoy import REAL_ENVOY, EnvoyProcess
+from tests.support.http import new_connection_per_request
+from tests.support.resources import ads_source, http_listener, load_assignment, snapshot, socket_address
+
+pytestmark = REAL_ENVOY
+
+NODE = "osm-policies"
+WORKLOAD = Workload(namespace="bookbuyer", pod="bookbuyer-0", service_account="bookbuyer")
+STORE = ServiceKey("bookstore", "bookstore")
+PORT = 14001
+CLUSTER = naming.cluster(STORE.namespace, STORE.name, PORT)
+HOST = f"bookstore.bookstore:{PORT}"
+TCP_LISTENER = "tcp"
+
+
+class App:
+    """The bookstore: counts attempts per path, answers 503 to the first `failing` of each,
+    and holds requests to `/hold/...` until `release` is set."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.failing = failing
+        self.attempts: dict[str, int] = {}
+        self.held = 0
+        self.release = asyncio.Event()
+        self.port = 0
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        count = self.attempts[request.path] = self.attempts.get(request.path, 0) + 1
+        if request.path.startswith("/hold/"):
+            self.held += 1
+            await self.release.wait()
+        if count <= self.failing:
+            return web.Response(status=503, text="failing")
+        return web.Response(text="bookstore")
+
+    async def holding(self, count: int) -> bool:
+        """Whether `count` requests are held (a predicate to wait on)."""
+        return self.held >= count
+
+    async def __aenter__(self) -> App:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release.set()
+        await self._runner.cleanup()
+
+
+@asynccontextmanager
+async def proxy(
+    *messages: betterproto2.Message, types: tuple[str, ...] = tuple(TYPES)
+) -> AsyncIterator[tuple[EnvoyProcess, int]]:
+    """A real Envoy that has ACKed `messages` (each of `types`), and the port of `LISTENER`."""
+    encoder = Encoder()
+    async with serving() as runtime:
+        config = bootstrap(
+            NODE, "bookbuyer.bookbuyer", "127.0.0.1", runtime.xds.port, tls=None, admin_port=0, **WORKLOAD
+        )
+        # Every stat: the sidecar's keep-list exports golden metrics only, not the
+        # overflow, retry and rate limit counters these tests read.
+        config.stats_config = stats_config(**WORKLOAD, keep_list=False)
+        async with EnvoyProcess(as_dict(config)) as envoy:
+            snap = snapshot(encoder, *messages)
+            runtime.cache.set_snapshot(NODE, snap)
+            await wait_acked(runtime, NODE, snap, envoy, types)
+            port = 0
+
+            async def bound() -> bool:
+                nonlocal port
+                port = await envoy.listener_port(LISTENER) or 0
+                return bool(port)
+
+            await envoy.wait_for(bound, what=f"listener {LISTENER!r}")
+            yield envoy, port
+
+
+def plaintext(cluster: Cluster) -> Cluster:
+    """The compiled upstream cluster without its mTLS socket (the app speaks plain HTTP)."""
+    cluster.transport_socket = None
+    return cluster
+
+
+def outbound(app: App, upstream: UpstreamPolicy, settings: cds.ClusterSettings | None = None) -> list[object]:
+    """The client side of one upstream, as compiled: cluster, endpoints, routes, listener."""
+    routes = rds.outbound_route(PORT, [rds.outbound_virtual_host(upstream, "bookbuyer")])
+    cluster = cds.upstream_cluster(STORE, PORT, False, (), "cluster.local", settings=settings)
+    return [
+        plaintext(cluster),
+        load_assignment(CLUSTER, app.port),
+        http_listener(LISTENER, 0, routes.name),
+        routes,
+    ]
+
+
+def store(retry: RetryPolicy | None = None) -> UpstreamPolicy:
+    return UpstreamPolicy(STORE, PORT, "http", ("10.96.0.10",), (), retry=retry)
+
+
+async def get(client: aiohttp.ClientSession, port: int, path: str) -> tuple[int, dict[str, str]]:
+    async with client.get(f"http://127.0.0.1:{port}{path}", headers={"Host": HOST}) as response:
+        await response.read()
+        return response.status, dict(response.headers)
+
+
+async def test_a_retry_turns_two_503s_into_a_success_and_the_app_sees_every_attempt() -> None:
+    retry = RetryPolicy("5xx", per_try_timeout=5.0, num_retries=3, backoff_base_interval=0.001)
+    async with App(failing=2) as app, new_connection_per_request() as client:
+        async with proxy(*outbound(app, store(retry))) as (envoy, port):  # type: ignore[arg-type]
+            status, _ = await get(client, port, "/retried")
+            assert (status, app.attempts["/retried"]) == (200, 3)
+            assert await envoy.stat(f"cluster.{CLUSTER}.upstream_rq_retry") == 2
+        async with proxy(*outbound(app, store())) as (envoy, port):  # type: ignore[arg-type]
+            status, _ = await get(client, port, "/once")
+            assert (status, app.attempts["/once"]) == (503, 1)
+
+
+async def test_connection_limits_overflow_with_503_and_envoy_counts_them() -> None:
+    connection = ConnectionSettings(max_connections=1, max_pending_requests=1, connect_timeout=1.0)
+    outlier = OutlierDetection(
+        consecutive_5xx=5, interval=10.0, base_ejection_time=30.0, max_ejection_percent=10
+    )
+    async with (
+        App() as app,
+        new_connection_per_request() as client,
+        proxy(*outbound(app, store(), (connection, outlier))) as (envoy, port),  # type: ignore[arg-type]
+    ):
+        first = asyncio.create_task(get(client, port, "/hold/1"))
+        await envoy.wait_for(lambda: app.holding(1), what="the first request held by the app")
+        # The second waits for the one connection (a connection overflow), pending.
+        second = asyncio.create_task(get(client, port, "/hold/2"))
+        await envoy.wait_stat(f"cluster.{CLUSTER}.upstream_cx_overflow", 1)
+        # The third finds the pending queue full: 503 at once, from Envoy.
+        status, headers = await get(client, port, "/third")
+        assert status == 503 and headers.get("x-envoy-overloaded") == "true"
+        assert await envoy.stat(f"cluster.{CLUSTER}.upstream_rq_pending_overflow") == 1
+        app.release.set()
+        assert [(await first)[0], (await second)[0]] == [200, 200]
+        assert "/third" not in app.attempts
+
+
+async def test_max_requests_overflow_with_503() -> None:
+    connection = ConnectionSettings(max_requests=1, max_requests_per_connection=1)
+    async with (
+        App() as app,
+        new_connection_per_request() as client,
+        proxy(*outbound(app, store(), (connection, None))) as (envoy, port),  # type: ignore[arg-type]
+    ):
+        first = asyncio.create_task(get(client, port, "/hold/1"))
+        await envoy.wait_for(lambda: app.holding(1), what="the first request held by the app")
+        status, _ = await get(client, port, "/second")
+        assert status == 503
+        assert await envoy.stat(f"cluster.{CLUSTER}.upstream_rq_active_overflow") == 1
+        assert await envoy.stat(f"cluster.{CLUSTER}.circuit_breakers.default.rq_open") == 1
+        app.release.set()
+        assert (await first)[0] == 200
+
+
+def inbound(app: App, limits: LocalRateLimits) -> list[object]:
+    """The destination side as compiled: the local cluster, the inbound routes with their
+    limits, an HTTP listener with the rate limit filter, and a TCP listener limited by the
+    network filter (both on plain TCP: the TLS match and RBAC need a mesh client)."""
+    port = InboundPort(
+        STORE,
+        PORT,
+        app.port,
+        "http",
+        (HttpRule(None, frozenset(), any_source=True),),
+        any_source=True,
+        rate_limits=limits,
+    )
+    local = cds.local_cluster(port)
+    host = rds.inbound_virtual_host(port, "cluster.local", only=True)
+    routes = RouteConfiguration(name=naming.inbound_routes(PORT), virtual_hosts=[host])
+    manager = HttpConnectionManager(
+        stat_prefix="inbound.14001",
+        rds=Rds(config_source=ads_source(), route_config_name=routes.name),
+        http_filters=[http_filter("inbound.14001.rate_limit"), router_filter()],
+    )
+    http = Listener(
+        name=LISTENER,
+        address=socket_address(0),
+        filter_chains=[
+            FilterChain(
+                filters=[
+                    Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
+                ]
+            )
+        ],
+    )
+    assert limits.tcp is not None
+    tcp = Listener(
+        name=TCP_LISTENER,
+        address=socket_address(0),
+        filter_chains=[
+            FilterChain(
+                filters=[
+                    network_filter(
+                        NETWORK_LOCAL_RATE_LIMIT, network_limit("inbound.tcp.rate_limit", limits.tcp)
+                    ),
+                    network_filter(TCP_PROXY, TcpProxy(stat_prefix="inbound.tcp", cluster=local.name)),
+                ]
+            )
+        ],
+    )
+    return [local, routes, http, tcp]
+
+
+async def _raw_get(port: int) -> bytes:
+    """One HTTP/1.1 request on a new TCP connection; what came back before the close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /raw HTTP/1.1\r\nHost: bookstore\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_local_rate_limits_answer_with_the_configured_status() -> None:
+    limits = LocalRateLimits(
+        tcp=TcpRateLimit(connections=1, unit=3600),
+        http=HttpRateLimit(requests=1, unit=3600, burst=1),
+        routes=(
+            RouteRateLimit(
+                "/limited/.*", HttpRateLimit(1, 3600, status=503, headers=(("x-limited", "yes"),))
+            ),
+        ),
+    )
+    # A static local cluster: no endpoints over EDS.
+    async with (
+        App() as app,
+        new_connection_per_request() as client,
+        proxy(*inbound(app, limits), types=("cds", "lds", "rds")) as (envoy, port),  # type: ignore[arg-type]
+    ):
+        # The virtual host's bucket: one request an hour plus a burst of one.
+        statuses = [(await get(client, port, f"/books/{n}"))[0] for n in range(3)]
+        assert statuses == [200, 200, 429]
+        # A route's own bucket: its limit, its status and headers, not the host's.
+        assert (await get(client, port, "/limited/1"))[0] == 200
+        status, headers = await get(client, port, "/limited/2")
+        assert (status, headers.get("x-limited")) == (503, "yes")
+        assert "/books/2" not in app.attempts and "/limited/2" not in app.attempts
+        # One TCP connection an hour: the second is closed before it reaches the app.
+        tcp_port = await envoy.listener_port(TCP_LISTENER) or 0
+        assert (await _raw_get(tcp_port)).startswith(b"HTTP/1.1 200")
+        assert await _raw_get(tcp_port) == b""
+        assert app.attempts["/raw"] == 1
+        assert await envoy.stat("local_rate_limit.inbound.tcp.rate_limit.rate_limited") == 1
+        host = "inbound.bookstore/bookstore|14001|local"
+        assert await envoy.stat(f"{host}.http_local_rate_limit.rate_limited") == 1
+        assert await envoy.stat(f"{host}.route.0.http_local_rate_limit.rate_limited") == 1
