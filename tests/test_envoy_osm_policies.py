@@ -14,10 +14,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import betterproto2
+import kmock
+import yaml
 from aiohttp import web
 
 from meshcp._proto.envoy.config.cluster.v3 import Cluster
@@ -32,6 +36,8 @@ from meshcp.cache import Encoder
 from meshcp.cache.encoding import pack
 from meshcp.compile import cds, naming, rds
 from meshcp.compile.ratelimit import NETWORK_LOCAL_RATE_LIMIT, http_filter, network_limit
+from meshcp.identity import Identity, ProxyIdentity
+from meshcp.model.core import Pod
 from meshcp.model.osm_policy import (
     ConnectionSettings,
     HttpRateLimit,
@@ -40,11 +46,21 @@ from meshcp.model.osm_policy import (
     RouteRateLimit,
     TcpRateLimit,
 )
+from meshcp.model.parse import parse_object
+from meshcp.policy.membership import proxy_uuid
 from meshcp.policy.types import HttpRule, InboundPort, LocalRateLimits, ServiceKey
 from meshcp.policy.types import Upstream as UpstreamPolicy
+from meshcp.runtime.controller import ControllerRuntime
+from meshcp.runtime.settings import Address, Settings
 from meshcp.sidecar.bootstrap import Workload, as_dict, bootstrap, stats_config
 from meshcp.sidecar.envoy_parts import TCP_PROXY, network_filter, router_filter
+from meshcp.sources.kubernetes import RESOURCES
+from tests.sources.kube_fixtures import Emulator
+from tests.sources.kube_objects import key, namespace, seed
+from tests.sources.test_kubernetes_envoy import kubeconfig, web_pod, web_service
+from tests.support import eventually
 from tests.support.ads import LISTENER, TYPES, serving, wait_acked
+from tests.support.bootstrap import ads_bootstrap
 from tests.support.envoy import REAL_ENVOY, EnvoyProcess
 from tests.support.http import new_connection_per_request
 from tests.support.resources import ads_source, http_listener, load_assignment, snapshot, socket_address
@@ -306,3 +322,111 @@ async def test_local_rate_limits_answer_with_the_configured_status() -> None:
         host = "inbound.bookstore/bookstore|14001|local"
         assert await envoy.stat(f"{host}.http_local_rate_limit.rate_limited") == 1
         assert await envoy.stat(f"{host}.route.0.http_local_rate_limit.rate_limited") == 1
+
+
+# The whole way: OSM's manifests in the API server, meshcp's compiled config in Envoy ------
+
+OSM_POLICIES = yaml.safe_load_all(
+    """
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Retry
+metadata: {name: retry, namespace: shop}
+spec:
+  source: {kind: ServiceAccount, name: web, namespace: shop}
+  destinations: [{kind: Service, name: web, namespace: shop}]
+  retryPolicy: {retryOn: "5xx,reset", perTryTimeout: 1s, numRetries: 4, retryBackoffBaseInterval: 10ms}
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: UpstreamTrafficSetting
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  connectionSettings:
+    tcp: {maxConnections: 7, connectTimeout: 2s}
+    http: {maxRequests: 8, maxPendingRequests: 9, maxRetries: 3, maxRequestsPerConnection: 10}
+  outlierDetection: {consecutive5xx: 4, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+  rateLimit:
+    local:
+      tcp: {connections: 100, unit: minute, burst: 10}
+      http:
+        requests: 50
+        unit: second
+        responseStatusCode: 503
+        responseHeadersToAdd: [{name: x-rate-limited, value: "true"}]
+  httpRoutes:
+  - path: /books/.*
+    rateLimit: {local: {requests: 5, unit: second}}
+"""
+)
+
+
+def _named(items: list[dict[str, Any]], key: str, name: str) -> dict[str, Any]:
+    return next(item[key] for item in items if item[key]["name"] == name)
+
+
+async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
+    """Retry and UpstreamTrafficSetting as OSM's users have them, read by the Kubernetes
+    source and compiled with mTLS and RBAC: Envoy ACKs every type and holds each setting."""
+    async with Emulator() as k, kmock.Server(k):
+        k.declare(*(key(resource) for resource in RESOURCES))
+        shop = namespace("shop")
+        shop["metadata"]["annotations"] = {"meshcp.dev/permissive": "true"}  # web may call web
+        seed(k, shop, web_service(), web_pod(), *OSM_POLICIES)
+        settings = Settings(
+            xds_address=Address("127.0.0.1", 0),
+            http_address=Address("127.0.0.1", 0),
+            kubernetes=True,
+            kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", str(k.url))),
+        )
+        runtime = await ControllerRuntime.open(settings)
+        async with runtime:
+
+            async def ready() -> bool:
+                return runtime.readiness.ready
+
+            await eventually(ready, what="the controller to sync from the API")
+            state = runtime.store.state
+            assert (len(state.retries), len(state.upstream_traffic_settings), state.problems) == (1, 1, ())
+            pod = parse_object(web_pod())
+            assert isinstance(pod, Pod)
+            node_id = ProxyIdentity(proxy_uuid(pod), Identity("shop", "web")).name
+            async with EnvoyProcess(ads_bootstrap(node_id, runtime.xds.port, delta=False)) as envoy:
+
+                def types() -> dict[str, Any]:
+                    connection = runtime.proxies.find(node_id)
+                    found = connection.status()["types"] if connection is not None else {}
+                    assert isinstance(found, dict)
+                    return found
+
+                async def all_acked() -> bool:
+                    found = types()
+                    return all(
+                        found.get(t, {}).get("version_acked") not in (None, "")
+                        and found[t]["version_acked"] == found[t]["version_sent"]
+                        for t in ("cds", "eds", "lds", "rds")
+                    )
+
+                await envoy.wait_for(all_acked, 20, "Envoy to ACK every type")
+                assert all(status["last_nack"] is None for status in types().values()), types()
+                dump = await envoy.config_dump()
+                clusters = dump["clusters"]["dynamic_active_clusters"]
+                cluster = _named(clusters, "cluster", "shop/web|80")
+                thresholds = cluster["circuit_breakers"]["thresholds"][0]
+                assert (thresholds["max_connections"], thresholds["max_requests"]) == (7, 8)
+                assert (thresholds["max_pending_requests"], thresholds["max_retries"]) == (9, 3)
+                assert cluster["connect_timeout"] == "2s"
+                assert cluster["outlier_detection"]["consecutive_5xx"] == 4
+                routes = {
+                    r["route_config"]["name"]: r["route_config"]
+                    for r in dump["routes"]["dynamic_route_configs"]
+                }
+                outbound = _named(
+                    [{"h": h} for h in routes["rds-outbound.80"]["virtual_hosts"]], "h", "shop/web|80"
+                )
+                assert outbound["retry_policy"]["num_retries"] == 4
+                inbound = routes["rds-inbound.80"]["virtual_hosts"][0]
+                assert "envoy.filters.http.local_ratelimit" in inbound["typed_per_filter_config"]
+                assert inbound["routes"][0]["match"]["safe_regex"]["regex"] == "/books/.*"
+                listeners = {item["name"]: item for item in dump["listeners"]["dynamic_listeners"]}
+                chains = listeners["inbound-listener"]["active_state"]["listener"]["filter_chains"]
+                assert chains[0]["filters"][0]["name"] == NETWORK_LOCAL_RATE_LIMIT

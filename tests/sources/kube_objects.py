@@ -111,6 +111,27 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "metadata": {"name": "web", "namespace": "shop"},
         "spec": {"service": "web", "backends": [{"service": "web-v1", "weight": 1}]},
     },
+    "Retry": yaml.safe_load(
+        """
+        apiVersion: policy.openservicemesh.io/v1alpha1
+        kind: Retry
+        metadata: {name: retry, namespace: shop}
+        spec:
+          source: {kind: ServiceAccount, name: client, namespace: shop}
+          destinations: [{kind: Service, name: web, namespace: shop}]
+          retryPolicy: {retryOn: 5xx, perTryTimeout: 1s, numRetries: 5, retryBackoffBaseInterval: 1s}
+        """
+    ),
+    "UpstreamTrafficSetting": yaml.safe_load(
+        """
+        apiVersion: policy.openservicemesh.io/v1alpha1
+        kind: UpstreamTrafficSetting
+        metadata: {name: web, namespace: shop}
+        spec:
+          host: web.shop.svc.cluster.local
+          connectionSettings: {tcp: {maxConnections: 100}}
+        """
+    ),
     "MeshConfig": {
         "apiVersion": "config.meshcp.dev/v1alpha1",
         "kind": "MeshConfig",
@@ -130,6 +151,8 @@ CHANGES: dict[str, Callable[[dict[str, Any]], None]] = {
     "TCPRoute": lambda m: m["spec"]["matches"].update(ports=[5433]),
     "UDPRoute": lambda m: m["spec"]["matches"].update(ports=[54]),
     "TrafficSplit": lambda m: m["spec"]["backends"][0].update(weight=2),
+    "Retry": lambda m: m["spec"]["retryPolicy"].update(numRetries=2),
+    "UpstreamTrafficSetting": lambda m: m["spec"]["connectionSettings"]["tcp"].update(maxConnections=1),
     "MeshConfig": lambda m: m["spec"].update(permissive=True),
 }
 
