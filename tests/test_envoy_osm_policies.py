@@ -209,6 +209,26 @@ async def test_connection_limits_overflow_with_503_and_envoy_counts_them() -> No
         assert "/third" not in app.attempts
 
 
+async def test_an_endpoint_that_keeps_failing_is_ejected_and_traffic_moves_to_the_healthy_one() -> None:
+    outlier = OutlierDetection(
+        consecutive_5xx=2, interval=10.0, base_ejection_time=300.0, max_ejection_percent=50
+    )
+    async with App() as healthy, App(failing=1_000_000) as broken, new_connection_per_request() as client:
+        messages = outbound(healthy, store(), (None, outlier))
+        messages[1] = load_assignment(CLUSTER, healthy.port, broken.port)
+        async with proxy(*messages) as (envoy, port):  # type: ignore[arg-type]
+
+            async def ejected() -> bool:
+                await get(client, port, "/books")
+                return await envoy.stat(f"cluster.{CLUSTER}.outlier_detection.ejections_enforced_total") == 1
+
+            await envoy.wait_for(ejected, what="the failing endpoint to be ejected")
+            assert broken.attempts["/books"] >= 2  # two 5xx in a row, and out
+            statuses = [(await get(client, port, "/after"))[0] for _ in range(10)]
+            assert statuses == [200] * 10
+            assert "/after" not in broken.attempts and healthy.attempts["/after"] == 10
+
+
 async def test_max_requests_overflow_with_503() -> None:
     connection = ConnectionSettings(max_requests=1, max_requests_per_connection=1)
     async with (
