@@ -97,8 +97,10 @@ class Lab:
             trust_domain,
             *(() if self.prometheus_binary is None else ("--prometheus-url", layout.PROMETHEUS_URL)),
         )
-        env = (("PATH", os.environ.get("PATH", "/usr/bin:/bin")), ("PYTHONUNBUFFERED", "1"))
-        return Container("meshcp-serve", argv, env, 0, 0, "/")
+        env = [("PATH", os.environ.get("PATH", "/usr/bin:/bin")), ("PYTHONUNBUFFERED", "1")]
+        if "PYTHONPATH" in os.environ:  # a lab started from a source tree runs that tree's controller
+            env.append(("PYTHONPATH", os.environ["PYTHONPATH"]))
+        return Container("meshcp-serve", argv, tuple(env), 0, 0, "/")
 
     # --- Prometheus ------------------------------------------------------------------------------
 
