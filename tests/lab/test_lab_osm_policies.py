@@ -1,11 +1,14 @@
 """OSM's Retry and UpstreamTrafficSetting in a real lab: network namespaces, iptables
 interception, Envoy sidecars over mTLS, the policies as OSM's users write them.
 
-Two services of one app that answers 503 to the first two requests of each path and counts
-every attempt: `shaky`, which bookbuyer retries (a Retry) and bookthief does not, and
-`limited`, which rate limits its callers (an UpstreamTrafficSetting). Each has its own
-service, so the retries' attempts spend no tokens of the limits. The namespace is
-permissive: what answers is the policy under test, not TrafficTargets.
+Services of one app that counts every attempt and answers 503 to the first two requests
+of each `/fail-twice/` path (or, started `broken`, to everything): `shaky`, which bookbuyer
+retries (a Retry) and bookthief does not; `limited`, which rate limits its callers; and
+`fragile`, a healthy pod and a broken one, whose callers eject the broken one (both
+UpstreamTrafficSettings). Each has its own service, so the retries' attempts spend no
+tokens of the limits. The namespace is permissive: what answers is the policy under test,
+not TrafficTargets. Circuit breaking needs concurrent requests from one client, which
+tests/test_envoy_osm_policies.py drives on loopback.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ BUYER = "bookbuyer/bookbuyer-0"
 THIEF = "bookthief/bookthief-0"
 SHAKY = "http://shaky.osm:8080"
 LIMITED = "http://limited.osm:8080"
+FRAGILE = "http://fragile.osm:8080"
 
 APP = """\
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+broken = sys.argv[1:] == ["broken"]  # answers 503 to everything but /attempts/
 attempts = {}
 lock = threading.Lock()
 
@@ -43,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         with lock:
             count = attempts[self.path] = attempts.get(self.path, 0) + 1
-        if self.path.startswith("/fail-twice/") and count <= 2:
+        if broken or (self.path.startswith("/fail-twice/") and count <= 2):
             self._answer(503, {"attempt": count})
         else:
             self._answer(200, {"plaintext": True, "attempt": count})
@@ -61,8 +67,28 @@ ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 """
 
 
-def _workload(name: str) -> str:
-    return f"""\
+def _workload(name: str, *broken: str) -> str:
+    """A ServiceAccount, a Service and its pod `<name>-0`, plus a pod of each name in
+    `broken` behind the same service, answering 503 to everything."""
+    pods = "".join(
+        f"""\
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: osm, labels: {{app: {name}}}}}
+spec:
+  serviceAccountName: {name}
+  containers:
+  - name: app
+    command: ["python3", "apps/osm_app.py", "broken"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}}}
+"""
+        for pod in broken
+    )
+    return (
+        pods
+        + f"""\
 ---
 apiVersion: v1
 kind: ServiceAccount
@@ -86,6 +112,7 @@ spec:
     ports: [{{name: http, containerPort: 8080}}]
     readinessProbe: {{tcpSocket: {{port: 8080}}}}
 """
+    )
 
 
 MANIFESTS = (
@@ -99,6 +126,7 @@ metadata:
 """
     + _workload("shaky")
     + _workload("limited")
+    + _workload("fragile", "fragile-broken")
     + """\
 ---
 apiVersion: policy.openservicemesh.io/v1alpha1
@@ -125,6 +153,13 @@ spec:
         unit: hour
         responseStatusCode: 503
         responseHeadersToAdd: [{name: x-rate-limited, value: "yes"}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: UpstreamTrafficSetting
+metadata: {name: fragile, namespace: osm}
+spec:
+  host: fragile
+  outlierDetection: {consecutive5xx: 2, interval: 10s, baseEjectionTime: 10m, maxEjectionPercent: 50}
 """
 )
 
@@ -136,12 +171,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     )
 
 
-def _attempts(lab: LabDriver, service: str, path: str) -> int:
-    """What the app of `service` counted for `path`, asked in its own pod on loopback (not
-    intercepted: the question spends no token and is no attempt)."""
+def _attempts(lab: LabDriver, service: str, path: str, pod: str = "") -> int:
+    """What the app of `service` (in `pod`, default `<service>-0`) counted for `path`,
+    asked in its own pod on loopback (not intercepted: the question spends no token and
+    is no attempt)."""
     url = f"http://127.0.0.1:8080/attempts{path}"
     script = f"import json, urllib.request as u; print(json.dumps(json.load(u.urlopen({url!r}, timeout=5))))"
-    found = lab.exec_json(f"osm/{service}-0", sys.executable, "-c", script)
+    found = lab.exec_json(f"osm/{pod or service + '-0'}", sys.executable, "-c", script)
     count = found["attempts"]
     assert isinstance(count, int)
     return count
@@ -174,3 +210,17 @@ def test_a_rate_above_the_limit_gets_the_configured_status(lab: LabDriver) -> No
     # What was limited never reached the app.
     assert _attempts(lab, "limited", "/books") == 3
     assert _attempts(lab, "limited", "/special/offer") == 1
+
+
+def test_an_endpoint_that_keeps_failing_is_ejected_and_traffic_moves_to_the_healthy_one(
+    lab: LabDriver,
+) -> None:
+    # Round robin over the two pods: the broken one answers 503 until its second 503 in a
+    # row ejects it; from then on every request goes to the healthy pod.
+    first = lab.http(BUYER, f"{FRAGILE}/books", count=10)
+    assert set(first["statuses"]) <= {"200", "503"} and first["statuses"].get("503", 0) >= 2, first
+    assert _attempts(lab, "fragile", "/books", "fragile-broken") == first["statuses"]["503"]
+    after = lab.http(BUYER, f"{FRAGILE}/after", count=10)
+    assert after["statuses"] == {"200": 10}, after
+    assert _attempts(lab, "fragile", "/after", "fragile-broken") == 0
+    assert _attempts(lab, "fragile", "/after") == 10
