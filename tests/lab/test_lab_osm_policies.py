@@ -7,8 +7,9 @@ retries (a Retry) and bookthief does not; `limited`, which rate limits its calle
 `fragile`, a healthy pod and a broken one, whose callers eject the broken one (both
 UpstreamTrafficSettings). Each has its own service, so the retries' attempts spend no
 tokens of the limits. The namespace is permissive: what answers is the policy under test,
-not TrafficTargets. Circuit breaking needs concurrent requests from one client, which
-tests/test_envoy_osm_policies.py drives on loopback.
+not TrafficTargets. `narrow` limits its callers' connections: three requests at once
+from one client overflow. Envoy's overflow counters are outside the sidecars' stats
+keep-list, so tests/test_envoy_osm_policies.py reads them on loopback.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 broken = sys.argv[1:] == ["broken"]  # answers 503 to everything but /attempts/
 attempts = {}
 lock = threading.Lock()
+released = threading.Event()  # /hold/ requests wait for a GET /release
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,8 +49,14 @@ class Handler(BaseHTTPRequestHandler):
                 count = attempts.get(self.path.removeprefix("/attempts"), 0)
             self._answer(200, {"plaintext": True, "attempts": count})
             return
+        if self.path == "/release":
+            released.set()
+            self._answer(200, {"plaintext": True})
+            return
         with lock:
             count = attempts[self.path] = attempts.get(self.path, 0) + 1
+        if self.path.startswith("/hold/"):
+            released.wait(60)
         if broken or (self.path.startswith("/fail-twice/") and count <= 2):
             self._answer(503, {"attempt": count})
         else:
@@ -63,13 +71,17 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+# 8081: the same app on a second port (narrow's control port: a cluster of its own).
+threading.Thread(target=ThreadingHTTPServer(("0.0.0.0", 8081), Handler).serve_forever, daemon=True).start()
 ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 """
 
 
-def _workload(name: str, *broken: str) -> str:
+def _workload(name: str, *broken: str, control: bool = False) -> str:
     """A ServiceAccount, a Service and its pod `<name>-0`, plus a pod of each name in
-    `broken` behind the same service, answering 503 to everything."""
+    `broken` behind the same service, answering 503 to everything. `control`: the service
+    also has the app's second port, 8081."""
+    control_port = ", {name: control, port: 8081, targetPort: 8081}" if control else ""
     pods = "".join(
         f"""\
 ---
@@ -99,7 +111,7 @@ kind: Service
 metadata: {{name: {name}, namespace: osm}}
 spec:
   selector: {{app: {name}}}
-  ports: [{{name: http, port: 8080, targetPort: 8080}}]
+  ports: [{{name: http, port: 8080, targetPort: 8080}}{control_port}]
 ---
 apiVersion: v1
 kind: Pod
@@ -127,6 +139,7 @@ metadata:
     + _workload("shaky")
     + _workload("limited")
     + _workload("fragile", "fragile-broken")
+    + _workload("narrow", control=True)
     + """\
 ---
 apiVersion: policy.openservicemesh.io/v1alpha1
@@ -160,6 +173,15 @@ metadata: {name: fragile, namespace: osm}
 spec:
   host: fragile
   outlierDetection: {consecutive5xx: 2, interval: 10s, baseEjectionTime: 10m, maxEjectionPercent: 50}
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: UpstreamTrafficSetting
+metadata: {name: narrow, namespace: osm}
+spec:
+  host: narrow.osm.svc.cluster.local
+  connectionSettings:
+    tcp: {maxConnections: 1}
+    http: {maxPendingRequests: 1}
 """
 )
 
@@ -169,6 +191,32 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     yield from bookstore_lab(
         tmp_path_factory.mktemp("bookstore"), extra={"osm.yaml": MANIFESTS, "apps/osm_app.py": APP}
     )
+
+
+#: Run in bookbuyer: three requests at once to narrow's /hold/x, held by the app until the
+#: first answer (the overflow) has come back and the script has released them through
+#: the control port (a cluster of its own, with its own limits); the statuses, and whether
+#: each 503 was Envoy's overflow (`x-envoy-overloaded`).
+CONCURRENT = """\
+import json, threading, urllib.error, urllib.request
+found = []
+answered = threading.Event()
+def one():
+    try:
+        with urllib.request.urlopen("http://narrow.osm:8080/hold/x", timeout=60) as response:
+            found.append(str(response.status))
+    except urllib.error.HTTPError as error:
+        found.append(f"{error.code} overloaded={error.headers.get('x-envoy-overloaded')}")
+    answered.set()
+threads = [threading.Thread(target=one) for _ in range(3)]
+for thread in threads:
+    thread.start()
+answered.wait(30)
+urllib.request.urlopen("http://narrow.osm:8081/release", timeout=10).read()
+for thread in threads:
+    thread.join()
+print(json.dumps({"statuses": sorted(found)}))
+"""
 
 
 def _attempts(lab: LabDriver, service: str, path: str, pod: str = "") -> int:
@@ -224,3 +272,11 @@ def test_an_endpoint_that_keeps_failing_is_ejected_and_traffic_moves_to_the_heal
     assert after["statuses"] == {"200": 10}, after
     assert _attempts(lab, "fragile", "/after", "fragile-broken") == 0
     assert _attempts(lab, "fragile", "/after") == 10
+
+
+def test_concurrency_above_the_connection_limits_overflows_with_503(lab: LabDriver) -> None:
+    """maxConnections 1 and maxPendingRequests 1: of three requests at once, one holds the
+    connection, one waits for it, and the third is refused by the client's sidecar."""
+    result = lab.exec_json(BUYER, sys.executable, "-c", CONCURRENT)
+    assert result["statuses"] == ["200", "200", "503 overloaded=true"], result
+    assert _attempts(lab, "narrow", "/hold/x") == 2  # the refused one never reached the app
