@@ -15,6 +15,7 @@ keep-list, so tests/test_envoy_osm_policies.py reads them on loopback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ FRAGILE = "http://fragile.osm:8080"
 
 APP = """\
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -193,8 +195,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     )
 
 
-#: Run in bookbuyer: three requests at once to narrow's /hold/x, held by the app until the
-#: first answer (the overflow) has come back and the script has released them through
+#: Run in bookbuyer: six requests at once to narrow's /hold/x, held by the app until the
+#: first answer (an overflow) has come back and the script has released them through
 #: the control port (a cluster of its own, with its own limits); the statuses, and whether
 #: each 503 was Envoy's overflow (`x-envoy-overloaded`).
 CONCURRENT = """\
@@ -208,7 +210,7 @@ def one():
     except urllib.error.HTTPError as error:
         found.append(f"{error.code} overloaded={error.headers.get('x-envoy-overloaded')}")
     answered.set()
-threads = [threading.Thread(target=one) for _ in range(3)]
+threads = [threading.Thread(target=one) for _ in range(6)]
 for thread in threads:
     thread.start()
 answered.wait(30)
@@ -275,8 +277,14 @@ def test_an_endpoint_that_keeps_failing_is_ejected_and_traffic_moves_to_the_heal
 
 
 def test_concurrency_above_the_connection_limits_overflows_with_503(lab: LabDriver) -> None:
-    """maxConnections 1 and maxPendingRequests 1: of three requests at once, one holds the
-    connection, one waits for it, and the third is refused by the client's sidecar."""
+    """maxConnections 1 and maxPendingRequests 1, six requests at once: the client's
+    sidecar refuses those over the limits with 503 at once, and the others reach the app
+    once it lets them go. Envoy lets each of its worker threads open one connection even
+    with the limit reached (the lab's sidecars run one per core), so how many pass depends
+    on the workers the requests land on; at most one per worker plus the pending one."""
     result = lab.exec_json(BUYER, sys.executable, "-c", CONCURRENT)
-    assert result["statuses"] == ["200", "200", "503 overloaded=true"], result
-    assert _attempts(lab, "narrow", "/hold/x") == 2  # the refused one never reached the app
+    statuses = result["statuses"]
+    assert set(statuses) == {"200", "503 overloaded=true"}, result
+    served = statuses.count("200")
+    assert served <= (os.cpu_count() or 1) + 1, result
+    assert _attempts(lab, "narrow", "/hold/x") == served  # the refused never reached the app
