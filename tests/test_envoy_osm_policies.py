@@ -55,9 +55,9 @@ from meshcp.runtime.settings import Address, Settings
 from meshcp.sidecar.bootstrap import Workload, as_dict, bootstrap, stats_config
 from meshcp.sidecar.envoy_parts import TCP_PROXY, network_filter, router_filter
 from meshcp.sources.kubernetes import RESOURCES
-from tests.sources.kube_fixtures import Emulator
+from tests.sources.kube_fixtures import Emulator, kubeconfig
 from tests.sources.kube_objects import key, namespace, seed
-from tests.sources.test_kubernetes_envoy import kubeconfig, web_pod, web_service
+from tests.sources.test_kubernetes_envoy import web_pod, web_service
 from tests.support import eventually
 from tests.support.ads import LISTENER, TYPES, serving, wait_acked
 from tests.support.bootstrap import ads_bootstrap
