@@ -12,14 +12,13 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
-import yaml
 
 from meshcp.cache import resource_types
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_watch import WatchSettings
-from tests.sources.kube_fixtures import Emulator
+from tests.sources.kube_fixtures import Emulator, kubeconfig
 from tests.sources.kube_objects import key
 
 #: Back-off and timeouts scaled down so that a test sees several retries in a second; the
@@ -72,22 +71,6 @@ async def api_server(api: FaultyApi, port: int) -> AsyncIterator[None]:
             yield
         finally:
             await api.stop_watches()
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "mock", "cluster": {"server": server}}],
-                "users": [{"name": "tester", "user": {"token": "test-token"}}],
-                "contexts": [{"name": "mock", "context": {"cluster": "mock", "user": "tester"}}],
-                "current-context": "mock",
-            }
-        )
-    )
-    return path
 
 
 @asynccontextmanager
