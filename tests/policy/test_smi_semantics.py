@@ -9,9 +9,9 @@ import pytest
 from meshcp.identity import Identity
 from meshcp.model.core import Pod
 from meshcp.model.meshconfig import MeshConfig
-from meshcp.model.meta import Meta, frozen_map
+from meshcp.model.meta import Meta, ObjectRef, frozen_map
 from meshcp.model.smi import SplitMatch, TargetRule
-from meshcp.model.state import MeshState
+from meshcp.model.state import MeshState, Problem
 from meshcp.policy.build import MeshPolicy, build_policies
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.policy.types import InboundPort, ServiceKey, Upstream
@@ -290,3 +290,21 @@ def test_the_cas_trust_domain_is_the_one_rbac_uses() -> None:
     unset = build_policies(Bookstore().state(), "example.org")
     assert {p.trust_domain for p in unset.classes.values()} == {"example.org"}
     assert not [p for p in unset.problems if p.ref.kind == "MeshConfig"]
+
+
+def test_a_rule_naming_an_invalid_route_says_invalid_not_missing() -> None:
+    """An HTTPRouteGroup that was read and refused (its own problem names the field) is
+    not one that does not exist: the TrafficTarget's problem says which it is."""
+    refused = Problem(
+        ObjectRef("HTTPRouteGroup", "bookstore", "broken-routes"), "spec.matches[0].pathRegex: bad"
+    )
+    rule = TargetRule("HTTPRouteGroup", "broken-routes")
+    state = Bookstore(
+        extra=[target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], rule)]
+    ).state()
+    state = state.with_changes(problems=(refused,))
+    reasons = {(p.ref.name, p.reason) for p in build_policies(state).problems}
+    assert (
+        "t",
+        "HTTPRouteGroup bookstore/broken-routes is invalid (see its own problem); rule skipped",
+    ) in reasons

@@ -68,6 +68,7 @@ _BUILT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), code)
     for pattern, code in (
         (r"^(TCPRoute|HTTPRouteGroup) .* does not exist", "MCP0103"),
+        (r"^(TCPRoute|HTTPRouteGroup) .* is invalid", "MCP0104"),
         (r"^HTTPRouteGroup .* has no match named", "MCP0105"),
         (r"UDPRoute", "MCP0205"),
         (r"^proxy UUID .* claimed", "MCP0206"),
@@ -80,8 +81,8 @@ _BUILT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"weights are zero", "MCP0404"),
     )
 )
-#: Codes that describe one fault two ways (the builder says "does not exist" of an invalid route).
-_SAME = {"MCP0103": {"MCP0103", "MCP0104"}}
+#: Codes that describe one fault two ways.
+_SAME = {"MCP0103": {"MCP0103", "MCP0104"}, "MCP0104": {"MCP0103", "MCP0104"}}
 
 
 def merged_problems(problems: Iterable[Problem], own: list[Finding]) -> list[Finding]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from meshcp.identity import Identity
 from meshcp.model.core import ServicePort
+from meshcp.model.meta import ObjectRef
 from meshcp.model.smi import HTTPMatch, TrafficTarget
 from meshcp.model.state import MeshState
 from meshcp.policy.types import HttpRule, Report
@@ -81,7 +82,7 @@ def _rules(
         if rule.kind == "TCPRoute":
             route = state.tcp_routes.get((ns, rule.name))
             if route is None:
-                report(target.ref, f"TCPRoute {ns}/{rule.name} does not exist; rule skipped")
+                report(target.ref, _missing(state, ObjectRef("TCPRoute", ns, rule.name)))
                 continue
             has_tcp = True
             if not route.ports:
@@ -91,7 +92,7 @@ def _rules(
         elif rule.kind == "HTTPRouteGroup":
             group = state.http_route_groups.get((ns, rule.name))
             if group is None:
-                report(target.ref, f"HTTPRouteGroup {ns}/{rule.name} does not exist; rule skipped")
+                report(target.ref, _missing(state, ObjectRef("HTTPRouteGroup", ns, rule.name)))
                 continue
             by_name = {m.name: m for m in group.matches}
             chosen = list(group.matches) if not rule.matches else []
@@ -108,3 +109,12 @@ def _rules(
     if all_ports or not has_tcp:
         ports = None
     return ports, http, has_tcp
+
+
+def _missing(state: MeshState, ref: ObjectRef) -> str:
+    """Why a rule's route is not there: an invalid object (reported on its own, with the
+    field) is not one that does not exist."""
+    name = f"{ref.kind} {ref.namespace}/{ref.name}"
+    if any(problem.ref == ref for problem in state.problems):
+        return f"{name} is invalid (see its own problem); rule skipped"
+    return f"{name} does not exist; rule skipped"
