@@ -191,7 +191,7 @@ async def test_invalid_objects_are_reported_at_their_line_and_the_rest_is_read(t
             ref("web", kind="Service"): Problem(
                 ref("web", kind="Service"),
                 "spec.ports[0].port: must be a port number 1..65535, got 0",
-                "f.yaml:7",
+                "f.yaml:14",  # the field's line (`- port: 0`), not the document's (7)
             ),
             ObjectRef("Deployment", "", "web"): Problem(
                 ObjectRef("Deployment", "", "web"), "unsupported kind Deployment (apps/v1)", "f.yaml:16"
@@ -270,7 +270,8 @@ async def test_an_invalid_edit_keeps_the_old_object_until_fixed(tmp_path: Path) 
     async with watching(tmp_path) as (feed, _):
         write(path, account("web") + "  labels:\n    version: 2\n")
         reason = "metadata.labels.version: must be a string, got 2 (quote it to keep it text)"
-        assert await feed.until(has(Invalid)) == [Invalid(Problem(ref("web"), reason, "shop.yaml:1"))]
+        # at the field (`version: 2`), not at the document's first line
+        assert await feed.until(has(Invalid)) == [Invalid(Problem(ref("web"), reason, "shop.yaml:7"))]
 
         write(path, account("web", version="2"))
         assert await feed.until(has(Resolved)) == [

@@ -134,3 +134,22 @@ def test_an_invalid_version_keeps_the_last_good_one() -> None:
     assert still.manifests.documents_of(ref)[-1] is kept
     fixed = split_read(account("a", n="3"), still.manifests)
     assert [doc.obj is not None for doc in fixed.manifests.documents_of(ref)] == [True]
+
+
+def test_an_invalid_field_is_located_at_its_line_and_follows_a_move() -> None:
+    """A problem points at the field it names (in a document or a `kind: List` item), and
+    keeps pointing at it when the document moves."""
+    bad = account("web") + "  labels:\n    version: 2\n"
+    listed = (
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- apiVersion: v1\n  kind: ServiceAccount\n  metadata:\n    name: api\n    namespace: shop\n"
+        "    labels:\n      tier: 3\n"
+    )
+    first = split_read(account("ok") + "---\n" + bad + "---\n" + listed)
+    where = {doc.ref.name: doc.location for doc in documents(first) if doc.obj is None}
+    assert where == {"web": "f.yaml:13", "api": "f.yaml:24"}  # `version: 2`, `tier: 3`
+    moved = split_read(
+        "# a comment\n# and another\n" + account("ok") + "---\n" + bad + "---\n" + listed, first.manifests
+    )
+    where = {doc.ref.name: doc.location for doc in documents(moved) if doc.obj is None}
+    assert where == {"web": "f.yaml:15", "api": "f.yaml:26"}

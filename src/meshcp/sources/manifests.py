@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from meshcp.model.locate import node_field_line, path_of
 from meshcp.model.meta import ObjectRef
 from meshcp.model.parse import InvalidObject, parse_object
 from meshcp.model.state import MeshObject, Problem
@@ -83,6 +84,8 @@ class Document:
     reason: str = ""
     #: Nothing names it, so `ref` is made from its location (and moves with it).
     anonymous: bool = False
+    #: Lines from the document's start to the field `reason` names (`location` points there).
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,8 @@ class Piece:
 
 
 _NO_PIECES: Mapping[bytes, Piece] = MappingProxyType({})
+#: A manifest, the line it starts at, and where a field path of it is (`_locator`).
+Manifest = tuple[Any, int, Callable[[str], int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +291,8 @@ def _placed(piece: Piece, relative: str, line: int) -> Piece:
 
 def _moved(doc: Document, relative: str, by: int) -> Document:
     line = doc.line + by
-    location = f"{relative}:{line}"
-    ref = ObjectRef(doc.ref.kind, doc.ref.namespace, location) if doc.anonymous else doc.ref
-    return replace(doc, ref=ref, line=line, location=location)
+    ref = ObjectRef(doc.ref.kind, doc.ref.namespace, f"{relative}:{line}") if doc.anonymous else doc.ref
+    return replace(doc, ref=ref, line=line, location=f"{relative}:{line + doc.offset}")
 
 
 def _documents(
@@ -296,27 +300,30 @@ def _documents(
 ) -> list[Document]:
     manifests = _json_manifests(text) if json_file else _yaml_manifests(text, first_line, stopping)
     documents: list[Document] = []
-    for manifest, line in manifests:
+    for manifest, line, locate in manifests:
         location = f"{relative}:{line}"
         try:
             obj = parse_object(manifest)
         except InvalidObject as error:
+            # The problem points at the field it names, not at the document's first line.
+            offset = locate(path_of(error.reason)) - line
+            at = f"{relative}:{line + offset}"
             ref = error.ref
             if ref.kind and ref.name:
-                documents.append(Document(ref, line, location, None, error.reason))
+                documents.append(Document(ref, line, at, None, error.reason, offset=offset))
             else:
                 # Nothing names it: the location does, so two such documents stay apart.
                 ref = ObjectRef(ref.kind or "Document", ref.namespace, location)
-                documents.append(Document(ref, line, location, None, error.reason, anonymous=True))
+                documents.append(Document(ref, line, at, None, error.reason, anonymous=True, offset=offset))
         else:
             documents.append(Document(obj.ref, line, location, obj))
     return documents
 
 
-def _yaml_manifests(text: str, first_line: int, stopping: Callable[[], bool]) -> list[tuple[Any, int]]:
+def _yaml_manifests(text: str, first_line: int, stopping: Callable[[], bool]) -> list[Manifest]:
     """(manifest, line in the file) per document; a `List` contributes its items. Everything
     is parsed before anything is returned, so a syntax error rejects the whole text."""
-    found: list[tuple[Any, int]] = []
+    found: list[Manifest] = []
     loader = _LOADER(text)
     try:
         while loader.check_node():
@@ -344,7 +351,7 @@ def _yaml_reason(error: yaml.MarkedYAMLError) -> str:
     return ": ".join(parts) or "syntax error"
 
 
-def _json_manifests(text: str) -> list[tuple[Any, int]]:
+def _json_manifests(text: str) -> list[Manifest]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -363,16 +370,31 @@ def _is_list(data: Any) -> bool:
     return isinstance(data, Mapping) and data.get("kind") == "List" and isinstance(data.get("items"), list)
 
 
-def _expand_list(data: Any, line: int, node: yaml.Node | None, base: int) -> list[tuple[Any, int]]:
+def _expand_list(data: Any, line: int, node: yaml.Node | None, base: int) -> list[Manifest]:
     """A `kind: List` (what `kubectl get -o yaml` writes) stands for its items; `node` is
     where YAML found it, its marks counting lines from `base`."""
     if not _is_list(data):
-        return [(data, line)]
+        return [(data, line, _locator(node, base, line))]
     items: list[Any] = data["items"]
-    lines = [line] * len(items)
+    found = [(item, line, _locator(None, base, line)) for item in items]
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             is_items = isinstance(key, yaml.ScalarNode) and key.value == "items"
             if is_items and isinstance(value, yaml.SequenceNode) and len(value.value) == len(items):
-                lines = [base + item.start_mark.line for item in value.value]
-    return list(zip(items, lines, strict=True))
+                found = [
+                    (item, base + at.start_mark.line, _locator(at, base, base + at.start_mark.line))
+                    for item, at in zip(items, value.value, strict=True)
+                ]
+    return found
+
+
+def _locator(node: yaml.Node | None, base: int, line: int) -> Callable[[str], int]:
+    """The line of a field path in the manifest `node` (marks counting from `base`), or
+    `line` (the manifest's) when there is no node or no path."""
+
+    def locate(path: str) -> int:
+        if node is None or not path:
+            return line
+        return base - 1 + node_field_line(node, path)
+
+    return locate
