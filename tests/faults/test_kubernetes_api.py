@@ -78,6 +78,17 @@ async def wait_ready(runtime: ControllerRuntime, ready: bool = True, within: flo
     )
 
 
+async def published(runtime: ControllerRuntime) -> dict[str, Any]:
+    """The compiled configuration once a class is published: ready means compiled, and a
+    class is published once its identity's first certificate is issued, in the background."""
+
+    async def some() -> bool:
+        return compiled(runtime) != {}
+
+    await eventually(some, 20, "a class to be published")
+    return compiled(runtime)
+
+
 async def converged_with_a_fresh_controller(
     runtime: ControllerRuntime, url: str, directory: Path, before: dict[str, Any]
 ) -> dict[str, Any]:
@@ -105,7 +116,7 @@ async def test_dropped_watches_are_resumed_without_loss(api: FaultyApi, tmp_path
     url = f"http://127.0.0.1:{port}"
     async with api_server(api, port), following(url, tmp_path / "controller") as runtime:
         await wait_ready(runtime)
-        before = compiled(runtime)
+        before = await published(runtime)
         for resource in RESOURCES:
             await api.wait_watches(url_of(resource), 1)
         change_behind_the_watches(api)
@@ -125,7 +136,7 @@ async def test_410_gone_relists_without_loss_and_stays_ready(api: FaultyApi, tmp
     url = f"http://127.0.0.1:{port}"
     async with api_server(api, port), following(url, tmp_path / "controller") as runtime:
         await wait_ready(runtime)
-        before = compiled(runtime)
+        before = await published(runtime)
         for resource in RESOURCES:
             await api.wait_watches(url_of(resource), 1)
         change_behind_the_watches(api)
@@ -150,7 +161,7 @@ async def test_500s_back_off_turn_readiness_false_and_recover(
     url = f"http://127.0.0.1:{port}"
     async with api_server(api, port), following(url, tmp_path / "controller") as runtime:
         await wait_ready(runtime)
-        before = compiled(runtime)
+        before = await published(runtime)
         for resource in RESOURCES:
             await api.wait_watches(url_of(resource), 1)
         change_behind_the_watches(api)
@@ -193,7 +204,7 @@ async def test_watches_that_get_no_answer_time_out_and_recover(
     watch = WatchSettings(page_size=2, backoff_initial=0.05, backoff_max=0.4, request_timeout=0.5)
     async with api_server(api, port), following(url, tmp_path / "controller", watch) as runtime:
         await wait_ready(runtime)
-        before = compiled(runtime)
+        before = await published(runtime)
         for resource in RESOURCES:
             await api.wait_watches(url_of(resource), 1)
         change_behind_the_watches(api)
@@ -224,7 +235,7 @@ async def test_the_api_gone_for_a_while(api: FaultyApi, tmp_path: Path) -> None:
     async with following(url, tmp_path / "controller", OUTAGE_WATCH) as runtime:
         async with api_server(api, port):
             await wait_ready(runtime)
-            before = compiled(runtime)
+            before = await published(runtime)
         # the API server is gone; the cluster changes meanwhile
         change_behind_the_watches(api)
         await wait_ready(runtime, False)

@@ -184,7 +184,9 @@ def test_5xx_are_failures(lab: LabDriver) -> None:
     def counted() -> bool:
         row = _row(_json(lab, *args), "flaky")
         seen[:] = [row]
-        return row is not None and row["requests"] == FAILED + SERVED and row["latency_p50"] is not None
+        # Counts only: a latency quantile comes from a rate over the last minute, gone once
+        # the requests are older than that (a slow scrape on a loaded machine).
+        return row is not None and row["requests"] == FAILED + SERVED
 
     try:
         wait_for(counted, SCRAPE_DEADLINE, "egress-client's requests to flaky in Prometheus")
