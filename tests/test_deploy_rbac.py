@@ -1,7 +1,7 @@
 """The RBAC of the install manifests in deploy/: the controller is bound to the ClusterRole
-generated from what the Kubernetes source watches (meshcp.sources.kubernetes_rbac), and the
-injector is granted exactly the API calls meshcp.injector.kube makes, plus reading the CA
-Secret."""
+and the Role generated from what its Kubernetes clients call (meshcp.sources.kubernetes_rbac),
+the Role in the namespace and for the CA Secret its Deployment names, and the injector is
+granted exactly the API calls meshcp.injector.kube makes, plus reading the CA Secret."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 from meshcp.injector import kube
 from meshcp.kpi import traffic_metrics
-from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE
+from meshcp.sources import kubernetes_rbac
+from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE, ROLE
 from tests.support.deploy import NAMESPACE, Manifest, _all, _args, _find
 
 # --- controller RBAC ----------------------------------------------------------------------------
@@ -28,6 +29,38 @@ def test_controller_is_bound_to_the_generated_cluster_role() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "meshcp-controller", "namespace": NAMESPACE}
     ]
+
+
+def test_controller_is_bound_to_the_generated_role_in_its_namespace() -> None:
+    binding = _find("RoleBinding", "meshcp-controller", file="controller.yaml")
+    assert binding["metadata"]["namespace"] == NAMESPACE == kubernetes_rbac.NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE}
+    role = _find("Role", ROLE, file="rbac.yaml")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "meshcp-controller", "namespace": NAMESPACE}
+    ]
+
+
+def test_the_role_names_the_ca_secret_and_cert_manager_namespace_the_controller_uses() -> None:
+    """The Role is generated for deploy/'s CA Secret and CertificateRequest namespace:
+    another `--ca-secret` needs the generator's constants changed too."""
+    args = _args(_find("Deployment", "meshcp-controller"))
+    assert args.ca_secret == f"{kubernetes_rbac.NAMESPACE}/{kubernetes_rbac.CA_SECRET}"
+    assert args.cert_manager_namespace == kubernetes_rbac.NAMESPACE
+    role = _find("Role", ROLE, file="rbac.yaml")
+    named = [rule for rule in role["rules"] if "resourceNames" in rule]
+    assert named == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["meshcp-ca"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    cluster_wide = _find("ClusterRole", CLUSTER_ROLE, file="rbac.yaml")
+    secret_verbs = {v for r in cluster_wide["rules"] if "secrets" in r["resources"] for v in r["verbs"]}
+    assert secret_verbs == {"list", "delete"}, "only the bootstrap-Secret collector's, cluster-wide"
 
 
 # --- injector RBAC ----------------------------------------------------------------------------

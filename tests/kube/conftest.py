@@ -17,8 +17,13 @@ from tests.support.kube import ApiServer
 #: Stand-ins for cert-manager's CustomResourceDefinitions, which no package registry here
 #: ships: the group, versions and kinds deploy/ uses, with a schema that keeps any field. So
 #: the API server accepts deploy/'s Issuers and Certificates without checking their fields
-#: (tests/test_deploy_wiring.py checks how they are wired; no cert-manager runs here).
-CERT_MANAGER_KINDS = (("Issuer", "issuers"), ("Certificate", "certificates"))
+#: (tests/test_deploy_wiring.py checks how they are wired; no cert-manager runs here), and
+#: the controller's CertificateRequests can be created (tests/kube/test_least_privilege.py).
+CERT_MANAGER_KINDS = (
+    ("Issuer", "issuers"),
+    ("Certificate", "certificates"),
+    ("CertificateRequest", "certificaterequests"),
+)
 
 
 def cert_manager_stand_ins() -> list[dict[str, object]]:
@@ -87,6 +92,7 @@ def installed(kube: ApiServer) -> Installed:
         "--for=condition=established",
         "crd/issuers.cert-manager.io",
         "crd/certificates.cert-manager.io",
+        "crd/certificaterequests.cert-manager.io",
     )
     kube.kubectl("apply", "-f", str(DEPLOY / "namespace.yaml"), "-f", str(DEPLOY / "meshconfig-crd.yaml"))
     kube.kubectl("wait", "--for=condition=established", "crd/meshconfigs.config.meshcp.dev")

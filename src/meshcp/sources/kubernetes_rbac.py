@@ -1,9 +1,21 @@
-"""The RBAC rules the Kubernetes source needs, as data, and the ClusterRole made from them.
+"""The RBAC rules the controller's Kubernetes clients need, as data, and the roles made from them.
 
 `deploy/rbac.yaml` is generated from here (`python -m meshcp.sources.kubernetes_rbac >
 deploy/rbac.yaml`); a test checks that the file matches and that the rules cover exactly
 what the source lists and watches (with `list` and `watch`) plus exactly the calls of the
-controller's other Kubernetes clients, and nothing more.
+controller's other Kubernetes clients, and nothing more. `tests/kube/test_least_privilege.py`
+removes each grant in turn on a real API server and shows the call that needed it refused.
+
+Two roles, because not everything can be scoped:
+- a ClusterRole (`CLUSTER_ROLE`) for what lives in every namespace: the watched kinds, the
+  Warning events posted next to the objects they are about, and the bootstrap Secrets the
+  injector creates in each meshed namespace (the collector must list and delete them
+  wherever pods are; which namespaces are meshed changes at run time, so no fixed set of
+  namespaced Roles could follow it);
+- a Role in the controller's own namespace (`ROLE`, in `NAMESPACE`) for what lives there:
+  its CA Secret (`get` and `update` on that one name; `create` cannot be limited to a name,
+  since a create request names no object the authorizer could check, so it is limited to
+  the namespace) and cert-manager's CertificateRequests (`--cert-manager-namespace`).
 """
 
 from __future__ import annotations
@@ -15,15 +27,24 @@ import yaml
 
 #: The name of the generated ClusterRole.
 CLUSTER_ROLE = "meshcp-kubernetes-source"
+#: The name of the generated Role, in `NAMESPACE`.
+ROLE = "meshcp-controller"
+#: Where deploy/ runs the controller: its CA Secret and CertificateRequests live here.
+NAMESPACE = "meshcp-system"
+#: The CA Secret's name (deploy/'s `--ca-secret meshcp-system/meshcp-ca`).
+CA_SECRET = "meshcp-ca"
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One `rules:` entry of a ClusterRole."""
+    """One `rules:` entry. `namespaced`: granted by the Role in `NAMESPACE` rather than the
+    ClusterRole; `names`: the `resourceNames` it is limited to (none: any object)."""
 
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
+    namespaced: bool = False
+    names: tuple[str, ...] = ()
 
 
 _READ = ("list", "watch")
@@ -46,9 +67,12 @@ SOURCE_RULES: tuple[Rule, ...] = (
 #: (sources/bootstrap_secrets.py: it lists pods too, which the source's rules grant already).
 CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
     "meshcp.sources.kubernetes_events": (Rule(("",), ("events",), ("create",)),),
-    "meshcp.certs.kubernetes_store": (Rule(("",), ("secrets",), ("create", "get", "update")),),
+    "meshcp.certs.kubernetes_store": (
+        Rule(("",), ("secrets",), ("get", "update"), namespaced=True, names=(CA_SECRET,)),
+        Rule(("",), ("secrets",), ("create",), namespaced=True),
+    ),
     "meshcp.certs.cert_manager": (
-        Rule(("cert-manager.io",), ("certificaterequests",), ("create", "delete", "get")),
+        Rule(("cert-manager.io",), ("certificaterequests",), ("create", "delete", "get"), namespaced=True),
     ),
     "meshcp.sources.bootstrap_secrets": (
         Rule(("",), ("secrets",), ("delete", "list")),
@@ -59,26 +83,47 @@ CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
 RULES: tuple[Rule, ...] = SOURCE_RULES + tuple(rule for rules in CLIENT_RULES.values() for rule in rules)
 
 
-def _grants(rule: Rule) -> set[tuple[str, str, str]]:
-    return {(g, r, v) for g in rule.api_groups for r in rule.resources for v in rule.verbs}
+def _grants(rule: Rule) -> set[tuple[str, str, str, tuple[str, ...]]]:
+    return {(g, r, v, rule.names) for g in rule.api_groups for r in rule.resources for v in rule.verbs}
+
+
+def _rules(namespaced: bool) -> list[dict[str, Any]]:
+    """The `rules:` of one role: `RULES` of that scope, leaving out a rule that grants
+    nothing new."""
+    rules: list[dict[str, Any]] = []
+    granted: set[tuple[str, str, str, tuple[str, ...]]] = set()
+    for rule in RULES:
+        if rule.namespaced != namespaced or _grants(rule) <= granted:
+            continue
+        granted |= _grants(rule)
+        entry: dict[str, Any] = {"apiGroups": list(rule.api_groups), "resources": list(rule.resources)}
+        if rule.names:
+            entry["resourceNames"] = list(rule.names)
+        entry["verbs"] = list(rule.verbs)
+        rules.append(entry)
+    return rules
+
+
+_LABELS = {"app.kubernetes.io/name": "meshcp", "app.kubernetes.io/component": "controller"}
 
 
 def cluster_role(name: str = CLUSTER_ROLE) -> dict[str, Any]:
-    """The ClusterRole manifest granting `RULES` (a rule that grants nothing new is left out)."""
-    rules: list[dict[str, Any]] = []
-    granted: set[tuple[str, str, str]] = set()
-    for rule in RULES:
-        if _grants(rule) <= granted:
-            continue
-        granted |= _grants(rule)
-        rules.append(
-            {"apiGroups": list(rule.api_groups), "resources": list(rule.resources), "verbs": list(rule.verbs)}
-        )
+    """The ClusterRole granting the cluster-wide `RULES`."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "meshcp"}},
-        "rules": rules,
+        "metadata": {"name": name, "labels": dict(_LABELS)},
+        "rules": _rules(namespaced=False),
+    }
+
+
+def role(name: str = ROLE, namespace: str = NAMESPACE) -> dict[str, Any]:
+    """The Role granting the namespaced `RULES` in the controller's namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(_LABELS)},
+        "rules": _rules(namespaced=True),
     }
 
 
@@ -86,10 +131,12 @@ def render() -> str:
     """The text of `deploy/rbac.yaml`."""
     header = (
         "# Generated by `python -m meshcp.sources.kubernetes_rbac > deploy/rbac.yaml`; do not edit.\n"
-        "# What `meshcp serve --source kubernetes` reads and writes (events, the CA Secret,\n"
-        "# cert-manager CertificateRequests, collecting bootstrap Secrets of pods that are gone).\n"
+        "# What `meshcp serve --source kubernetes` reads and writes. Cluster-wide: the kinds it\n"
+        "# watches, Warning events, collecting the bootstrap Secrets of pods that are gone (the\n"
+        "# injector makes them in every meshed namespace). Only in meshcp-system: its CA Secret\n"
+        "# and cert-manager CertificateRequests. controller.yaml binds both.\n"
     )
-    return header + yaml.safe_dump(cluster_role(), sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump_all([cluster_role(), role()], sort_keys=False, default_flow_style=False)
 
 
 if __name__ == "__main__":
