@@ -34,8 +34,9 @@ class MeshcpProcess:
         self.args = args
         self.ready_url = ready_url
         self.ca_file = ca_file
-        #: The xDS port, for a controller.
+        #: The xDS and debug ports, for a controller.
         self.xds_port = 0
+        self.debug_port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: asyncio.subprocess.Process | None = None
         #: The log as it was when the process stopped (kept after the directory is gone).
@@ -114,7 +115,7 @@ async def controller(kubeconfig: Path, state: Path) -> AsyncIterator[MeshcpProce
     """`meshcp serve --source kubernetes` with `kubeconfig`, its CA in deploy/'s Secret
     (created on its first start), plaintext xDS on a free port (a test's Envoy needs no
     certificate); ready once it has listed every kind."""
-    xds, http = free_port(), free_port()
+    xds, http, debug = free_port(), free_port(), free_port()
     process = MeshcpProcess(
         "serve",
         "--source=kubernetes",
@@ -122,11 +123,12 @@ async def controller(kubeconfig: Path, state: Path) -> AsyncIterator[MeshcpProce
         "--insecure-xds",
         f"--xds-address=127.0.0.1:{xds}",
         f"--http-address=127.0.0.1:{http}",
-        f"--debug-address=127.0.0.1:{free_port()}",
+        f"--debug-address=127.0.0.1:{debug}",
         f"--ca-secret={CA_SECRET}",
         f"--state-dir={state}",
         ready_url=f"http://127.0.0.1:{http}/readyz",
     )
     process.xds_port = xds
+    process.debug_port = debug
     async with process:
         yield process

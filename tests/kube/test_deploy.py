@@ -68,3 +68,29 @@ def test_the_meshconfig_crd_schema_rejects_an_unknown_field(installed: Installed
     result = installed.api.kubectl("apply", "-f", "-", "--dry-run=server", input=json.dumps(bad), check=False)
     assert result.returncode != 0
     assert 'unknown field "spec.sidecarr"' in result.stderr
+
+
+def test_the_smi_crd_schemas_reject_what_is_not_smi(installed: Installed) -> None:
+    split = {
+        "apiVersion": "split.smi-spec.io/v1alpha4",
+        "kind": "TrafficSplit",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {"service": "web", "backends": [{"service": "web-v1", "weight": "most"}]},
+    }
+    dry_run = ("apply", "-f", "-", "--dry-run=server")
+    result = installed.api.kubectl(*dry_run, input=json.dumps(split), check=False)
+    assert result.returncode != 0
+    assert "spec.backends[0].weight" in result.stderr, result.stderr
+    target = {
+        "apiVersion": "access.smi-spec.io/v1alpha3",
+        "kind": "TrafficTarget",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {
+            "destination": {"kind": "Group", "name": "web"},
+            "sources": [{"kind": "ServiceAccount", "name": "client"}],
+            "rules": [{"kind": "HTTPRouteGroup", "name": "routes"}],
+        },
+    }
+    result = installed.api.kubectl(*dry_run, input=json.dumps(target), check=False)
+    assert result.returncode != 0
+    assert "spec.destination.kind" in result.stderr, result.stderr
