@@ -22,6 +22,7 @@ Without the binaries the calling test skips, except in CI (`CI` set), where it f
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -35,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -210,6 +211,8 @@ class ApiServer:
         self.ca_file = Path()
         self.admin_token = secrets.token_hex(16)
         self.admin_kubeconfig = Path()
+        #: etcd's client URL (plain HTTP on loopback).
+        self.etcd_url = ""
         #: The API server's own ServiceAccount signing key (its public half verifies tokens).
         self.service_account_key = Path()
         self._etcd: _Process | None = None
@@ -251,7 +254,7 @@ class ApiServer:
         started = time.monotonic()
         directory = self.directory
         etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        etcd_url = self.etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         self._etcd = _Process(
             "etcd",
@@ -305,6 +308,10 @@ class ApiServer:
             # On SIGTERM, end open watches within 2 s (the default waits for them to end by
             # themselves): a restart closes every client's watch, as a rollout does.
             "--shutdown-watch-termination-grace-period=2s",
+            # ServiceAccounts only: no watch cache, so their watches are etcd's own and a
+            # watch resumed from a compacted revision gets 410 Gone (`compact_etcd`), which
+            # the watch cache of every other kind would hide behind its own window.
+            "--watch-cache-sizes=serviceaccounts#0",
         ]
         self._start_apiserver()
         self.admin_kubeconfig = write_kubeconfig(
@@ -324,12 +331,44 @@ class ApiServer:
             headers={"Authorization": f"Bearer {self.admin_token}"},
         )
 
-    def restart_apiserver(self) -> None:
+    def restart_apiserver(self, while_stopped: Callable[[], object] | None = None) -> None:
         """Stop the API server (SIGTERM: it closes every watch) and start it again on the
-        same port, with the same etcd; returns once it is ready."""
+        same port, with the same etcd; returns once it is ready. `while_stopped` runs in
+        between (e.g. `compact_etcd`: no watch cache holds the history it removes)."""
         assert self._apiserver is not None
         self._apiserver.stop()
+        if while_stopped is not None:
+            while_stopped()
         self._start_apiserver()
+
+    def _etcd_call(self, method: str, body: dict[str, object]) -> Any:
+        """One call of etcd's v3 JSON gateway (its gRPC API over HTTP, on the client URL)."""
+        request = urllib.request.Request(
+            f"{self.etcd_url}/v3/{method}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return json.loads(reply.read())
+
+    def compact_etcd(self) -> int:
+        """Write a key outside the API server's prefix (so the revision moves past every
+        resourceVersion a client holds), then compact etcd's history up to it: a watch or a
+        paginated list resumed from any earlier resourceVersion then gets 410 Gone, as after
+        the API server's own periodic compaction. Returns the compacted revision."""
+        revision = self.advance_etcd()
+        self._etcd_call("kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    def advance_etcd(self, writes: int = 3) -> int:
+        """Move etcd's revision on by `writes` (a key outside the API server's prefix);
+        the new revision."""
+        key = base64.b64encode(b"/meshcp-test/revision").decode()
+        revision = 0
+        for n in range(writes):
+            value = base64.b64encode(str(n).encode()).decode()
+            revision = int(self._etcd_call("kv/put", {"key": key, "value": value})["header"]["revision"])
+        return revision
 
     @staticmethod
     def _wait(url: str, process: _Process, context: ssl.SSLContext | None, headers: dict[str, str]) -> None:
