@@ -1,4 +1,4 @@
-"""OSM's traffic policies (`policy.openservicemesh.io/v1alpha1`): Retry and UpstreamTrafficSetting.
+"""OSM's traffic policies (`policy.openservicemesh.io/v1alpha1`): Retry, UpstreamTrafficSetting, Egress.
 
 Read from OSM's manifests unchanged, so a mesh moving from OSM keeps its objects. Durations
 are in seconds; every optional setting OSM leaves unset is None here (Envoy's default then
@@ -116,3 +116,34 @@ class UpstreamTrafficSetting:
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef("UpstreamTrafficSetting", self.meta.namespace, self.meta.name)
+
+
+#: The protocols of an Egress port, as OSM names them.
+EGRESS_PROTOCOLS = ("http", "https", "tcp")
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPort:
+    """`ports[]`: a destination port and what is spoken on it."""
+
+    number: int
+    protocol: str  # one of EGRESS_PROTOCOLS
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    """Traffic from `sources` (ServiceAccounts) to destinations outside the mesh is allowed:
+    on `ports`, to `hosts` (HTTP by Host, HTTPS by SNI; ignored for TCP) and to
+    `ip_addresses` (CIDRs; empty: any address); HTTP requests only as `matches` (the names
+    of HTTPRouteGroups of the Egress's namespace; empty: every request)."""
+
+    meta: Meta
+    sources: tuple[IdentitySubject, ...]
+    ports: tuple[EgressPort, ...]
+    hosts: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    matches: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Egress", self.meta.namespace, self.meta.name)

@@ -1,4 +1,4 @@
-"""Readers of OSM's Retry and UpstreamTrafficSetting (`policy.openservicemesh.io/v1alpha1`).
+"""Readers of OSM's Retry, UpstreamTrafficSetting and Egress (`policy.openservicemesh.io/v1alpha1`).
 
 Field names and meanings are OSM's; what OSM's schema bounds (a status code in 400..599, a
 unit of second, minute or hour) is checked here so a bad value is reported with its field
@@ -7,6 +7,7 @@ instead of being NACKed by every Envoy that receives it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from meshcp.model.durations import parse_duration
@@ -14,7 +15,10 @@ from meshcp.model.fields import Field, describe
 from meshcp.model.meta import Meta
 from meshcp.model.names import dns_1035_label, dns_label, dns_subdomain
 from meshcp.model.osm_policy import (
+    EGRESS_PROTOCOLS,
     ConnectionSettings,
+    Egress,
+    EgressPort,
     HttpRateLimit,
     OutlierDetection,
     Retry,
@@ -59,6 +63,9 @@ ERROR_STATUSES = (
 _UINT32 = 2**32 - 1
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CLUSTER_SUFFIX = ".svc.cluster.local"
+#: A host name as Envoy matches it by Host and SNI: DNS labels, optionally `*.` first.
+_HOST = re.compile(r"(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+_ROUTE_GROUP_APIS = ("specs.smi-spec.io", "specs.smi-spec.io/v1alpha4")
 
 
 def read_retry(root: Field, meta: Meta, version: str) -> Retry:
@@ -259,3 +266,61 @@ def _ranges() -> str:
         else:
             runs.append([status])
     return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
+def read_egress(root: Field, meta: Meta, version: str) -> Egress:
+    """OSM's Egress. `matches` name HTTPRouteGroups of the Egress's namespace (OSM's
+    TypedLocalObjectReference); OSM's other match kind, an UpstreamTrafficSetting, is
+    refused (its settings are the service's in meshcp, not an egress host's)."""
+    spec = root.field("spec")
+    sources: list[IdentitySubject] = []
+    for node in spec.field("sources").items():
+        node.field("kind").one_of(("ServiceAccount",))
+        source = IdentitySubject(
+            name=dns_subdomain(node.field("name")),
+            namespace=dns_label(node.field("namespace"), required=False) or meta.namespace,
+        )
+        if source not in sources:
+            sources.append(source)
+    if not sources:
+        spec.field("sources").fail("at least one source is required")
+    ports: list[EgressPort] = []
+    for node in spec.field("ports").items():
+        port = EgressPort(node.field("number").port(), node.field("protocol").one_of(EGRESS_PROTOCOLS))
+        if any(p.number == port.number for p in ports):
+            node.field("number").fail(f"port {port.number} is listed twice")
+        ports.append(port)
+    if not ports:
+        spec.field("ports").fail("at least one port is required")
+    hosts: list[str] = []
+    for node in spec.field("hosts").items():
+        host = node.string(required=True).lower().rstrip(".")
+        if len(host) > 253 or not _HOST.fullmatch(host):
+            node.fail(f"{describe(host)} is not a host name (DNS labels, optionally starting with '*.')")
+        if host not in hosts:
+            hosts.append(host)
+    addresses: list[str] = []
+    for node in spec.field("ipAddresses").items():
+        text = node.string(required=True)
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            node.fail(f"{describe(text)} is not an IP address range (CIDR, such as 203.0.113.0/24)")
+        if str(network) not in addresses:
+            addresses.append(str(network))
+    matches: list[str] = []
+    for node in spec.field("matches").items():
+        node.field("kind").one_of(("HTTPRouteGroup",))
+        api = node.field("apiGroup").string()
+        if api and api not in _ROUTE_GROUP_APIS:
+            node.field("apiGroup").fail(
+                f"must be specs.smi-spec.io for an HTTPRouteGroup, got {describe(api)}"
+            )
+        name = dns_subdomain(node.field("name"))
+        if name not in matches:
+            matches.append(name)
+    if matches and not any(p.protocol == "http" for p in ports):
+        spec.field("matches").fail("HTTP route matches need an http port")
+    if not hosts and any(p.protocol == "http" for p in ports):
+        spec.field("hosts").fail("an http port needs hosts (requests are allowed by their Host)")
+    return Egress(meta, tuple(sources), tuple(ports), tuple(hosts), tuple(addresses), tuple(matches))

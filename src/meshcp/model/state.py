@@ -11,7 +11,7 @@ from typing import TypeVar
 from meshcp.model.core import EndpointSlice, Namespace, Pod, Service, ServiceAccount
 from meshcp.model.meshconfig import MESH_LABEL, PERMISSIVE_ANNOTATION, MeshConfig
 from meshcp.model.meta import ObjectRef
-from meshcp.model.osm_policy import Retry, UpstreamTrafficSetting
+from meshcp.model.osm_policy import Egress, Retry, UpstreamTrafficSetting
 from meshcp.model.smi import HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget, UDPRoute
 
 MeshObject = (
@@ -27,6 +27,7 @@ MeshObject = (
     | TrafficSplit
     | Retry
     | UpstreamTrafficSetting
+    | Egress
     | MeshConfig
 )
 
@@ -164,6 +165,10 @@ class MeshState:
         return self._of(UpstreamTrafficSetting)
 
     @cached_property
+    def egresses(self) -> tuple[Egress, ...]:
+        return self._of(Egress)
+
+    @cached_property
     def mesh_configs(self) -> tuple[MeshConfig, ...]:
         """The MeshConfig objects declared, by name."""
         return self._of(MeshConfig)
@@ -213,6 +218,7 @@ _INDEX_KINDS: dict[str, frozenset[str]] = {
     "traffic_splits": frozenset({"TrafficSplit"}),
     "retries": frozenset({"Retry"}),
     "upstream_traffic_settings": frozenset({"UpstreamTrafficSetting"}),
+    "egresses": frozenset({"Egress"}),
     "mesh_configs": frozenset({"MeshConfig"}),
     "mesh_config": frozenset({"MeshConfig"}),
     "meshed_namespaces": frozenset({"Namespace", "MeshConfig"}),

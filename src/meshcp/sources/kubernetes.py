@@ -50,6 +50,7 @@ RESOURCES: tuple[Resource, ...] = (
         "UpstreamTrafficSetting",
         namespaced=True,
     ),
+    Resource("policy.openservicemesh.io", "v1alpha1", "egresses", "Egress", namespaced=True),
     Resource("config.meshcp.dev", "v1alpha1", "meshconfigs", "MeshConfig", namespaced=False),
 )
 

@@ -59,6 +59,7 @@ OBJECT_KINDS = (
     "TrafficSplit",
     "Retry",
     "UpstreamTrafficSetting",
+    "Egress",
     "MeshConfig",
 )
 
