@@ -2,7 +2,7 @@
 regex compiles to an RE2 program over 100, and meshcp refuses that HTTPRouteGroup when it
 reads it (a problem naming the object and the field) instead of sending it.
 
-The routes are compiled by `compile.rds.route_match` from an `HTTPMatch` made directly, as
+The routes are compiled by `compile.http_routes.route_match` from an `HTTPMatch` made directly, as
 a model that skipped the check would hold it, and pushed to Envoy over ADS.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from meshcp._proto.envoy.config.route.v3 import Route, RouteAction, RouteConfiguration, VirtualHost
 from meshcp.cache import Encoder, resource_types
-from meshcp.compile.rds import route_match
+from meshcp.compile.http_routes import route_match
 from meshcp.model.parse import InvalidObject, parse_object
 from meshcp.model.regex import ENVOY_MAX_PROGRAM_SIZE, envoy_regex, program_size
 from meshcp.model.smi import HTTPMatch

@@ -5,7 +5,7 @@ does; off, the routes are as they were (no stat prefix anywhere)."""
 from __future__ import annotations
 
 from meshcp._proto.envoy.config.route.v3 import Route, RouteAction
-from meshcp.compile import naming, rds
+from meshcp.compile import http_routes, naming, rds
 from meshcp.model.smi import HTTPMatch
 from meshcp.policy.types import RouteStat, ServiceKey, SplitRoute, Upstream
 
@@ -46,9 +46,9 @@ def test_on_each_counted_match_gets_a_route_before_the_catch_all_with_the_same_a
     host = rds.outbound_virtual_host(_upstream(route_stats=stats), "bookstore")
     assert _prefixes(host.routes) == [f"{GROUP}/books-bought", f"{GROUP}/buy-a-book", "*/*"]
     assert [route.match for route in host.routes] == [
-        rds.route_match(BOUGHT),
-        rds.route_match(BUY),
-        rds.route_match(None),
+        http_routes.route_match(BOUGHT),
+        http_routes.route_match(BUY),
+        http_routes.route_match(None),
     ]
     cluster = naming.cluster("bookstore", "bookstore", 14001)
     assert [_target(route.route) for route in host.routes] == [cluster] * 3

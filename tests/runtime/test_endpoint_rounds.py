@@ -15,6 +15,8 @@ from meshcp.cache import Encoder, resource_types
 from meshcp.model.core import EndpointSlice, Pod, SliceEndpoint, SlicePort
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.meta import Meta, ObjectRef
+from meshcp.model.osm_policy import Egress, EgressPort
+from meshcp.model.smi import HTTPMatch, IdentitySubject
 from meshcp.model.state import MeshObject, MeshState
 from meshcp.policy.build import build_policies
 from meshcp.policy.build_memo import BuildMemo
@@ -202,6 +204,18 @@ def test_states_take_over_the_indexes_a_change_did_not_touch() -> None:
 
 BUYER = [("bookbuyer", "bookbuyer")]
 
+
+def egress(name: str = "http", source: str = "bookbuyer", port: EgressPort | None = None) -> Egress:
+    return Egress(
+        Meta(name, "bookbuyer"),
+        (IdentitySubject(source, source),),
+        (port or EgressPort(80, "http"),),
+        ("httpbin.org",),
+        ("203.0.113.0/24",),
+        ("egress-get",) if port is None else (),
+    )
+
+
 #: A run of changes of every kind, applied one after the other on one reconciler.
 STEPS: list[tuple[str, Change, list[ObjectRef]]] = [
     ("split weight", [split("bookstore", "s", "bookstore", ("bookstore-v1", 9), ("bookstore-v2", 1))], []),
@@ -239,6 +253,11 @@ STEPS: list[tuple[str, Change, list[ObjectRef]]] = [
     ("prune off", [MeshConfig(prune_unreachable_upstreams=False)], []),
     ("per-route stats on", [MeshConfig(prune_unreachable_upstreams=True, per_route_stats=True)], []),
     ("target again", [target("bookstore", "t3", "bookstore", [("bookbuyer", "bookbuyer")], RULE_ALL)], []),
+    # OSM Egress: the source's listener and local clusters, route groups named by `matches`
+    ("egress added", [egress()], []),
+    ("egress route group", [routes("bookbuyer", "egress-get", HTTPMatch("get", "/get", ("GET",)))], []),
+    ("egress second source", [egress("tcp", "bookthief", EgressPort(5432, "tcp"))], []),
+    ("egress deleted", [], [ObjectRef("Egress", "bookbuyer", "http")]),
     ("back to the start", [], []),
 ]
 

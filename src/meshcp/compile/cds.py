@@ -248,12 +248,19 @@ def _http2(upstream: Upstream) -> bool:
 
 def local_clusters(policy: ProxyPolicy) -> list[Cluster]:
     """The clusters that do not depend on upstream services: the application's local
-    ports, the egress passthrough and Envoy's own metrics."""
+    ports, the original destination (egress passthrough, OSM Egress) and Envoy's own
+    metrics."""
     out = [local_cluster(port) for port in policy.inbound]
-    if policy.egress_passthrough:
+    if needs_passthrough(policy):
         out.append(passthrough_cluster())
     out.append(metrics_cluster())
     return out
+
+
+def needs_passthrough(policy: ProxyPolicy) -> bool:
+    """Whether the class sends anything to original destinations: egress passthrough, or
+    an OSM Egress allowing it somewhere outside the mesh."""
+    return policy.egress_passthrough or bool(policy.egress)
 
 
 def local_inputs(policy: ProxyPolicy) -> tuple[tuple[ServiceKey, int, int, str], ...]:

@@ -43,6 +43,7 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsCon
 from meshcp.cache.encoding import pack
 from meshcp.compile import naming
 from meshcp.compile.common import sds
+from meshcp.compile.egress import egress_chains, tls_inspector
 from meshcp.compile.ratelimit import NETWORK_LOCAL_RATE_LIMIT, http_filter, limits_requests, network_limit
 from meshcp.compile.rbac import tcp_rbac
 from meshcp.policy.types import InboundPort, ProxyPolicy, Upstream
@@ -173,13 +174,16 @@ def outbound_chains(policy: ProxyPolicy) -> list[FilterChain]:
             chains.append(
                 FilterChain(name=f"outbound:http.{port}", filter_chain_match=match, filters=[manager])
             )
+    if policy.egress:  # OSM Egresses: the identity's way out of the mesh (`compile.egress`)
+        chains += egress_chains(policy.egress, taken)
     return chains
 
 
 def outbound_listener(policy: ProxyPolicy) -> Listener:
     """`outbound_chains`, and what an unmatched destination gets: egress passthrough, or
     nothing (Envoy needs at least one chain, so a proxy with nowhere to go gets a default
-    chain that closes every connection)."""
+    chain that closes every connection; without passthrough, a destination no chain
+    matches, mesh service or Egress, is closed)."""
     chains = outbound_chains(policy)
     default = None
     if policy.egress_passthrough:
@@ -198,7 +202,8 @@ def outbound_listener(policy: ProxyPolicy) -> Listener:
         address=socket_address(ANY_ADDRESS, OUTBOUND_PORT),
         traffic_direction=TrafficDirection.OUTBOUND,
         listener_filters=[
-            ListenerFilter(name="envoy.filters.listener.original_dst", typed_config=pack(OriginalDst()))
+            ListenerFilter(name="envoy.filters.listener.original_dst", typed_config=pack(OriginalDst())),
+            *filter(None, [tls_inspector(policy.egress)]),
         ],
         filter_chains=sorted(chains, key=lambda c: c.name),
         default_filter_chain=default,

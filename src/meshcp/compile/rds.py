@@ -8,10 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
 
-from meshcp._proto.envoy.config.core.v3 import DataSource
 from meshcp._proto.envoy.config.route.v3 import (
-    DirectResponseAction,
-    HeaderMatcher,
     RetryPolicy,
     RetryPolicyRetryBackOff,
     Route,
@@ -27,10 +24,10 @@ from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
 from meshcp._proto.envoy.type.matcher.v3 import RegexMatcher
 from meshcp.cache.encoding import canonical_bytes, pack
 from meshcp.compile import naming
+from meshcp.compile.http_routes import denied_virtual_host, route_match
 from meshcp.compile.ratelimit import HTTP_LOCAL_RATE_LIMIT, http_limit
-from meshcp.compile.rbac import header, http_rbac, method_regex, path_regex
+from meshcp.compile.rbac import http_rbac
 from meshcp.model.osm_policy import RetryPolicy as OsmRetryPolicy
-from meshcp.model.smi import HTTPMatch
 from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
 
 RBAC_FILTER = "envoy.filters.http.rbac"
@@ -63,18 +60,6 @@ def route_stat_prefix(group: str, match: str) -> str:
     `books.v1` is counted as `books_v1`).
     """
     return f"{_NOT_IN_STAT_TOKEN.sub('_', group)}/{_NOT_IN_STAT_TOKEN.sub('_', match)}"
-
-
-def route_match(match: HTTPMatch | None) -> RouteMatch:
-    if match is None:
-        return RouteMatch(prefix="/")
-    headers: list[HeaderMatcher] = []
-    if methods := method_regex(match):
-        headers.append(header(":method", methods))
-    headers += [header(name, value) for name, value in sorted((match.headers or {}).items())]
-    if regex := path_regex(match):
-        return RouteMatch(safe_regex=RegexMatcher(regex=regex), headers=headers)
-    return RouteMatch(prefix="/", headers=headers)
 
 
 def _action(upstream: Upstream, weighted: bool) -> RouteAction:
@@ -184,23 +169,6 @@ def outbound_routes(policy: ProxyPolicy) -> list[RouteConfiguration]:
         )
         for port in route_ports(policy.matched_upstreams)
     ]
-
-
-def denied_virtual_host() -> VirtualHost:
-    """Every host no other virtual host names: the services pruned from this class. The
-    answer is the one the destination's RBAC filter would give."""
-    return VirtualHost(
-        name="denied",
-        domains=["*"],
-        routes=[
-            Route(
-                match=RouteMatch(prefix="/"),
-                direct_response=DirectResponseAction(
-                    status=403, body=DataSource(inline_string="RBAC: access denied")
-                ),
-            )
-        ],
-    )
 
 
 #: The virtual host standing for all of them in an outbound route template.

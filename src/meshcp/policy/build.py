@@ -21,6 +21,7 @@ from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState, Problem
 from meshcp.policy.backends import Backends, label_index
 from meshcp.policy.build_memo import BuildMemo
+from meshcp.policy.egress import EgressTable, egress_table
 from meshcp.policy.inbound import inbound_ports
 from meshcp.policy.osm_policies import client_upstreams, retry_table, traffic_settings
 from meshcp.policy.pruning import reachable
@@ -89,7 +90,9 @@ def build_policies(
     )
     targets = Targets.of(state)
     counted = targets if config.per_route_stats else None
-    settings = traffic_settings(state, report)
+    # OSM UpstreamTrafficSettings by service, and OSM Egress (`policy.egress`): each source
+    # identity's rules, from the Egresses and the route groups they name.
+    settings, egress = traffic_settings(state, report), _egress(state, memo, report)
     mesh_upstreams = memo.upstreams(
         memo.derived(
             "upstreams",
@@ -161,6 +164,7 @@ def build_policies(
                     config.egress_passthrough,
                     config.trust_domain,
                     listening,
+                    egress.get(identity, ()),
                 ),
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
@@ -176,6 +180,11 @@ def build_policies(
     memo.done()
     unique = tuple(dict.fromkeys(problems))
     return MeshPolicy(*tables, endpoints, unique, mesh_upstreams)
+
+
+def _egress(state: MeshState, memo: BuildMemo, report: Report) -> EgressTable:
+    inputs = (state.egresses, state.http_route_groups)
+    return memo.derived("egress", None, inputs, partial(egress_table, state), report)
 
 
 def endpoints_moved(memo: BuildMemo, after: MeshState, policy: MeshPolicy) -> None:

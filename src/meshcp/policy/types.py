@@ -147,6 +147,28 @@ class InboundPort:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressHost:
+    """An HTTP host an Egress allows, and its requests (`matches` None: every request)."""
+
+    name: str
+    matches: tuple[HTTPMatch, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRule:
+    """What one client identity may reach outside the mesh on one port (OSM's Egresses
+    naming it, combined per port and protocol): `ip_ranges` (CIDRs; empty: any address),
+    for http the `hosts` by Host (with their requests), for https `sni` (empty: any TLS).
+    Nothing of the identity is in it: classes allowed the same share one listener."""
+
+    port: int
+    protocol: str  # http, https or tcp
+    ip_ranges: tuple[str, ...] = ()
+    hosts: tuple[EgressHost, ...] = ()
+    sni: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyPolicy:
     """Everything the proxies of one class get: identity, inbound ports, upstreams."""
 
@@ -161,6 +183,8 @@ class ProxyPolicy:
     #: this proxy; only what the listener reads (service, port, protocol, addresses: no
     #: identities, split or route stats). None: no pruning, the listener matches `upstreams`.
     listener_upstreams: tuple[Upstream, ...] | None = None
+    #: OSM Egresses naming this identity: what it may reach outside the mesh, by port.
+    egress: tuple[EgressRule, ...] = ()
 
     @property
     def matched_upstreams(self) -> tuple[Upstream, ...]:

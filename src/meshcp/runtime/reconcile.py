@@ -535,13 +535,16 @@ class Reconciler:
         pieces.append(
             self._piece(
                 old,
-                ("cds-local", cds.local_inputs(policy), egress),
+                ("cds-local", cds.local_inputs(policy), cds.needs_passthrough(policy)),
                 encoded(lambda: list(cds.local_clusters(policy))),
             )
         )
         pieces.append(
             self._piece(
-                old, ("lds-out", shared.listener, egress), encoded(lambda: [lds.outbound_listener(policy)])
+                old,
+                # the class's OSM Egress rules: identity-free, so classes allowed the same share it
+                ("lds-out", shared.listener, egress, policy.egress),
+                encoded(lambda: [lds.outbound_listener(policy)]),
             )
         )
         pieces.append(self._piece(old, ("lds-prom",), encoded(lambda: [lds.prometheus_listener()])))
