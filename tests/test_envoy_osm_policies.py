@@ -376,6 +376,37 @@ spec:
   httpRoutes:
   - path: /books/.*
     rateLimit: {local: {requests: 5, unit: second}}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: httpbin-get, namespace: shop}
+spec:
+  matches: [{name: get, pathRegex: /get, methods: [GET]}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {name: httpbin-80, namespace: shop}
+spec:
+  sources: [{kind: ServiceAccount, name: web, namespace: shop}]
+  hosts: [httpbin.org]
+  ports: [{number: 80, protocol: http}]
+  matches: [{apiGroup: specs.smi-spec.io/v1alpha4, kind: HTTPRouteGroup, name: httpbin-get}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {name: httpbin-443, namespace: shop}
+spec:
+  sources: [{kind: ServiceAccount, name: web, namespace: shop}]
+  hosts: [httpbin.org]
+  ports: [{number: 443, protocol: https}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {name: database, namespace: shop}
+spec:
+  sources: [{kind: ServiceAccount, name: web, namespace: shop}]
+  ipAddresses: [203.0.113.0/24]
+  ports: [{number: 5432, protocol: tcp}]
 """
 )
 
@@ -385,8 +416,9 @@ def _named(items: list[dict[str, Any]], key: str, name: str) -> dict[str, Any]:
 
 
 async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
-    """Retry and UpstreamTrafficSetting as OSM's users have them, read by the Kubernetes
-    source and compiled with mTLS and RBAC: Envoy ACKs every type and holds each setting."""
+    """Retry, UpstreamTrafficSetting and Egress as OSM's users have them, read by the
+    Kubernetes source and compiled with mTLS and RBAC: Envoy ACKs every type and holds
+    each setting."""
     async with Emulator() as k, kmock.Server(k):
         k.declare(*(key(resource) for resource in RESOURCES))
         shop = namespace("shop")
@@ -406,7 +438,12 @@ async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
 
             await eventually(ready, what="the controller to sync from the API")
             state = runtime.store.state
-            assert (len(state.retries), len(state.upstream_traffic_settings), state.problems) == (1, 1, ())
+            assert (len(state.retries), len(state.upstream_traffic_settings), len(state.egresses)) == (
+                1,
+                1,
+                3,
+            )
+            assert state.problems == ()
             pod = parse_object(web_pod())
             assert isinstance(pod, Pod)
             node_id = ProxyIdentity(proxy_uuid(pod), Identity("shop", "web")).name
@@ -450,3 +487,10 @@ async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
                 listeners = {item["name"]: item for item in dump["listeners"]["dynamic_listeners"]}
                 chains = listeners["inbound-listener"]["active_state"]["listener"]["filter_chains"]
                 assert chains[0]["filters"][0]["name"] == NETWORK_LOCAL_RATE_LIMIT
+                out = listeners["outbound-listener"]["active_state"]["listener"]
+                egress = {c["name"]: c for c in out["filter_chains"] if c["name"].startswith("egress:")}
+                assert sorted(egress) == ["egress:http.80", "egress:https.443", "egress:tcp.5432"]
+                assert egress["egress:https.443"]["filter_chain_match"]["server_names"] == ["httpbin.org"]
+                assert [f["name"] for f in out["listener_filters"]][
+                    -1
+                ] == "envoy.filters.listener.tls_inspector"
