@@ -1,5 +1,5 @@
-"""OSM's Retry and UpstreamTrafficSetting in a real lab: network namespaces, iptables
-interception, Envoy sidecars over mTLS, the policies as OSM's users write them.
+"""OSM's Retry, UpstreamTrafficSetting and Egress in a real lab: network namespaces,
+iptables interception, Envoy sidecars over mTLS, the policies as OSM's users write them.
 
 Services of one app that counts every attempt and answers 503 to the first two requests
 of each `/fail-twice/` path (or, started `broken`, to everything): `shaky`, which bookbuyer
@@ -10,16 +10,27 @@ tokens of the limits. The namespace is permissive: what answers is the policy un
 not TrafficTargets. `narrow` limits its callers' connections: three requests at once
 from one client overflow. Envoy's overflow counters are outside the sidecars' stats
 keep-list, so tests/test_envoy_osm_policies.py reads them on loopback.
+
+Egress: two hosts outside the mesh (`internet`, an unmonitored namespace: no sidecar, no
+Service, fixed addresses on the lab bridge) serve HTTP, HTTPS with a certificate of their
+own (not the mesh's) and raw TCP. bookbuyer's Egresses allow one HTTP host, one SNI and
+one address's TCP port; egress passthrough is off (the bookstore's MeshConfig), so the
+rest is refused, and bookthief, with no Egress, reaches none of it.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
 from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.lab.driver import LabDriver, bookstore_lab
 
@@ -188,11 +199,143 @@ spec:
 )
 
 
+#: The outside hosts: EXAMPLE is allowed (HTTP as web.example, HTTPS as secure.example,
+#: TCP on 5432), ELSEWHERE serves the same and is allowed nothing by address.
+EXAMPLE, ELSEWHERE = "10.244.9.20", "10.244.9.21"
+OUTSIDE_APP = """\
+import json
+import socketserver
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Web(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = json.dumps({"plaintext": True, "host": self.headers.get("host")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class TlsEcho(Server):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain("apps/outside.crt", "apps/outside.key")
+
+    def get_request(self):
+        sock, address = super().get_request()
+        return self.context.wrap_socket(sock, server_side=True), address
+
+
+servers = [Server(("0.0.0.0", 5432), Echo), Server(("0.0.0.0", 6000), Echo), TlsEcho(("0.0.0.0", 443), Echo)]
+for server in servers:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+ThreadingHTTPServer(("0.0.0.0", 80), Web).serve_forever()
+"""
+
+
+def _outside_pod(name: str, address: str) -> str:
+    return f"""\
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: internet}}
+spec:
+  containers:
+  - name: web
+    command: ["python3", "apps/outside.py"]
+    readinessProbe: {{tcpSocket: {{port: 80}}}}
+status: {{podIP: {address}}}
+"""
+
+
+EGRESS = (
+    """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: internet}
+"""
+    + _outside_pod("example", EXAMPLE)
+    + _outside_pod("elsewhere", ELSEWHERE)
+    + f"""\
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {{name: web-example, namespace: bookbuyer}}
+spec:
+  sources: [{{kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer}}]
+  hosts: [web.example]
+  ports: [{{number: 80, protocol: http}}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {{name: secure-example, namespace: bookbuyer}}
+spec:
+  sources: [{{kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer}}]
+  hosts: [secure.example]
+  ports: [{{number: 443, protocol: https}}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {{name: database, namespace: bookbuyer}}
+spec:
+  sources: [{{kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer}}]
+  ipAddresses: [{EXAMPLE}/32]
+  ports: [{{number: 5432, protocol: tcp}}]
+"""
+)
+
+
+def _certificate(host: str) -> tuple[str, str]:
+    """The outside host's own certificate for `host` (self-signed, nothing of the mesh's)
+    and its key, PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
-    yield from bookstore_lab(
-        tmp_path_factory.mktemp("bookstore"), extra={"osm.yaml": MANIFESTS, "apps/osm_app.py": APP}
-    )
+    cert, key = _certificate("secure.example")
+    extra = {
+        "osm.yaml": MANIFESTS,
+        "apps/osm_app.py": APP,
+        "egress.yaml": EGRESS,
+        "apps/outside.py": OUTSIDE_APP,
+        "apps/outside.crt": cert,
+        "apps/outside.key": key,
+    }
+    yield from bookstore_lab(tmp_path_factory.mktemp("bookstore"), extra=extra)
 
 
 #: Run in bookbuyer: six requests at once to narrow's /hold/x, held by the app until the
@@ -288,3 +431,47 @@ def test_concurrency_above_the_connection_limits_overflows_with_503(lab: LabDriv
     served = statuses.count("200")
     assert served <= (os.cpu_count() or 1) + 1, result
     assert _attempts(lab, "narrow", "/hold/x") == served  # the refused never reached the app
+
+
+#: Run in a pod (address, SNI, the certificate's file): one TLS connection to address:443
+#: with that SNI, trusting only the outside host's own certificate; what it echoed, or
+#: the error.
+TLS = """\
+import json, socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[3])
+context.check_hostname = False  # the SNI under test may be another name than the certificate's
+try:
+    with socket.create_connection((sys.argv[1], 443), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=sys.argv[2]) as tls:
+            tls.sendall(b"hello\\n")
+            print(json.dumps({"echoed": tls.recv(100).decode(), "error": None}))
+except (OSError, ssl.SSLError) as error:
+    print(json.dumps({"echoed": "", "error": type(error).__name__}))
+"""
+
+
+def test_egress_http_reaches_the_allowed_host_and_others_get_403(lab: LabDriver) -> None:
+    allowed = lab.http(BUYER, f"http://{EXAMPLE}/", headers=("Host=web.example",), count=2)
+    assert allowed["statuses"] == {"200": 2}, allowed
+    other = lab.http(BUYER, f"http://{EXAMPLE}/", headers=("Host=evil.example",))
+    assert other["statuses"] == {"403": 1}, other
+    # bookthief has no Egress: nothing outside the mesh, closed rather than answered
+    thief = lab.http(THIEF, f"http://{EXAMPLE}/", headers=("Host=web.example",))
+    assert "200" not in thief["statuses"] and "403" not in thief["statuses"], thief
+
+
+def test_egress_tcp_reaches_the_allowed_address_and_port_only(lab: LabDriver) -> None:
+    assert lab.tcp(BUYER, EXAMPLE, 5432) == {"echoed": True, "error": None}
+    assert lab.tcp(BUYER, ELSEWHERE, 5432)["echoed"] is False  # another address
+    assert lab.tcp(BUYER, EXAMPLE, 6000)["echoed"] is False  # a port no Egress names
+    assert lab.tcp(THIEF, EXAMPLE, 5432)["echoed"] is False
+
+
+def test_egress_https_reaches_the_allowed_sni_with_the_host_own_certificate(lab: LabDriver) -> None:
+    cert = str(lab.directory / "apps" / "outside.crt")
+    allowed = lab.exec_json(BUYER, sys.executable, "-c", TLS, EXAMPLE, "secure.example", cert)
+    assert allowed == {"echoed": "hello\n", "error": None}
+    other = lab.exec_json(BUYER, sys.executable, "-c", TLS, EXAMPLE, "other.example", cert)
+    assert other["echoed"] == "" and other["error"] is not None, other
+    thief = lab.exec_json(THIEF, sys.executable, "-c", TLS, EXAMPLE, "secure.example", cert)
+    assert thief["echoed"] == "", thief
