@@ -160,3 +160,45 @@ def test_pods_outside_the_mesh(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert status == 1
     assert rows[0]["decided_by"] == ["MeshConfig meshcp"]
     assert "egress passthrough, which is off" in rows[0]["reason"]
+
+
+def test_a_pod_outside_the_mesh_reached_by_an_osm_egress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mesh = bookstore(tmp_path)
+    pods = mesh / "pods.yaml"
+    pods.write_text(
+        pods.read_text().replace(
+            "  name: bookthief-0\n",
+            "  name: bookthief-0\n  annotations:\n    meshcp.dev/sidecar-injection: disabled\n",
+        )
+    )
+    (mesh / "egress.yaml").write_text(
+        """\
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {name: thief-db, namespace: bookbuyer}
+spec:
+  sources: [{kind: ServiceAccount, name: bookbuyer}]
+  ipAddresses: [10.244.3.0/24]
+  ports: [{number: 5432, protocol: tcp}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: Egress
+metadata: {name: elsewhere, namespace: bookbuyer}
+spec:
+  sources: [{kind: ServiceAccount, name: bookbuyer}]
+  ipAddresses: [192.0.2.0/24]
+  ports: [{number: 5433, protocol: tcp}]
+"""
+    )
+    status, rows = check(capsys, BUYER, THIEF, "--port", "5432", source=mesh)
+    assert (status, rows[0]["decision"], rows[0]["decided_by"]) == (
+        0,
+        "allowed",
+        ["Egress bookbuyer/thief-db"],
+    )
+    assert rows[0]["reason"].endswith("bookbuyer/bookbuyer-0's Egresses allow 5432/tcp")
+    status, rows = check(capsys, BUYER, THIEF, "--port", "5433", source=mesh)
+    assert (status, rows[0]["decision"]) == (1, "denied")
+    assert "none names this address and port" in rows[0]["reason"]

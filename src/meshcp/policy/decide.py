@@ -8,12 +8,14 @@ TrafficTarget, the route and the match that let the request through, or says why
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from meshcp.identity import Identity
 from meshcp.model.core import Pod, ServicePort
 from meshcp.model.meta import ObjectRef
+from meshcp.model.osm_policy import Egress, EgressPort
 from meshcp.model.regex import full_match
 from meshcp.model.smi import HTTPMatch, TrafficTarget
 from meshcp.model.state import MeshState
@@ -85,6 +87,9 @@ def check(
                     "neither pod is in the mesh: meshcp does not police this traffic",
                 )
             ]
+        egress = _egresses(state, client, server.ip, request.port)
+        if egress and not config.egress_passthrough:
+            return [_by_egress(src, dst, egress, request.port)]
         decision = ALLOWED if config.egress_passthrough else DENIED
         return [
             Verdict(
@@ -93,7 +98,8 @@ def check(
                 "-",
                 decision,
                 f"{_name(dst)} is not in the mesh: {_name(src)}'s sidecar sends traffic out of the mesh only "
-                f"with egress passthrough, which is {'on' if config.egress_passthrough else 'off'}",
+                f"with egress passthrough, which is {'on' if config.egress_passthrough else 'off'}, "
+                "or as an OSM Egress allows (none names this address and port)",
                 (str(config.ref) if state.mesh_configs else "MeshConfig (defaults)",),
             )
         ]
@@ -244,6 +250,51 @@ def _group_of(state: MeshState, target: TrafficTarget, match: HTTPMatch) -> str:
 def _service_port(state: MeshState, port: InboundPort) -> ServicePort:
     service = state.service_index[(port.service.namespace, port.service.name)]
     return next(p for p in service.ports if p.port == port.port)
+
+
+def _egresses(
+    state: MeshState, client: Pod, address: str, port: int | None
+) -> list[tuple[Egress, EgressPort]]:
+    """The OSM Egresses (and their ports) that let `client`'s identity reach `address` on
+    `port` (None: any of their ports), by address and port: hosts and SNI are the
+    request's, which this question does not carry."""
+    identity = (client.meta.namespace, client.service_account)
+    found = []
+    for egress in state.egresses:
+        if not any((s.namespace, s.name) == identity for s in egress.sources):
+            continue
+        if egress.ip_addresses and not _in_ranges(address, egress.ip_addresses):
+            continue
+        found += [(egress, p) for p in egress.ports if port in (None, p.number)]
+    return found
+
+
+def _in_ranges(address: str, ranges: Iterable[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(cidr) for cidr in ranges)
+
+
+def _by_egress(
+    src: tuple[str, str], dst: tuple[str, str], egress: list[tuple[Egress, EgressPort]], port: int | None
+) -> Verdict:
+    """What OSM Egresses allow to a destination outside the mesh: tcp every connection,
+    http and https only the hosts (Host, SNI) they name."""
+    ports = ", ".join(
+        f"{p.number}/{p.protocol}" + (f" to {', '.join(e.hosts)}" if e.hosts and p.protocol != "tcp" else "")
+        for e, p in egress
+    )
+    whole = all(p.protocol == "tcp" or (p.protocol == "https" and not e.hosts) for e, p in egress)
+    return Verdict(
+        "-",
+        port or 0,
+        "-",
+        ALLOWED if whole else SOME,
+        f"{_name(dst)} is not in the mesh: {_name(src)}'s Egresses allow {ports}",
+        tuple(dict.fromkeys(str(e.ref) for e, _ in egress)),
+    )
 
 
 def _pod(state: MeshState, pod: tuple[str, str]) -> Pod:
