@@ -8,10 +8,12 @@ the round must have taken the path the change allows (`Reconciler.last_scope`)."
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 
 import pytest
 
 from meshcp.cache import Encoder, resource_types
+from meshcp.model import state as state_module
 from meshcp.model.core import EndpointSlice, Pod, SliceEndpoint, SlicePort
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.meta import Meta, ObjectRef
@@ -338,3 +340,13 @@ async def test_a_full_round_after_endpoint_rounds_takes_the_mesh_walks_over() ->
     for name in ("labels", "local", "upstreams", "all endpoints"):
         assert memo.computed[name] == computed[name], name
     assert got == snapshot(Reconciler(Encoder()).apply(state))
+
+
+def test_every_state_index_names_the_kinds_it_is_computed_from() -> None:
+    """A state made by `with_changes` takes over its parent's indexes by `_INDEX_KINDS`: an
+    index missing from it would be recomputed every time, one listed with the wrong kinds
+    would be taken over stale."""
+    cached = {name for name, value in vars(MeshState).items() if isinstance(value, cached_property)}
+    assert cached == set(state_module._INDEX_KINDS)
+    kinds = {ref_kind for found in state_module._INDEX_KINDS.values() for ref_kind in found}
+    assert {obj.ref.kind for obj in base()} <= kinds
