@@ -15,18 +15,12 @@ the same policy is tests/lab/test_lab_osm_policies.py's.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshcp._proto.envoy.config.cluster.v3 import Cluster
 from meshcp._proto.envoy.config.listener.v3 import Listener, ListenerFilter
@@ -37,6 +31,7 @@ from meshcp.model.smi import HTTPMatch
 from meshcp.policy.types import EgressHost, EgressRule, ProxyPolicy
 from tests.support.ads import LISTENER
 from tests.support.envoy import REAL_ENVOY
+from tests.support.outside_tls import self_signed
 from tests.support.resources import socket_address
 from tests.test_envoy_osm_policies import proxy
 
@@ -199,37 +194,20 @@ async def test_tcp_reaches_the_allowed_range_only() -> None:
             assert await exchange(sidecar, OTHER, port) == b""
 
 
-def self_signed(directory: Path, host: str) -> tuple[Path, ssl.SSLContext]:
+def outside_tls(directory: Path, host: str) -> tuple[Path, ssl.SSLContext]:
     """A certificate of the outside host's own for `host` (not the mesh's), and a server
     context presenting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    certificate, key = self_signed(host)
     cert, key_file = directory / "outside.crt", directory / "outside.key"
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert.write_text(certificate)
+    key_file.write_text(key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key_file)
     return cert, context
 
 
 async def test_https_reaches_the_allowed_sni_only(tmp_path: Path) -> None:
-    certificate, server_tls = self_signed(tmp_path, "secure.test")
+    certificate, server_tls = outside_tls(tmp_path, "secure.test")
     client_tls = ssl.create_default_context(cafile=certificate)
     unchecked = ssl.create_default_context()
     unchecked.check_hostname, unchecked.verify_mode = False, ssl.CERT_NONE

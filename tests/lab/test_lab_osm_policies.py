@@ -27,12 +27,9 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.lab.driver import LabDriver, bookstore_lab
+from tests.support.outside_tls import self_signed
 
 BUYER = "bookbuyer/bookbuyer-0"
 THIEF = "bookthief/bookthief-0"
@@ -301,32 +298,9 @@ spec:
 )
 
 
-def _certificate(host: str) -> tuple[str, str]:
-    """The outside host's own certificate for `host` (self-signed, nothing of the mesh's)
-    and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
-    cert, key = _certificate("secure.example")
+    cert, key = self_signed("secure.example", datetime.timedelta(days=1))
     extra = {
         "osm.yaml": MANIFESTS,
         "apps/osm_app.py": APP,
