@@ -178,6 +178,10 @@ async def test_a_run_of_endpoint_changes_stays_equal_to_a_full_compile() -> None
         assert got == snapshot(Reconciler(Encoder()).apply(state)), f"step {step}"
     held = {key for key in rec._memo.entries if isinstance(key, tuple) and key[0] == "eds"}
     assert len(held) == len({key[1:3] for key in held}), "replaced assignments are still held"
+    # a full round after them takes the classes over with what they now hold, nothing older
+    classes = rec.apply(state.with_changes([target("bookstore", "t2", "warehouse", BUYER, RULE_ALL)]))
+    live = {id(part) for proxy_class in classes for part in proxy_class.sets}
+    assert {id(found[1]) for found in rec._memo.sets.values()} <= live, "replaced pieces are still held"
 
 
 async def test_a_state_not_derived_from_the_last_one_is_diffed() -> None:

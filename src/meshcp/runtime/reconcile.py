@@ -317,9 +317,10 @@ class Reconciler:
         touched = {id(group): group for key in fresh for group in holders[key]}
         classes = list(self._classes)
         for group in touched.values():
+            stale_set = id(group.endpoints)
             for held in (memo, group.used):
                 held.entries.pop(("eds-all", tuple(group.endpoints)), None)
-                held.sets.pop(id(group.endpoints), None)
+                held.sets.pop(stale_set, None)
             group.assignments = {key: fresh.get(key, value) for key, value in group.assignments.items()}
             values = list(group.assignments.values())
             group.endpoints, endpoints = self._record(
@@ -328,6 +329,10 @@ class Reconciler:
             for index in members[id(group)]:
                 proxy_class = classes[index]
                 classes[index] = replace(proxy_class, sets=(*proxy_class.sets[:-1], endpoints))
+                # what the class carries to the next full round: its new endpoints set
+                used = self._class_used[proxy_class.key].sets
+                used.pop(stale_set, None)
+                used[id(group.endpoints)] = (group.endpoints, endpoints)
         self._classes = classes
         return classes
 
