@@ -155,8 +155,8 @@ def build_policies(
                 seen[same] = found
         key, inbound = found
         if key not in classes:
-            classes[key] = memo.policy(
-                key,
+            classes[key] = memo.equal(
+                "policies",
                 ProxyPolicy(
                     identity,
                     inbound,
@@ -166,6 +166,7 @@ def build_policies(
                     listening,
                     egress.get(identity, ()),
                 ),
+                key,
             )
         pod_classes[(pod.meta.namespace, pod.meta.name)] = key
         proxies.claim(uuid, pod)

@@ -10,9 +10,9 @@ not change, so most of a build can be recognised by identity instead of recomput
   inbound ports of a group of pods; a hit needs every input to be the object it was
   computed from or an equal one (a pure function of its inputs' values), and replays the
   problems the computation reported;
-- equal values handed on as the objects of the last build (`same`, `endpoints`,
-  `policy`): upstreams and their tuples, inbound ports, endpoints and whole class
-  policies, so that what consumes the policy (the reconciler) compares them by identity
+- equal values handed on as the objects of the last build (`same`, `equal`; the
+  endpoints through `last_value`): upstreams and their tuples, inbound ports, endpoints
+  and whole class policies, so that what consumes the policy (the reconciler) compares them by identity
   and takes an unchanged class over as it was.
 
 The memo holds only what the last build used; a build without one computes everything,
@@ -28,7 +28,7 @@ from meshcp.identity import Identity
 from meshcp.model.core import Pod
 from meshcp.model.meta import ObjectRef
 from meshcp.policy.membership import proxy_uuid
-from meshcp.policy.types import ProxyPolicy, Report, Upstream
+from meshcp.policy.types import Report, Upstream
 
 T = TypeVar("T")
 
@@ -116,22 +116,15 @@ class BuildMemo:
         equal."""
         return self.same("tuples", upstreams)
 
-    def policy(self, key: str, policy: ProxyPolicy) -> ProxyPolicy:
-        last, used = self._table("policies")
-        held: ProxyPolicy | None = last.get(key)
-        if held is None or held != policy:
-            held = policy
-        used[key] = held
-        return held
-
-    def equal(self, name: str, value: T) -> T:
-        """The last build's `name` if equal to `value` (a C-level comparison of two
-        mappings, most values the same objects), else `value`: unchanged tables stay
-        the same objects, so the xDS server's streams need not be reclassified."""
+    def equal(self, name: str, value: T, key: Hashable = None) -> T:
+        """The last build's value of `name` (at `key`) if equal to `value`, else `value`:
+        an unchanged class policy or table stays the same object (a C-level comparison,
+        most values already the same objects), so the reconciler takes the class over and
+        the xDS server's streams need not be reclassified."""
         last, used = self._table(name)
-        held: T | None = last.get(None)
+        held: T | None = last.get(key)
         found = held if held is not None and held == value else value
-        used[None] = found
+        used[key] = found
         return found
 
     def rebase(self, names: tuple[str, ...], inputs: tuple[object, ...], value: object = None) -> None:

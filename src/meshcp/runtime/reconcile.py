@@ -239,9 +239,12 @@ class Reconciler:
                     self._carry(common.used)
                     assignments.update(common.assignments)
                 else:
+                    used = _Memo()
                     common = self._record(
-                        partial(self._new_group, class_policy, policy.endpoints, old, assignments, listeners)
+                        partial(self._new_group, class_policy, policy.endpoints, old, assignments, listeners),
+                        used,
                     )
+                    common.used = used
                 shared[id(class_policy.upstreams)] = common
             last = last_classes.get(key)
             if last is not None and last[1] is common and last_policies.get(key) is class_policy:
@@ -259,17 +262,13 @@ class Reconciler:
         self._holders = self._members = None
         return classes
 
-    def _record(self, build: Callable[[], T], into: _Memo | None = None) -> T:
-        """Run `build`, noting the memo entries it uses in `into` (a new group: its own)."""
-        used = _Memo() if into is None else into
-        self._recorder = used
+    def _record(self, build: Callable[[], T], into: _Memo) -> T:
+        """Run `build`, noting the memo entries it uses in `into`."""
+        self._recorder = into
         try:
-            found = build()
+            return build()
         finally:
             self._recorder = None
-        if isinstance(found, _Shared):
-            found.used = used
-        return found
 
     def _carry(self, used: _Memo) -> None:
         """Take the memo entries a class or group used over into this round's memo (dict
