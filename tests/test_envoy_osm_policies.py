@@ -51,11 +51,10 @@ from meshcp.policy.membership import proxy_uuid
 from meshcp.policy.types import HttpRule, InboundPort, LocalRateLimits, ServiceKey
 from meshcp.policy.types import Upstream as UpstreamPolicy
 from meshcp.runtime.controller import ControllerRuntime
-from meshcp.runtime.settings import Address, Settings
 from meshcp.sidecar.bootstrap import Workload, as_dict, bootstrap, stats_config
 from meshcp.sidecar.envoy_parts import TCP_PROXY, network_filter, router_filter
 from meshcp.sources.kubernetes import RESOURCES
-from tests.sources.kube_fixtures import Emulator, kubeconfig
+from tests.sources.kube_fixtures import Emulator, kube_settings
 from tests.sources.kube_objects import key, namespace, seed
 from tests.sources.test_kubernetes_envoy import web_pod, web_service
 from tests.support import eventually
@@ -424,12 +423,7 @@ async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
         shop = namespace("shop")
         shop["metadata"]["annotations"] = {"meshcp.dev/permissive": "true"}  # web may call web
         seed(k, shop, web_service(), web_pod(), *OSM_POLICIES)
-        settings = Settings(
-            xds_address=Address("127.0.0.1", 0),
-            http_address=Address("127.0.0.1", 0),
-            kubernetes=True,
-            kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", str(k.url))),
-        )
+        settings = kube_settings(tmp_path, str(k.url))
         runtime = await ControllerRuntime.open(settings)
         async with runtime:
 

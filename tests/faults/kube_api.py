@@ -15,10 +15,9 @@ import kmock
 
 from meshcp.cache import resource_types
 from meshcp.runtime.controller import ControllerRuntime
-from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_watch import WatchSettings
-from tests.sources.kube_fixtures import Emulator, kubeconfig
+from tests.sources.kube_fixtures import Emulator, kube_settings
 from tests.sources.kube_objects import key
 
 #: Back-off and timeouts scaled down so that a test sees several retries in a second; the
@@ -79,13 +78,7 @@ async def following(
 ) -> AsyncIterator[ControllerRuntime]:
     """A controller with `--source kubernetes` on `server`, running for the block."""
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-    settings = Settings(
-        xds_address=Address("127.0.0.1", 0),
-        http_address=Address("127.0.0.1", 0),
-        kubernetes=True,
-        kubeconfig=str(kubeconfig(directory / "kubeconfig", server)),
-        watch=watch,
-    )
+    settings = kube_settings(directory, server, watch=watch)
     settings.ca.state_dir = state_dir
     runtime = await ControllerRuntime.open(settings)
     async with runtime:

@@ -27,6 +27,8 @@ import kmock
 import yaml
 import yarl
 
+from meshcp.runtime.settings import Address, Settings
+
 #: Where the emulator keeps Namespace objects (see the module's docstring).
 NAMESPACES = "v1/x-namespaces"
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(/[^/]+)?$")
@@ -175,3 +177,15 @@ def kubeconfig(path: Path, server: str) -> Path:
         )
     )
     return path
+
+
+def kube_settings(directory: Path, server: str, **more: Any) -> Settings:
+    """A controller with `--source kubernetes` on the emulator `server`, listening on
+    loopback ports of its own (`more`: other settings)."""
+    return Settings(
+        xds_address=Address("127.0.0.1", 0),
+        http_address=Address("127.0.0.1", 0),
+        kubernetes=True,
+        kubeconfig=str(kubeconfig(directory / "kubeconfig", server)),
+        **more,
+    )

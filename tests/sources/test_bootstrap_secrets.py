@@ -17,10 +17,9 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from meshcp.injector.bootstrap_secret import MANAGED_BY, MANAGED_BY_LABEL
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.runtime.controller import ControllerRuntime
-from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.bootstrap_secrets import BootstrapSecret, CollectorSettings, SecretCollector, due
 from meshcp.sources.kubernetes import RESOURCES
-from tests.sources.kube_fixtures import Emulator, kubeconfig
+from tests.sources.kube_fixtures import Emulator, kube_settings
 from tests.sources.kube_objects import key
 from tests.support import eventually
 
@@ -158,11 +157,9 @@ async def test_the_controller_collects_with_the_kubernetes_source(tmp_path: Path
     async with Emulator() as k, kmock.Server(k):
         k.declare(*(key(resource) for resource in RESOURCES), SECRETS)
         k.objects[SECRETS, "shop", "meshcp-bootstrap-gone"] = secret("meshcp-bootstrap-gone", "gone")
-        settings = Settings(
-            xds_address=Address("127.0.0.1", 0),
-            http_address=Address("127.0.0.1", 0),
-            kubernetes=True,
-            kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", str(k.url))),
+        settings = kube_settings(
+            tmp_path,
+            str(k.url),
             secret_collection=CollectorSettings(interval=0.05, grace=0),
         )
         runtime = await ControllerRuntime.open(settings)

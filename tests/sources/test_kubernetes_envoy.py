@@ -17,9 +17,8 @@ from meshcp.model.core import Pod
 from meshcp.model.parse import parse_object
 from meshcp.policy.membership import proxy_uuid
 from meshcp.runtime.controller import ControllerRuntime
-from meshcp.runtime.settings import Address, Settings
 from meshcp.sources.kubernetes import RESOURCES
-from tests.sources.kube_fixtures import Emulator, kubeconfig
+from tests.sources.kube_fixtures import Emulator, kube_settings
 from tests.sources.kube_objects import BY_KIND, key, namespace, seed, stored, url_of
 from tests.support import eventually
 from tests.support.bootstrap import ads_bootstrap
@@ -67,12 +66,7 @@ async def test_serve_from_kubernetes_configures_a_real_envoy(tmp_path: Path) -> 
         shop = namespace("shop")
         shop["metadata"]["annotations"] = {"meshcp.dev/permissive": "true"}
         seed(k, shop, web_service(), web_pod())
-        settings = Settings(
-            xds_address=Address("127.0.0.1", 0),
-            http_address=Address("127.0.0.1", 0),
-            kubernetes=True,
-            kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", str(k.url))),
-        )
+        settings = kube_settings(tmp_path, str(k.url))
         runtime = await ControllerRuntime.open(settings)
         async with runtime:
 
@@ -115,12 +109,7 @@ async def test_readyz_stays_false_until_the_api_answers(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = Settings(
-        xds_address=Address("127.0.0.1", 0),
-        http_address=Address("127.0.0.1", 0),
-        kubernetes=True,
-        kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")),
-    )
+    settings = kube_settings(tmp_path, f"http://127.0.0.1:{port}")
     runtime = await ControllerRuntime.open(settings)
     stopped = False
     await runtime.__aenter__()
