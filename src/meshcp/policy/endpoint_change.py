@@ -65,7 +65,7 @@ def endpoint_change(
         elif before.get(ref) != after.get(ref):
             return None
     if moved:
-        services.update(_behind(after, moved))
+        services.update(_services_behind(after, moved))
     old_backends, new_backends = Backends(before, labels), Backends(after, labels)
     endpoints = dict(policy.endpoints)
     keys: set[EndpointKey] = set()
@@ -86,7 +86,7 @@ def endpoint_change(
     return EndpointChange(replace(policy, endpoints=endpoints), frozenset(keys))
 
 
-def _behind(state: MeshState, pods: list[Pod]) -> set[tuple[str, str]]:
+def _services_behind(state: MeshState, pods: list[Pod]) -> set[tuple[str, str]]:
     """The services `pods` stand behind: selected by them, or named in their slices."""
     names = {(pod.meta.namespace, pod.meta.name) for pod in pods}
     namespaces = {namespace for namespace, _ in names}
