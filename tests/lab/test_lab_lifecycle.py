@@ -46,7 +46,7 @@ def test_down_cleans_up_after_a_crashed_lab(tmp_path: Path) -> None:
         container_pids = [c["pid"] for p in status["pods"] for c in p["containers"]]
         supervisor = int(LabPaths.default().supervisor_pid.read_text())
         os.kill(supervisor, signal.SIGKILL)
-        wait_for(lambda: not Path(f"/proc/{supervisor}/cmdline").exists(), 10, "the supervisor to die")
+        wait_for(lambda: not running(supervisor), 10, "the supervisor to die")
         # What it ran is still there: the namespaces, the sidecar, the controller.
         assert all(running(pid) for pid in container_pids)
         again = lab.meshcp("lab", "up", str(tmp_path), check=False)
