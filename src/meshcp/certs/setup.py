@@ -13,20 +13,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from meshcp.certs.cert_manager import CertManagerProvider
 from meshcp.certs.external.cfssl import CfsslProvider
 from meshcp.certs.external.vault import VaultProvider
 from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuer import RetryPolicy
 from meshcp.certs.keys import KeySpec
-from meshcp.certs.kubernetes_store import SecretStore
 from meshcp.certs.provider import (
     DEFAULT_WORKLOAD_VALIDITY,
     CertificateError,
     CertificateProvider,
     ClosableProvider,
 )
-from meshcp.certs.storage import DirectoryStore, MemoryStore, StateStore
+from meshcp.certs.storage import ClosableStore, DirectoryStore, MemoryStore, StateStore
 
 PROVIDERS = ("internal", "cfssl", "vault", "cert-manager")
 
@@ -130,6 +128,10 @@ async def open_provider(
     if settings.provider == "internal":
         store: StateStore
         if settings.secret_name is not None:
+            # Imported here: the Kubernetes client costs every process that never uses it
+            # ~0.4 s of start-up (see meshcp.kube.client).
+            from meshcp.certs.kubernetes_store import SecretStore
+
             store = SecretStore(await _api_client(settings, api_client_factory), *settings.secret_name)
         elif settings.state_dir is None:
             store = MemoryStore()
@@ -137,6 +139,8 @@ async def open_provider(
             store = DirectoryStore(settings.state_dir)
         return await InternalCA.open(store, key_spec=settings.key_spec, create=create)
     if settings.provider == "cert-manager":
+        from meshcp.certs.cert_manager import CertManagerProvider
+
         return CertManagerProvider(
             await _api_client(settings, api_client_factory),
             owns_client=True,
@@ -164,5 +168,5 @@ async def close_provider(provider: CertificateProvider) -> None:
     """Close what the provider holds open (HTTP sessions, API clients)."""
     if isinstance(provider, ClosableProvider):
         await provider.aclose()
-    elif isinstance(provider, InternalCA) and isinstance(provider.store, SecretStore):
+    elif isinstance(provider, InternalCA) and isinstance(provider.store, ClosableStore):
         await provider.store.aclose()

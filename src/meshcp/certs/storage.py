@@ -63,6 +63,13 @@ class AtomicCreateStore(StateStore, Protocol):
         ...
 
 
+@runtime_checkable
+class ClosableStore(Protocol):
+    """A store holding a connection open (the Secret store's API client); its opener closes it."""
+
+    async def aclose(self) -> None: ...
+
+
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write `path` whole or not at all, with `mode` from the first byte, never through a
     symlink: a new file (O_EXCL: a name nobody else made) beside it, its mode set exactly

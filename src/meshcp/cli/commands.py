@@ -15,7 +15,6 @@ from meshcp.cli import offline
 from meshcp.cli.analyze import analysis_findings
 from meshcp.cli.options import UsageError, ca_settings, pod_of
 from meshcp.cli.output import dumps
-from meshcp.injector.server import run_injector
 from meshcp.injector.settings import InjectorSettings
 from meshcp.kube.client import default_api_client
 from meshcp.lab import commands as lab
@@ -117,6 +116,9 @@ async def inject(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Imported here: the injector's Kubernetes client would cost every other command ~0.4 s.
+    from meshcp.injector.server import run_injector
+
     await run_injector(settings, stop)
 
 

@@ -21,7 +21,7 @@ from meshcp.cli.offline import OfflineError
 from meshcp.cli.options import UsageError, controller_settings
 from meshcp.cli.parser import build_parser
 from meshcp.http.debug_client import ControllerError
-from meshcp.injector.server import InjectorError
+from meshcp.injector.errors import InjectorError
 from meshcp.kpi.prometheus import PrometheusError
 from meshcp.lab.demo import run_demo
 from meshcp.lab.layout import LabPaths

@@ -14,8 +14,7 @@ from urllib.parse import quote
 
 from meshcp import __version__
 from meshcp.certs.cli_support import ca_finish_rotation, ca_rotate, ca_show
-from meshcp.certs.kubernetes_store import SecretStore
-from meshcp.certs.storage import DirectoryStore, StateStore
+from meshcp.certs.storage import ClosableStore, DirectoryStore, StateStore
 from meshcp.cli.options import UsageError, pod_of
 from meshcp.cli.output import cell, emit
 from meshcp.http.debug_client import ControllerError, ControllerUnreachable, get_json, get_url_json
@@ -206,6 +205,8 @@ async def _ca_store(args: argparse.Namespace) -> StateStore:
     if not namespace or not name or "/" in name:
         raise UsageError(f"--ca-secret {args.ca_secret!r} is not NAMESPACE/NAME")
     client = await checked_api_client(args.context, args.kubeconfig)
+    from meshcp.certs.kubernetes_store import SecretStore  # see meshcp.kube.client
+
     return SecretStore(client, namespace, name)
 
 
@@ -220,7 +221,7 @@ async def ca(args: argparse.Namespace) -> int:
             await _safe_to_finish(args.server)
         report = await actions[args.ca_command](store)
     finally:
-        if isinstance(store, SecretStore):
+        if isinstance(store, ClosableStore):
             await store.aclose()
     report["store"] = store.location
     report["controller"] = await _trust(args.server)

@@ -25,6 +25,7 @@ from meshcp.certs.setup import CaSettings, close_provider, open_provider
 from meshcp.certs.storage import DirectoryStore
 from meshcp.injector.admission import ISSUE_RETRY, Injector
 from meshcp.injector.app import MUTATE_PATH, create_app
+from meshcp.injector.errors import InjectorError
 from meshcp.injector.kube import ClusterError, KubeCluster
 from meshcp.injector.metrics import InjectorMetrics
 from meshcp.injector.settings import InjectorSettings
@@ -33,10 +34,6 @@ from meshcp.kube.client import default_api_client
 from meshcp.telemetry.failures import one_line
 
 log = logging.getLogger(__name__)
-
-
-class InjectorError(Exception):
-    """The injector cannot start (TLS files, CA, credentials, listener): exit status 1."""
 
 
 class InjectorServer:

@@ -33,14 +33,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from kubernetes_asyncio.client import CoreV1Api, V1DeleteOptions, V1Preconditions
-from kubernetes_asyncio.client.rest import ApiException
 
 from meshcp.injector.bootstrap_secret import MANAGED_BY, MANAGED_BY_LABEL
 from meshcp.kube.client import ApiClientFactory, describe_api_error
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import CoreV1Api
 from meshcp.policy.membership import PROXY_UUID_LABEL
 
 log = logging.getLogger("meshcp.kubernetes.secrets")
@@ -125,6 +126,10 @@ class SecretCollector:
     async def run(self) -> None:
         """Collect every `interval` until cancelled. A pass that fails (the API unreachable,
         permission missing) is one warning; the next pass tries again."""
+        # Imported here, as in meshcp.kube.client: only a controller that collects pays for it.
+        from kubernetes_asyncio.client import CoreV1Api
+        from kubernetes_asyncio.client.rest import ApiException
+
         async with await self._factory() as api_client:
             core = CoreV1Api(api_client)
             while True:
@@ -182,6 +187,9 @@ class SecretCollector:
 
     async def _delete(self, core: CoreV1Api, secret: BootstrapSecret) -> bool:
         """Whether this pass deleted it (404: gone already; 409: changed since listed)."""
+        from kubernetes_asyncio.client import V1DeleteOptions, V1Preconditions
+        from kubernetes_asyncio.client.rest import ApiException
+
         preconditions = V1Preconditions(uid=secret.uid, resource_version=secret.resource_version)
         try:
             await core.delete_namespaced_secret(

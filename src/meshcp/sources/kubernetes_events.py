@@ -13,19 +13,13 @@ import datetime
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-
-from kubernetes_asyncio.client import (
-    ApiClient,
-    CoreV1Api,
-    CoreV1Event,
-    V1EventSource,
-    V1ObjectMeta,
-    V1ObjectReference,
-)
-from kubernetes_asyncio.client.rest import ApiException
+from typing import TYPE_CHECKING
 
 from meshcp.model.state import Problem
 from meshcp.sources.kubernetes import RESOURCES
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient, CoreV1Api, CoreV1Event
 
 log = logging.getLogger("meshcp.kubernetes.events")
 
@@ -36,6 +30,9 @@ _API_VERSIONS = {r.kind: f"{r.group}/{r.version}" if r.group else r.version for 
 
 def event_for(problem: Problem, now: datetime.datetime) -> CoreV1Event | None:
     """The Warning event for a problem of an API object (None for files and documents)."""
+    # Imported here, as in meshcp.kube.client: a controller on files never pays for it.
+    from kubernetes_asyncio.client import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
+
     ref = problem.ref
     api_version = _API_VERSIONS.get(ref.kind)
     if api_version is None:
@@ -73,6 +70,8 @@ class EventRecorder:
         await self._queue.join()
 
     async def run(self) -> None:
+        from kubernetes_asyncio.client import CoreV1Api
+
         async with await self._factory() as api_client:
             core = CoreV1Api(api_client)
             while True:
@@ -83,6 +82,8 @@ class EventRecorder:
                     self._queue.task_done()
 
     async def _post(self, core: CoreV1Api, problem: Problem) -> None:
+        from kubernetes_asyncio.client.rest import ApiException
+
         event = event_for(problem, datetime.datetime.now(datetime.UTC))
         if event is None:
             return
