@@ -17,9 +17,10 @@ from meshcp.certs import DirectoryStore, InternalCA, ProxyIdentity
 from meshcp.certs.pem import load_certificates
 from meshcp.certs.setup import CaSettings
 from meshcp.injector.app import MUTATE_PATH
+from meshcp.injector.errors import InjectorError
 from meshcp.injector.kube import KubeCluster
 from meshcp.injector.pod_patch import ORIGINAL_PROBES_ANNOTATION
-from meshcp.injector.server import InjectorError, run_injector
+from meshcp.injector.server import run_injector
 from meshcp.injector.settings import InjectorSettings
 from meshcp.model.meshconfig import MESH_LABEL
 from meshcp.policy.membership import PROXY_UUID_LABEL
