@@ -25,6 +25,7 @@ from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Address, Settings
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.auth import PeerCertificate, StreamRejected
+from meshcp.xds.send_budget import SendBudget
 from meshcp.xds.service import DELTA_PATH, SOTW_PATH, _Pusher
 from meshcp.xds.sotw import SotwProtocol
 from tests.factories import CDS, EDS, World
@@ -320,9 +321,18 @@ async def test_a_response_that_cannot_be_sent_is_counted_by_reason(runtime: Cont
     protocol = SotwProtocol()
     protocol.receive(DiscoveryRequest(node=Node(id="n1"), type_url=CDS))
     stream: Any = _BrokenStream()
-    pusher = _Pusher(stream, protocol, Readiness(), asyncio.Semaphore(1), runtime.service._send_failed)
+    budget = SendBudget()
+    pusher = _Pusher(
+        stream,
+        protocol,
+        Readiness(),
+        admission=asyncio.Semaphore(1),
+        budget=budget,
+        on_send_error=runtime.service._send_failed,
+    )
     pusher.snapshot = World().snapshot()
     pusher.admitted = True
     with pytest.raises(ConnectionResetError):
         await pusher.flush()
     assert sample(runtime, "meshcp_xds_send_errors_total", {"reason": "connection"}) == 1
+    assert budget.held == 0  # what the failed send held is given back

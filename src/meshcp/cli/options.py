@@ -47,6 +47,8 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         raise UsageError(str(error)) from None
     if args.admission < 1:
         raise UsageError("--admission must be at least 1")
+    if args.send_budget_mib < 1:
+        raise UsageError("--send-budget-mib must be at least 1")
     if bool(args.api_tls_cert) != bool(args.api_tls_key):
         raise UsageError("--api-tls-cert and --api-tls-key go together")
     settings = Settings(
@@ -57,6 +59,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         xds_tls=_tls(args),
         xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),
         admission=args.admission,
+        send_budget=args.send_budget_mib * 1024 * 1024,
         ca=ca_settings(args),
         source=None if args.source in (None, "kubernetes") else Path(args.source),
         kubernetes=args.source == "kubernetes",

@@ -71,6 +71,16 @@ def _add_listeners(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_xds_limits(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
+    serve.add_argument(
+        "--send-budget-mib",
+        type=int,
+        default=64,
+        help="MiB of xDS responses being written at once, over all streams (bounds memory)",
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="meshcp", description="A service mesh control plane for Envoy.")
     parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
@@ -92,7 +102,7 @@ def build_parser() -> Parser:
     serve.add_argument(
         "--xds-client-ca", type=Path, help="PEM bundle that signs proxies' client certificates"
     )
-    serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
+    _add_xds_limits(serve)
     serve.add_argument(
         "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
     )

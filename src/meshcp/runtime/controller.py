@@ -142,6 +142,7 @@ class ControllerRuntime:
             authorize=authorize,
             guard=may_receive,
             admission=settings.admission,
+            send_budget=settings.send_budget,
         )
         self.xds = XdsServer(
             self.service,

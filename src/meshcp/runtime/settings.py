@@ -12,6 +12,7 @@ from meshcp.http.app import IDLE_TIMEOUT
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, XDS_PORT
 from meshcp.sources.bootstrap_secrets import CollectorSettings
 from meshcp.sources.kubernetes_watch import WatchSettings
+from meshcp.xds.send_budget import DEFAULT_SEND_BUDGET
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Settings:
     xds_names: tuple[str, ...] = ("localhost", "127.0.0.1")
     #: New streams served their initial configuration at once (reconnect storms).
     admission: int = 256
+    #: Response bytes being written at once over all streams (meshcp.xds.send_budget).
+    send_budget: int = DEFAULT_SEND_BUDGET
     #: Seconds a new xDS connection has to open its first stream before it is closed (a
     #: client that connects and sends nothing, or half a frame, would hold a descriptor).
     xds_handshake_timeout: float = 10.0

@@ -42,6 +42,7 @@ from meshcp.xds.auth import (
 from meshcp.xds.delta import DeltaProtocol
 from meshcp.xds.observe import MetricsObserver
 from meshcp.xds.registry import ConnectedProxies, Connection, StreamState
+from meshcp.xds.send_budget import DEFAULT_SEND_BUDGET, SendBudget
 from meshcp.xds.sotw import SotwProtocol
 from meshcp.xds.stream import Outgoing, Shared
 
@@ -75,6 +76,7 @@ class _Pusher:
 
     __slots__ = (
         "_admission",
+        "_budget",
         "_cancel",
         "_dirty",
         "_on_send_error",
@@ -93,10 +95,13 @@ class _Pusher:
         stream: grpclib.server.Stream[Any, Any],
         protocol: _Protocol,
         readiness: Readiness,
+        *,
         admission: asyncio.Semaphore,
+        budget: SendBudget,
         on_send_error: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         self._stream = stream
+        self._budget = budget
         self._on_send_error = on_send_error
         self._protocol = protocol
         self._readiness = readiness
@@ -179,12 +184,24 @@ class _Pusher:
             snapshot = self.snapshot
             if snapshot is None:
                 return
-            for outgoing in self._protocol.responses(snapshot):
-                try:
-                    await self._stream.send_message(outgoing.payload)
-                except Exception as error:
-                    self._on_send_error(error)
-                    raise
+            await self._budget.room()  # frame nothing while too much is being written
+            due: list[Outgoing] = []
+            try:
+                due = self._protocol.responses(snapshot)
+            finally:
+                size = sum(len(outgoing.payload) for outgoing in due)
+                self._budget.hold(size)
+            try:
+                for outgoing in due:
+                    try:
+                        await self._stream.send_message(outgoing.payload)
+                    except Exception as error:
+                        self._on_send_error(error)
+                        raise
+                    size -= len(outgoing.payload)
+                    self._budget.release(len(outgoing.payload))
+            finally:
+                self._budget.release(size)
 
 
 def _nothing() -> None:
@@ -195,7 +212,8 @@ class AggregatedDiscoveryService:
     """Serves StreamAggregatedResources and DeltaAggregatedResources from a SnapshotCache.
 
     `admission` bounds how many new streams are being served their initial
-    configuration at once (rule 20: reconnect storms).
+    configuration at once (rule 20: reconnect storms); `send_budget` bounds the response
+    bytes being written at once over all streams (`xds.send_budget`).
     """
 
     def __init__(
@@ -209,6 +227,7 @@ class AggregatedDiscoveryService:
         authorize: Authorizer = allow_any,
         guard: SecretGuard = any_secret,
         admission: int = 256,
+        send_budget: int = DEFAULT_SEND_BUDGET,
     ) -> None:
         self._cache = cache
         self._readiness = readiness
@@ -218,6 +237,7 @@ class AggregatedDiscoveryService:
         self._authorize = authorize
         self._guard = guard
         self._admission = asyncio.Semaphore(admission)
+        self.send_budget = SendBudget(send_budget)
         self._observer = MetricsObserver(metrics)
         self._shared = Shared()
         self._open: dict[int, tuple[_Pusher, Connection]] = {}
@@ -269,7 +289,14 @@ class AggregatedDiscoveryService:
         self._check_secrets(first, identity, node)
         protocol.receive(first)
         del first  # requests are not kept: the protocol took what it needs
-        pusher = _Pusher(stream, protocol, self._readiness, self._admission, self._send_failed)
+        pusher = _Pusher(
+            stream,
+            protocol,
+            self._readiness,
+            admission=self._admission,
+            budget=self.send_budget,
+            on_send_error=self._send_failed,
+        )
         pusher.bind(self._cache, self._classify(node, identity))
         connection = Connection(protocol, pusher.key, identity, _peer(stream), time.time())
         token = self._proxies.add(connection)
