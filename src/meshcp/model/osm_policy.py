@@ -1,4 +1,5 @@
-"""OSM's traffic policies (`policy.openservicemesh.io/v1alpha1`): Retry, UpstreamTrafficSetting, Egress.
+"""OSM's traffic policies (`policy.openservicemesh.io/v1alpha1`): Retry, UpstreamTrafficSetting, Egress,
+IngressBackend.
 
 Read from OSM's manifests unchanged, so a mesh moving from OSM keeps its objects. Durations
 are in seconds; every optional setting OSM leaves unset is None here (Envoy's default then
@@ -147,3 +148,51 @@ class Egress:
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef("Egress", self.meta.namespace, self.meta.name)
+
+
+#: The protocols of an IngressBackend's backend port, as OSM names them.
+INGRESS_PROTOCOLS = ("http", "https")
+#: The kinds of an IngressBackend's sources, as OSM names them.
+INGRESS_SOURCE_KINDS = ("Service", "IPRange", "AuthenticatedPrincipal")
+
+
+@dataclass(frozen=True, slots=True)
+class IngressBackendPort:
+    """`backends[]`: a Service of the IngressBackend's namespace and the port its pods
+    listen on (OSM matched `port.number` against the Service port's targetPort: what
+    reaches the pod), with what the ingress speaks to it there."""
+
+    name: str
+    port: int
+    protocol: str  # one of INGRESS_PROTOCOLS
+    #: https: accept a client without a certificate of the mesh's CA.
+    skip_client_cert_validation: bool = False
+    #: https: the SNI names the ingress may send (empty: any).
+    sni_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSource:
+    """`sources[]`: `Service` (`namespace`/`name`: its endpoints' addresses), `IPRange`
+    (`name` a CIDR, normalised) or `AuthenticatedPrincipal` (`name` the identity the
+    ingress's certificate carries, as OSM wrote it: `<sa>.<namespace>.<trust domain>`)."""
+
+    kind: str  # one of INGRESS_SOURCE_KINDS
+    name: str
+    namespace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngressBackend:
+    """Traffic from `sources`, outside the mesh, is admitted to `backends` on their pods'
+    inbound side without a meshed client. `matches`: the names of OSM's `matches` (which
+    OSM never applied); kept to be reported, not used."""
+
+    meta: Meta
+    backends: tuple[IngressBackendPort, ...]
+    sources: tuple[IngressSource, ...]
+    matches: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("IngressBackend", self.meta.namespace, self.meta.name)

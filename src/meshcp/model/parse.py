@@ -26,7 +26,12 @@ from meshcp.model.read_core import (
     read_service_account,
 )
 from meshcp.model.read_meshconfig import read_mesh_config
-from meshcp.model.read_osm_policy import read_egress, read_retry, read_upstream_traffic_setting
+from meshcp.model.read_osm_policy import (
+    read_egress,
+    read_ingress_backend,
+    read_retry,
+    read_upstream_traffic_setting,
+)
 from meshcp.model.read_smi import (
     read_http_route_group,
     read_tcp_route,
@@ -129,6 +134,7 @@ _KINDS: dict[str, _Kind] = {
     "Retry": _Kind((POLICY_API,), True, dns_subdomain, read_retry),
     "UpstreamTrafficSetting": _Kind((POLICY_API,), True, dns_subdomain, read_upstream_traffic_setting),
     "Egress": _Kind((POLICY_API,), True, dns_subdomain, read_egress),
+    "IngressBackend": _Kind((POLICY_API,), True, dns_subdomain, read_ingress_backend),
     # Cluster-scoped: there is one mesh per control plane, and its settings are not a tenant's.
     "MeshConfig": _Kind(("config.meshcp.dev/v1alpha1",), False, dns_subdomain, read_mesh_config),
 }

@@ -1,4 +1,5 @@
-"""Readers of OSM's Retry, UpstreamTrafficSetting and Egress (`policy.openservicemesh.io/v1alpha1`).
+"""Readers of OSM's Retry, UpstreamTrafficSetting, Egress and IngressBackend
+(`policy.openservicemesh.io/v1alpha1`).
 
 Field names and meanings are OSM's; what OSM's schema bounds (a status code in 400..599, a
 unit of second, minute or hour) is checked here so a bad value is reported with its field
@@ -16,10 +17,15 @@ from meshcp.model.meta import Meta
 from meshcp.model.names import dns_1035_label, dns_label, dns_subdomain
 from meshcp.model.osm_policy import (
     EGRESS_PROTOCOLS,
+    INGRESS_PROTOCOLS,
+    INGRESS_SOURCE_KINDS,
     ConnectionSettings,
     Egress,
     EgressPort,
     HttpRateLimit,
+    IngressBackend,
+    IngressBackendPort,
+    IngressSource,
     OutlierDetection,
     Retry,
     RetryPolicy,
@@ -66,6 +72,8 @@ _CLUSTER_SUFFIX = ".svc.cluster.local"
 #: A host name as Envoy matches it by Host and SNI: DNS labels, optionally `*.` first.
 _HOST = re.compile(r"(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 _ROUTE_GROUP_APIS = ("specs.smi-spec.io", "specs.smi-spec.io/v1alpha4")
+#: An AuthenticatedPrincipal: a SPIFFE ID, or the DNS name OSM wrote (`<sa>.<ns>.<domain>`).
+_SPIFFE = re.compile(r"spiffe://[^/\s]+/ns/[^/\s]+/sa/[^/\s]+")
 
 
 def read_retry(root: Field, meta: Meta, version: str) -> Retry:
@@ -324,3 +332,83 @@ def read_egress(root: Field, meta: Meta, version: str) -> Egress:
     if not hosts and any(p.protocol == "http" for p in ports):
         spec.field("hosts").fail("an http port needs hosts (requests are allowed by their Host)")
     return Egress(meta, tuple(sources), tuple(ports), tuple(hosts), tuple(addresses), tuple(matches))
+
+
+def read_ingress_backend(root: Field, meta: Meta, version: str) -> IngressBackend:
+    """OSM's IngressBackend. Each backend names a Service of the object's namespace and the
+    port its pods listen on; sources are the ingress's addresses (its Service's endpoints,
+    CIDRs) or, with https, the identity of the certificate it presents. What could never
+    match is refused here: a principal over plain HTTP (no certificate to read it from) or
+    without client certificate validation (nothing vouches for it), SNI names on http."""
+    spec = root.field("spec")
+    backends: list[IngressBackendPort] = []
+    for node in spec.field("backends").items():
+        port = node.field("port")
+        if not port.present:
+            port.fail("required")
+        backend = IngressBackendPort(
+            name=dns_1035_label(node.field("name")),
+            port=port.field("number").port(),
+            protocol=port.field("protocol").one_of(INGRESS_PROTOCOLS),
+        )
+        tls = node.field("tls")
+        skip = tls.field("skipClientCertValidation").boolean(False)
+        sni: list[str] = []
+        for item in tls.field("sniHosts").items():
+            host = item.string(required=True).lower().rstrip(".")
+            if len(host) > 253 or not _HOST.fullmatch(host):
+                item.fail(f"{describe(host)} is not a host name (DNS labels, optionally starting with '*.')")
+            if host not in sni:
+                sni.append(host)
+        if sni and backend.protocol != "https":
+            tls.field("sniHosts").fail("SNI names need protocol https (plain HTTP carries no SNI)")
+        if any((b.name, b.port) == (backend.name, backend.port) for b in backends):
+            node.fail(f"backend {backend.name} port {backend.port} is listed twice")
+        backends.append(
+            IngressBackendPort(backend.name, backend.port, backend.protocol, skip, tuple(sni))
+        )
+    if not backends:
+        spec.field("backends").fail("at least one backend is required")
+    sources: list[IngressSource] = []
+    for node in spec.field("sources").items():
+        source = _ingress_source(node, meta.namespace, backends)
+        if source not in sources:
+            sources.append(source)
+    if not sources:
+        spec.field("sources").fail("at least one source is required")
+    matches = tuple(dns_subdomain(node.field("name")) for node in spec.field("matches").items())
+    return IngressBackend(meta, tuple(backends), tuple(sources), matches)
+
+
+def _ingress_source(node: Field, namespace: str, backends: list[IngressBackendPort]) -> IngressSource:
+    kind = node.field("kind").one_of(INGRESS_SOURCE_KINDS)
+    if kind == "Service":
+        return IngressSource(
+            kind,
+            dns_1035_label(node.field("name")),
+            dns_label(node.field("namespace"), required=False) or namespace,
+        )
+    text = node.field("name").string(required=True)
+    if kind == "IPRange":
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            node.field("name").fail(f"{describe(text)} is not an IP address range (CIDR, such as 10.0.0.0/8)")
+        return IngressSource(kind, str(network))
+    if not (_SPIFFE.fullmatch(text) or (len(text) <= 253 and _HOST.fullmatch(text) and "*" not in text)):
+        node.field("name").fail(
+            f"{describe(text)} is not an identity (<serviceaccount>.<namespace>.<trust domain>, "
+            "or spiffe://<trust domain>/ns/<namespace>/sa/<serviceaccount>)"
+        )
+    for backend in backends:
+        if backend.protocol != "https":
+            node.fail(
+                f"an AuthenticatedPrincipal needs https backends: backend {backend.name} port "
+                f"{backend.port} is http, which carries no certificate to check it against"
+            )
+        if backend.skip_client_cert_validation:
+            node.fail(
+                f"an AuthenticatedPrincipal needs the client certificate validated: backend "
+                f"{backend.name} port {backend.port} sets tls.skipClientCertValidation"
+            )
+    return IngressSource(kind, text)

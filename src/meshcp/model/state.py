@@ -11,7 +11,7 @@ from typing import TypeVar
 from meshcp.model.core import EndpointSlice, Namespace, Pod, Service, ServiceAccount
 from meshcp.model.meshconfig import MESH_LABEL, PERMISSIVE_ANNOTATION, MeshConfig
 from meshcp.model.meta import ObjectRef
-from meshcp.model.osm_policy import Egress, Retry, UpstreamTrafficSetting
+from meshcp.model.osm_policy import Egress, IngressBackend, Retry, UpstreamTrafficSetting
 from meshcp.model.smi import HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget, UDPRoute
 
 MeshObject = (
@@ -28,6 +28,7 @@ MeshObject = (
     | Retry
     | UpstreamTrafficSetting
     | Egress
+    | IngressBackend
     | MeshConfig
 )
 
@@ -169,6 +170,10 @@ class MeshState:
         return self._of(Egress)
 
     @cached_property
+    def ingress_backends(self) -> tuple[IngressBackend, ...]:
+        return self._of(IngressBackend)
+
+    @cached_property
     def mesh_configs(self) -> tuple[MeshConfig, ...]:
         """The MeshConfig objects declared, by name."""
         return self._of(MeshConfig)
@@ -219,6 +224,7 @@ _INDEX_KINDS: dict[str, frozenset[str]] = {
     "retries": frozenset({"Retry"}),
     "upstream_traffic_settings": frozenset({"UpstreamTrafficSetting"}),
     "egresses": frozenset({"Egress"}),
+    "ingress_backends": frozenset({"IngressBackend"}),
     "mesh_configs": frozenset({"MeshConfig"}),
     "mesh_config": frozenset({"MeshConfig"}),
     "meshed_namespaces": frozenset({"Namespace", "MeshConfig"}),

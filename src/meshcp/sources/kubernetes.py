@@ -51,6 +51,7 @@ RESOURCES: tuple[Resource, ...] = (
         namespaced=True,
     ),
     Resource("policy.openservicemesh.io", "v1alpha1", "egresses", "Egress", namespaced=True),
+    Resource("policy.openservicemesh.io", "v1alpha1", "ingressbackends", "IngressBackend", namespaced=True),
     Resource("config.meshcp.dev", "v1alpha1", "meshconfigs", "MeshConfig", namespaced=False),
 )
 

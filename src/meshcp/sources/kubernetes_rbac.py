@@ -56,7 +56,11 @@ SOURCE_RULES: tuple[Rule, ...] = (
     Rule(("access.smi-spec.io",), ("traffictargets",), _READ),
     Rule(("specs.smi-spec.io",), ("httproutegroups", "tcproutes", "udproutes"), _READ),
     Rule(("split.smi-spec.io",), ("trafficsplits",), _READ),
-    Rule(("policy.openservicemesh.io",), ("retries", "upstreamtrafficsettings", "egresses"), _READ),
+    Rule(
+        ("policy.openservicemesh.io",),
+        ("retries", "upstreamtrafficsettings", "egresses", "ingressbackends"),
+        _READ,
+    ),
     Rule(("config.meshcp.dev",), ("meshconfigs",), _READ),
 )
 

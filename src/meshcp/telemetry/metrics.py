@@ -60,6 +60,7 @@ OBJECT_KINDS = (
     "Retry",
     "UpstreamTrafficSetting",
     "Egress",
+    "IngressBackend",
     "MeshConfig",
 )
 
