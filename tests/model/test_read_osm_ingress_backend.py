@@ -122,7 +122,7 @@ INVALID: Invalid = [
     (
         "a principal with http",
         backend(sources=[PRINCIPAL]),
-        "spec.sources[0]: an AuthenticatedPrincipal needs https backends: backend bookstore port 14001 is http",
+        "spec.sources[0]: an AuthenticatedPrincipal needs https backends: backend bookstore port 14001",
     ),
     (
         "a principal without client certificate validation",

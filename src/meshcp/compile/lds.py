@@ -6,8 +6,8 @@ service) and port; HTTP goes through `rds-outbound.<port>`, TCP straight to the 
 Inbound (15003, traffic redirected to the pod): one chain per local service port,
 matching its target port and SNI, mTLS required (the proxy's own `service-cert`, callers
 checked against the mesh's `root-cert`: names every proxy shares); HTTP via
-`rds-inbound.<port>` and HTTP RBAC, TCP via network RBAC. Prometheus (15010): Envoy's
-own stats.
+`rds-inbound.<port>` and HTTP RBAC, TCP via network RBAC; beside them, the chains of OSM
+IngressBackends (`compile.ingress`). Prometheus (15010): Envoy's own stats.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from meshcp.cache.encoding import pack
 from meshcp.compile import naming
 from meshcp.compile.common import sds
 from meshcp.compile.egress import egress_chains, tls_inspector
+from meshcp.compile.ingress import ingress_chain
 from meshcp.compile.ratelimit import NETWORK_LOCAL_RATE_LIMIT, http_filter, limits_requests, network_limit
 from meshcp.compile.rbac import tcp_rbac
 from meshcp.policy.types import InboundPort, ProxyPolicy, Upstream
@@ -253,6 +254,19 @@ def _inbound_chain(port: InboundPort, policy: ProxyPolicy) -> FilterChain:
     )
 
 
+def inbound_chains(policy: ProxyPolicy) -> list[FilterChain]:
+    """A chain per local service port (mTLS, by SNI), and per port an OSM IngressBackend
+    admits traffic from outside the mesh to (`compile.ingress`)."""
+    chains = [_inbound_chain(p, policy) for p in policy.inbound]
+    if policy.ingress:
+        ports = {(p.service, p.port): p for p in policy.inbound}
+        chains += [
+            ingress_chain(rule, ports[(rule.service, rule.port)], policy.trust_domain)
+            for rule in policy.ingress
+        ]
+    return sorted(chains, key=lambda c: c.name)
+
+
 def inbound_listener(policy: ProxyPolicy) -> Listener:
     return Listener(
         name=naming.INBOUND_LISTENER,
@@ -262,7 +276,7 @@ def inbound_listener(policy: ProxyPolicy) -> Listener:
             ListenerFilter(name="envoy.filters.listener.original_dst", typed_config=pack(OriginalDst())),
             ListenerFilter(name="envoy.filters.listener.tls_inspector", typed_config=pack(TlsInspector())),
         ],
-        filter_chains=sorted((_inbound_chain(p, policy) for p in policy.inbound), key=lambda c: c.name),
+        filter_chains=inbound_chains(policy),
     )
 
 

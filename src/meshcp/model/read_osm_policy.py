@@ -364,9 +364,7 @@ def read_ingress_backend(root: Field, meta: Meta, version: str) -> IngressBacken
             tls.field("sniHosts").fail("SNI names need protocol https (plain HTTP carries no SNI)")
         if any((b.name, b.port) == (backend.name, backend.port) for b in backends):
             node.fail(f"backend {backend.name} port {backend.port} is listed twice")
-        backends.append(
-            IngressBackendPort(backend.name, backend.port, backend.protocol, skip, tuple(sni))
-        )
+        backends.append(IngressBackendPort(backend.name, backend.port, backend.protocol, skip, tuple(sni)))
     if not backends:
         spec.field("backends").fail("at least one backend is required")
     sources: list[IngressSource] = []

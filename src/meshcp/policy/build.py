@@ -23,6 +23,7 @@ from meshcp.policy.backends import Backends, label_index
 from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.egress import EgressTable, egress_table
 from meshcp.policy.inbound import inbound_ports
+from meshcp.policy.ingress import IngressTable, class_ingress, ingress_table
 from meshcp.policy.osm_policies import client_upstreams, retry_table, traffic_settings
 from meshcp.policy.pruning import reachable
 from meshcp.policy.targets import Targets
@@ -90,9 +91,14 @@ def build_policies(
     )
     targets = Targets.of(state)
     counted = targets if config.per_route_stats else None
-    # OSM UpstreamTrafficSettings by service, and OSM Egress (`policy.egress`): each source
-    # identity's rules, from the Egresses and the route groups they name.
-    settings, egress = traffic_settings(state, report), _egress(state, memo, report)
+    # OSM UpstreamTrafficSettings by service; OSM Egress (`policy.egress`): each source
+    # identity's rules, from the Egresses and the route groups they name; OSM
+    # IngressBackends by backend port, their sources resolved (`policy.ingress`).
+    settings, egress, ingress = (
+        traffic_settings(state, report),
+        _egress(state, memo, report),
+        _ingress(state, backends, config.trust_domain, memo, report),
+    )
     mesh_upstreams = memo.upstreams(
         memo.derived(
             "upstreams",
@@ -165,6 +171,7 @@ def build_policies(
                     config.trust_domain,
                     listening,
                     egress.get(identity, ()),
+                    class_ingress(inbound, ingress, report),
                 ),
                 key,
             )
@@ -186,6 +193,17 @@ def build_policies(
 def _egress(state: MeshState, memo: BuildMemo, report: Report) -> EgressTable:
     inputs = (state.egresses, state.http_route_groups)
     return memo.derived("egress", None, inputs, partial(egress_table, state), report)
+
+
+def _ingress(
+    state: MeshState, backends: Backends, trust_domain: str, memo: BuildMemo, report: Report
+) -> IngressTable:
+    """Source Services' endpoints feed it: the pods and slices are inputs too (an
+    endpoints-only round never moves them, see `endpoint_change`)."""
+    inputs = (state.ingress_backends, *_behind(state), trust_domain)
+    return memo.derived(
+        "ingress", None, inputs, partial(ingress_table, state, backends, trust_domain), report
+    )
 
 
 def endpoints_moved(memo: BuildMemo, after: MeshState, policy: MeshPolicy) -> None:

@@ -10,7 +10,8 @@ or anything it cannot prove harmless, is left to the full build (None).
 A change is endpoints-only when only Pods and EndpointSlices changed, no Pod appeared or
 went away or changed more than its IP and readiness, and every service behind the changed
 objects keeps the same backend pods (and so the same identities and local services) and
-is not headless (a headless service's upstream addresses are its pods' IPs).
+is not headless (a headless service's upstream addresses are its pods' IPs), nor the source
+of an OSM IngressBackend (its endpoints are what the backends' listeners admit).
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def endpoint_change(
             return None
     if moved:
         services.update(_services_behind(after, moved))
+    # An OSM IngressBackend's source Service: its endpoints are addresses the backends'
+    # inbound listeners admit, which a full build recomputes.
+    sources = {
+        (s.namespace, s.name) for i in after.ingress_backends for s in i.sources if s.kind == "Service"
+    }
+    if not sources.isdisjoint(services):
+        return None
     old_backends, new_backends = Backends(before, labels), Backends(after, labels)
     endpoints = dict(policy.endpoints)
     keys: set[EndpointKey] = set()

@@ -169,6 +169,28 @@ class EgressRule:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressRule:
+    """Traffic from outside the mesh that an OSM IngressBackend admits to one local service
+    port of this class's pods, on the port the application listens on.
+
+    `source_ranges`: the CIDRs the ingress connects from (its Service's endpoints, its
+    IPRanges); None when the IngressBackend names no address at all (any address), empty
+    when it names some that resolve to none (nobody, until they do). https only:
+    `principals`, the identities the ingress's certificate may carry, likewise (None: any
+    the mesh's CA signed); `validate_client` False admits a client without a mesh certificate;
+    `sni_hosts` restricts the SNI (empty: any name but the mesh's own)."""
+
+    service: ServiceKey
+    port: int  # the service port: names the local cluster
+    target_port: int  # where the application listens: the chain's destination port
+    protocol: str  # http | https
+    source_ranges: tuple[str, ...] | None = None
+    principals: tuple[Identity, ...] | None = None
+    validate_client: bool = True
+    sni_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyPolicy:
     """Everything the proxies of one class get: identity, inbound ports, upstreams."""
 
@@ -185,6 +207,9 @@ class ProxyPolicy:
     listener_upstreams: tuple[Upstream, ...] | None = None
     #: OSM Egresses naming this identity: what it may reach outside the mesh, by port.
     egress: tuple[EgressRule, ...] = ()
+    #: OSM IngressBackends naming this class's services: who outside the mesh may reach
+    #: which local port (a function of `inbound`, so classes stay as they were).
+    ingress: tuple[IngressRule, ...] = ()
 
     @property
     def matched_upstreams(self) -> tuple[Upstream, ...]:

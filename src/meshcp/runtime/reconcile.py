@@ -556,7 +556,8 @@ class Reconciler:
             pieces.append(
                 self._piece(
                     old,
-                    ("lds-in", inbound, trust),  # the same secret names for every identity
+                    # the same secret names for every identity; OSM IngressBackends' rules
+                    ("lds-in", inbound, trust, policy.ingress),
                     encoded(lambda: [lds.inbound_listener(policy)]),
                 )
             )
