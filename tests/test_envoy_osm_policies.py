@@ -406,6 +406,13 @@ spec:
   sources: [{kind: ServiceAccount, name: web, namespace: shop}]
   ipAddresses: [203.0.113.0/24]
   ports: [{number: 5432, protocol: tcp}]
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: IngressBackend
+metadata: {name: web, namespace: shop}
+spec:
+  backends: [{name: web, port: {number: 8080, protocol: http}}]
+  sources: [{kind: IPRange, name: 10.0.0.0/8}]
 """
 )
 
@@ -415,7 +422,7 @@ def _named(items: list[dict[str, Any]], key: str, name: str) -> dict[str, Any]:
 
 
 async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
-    """Retry, UpstreamTrafficSetting and Egress as OSM's users have them, read by the
+    """Retry, UpstreamTrafficSetting, Egress and IngressBackend as OSM's users have them, read by the
     Kubernetes source and compiled with mTLS and RBAC: Envoy ACKs every type and holds
     each setting."""
     async with Emulator() as k, kmock.Server(k):
@@ -432,11 +439,8 @@ async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
 
             await eventually(ready, what="the controller to sync from the API")
             state = runtime.store.state
-            assert (len(state.retries), len(state.upstream_traffic_settings), len(state.egresses)) == (
-                1,
-                1,
-                3,
-            )
+            counts = (len(state.retries), len(state.upstream_traffic_settings), len(state.egresses))
+            assert (*counts, len(state.ingress_backends)) == (1, 1, 3, 1)
             assert state.problems == ()
             pod = parse_object(web_pod())
             assert isinstance(pod, Pod)
@@ -481,6 +485,10 @@ async def test_envoy_acks_what_osm_manifests_compile_to(tmp_path: Path) -> None:
                 listeners = {item["name"]: item for item in dump["listeners"]["dynamic_listeners"]}
                 chains = listeners["inbound-listener"]["active_state"]["listener"]["filter_chains"]
                 assert chains[0]["filters"][0]["name"] == NETWORK_LOCAL_RATE_LIMIT
+                ingress = _named([{"c": c} for c in chains], "c", "ingress:shop/web|80|local")
+                match = ingress["filter_chain_match"]
+                assert (match["destination_port"], match["transport_protocol"]) == (8080, "raw_buffer")
+                assert ingress["filters"][0]["name"] == NETWORK_LOCAL_RATE_LIMIT  # the pods' limit
                 out = listeners["outbound-listener"]["active_state"]["listener"]
                 egress = {c["name"]: c for c in out["filter_chains"] if c["name"].startswith("egress:")}
                 assert sorted(egress) == ["egress:http.80", "egress:https.443", "egress:tcp.5432"]
