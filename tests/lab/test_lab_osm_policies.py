@@ -16,6 +16,12 @@ Service, fixed addresses on the lab bridge) serve HTTP, HTTPS with a certificate
 own (not the mesh's) and raw TCP. bookbuyer's Egresses allow one HTTP host, one SNI and
 one address's TCP port; egress passthrough is off (the bookstore's MeshConfig), so the
 rest is refused, and bookthief, with no Egress, reaches none of it.
+
+IngressBackend: an ingress outside the mesh (`edge`, an unmonitored namespace: its pods
+have no sidecar) runs a small HTTP proxy, `edge-0` behind the Service `edge`, in front of
+`front`, whose IngressBackend admits that Service's endpoints. `stranger-0`, another pod
+of the namespace outside the Service, is refused by `front`'s sidecar (403), and the
+ingress reaches no backend without an IngressBackend (`shaky`): its connection is closed.
 """
 
 from __future__ import annotations
@@ -298,6 +304,80 @@ spec:
 )
 
 
+#: The ingress's proxy: GET /<service>/<path> is forwarded to http://<service>.osm:8080/<path>;
+#: the backend's status and body come back, or 502 and the error when it closed the connection.
+EDGE_APP = """\
+import json
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Proxy(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        service, _, rest = self.path.lstrip("/").partition("/")
+        try:
+            with urllib.request.urlopen(f"http://{service}.osm:8080/{rest}", timeout=5) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read()
+        except OSError as error:
+            status, body = 502, json.dumps({"error": type(error).__name__}).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("0.0.0.0", 80), Proxy).serve_forever()
+"""
+
+
+def _edge_pod(name: str, app: str) -> str:
+    return f"""\
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: edge, labels: {{app: {app}}}}}
+spec:
+  containers:
+  - name: proxy
+    command: ["python3", "apps/edge.py"]
+    readinessProbe: {{tcpSocket: {{port: 80}}}}
+"""
+
+
+INGRESS = (
+    """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: edge}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: edge, namespace: edge}
+spec:
+  selector: {app: edge}
+  ports: [{name: http, port: 80, targetPort: 80}]
+"""
+    + _edge_pod("edge-0", "edge")
+    + _edge_pod("stranger-0", "stranger")
+    + _workload("front")
+    + """\
+---
+apiVersion: policy.openservicemesh.io/v1alpha1
+kind: IngressBackend
+metadata: {name: front, namespace: osm}
+spec:
+  backends: [{name: front, port: {number: 8080, protocol: http}}]
+  sources: [{kind: Service, name: edge, namespace: edge}]
+"""
+)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     cert, key = self_signed("secure.example", datetime.timedelta(days=1))
@@ -308,6 +388,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
         "apps/outside.py": OUTSIDE_APP,
         "apps/outside.crt": cert,
         "apps/outside.key": key,
+        "ingress.yaml": INGRESS,
+        "apps/edge.py": EDGE_APP,
     }
     yield from bookstore_lab(tmp_path_factory.mktemp("bookstore"), extra=extra)
 
@@ -449,3 +531,33 @@ def test_egress_https_reaches_the_allowed_sni_with_the_host_own_certificate(lab:
     assert other["echoed"] == "" and other["error"] is not None, other
     thief = lab.exec_json(THIEF, sys.executable, "-c", TLS, EXAMPLE, "secure.example", cert)
     assert thief["echoed"] == "", thief
+
+
+EDGE, STRANGER, FRONT = "edge/edge-0", "edge/stranger-0", "http://front.osm:8080"
+
+
+def test_ingress_the_ingress_backend_admits_reaches_the_backend(lab: LabDriver) -> None:
+    direct = lab.http(EDGE, f"{FRONT}/direct", count=2)
+    assert direct["statuses"] == {"200": 2}, direct
+    # in front of it: another unmeshed client through the ingress's proxy
+    proxied = lab.http(STRANGER, "http://edge.edge/front/proxied")
+    assert proxied["statuses"] == {"200": 1}, proxied
+    assert _attempts(lab, "front", "/direct") == 2
+    assert _attempts(lab, "front", "/proxied") == 1
+    # mesh clients keep reaching the same port over mTLS
+    meshed = lab.http(BUYER, f"{FRONT}/meshed")
+    assert meshed["statuses"] == {"200": 1}, meshed
+
+
+def test_ingress_refuses_other_unmeshed_clients_and_backends_without_an_ingress_backend(
+    lab: LabDriver,
+) -> None:
+    stranger = lab.http(STRANGER, f"{FRONT}/stranger")
+    assert stranger["statuses"] == {"403": 1}, stranger
+    assert _attempts(lab, "front", "/stranger") == 0
+    # shaky has no IngressBackend: the ingress's connection is closed, by its proxy too
+    closed = lab.http(EDGE, f"{SHAKY}/no-ingress")
+    assert "200" not in closed["statuses"] and "403" not in closed["statuses"], closed
+    proxied = lab.http(STRANGER, "http://edge.edge/shaky/no-ingress")
+    assert proxied["statuses"] == {"502": 1}, proxied
+    assert _attempts(lab, "shaky", "/no-ingress") == 0
