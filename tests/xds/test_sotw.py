@@ -395,7 +395,8 @@ def test_streams_asking_the_same_names_share_one_framed_response() -> None:
     sent: list[DiscoveryResponse] = []
     for client in (Client(snapshot, shared), Client(snapshot, shared)):
         sent += client.request(EDS, ["a", "b"])
-    named = [key for key in shared.framed[snapshot] if isinstance(key, tuple) and key[0] == "sotw-named"]
+    named = [key for key in shared.framed.keys(snapshot) if isinstance(key, tuple) and key[0] == "sotw-named"]
     assert named == [("sotw-named", EDS, snapshot.version(EDS), ("a", "b"))]
     assert len(sent) == 2 and sent[0].resources == sent[1].resources
+    assert shared.framed.found >= 1
     assert [r.version_info for r in sent] == [snapshot.version(EDS)] * 2

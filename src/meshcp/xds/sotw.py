@@ -195,17 +195,11 @@ class SotwProtocol(StreamProtocol[_TypeState, DiscoveryRequest]):
         names: tuple[str, ...],
     ) -> Outgoing:
         """Send `resources`; a response many streams are sent (`key` not None) is framed
-        once per snapshot and server (`Shared.framed`)."""
+        once per snapshot and server while it is being sent (`Shared.framed`)."""
         if key is None:
             body = sotw_body(version, type_url, resources)
         else:
-            framed = self._shared.framed.get(snapshot)
-            if framed is None:
-                framed = self._shared.framed[snapshot] = {}
-            found = framed.get(key)
-            if found is None:
-                found = framed[key] = sotw_body(version, type_url, resources)
-            body = found
+            body = self._shared.framed.get(snapshot, key, lambda: sotw_body(version, type_url, resources))
         return self._send(
             type_url,
             state,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import time
-import weakref
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -20,6 +19,7 @@ from meshcp._proto.google.rpc import Status
 from meshcp.cache import resource_types
 from meshcp.cache.resource import Resource
 from meshcp.cache.snapshot import Snapshot
+from meshcp.xds.framed_bodies import FramedBodies
 
 WILDCARD = "*"
 NO_NAMES: frozenset[str] = frozenset()
@@ -114,12 +114,10 @@ class Shared:
     subscriptions: Interner[frozenset[str]] = field(default_factory=Interner)
     #: Names of sent responses (kept for NACK records).
     sent_names: Interner[tuple[str, ...]] = field(default_factory=Interner)
-    #: Response bodies framed from a snapshot, by the protocol's key: every stream sent the
-    #: same response shares one framing. Kept here, not on the snapshot (a value that knows
-    #: nothing of the wire), and dropped with the snapshot.
-    framed: weakref.WeakKeyDictionary[Snapshot, dict[Hashable, bytes]] = field(
-        default_factory=weakref.WeakKeyDictionary
-    )
+    #: Response bodies framed from a snapshot, by the protocol's key: the streams sent the
+    #: same response share one framing while it is being sent (`xds.framed_bodies`). Kept
+    #: here, not on the snapshot (a value that knows nothing of the wire).
+    framed: FramedBodies = field(default_factory=FramedBodies)
     #: Monotonic seconds, for push latency (rule 22); a test passes its own clock.
     clock: Callable[[], float] = time.monotonic
 
