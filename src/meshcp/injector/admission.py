@@ -81,9 +81,14 @@ class Injector:
                 namespace = await self._cluster.namespace(creation.namespace)
                 mesh = await self._cluster.mesh_config(self._mesh_config_name)
                 decision = decide(creation, namespace, mesh)
+                if not isinstance(decision, Deny):
+                    for warning in decision.warnings:
+                        log.warning("%s", warning)
                 if isinstance(decision, Skip):
                     log.debug("not injecting %s: %s", creation.display_name, decision.reason)
-                    return "skipped", allowed_response(review, reason=decision.reason)
+                    return "skipped", allowed_response(
+                        review, reason=decision.reason, warnings=decision.warnings
+                    )
                 if isinstance(decision, Deny):
                     log.info("refusing %s: %s", creation.display_name, decision.message)
                     return "denied", denied_response(review, decision.message, code=decision.code)
@@ -118,4 +123,4 @@ class Injector:
             candidate.creation.display_name,
             " (dry run)" if review.dry_run else "",
         )
-        return allowed_response(review, patch=patch)
+        return allowed_response(review, patch=patch, warnings=candidate.warnings)

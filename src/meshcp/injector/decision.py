@@ -22,6 +22,7 @@ from meshcp.injector import fields
 from meshcp.injector.review import Review
 from meshcp.injector.template import INIT_CONTAINER, SIDECAR_CONTAINER
 from meshcp.model.meshconfig import MESH_LABEL, MeshConfig
+from meshcp.model.osm_names import ALIASES, conflicts, lookup, value_of
 from meshcp.policy.membership import INJECTION_ANNOTATION
 from meshcp.sidecar import iptables
 
@@ -58,6 +59,8 @@ class Skip:
     """Not injected: allowed untouched. `reason` is logged and sent as an audit annotation."""
 
     reason: str
+    #: What the user should know (meshcp and OSM names that disagree), logged and returned.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,8 @@ class Candidate:
     creation: PodCreation
     identity: Identity
     redirection: iptables.Redirection
+    #: What the user should know (meshcp and OSM names that disagree), logged and returned.
+    warnings: tuple[str, ...] = ()
 
 
 def pod_creation(review: Review) -> PodCreation | Skip:
@@ -116,30 +121,40 @@ def decide(
     turns injection on for its pods; `meshcp.dev/sidecar-injection: enabled|disabled` on the
     namespace, then on the pod, overrides that. Pods outside monitored namespaces are never
     injected, even when annotated: the controller would not configure their sidecar.
+    OSM's names (`openservicemesh.io/...`, `model.osm_names`) count where meshcp's are
+    absent; where both are set and disagree, meshcp's wins and a warning names the object.
     """
     ns = creation.namespace
     if namespace is None:
         return Skip(f"namespace {ns} not found")
     if ns in SYSTEM_NAMESPACES:
         return Skip(f"{ns} is a Kubernetes system namespace")
-    if namespace.labels.get(MESH_LABEL) != mesh.mesh_name:
-        return Skip(f"namespace {ns} is not monitored by mesh {mesh.mesh_name}")
     pod = creation.pod
     spec, metadata = pod["spec"], pod["metadata"]
-    if spec.get("hostNetwork") is True:
-        return Skip("the pod uses the host network")
-    if already_injected(pod):
-        return Skip("the pod already has a sidecar")
     annotations = fields.string_map(metadata.get("annotations"))
+    warnings = tuple(
+        f"namespace {ns}: {reason}"
+        for reason in (
+            *conflicts(namespace.labels, (MESH_LABEL,)),
+            *conflicts(namespace.annotations, (INJECTION_ANNOTATION,)),
+        )
+    ) + tuple(f"pod {creation.display_name}: {reason}" for reason in conflicts(annotations, tuple(ALIASES)))
+    if value_of(namespace.labels, MESH_LABEL) != mesh.mesh_name:
+        return Skip(f"namespace {ns} is not monitored by mesh {mesh.mesh_name}", warnings)
+    if spec.get("hostNetwork") is True:
+        return Skip("the pod uses the host network", warnings)
+    if already_injected(pod):
+        return Skip("the pod already has a sidecar", warnings)
     for source, values in (("pod", annotations), (f"namespace {ns}", namespace.annotations)):
-        value = values.get(INJECTION_ANNOTATION)
-        if value is None:
+        found = lookup(values, INJECTION_ANNOTATION)
+        if found is None:
             continue
+        name, value = found
         if value == "disabled":
-            return Skip(f"injection disabled by the {source} annotation")
+            return Skip(f"injection disabled by the {source} annotation {name}", warnings)
         if value == "enabled":
             break
-        return Deny(f"{source} annotation {INJECTION_ANNOTATION}={value!r}: must be 'enabled' or 'disabled'")
+        return Deny(f"{source} annotation {name}={value!r}: must be 'enabled' or 'disabled'")
     try:
         identity = Identity(ns, service_account(spec))
     except ValueError as error:
@@ -148,7 +163,7 @@ def decide(
         redirection = iptables.redirection_for(annotations, mesh)
     except (iptables.ExclusionError, ValueError) as error:
         return Deny(f"cannot inject pod {creation.display_name}: {error}")
-    return Candidate(creation, identity, redirection)
+    return Candidate(creation, identity, redirection, warnings)
 
 
 def service_account(spec: Mapping[str, Any]) -> str:

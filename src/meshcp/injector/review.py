@@ -60,14 +60,18 @@ def parse_review(body: bytes) -> Review:
     return Review(api_version, uid, request)
 
 
-def allowed_response(review: Review, *, patch: Patch | None = None, reason: str = "") -> dict[str, Any]:
-    """Admit the pod, mutated by `patch` if any; `reason` goes to the audit log."""
+def allowed_response(
+    review: Review, *, patch: Patch | None = None, reason: str = "", warnings: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Admit the pod, mutated by `patch` if any; `reason` goes to the audit log; `warnings`
+    (and the patch's) are shown by kubectl."""
     response: dict[str, Any] = {"uid": review.uid, "allowed": True}
     if patch is not None:
         response["patchType"] = "JSONPatch"
         response["patch"] = patch.encoded()
-        if patch.warnings:
-            response["warnings"] = list(patch.warnings)
+        warnings = (*warnings, *patch.warnings)
+    if warnings:
+        response["warnings"] = list(warnings)
     result = "injected" if patch is not None else f"skipped: {reason}"
     response["auditAnnotations"] = {"sidecar-injection": result}
     return _review(review, response)

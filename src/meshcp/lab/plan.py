@@ -31,6 +31,7 @@ from meshcp.lab.kube_proxy import service_rules
 from meshcp.lab.manifests import Manifest
 from meshcp.lab.pods import PlannedPod, PodProblem
 from meshcp.model.meshconfig import MeshConfig
+from meshcp.model.osm_meshconfig import OsmMeshConfig, effective
 from meshcp.model.parse import InvalidObject, parse_object
 from meshcp.model.state import MeshObject
 from meshcp.sidecar import ports
@@ -142,7 +143,8 @@ def plan(manifests: Sequence[Manifest], allocation: Allocation, context: PlanCon
 
 
 def mesh_config(manifests: Sequence[Manifest]) -> MeshConfig:
-    """The MeshConfig the manifests declare (the first by name), else the defaults."""
+    """The MeshConfig the manifests declare (the first by name, merged with OSM's), else
+    the defaults."""
     return _mesh_config(_parse_all(manifests, []))
 
 
@@ -161,8 +163,13 @@ def _parse_all(manifests: Sequence[Manifest], problems: list[str]) -> list[MeshO
 
 
 def _mesh_config(objects: Sequence[MeshObject]) -> MeshConfig:
-    found = sorted((o for o in objects if isinstance(o, MeshConfig)), key=lambda config: config.meta.name)
-    return found[0] if found else MeshConfig()
+    """meshcp's MeshConfig merged with OSM's, as the controller merges them."""
+    own = sorted((o for o in objects if isinstance(o, MeshConfig)), key=lambda config: config.meta.name)
+    osm = sorted(
+        (o for o in objects if isinstance(o, OsmMeshConfig)),
+        key=lambda config: (config.meta.namespace, config.meta.name),
+    )
+    return effective(tuple(own), tuple(osm))
 
 
 def _plan_pod(

@@ -49,6 +49,8 @@ class MeshConfig:
     debounce_window: float = 0.1
     debounce_max: float = 1.0
     outbound_ip_exclusions: tuple[str, ...] = ()
+    #: When not empty, the only ranges outbound traffic is redirected to (exclusions win).
+    outbound_ip_inclusions: tuple[str, ...] = ()
     outbound_port_exclusions: tuple[int, ...] = ()
     inbound_port_exclusions: tuple[int, ...] = ()
     sidecar_image: str = "envoyproxy/envoy:v1.40.0"

@@ -4,8 +4,9 @@ Pure (no I/O): the file source and the Kubernetes source both call `parse_object
 object means the same thing whichever way it arrived, and a bad one is reported the same
 way — which field, what is wrong — and skipped, instead of taking the mesh down or being
 half-applied. This module reads the envelope (kind, apiVersion, metadata) and hands the
-rest to the reader of the kind: `read_core`, `read_smi`, `read_osm_policy` or
-`read_meshconfig`.
+rest to the reader of the kind: `read_core`, `read_smi`, `read_osm_policy`,
+`read_meshconfig` or, for OSM's MeshConfig (same kind, another API group),
+`read_osm_meshconfig`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from meshcp.model.fields import Field, FieldError, describe
 from meshcp.model.meta import Meta, ObjectRef
 from meshcp.model.names import dns_1035_label, dns_label, dns_subdomain
+from meshcp.model.osm_meshconfig import OSM_CONFIG_VERSIONS
 from meshcp.model.osm_policy import POLICY_API
 from meshcp.model.read_core import (
     read_endpoint_slice,
@@ -26,6 +28,7 @@ from meshcp.model.read_core import (
     read_service_account,
 )
 from meshcp.model.read_meshconfig import read_mesh_config
+from meshcp.model.read_osm_meshconfig import read_osm_mesh_config
 from meshcp.model.read_osm_policy import (
     read_egress,
     read_ingress_backend,
@@ -61,11 +64,11 @@ def parse_object(manifest: Mapping[str, Any]) -> MeshObject:
         raise InvalidObject(ref, "kind: required")
     if not isinstance(api_version, str) or not api_version:
         raise InvalidObject(ref, "apiVersion: required")
-    spec = _KINDS.get(kind)
+    spec = _kind_of(kind, api_version)
     if spec is None:
         raise InvalidObject(ref, f"unsupported kind {kind} ({api_version})")
     if api_version not in spec.versions:
-        supported = ", ".join(spec.versions)
+        supported = ", ".join(_versions(kind))
         raise InvalidObject(ref, f"unsupported apiVersion {api_version} for {kind} (supported: {supported})")
     root = Field(manifest, "")
     try:
@@ -90,7 +93,8 @@ def ref_of(manifest: object) -> ObjectRef:
     name, namespace = metadata.get("name"), metadata.get("namespace")
     name = name if isinstance(name, str) else ""
     namespace = namespace if isinstance(namespace, str) else ""
-    spec = _KINDS.get(kind)
+    api_version = manifest.get("apiVersion")
+    spec = _kind_of(kind, api_version if isinstance(api_version, str) else "")
     if spec is not None:
         namespace = (namespace or "default") if spec.namespaced else ""
     return ObjectRef(kind, namespace, name)
@@ -102,6 +106,18 @@ class _Kind:
     namespaced: bool
     name_rule: Callable[[Field], str]
     read: Callable[[Field, Meta, str], MeshObject]
+
+
+def _kind_of(kind: str, api_version: str) -> _Kind | None:
+    """How to read `kind` of `api_version`: a kind another API also names (OSM's
+    MeshConfig) by its version, every other by its kind alone."""
+    return _OTHER_APIS.get((kind, api_version)) or _KINDS.get(kind)
+
+
+def _versions(kind: str) -> list[str]:
+    own = _KINDS.get(kind)
+    others = [version for (name, version) in _OTHER_APIS if name == kind]
+    return [*(own.versions if own else ()), *others]
 
 
 def _meta(node: Field, kind: _Kind) -> Meta:
@@ -137,4 +153,9 @@ _KINDS: dict[str, _Kind] = {
     "IngressBackend": _Kind((POLICY_API,), True, dns_subdomain, read_ingress_backend),
     # Cluster-scoped: there is one mesh per control plane, and its settings are not a tenant's.
     "MeshConfig": _Kind(("config.meshcp.dev/v1alpha1",), False, dns_subdomain, read_mesh_config),
+}
+#: Kinds of another API group that share a name with one above: (kind, apiVersion) → reader.
+_OSM_MESH_CONFIG = _Kind(OSM_CONFIG_VERSIONS, True, dns_subdomain, read_osm_mesh_config)
+_OTHER_APIS: dict[tuple[str, str], _Kind] = {
+    ("MeshConfig", version): _OSM_MESH_CONFIG for version in OSM_CONFIG_VERSIONS
 }

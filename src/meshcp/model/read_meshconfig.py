@@ -42,7 +42,7 @@ def read_mesh_config(root: Field, meta: Meta, version: str) -> MeshConfig:
     return config
 
 
-def _duration(node: Field) -> float:
+def duration(node: Field) -> float:
     value = node.value
     if not isinstance(value, str):
         node.fail(f'must be a duration such as "100ms", "1s" or "24h", got {describe(value)}')
@@ -54,18 +54,18 @@ def _duration(node: Field) -> float:
         )
 
 
-def _cert_validity(node: Field) -> int:
-    seconds = _duration(node)
+def cert_validity(node: Field) -> int:
+    seconds = duration(node)
     if seconds < 1:
         node.fail("must be at least 1s")
     return int(seconds)
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[Field], str]:
+def choice(choices: tuple[str, ...]) -> Callable[[Field], str]:
     return lambda node: node.one_of(choices)
 
 
-def _cidrs(node: Field) -> tuple[str, ...]:
+def cidrs(node: Field) -> tuple[str, ...]:
     cidrs: list[str] = []
     for item in node.items():
         value = item.string(required=True)
@@ -76,11 +76,11 @@ def _cidrs(node: Field) -> tuple[str, ...]:
     return tuple(cidrs)
 
 
-def _ports(node: Field) -> tuple[int, ...]:
+def ports(node: Field) -> tuple[int, ...]:
     return tuple(item.port() for item in node.items())
 
 
-def _non_empty(node: Field) -> str:
+def non_empty(node: Field) -> str:
     return node.string(required=True)
 
 
@@ -99,7 +99,7 @@ def _resources(node: Field, part: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _sidecar_resources(node: Field) -> dict[str, Any]:
+def sidecar_resources(node: Field) -> dict[str, Any]:
     for key in node.mapping():
         if key not in ("requests", "limits"):
             node.field(key).fail("unknown field (known: requests, limits)")
@@ -129,15 +129,16 @@ MESH_CONFIG_FIELDS: dict[str, tuple[str, Callable[[Field], Any]]] = {
     "permissive": ("permissive", lambda node: node.boolean(False)),
     "egressPassthrough": ("egress_passthrough", lambda node: node.boolean(False)),
     "pruneUnreachableUpstreams": ("prune_unreachable_upstreams", lambda node: node.boolean(True)),
-    "certValidity": ("cert_validity_seconds", _cert_validity),
-    "certProvider": ("cert_provider", _choice(CERT_PROVIDERS)),
-    "debounceWindow": ("debounce_window", _duration),
-    "debounceMax": ("debounce_max", _duration),
-    "outboundIPRangeExclusions": ("outbound_ip_exclusions", _cidrs),
-    "outboundPortExclusions": ("outbound_port_exclusions", _ports),
-    "inboundPortExclusions": ("inbound_port_exclusions", _ports),
-    "sidecarImage": ("sidecar_image", _non_empty),
-    "sidecarLogLevel": ("sidecar_log_level", _choice(SIDECAR_LOG_LEVELS)),
-    "sidecarResources": ("sidecar_resources", _sidecar_resources),
+    "certValidity": ("cert_validity_seconds", cert_validity),
+    "certProvider": ("cert_provider", choice(CERT_PROVIDERS)),
+    "debounceWindow": ("debounce_window", duration),
+    "debounceMax": ("debounce_max", duration),
+    "outboundIPRangeExclusions": ("outbound_ip_exclusions", cidrs),
+    "outboundIPRangeInclusions": ("outbound_ip_inclusions", cidrs),
+    "outboundPortExclusions": ("outbound_port_exclusions", ports),
+    "inboundPortExclusions": ("inbound_port_exclusions", ports),
+    "sidecarImage": ("sidecar_image", non_empty),
+    "sidecarLogLevel": ("sidecar_log_level", choice(SIDECAR_LOG_LEVELS)),
+    "sidecarResources": ("sidecar_resources", sidecar_resources),
     "observability": ("observability", _observability),
 }

@@ -11,6 +11,8 @@ from typing import TypeVar
 from meshcp.model.core import EndpointSlice, Namespace, Pod, Service, ServiceAccount
 from meshcp.model.meshconfig import MESH_LABEL, PERMISSIVE_ANNOTATION, MeshConfig
 from meshcp.model.meta import ObjectRef
+from meshcp.model.osm_meshconfig import OsmMeshConfig, effective
+from meshcp.model.osm_names import value_of
 from meshcp.model.osm_policy import Egress, IngressBackend, Retry, UpstreamTrafficSetting
 from meshcp.model.smi import HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget, UDPRoute
 
@@ -30,6 +32,7 @@ MeshObject = (
     | Egress
     | IngressBackend
     | MeshConfig
+    | OsmMeshConfig
 )
 
 T = TypeVar("T")
@@ -175,19 +178,29 @@ class MeshState:
 
     @cached_property
     def mesh_configs(self) -> tuple[MeshConfig, ...]:
-        """The MeshConfig objects declared, by name."""
+        """meshcp's MeshConfig objects declared, by name."""
         return self._of(MeshConfig)
 
     @cached_property
+    def osm_mesh_configs(self) -> tuple[OsmMeshConfig, ...]:
+        """OSM's MeshConfig objects declared, by namespace and name."""
+        return self._of(OsmMeshConfig)
+
+    @cached_property
     def mesh_config(self) -> MeshConfig:
-        """The MeshConfig object (the first by name if there are several), else defaults."""
-        return self.mesh_configs[0] if self.mesh_configs else MeshConfig()
+        """The settings the mesh runs with: meshcp's MeshConfig (the first by name if there
+        are several), each setting it leaves unset taken from OSM's MeshConfig, else the
+        defaults (`osm_meshconfig.effective`)."""
+        return effective(self.mesh_configs, self.osm_mesh_configs)
 
     @cached_property
     def meshed_namespaces(self) -> frozenset[str]:
-        """Namespaces labelled `meshcp.dev/monitored-by: <mesh name>`."""
+        """Namespaces labelled `meshcp.dev/monitored-by: <mesh name>` (or, without that
+        label, OSM's `openservicemesh.io/monitored-by: <mesh name>`)."""
         mesh = self.mesh_config.mesh_name
-        return frozenset(ns.meta.name for ns in self.namespaces if ns.meta.labels.get(MESH_LABEL) == mesh)
+        return frozenset(
+            ns.meta.name for ns in self.namespaces if value_of(ns.meta.labels, MESH_LABEL) == mesh
+        )
 
     def permissive(self, namespace: str) -> bool:
         """Mesh-wide permissive mode, overridden by the namespace annotation."""
@@ -226,6 +239,7 @@ _INDEX_KINDS: dict[str, frozenset[str]] = {
     "egresses": frozenset({"Egress"}),
     "ingress_backends": frozenset({"IngressBackend"}),
     "mesh_configs": frozenset({"MeshConfig"}),
+    "osm_mesh_configs": frozenset({"MeshConfig"}),
     "mesh_config": frozenset({"MeshConfig"}),
     "meshed_namespaces": frozenset({"Namespace", "MeshConfig"}),
     "service_index": frozenset({"Service"}),

@@ -73,6 +73,10 @@ _BUILT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"UDPRoute", "MCP0205"),
         (r"^proxy UUID .* claimed", "MCP0206"),
         (r"^trustDomain .* is not the CA's", "MCP0207"),
+        (r": not supported by meshcp, ignored", "MCP0210"),
+        (r"\(meshcp's MeshConfig wins where both set a setting\)$", "MCP0211"),
+        (r"^not used: .* is the OSM MeshConfig read", "MCP0212"),
+        (r"disagree: meshcp's \S+ is used$", "MCP0213"),
         (r"^port \d+: pod .* has no port", "MCP0107"),
         (r"has no clusterIP", "MCP0303"),
         (r"lacks the apex port", "MCP0401"),
@@ -92,8 +96,15 @@ def merged_problems(problems: Iterable[Problem], own: list[Finding]) -> list[Fin
         code = next((code for pattern, code in _BUILT if pattern.search(problem.reason)), "MCP0900")
         if any((problem.ref, same) in mine for same in _SAME.get(code, {code})):
             continue
-        out.append(Finding(code, problem.ref, problem.reason, location=problem.location))
+        reason, field = problem.reason, ""
+        if code in _WITH_FIELD and (field := path_of(reason)):
+            reason = reason[len(field) + 2 :]
+        out.append(Finding(code, problem.ref, reason, field, problem.location))
     return out
+
+
+#: Builder codes whose message starts with the field it is about.
+_WITH_FIELD = frozenset({"MCP0210", "MCP0211"})
 
 
 class _Checks:

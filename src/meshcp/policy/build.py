@@ -24,6 +24,7 @@ from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.egress import EgressTable, egress_table
 from meshcp.policy.inbound import inbound_ports
 from meshcp.policy.ingress import IngressTable, class_ingress, ingress_table
+from meshcp.policy.osm_compat import report_osm
 from meshcp.policy.osm_policies import client_upstreams, retry_table, traffic_settings
 from meshcp.policy.pruning import reachable
 from meshcp.policy.targets import Targets
@@ -68,8 +69,7 @@ def build_policies(
     def report(ref: ObjectRef, reason: str) -> None:
         problems.append(Problem(ref, reason))
 
-    for route in state.udp_routes:
-        report(route.ref, "UDPRoute is not supported (meshcp proxies TCP and HTTP)")
+    _report_unsupported(state, report)
     config = state.mesh_config
     if trust_domain is not None and trust_domain != config.trust_domain:
         for mesh_config in state.mesh_configs:
@@ -136,6 +136,7 @@ def build_policies(
         state.http_route_groups,
         state.namespaces,
         state.mesh_configs,
+        state.osm_mesh_configs,
         state.upstream_traffic_settings,
     )
     for pod in backends.meshed_pods:
@@ -188,6 +189,13 @@ def build_policies(
     memo.done()
     unique = tuple(dict.fromkeys(problems))
     return MeshPolicy(*tables, endpoints, unique, mesh_upstreams)
+
+
+def _report_unsupported(state: MeshState, report: Report) -> None:
+    """What the mesh declares that meshcp does not do: UDP routes, OSM settings and names."""
+    for route in state.udp_routes:
+        report(route.ref, "UDPRoute is not supported (meshcp proxies TCP and HTTP)")
+    report_osm(state, report)
 
 
 def _egress(state: MeshState, memo: BuildMemo, report: Report) -> EgressTable:

@@ -100,7 +100,7 @@ def check(
                 f"{_name(dst)} is not in the mesh: {_name(src)}'s sidecar sends traffic out of the mesh only "
                 f"with egress passthrough, which is {'on' if config.egress_passthrough else 'off'}, "
                 "or as an OSM Egress allows (none names this address and port)",
-                (str(config.ref) if state.mesh_configs else "MeshConfig (defaults)",),
+                _mesh_config_names(state),
             )
         ]
     key = policy.pod_classes.get(dst)
@@ -306,3 +306,10 @@ def _pod(state: MeshState, pod: tuple[str, str]) -> Pod:
 
 def _name(pod: tuple[str, str]) -> str:
     return f"{pod[0]}/{pod[1]}"
+
+
+def _mesh_config_names(state: MeshState) -> tuple[str, ...]:
+    """The MeshConfig objects the mesh's settings come from (meshcp's, then OSM's)."""
+    used = [str(config.ref) for config in state.mesh_configs[:1]]
+    used += [str(config.ref) for config in state.osm_mesh_configs[:1]]
+    return tuple(used) or ("MeshConfig (defaults)",)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from meshcp.model.core import Pod
+from meshcp.model.osm_names import value_of
 
 INJECTION_ANNOTATION = "meshcp.dev/sidecar-injection"
 PROXY_UUID_LABEL = "meshcp.dev/proxy-uuid"
@@ -24,8 +25,11 @@ def proxy_uuid(pod: Pod) -> str:
 
 
 def is_meshed(pod: Pod, meshed_namespaces: frozenset[str]) -> bool:
+    """In a meshed namespace, on the pod network, and not annotated
+    `meshcp.dev/sidecar-injection: disabled` (or OSM's `openservicemesh.io/sidecar-injection`
+    when meshcp's is absent)."""
     return (
         pod.meta.namespace in meshed_namespaces
         and not pod.host_network
-        and pod.meta.annotations.get(INJECTION_ANNOTATION) != "disabled"
+        and value_of(pod.meta.annotations, INJECTION_ANNOTATION) != "disabled"
     )

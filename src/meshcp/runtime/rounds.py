@@ -96,7 +96,7 @@ class Rounds:
         """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
         bounds (from the next burst of changes on) and, when it sets one, the lifetime of
         certificates issued from now on (those in use are renewed on their own schedule)."""
-        if not state.mesh_configs:
+        if not state.mesh_configs and not state.osm_mesh_configs:
             return
         mesh = state.mesh_config
         if self._store.debounce != (mesh.debounce_window, mesh.debounce_max):

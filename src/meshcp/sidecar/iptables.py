@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from meshcp.model.meshconfig import MeshConfig
+from meshcp.model.osm_names import lookup
 from meshcp.sidecar.ports import (
     ADMIN_PORT,
     INBOUND_PORT,
@@ -157,16 +158,11 @@ def redirection_for(annotations: Mapping[str, str], mesh: MeshConfig) -> Redirec
     """MeshConfig's exclusion lists merged with the pod's annotations.
 
     Raises `ExclusionError` naming the annotation (or MeshConfig field) and its value.
-    MeshConfig's IPv6 ranges are ignored: the IPv4 rules cannot match them anyway.
+    MeshConfig's IPv6 ranges are ignored: the IPv4 rules cannot match them anyway. Each
+    annotation may also be written under OSM's name (`model.osm_names`); meshcp's wins.
     """
-    mesh_ranges: list[IPv4Network] = []
-    for text in mesh.outbound_ip_exclusions:
-        try:
-            network = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ExclusionError("MeshConfig outboundIPRangeExclusions", text, "not a CIDR") from None
-        if isinstance(network, IPv4Network):
-            mesh_ranges.append(network)
+    mesh_ranges = _mesh_networks("outboundIPRangeExclusions", mesh.outbound_ip_exclusions)
+    mesh_inclusions = _mesh_networks("outboundIPRangeInclusions", mesh.outbound_ip_inclusions)
     for port in (*mesh.outbound_port_exclusions, *mesh.inbound_port_exclusions):
         if not 1 <= port <= 65535:
             raise ExclusionError("MeshConfig port exclusions", str(port), "ports are 1-65535")
@@ -180,13 +176,27 @@ def redirection_for(annotations: Mapping[str, str], mesh: MeshConfig) -> Redirec
         outbound_ip_exclusions=_merge_networks(
             mesh_ranges, parse_ranges(OUTBOUND_IP_EXCLUSIONS, annotations)
         ),
-        outbound_ip_inclusions=_merge_networks(parse_ranges(OUTBOUND_IP_INCLUSIONS, annotations)),
+        outbound_ip_inclusions=_merge_networks(
+            mesh_inclusions, parse_ranges(OUTBOUND_IP_INCLUSIONS, annotations)
+        ),
     )
 
 
+def _mesh_networks(field: str, texts: tuple[str, ...]) -> list[IPv4Network]:
+    networks: list[IPv4Network] = []
+    for text in texts:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ExclusionError(f"MeshConfig {field}", text, "not a CIDR") from None
+        if isinstance(network, IPv4Network):
+            networks.append(network)
+    return networks
+
+
 def parse_ports(annotation: str, annotations: Mapping[str, str]) -> tuple[int, ...]:
-    """The comma-separated ports of `annotation` (absent or empty: none)."""
-    value = annotations.get(annotation, "")
+    """The comma-separated ports of `annotation` or its OSM alias (absent or empty: none)."""
+    annotation, value = lookup(annotations, annotation) or (annotation, "")
     ports = []
     for item in _items(annotation, value):
         if not _PORT.fullmatch(item) or not 1 <= int(item) <= 65535:
@@ -197,8 +207,9 @@ def parse_ports(annotation: str, annotations: Mapping[str, str]) -> tuple[int, .
 
 def parse_ranges(annotation: str, annotations: Mapping[str, str]) -> tuple[IPv4Network, ...]:
     """The comma-separated IPv4 CIDRs of `annotation`; a bare address means /32, and host
-    bits are dropped (`10.1.2.3/8` is `10.0.0.0/8`), as iptables itself would."""
-    value = annotations.get(annotation, "")
+    bits are dropped (`10.1.2.3/8` is `10.0.0.0/8`), as iptables itself would. OSM's name
+    for `annotation` is read when meshcp's is absent."""
+    annotation, value = lookup(annotations, annotation) or (annotation, "")
     networks = []
     for item in _items(annotation, value):
         try:
