@@ -152,7 +152,7 @@ def test_meshconfig_is_one_meshcp_accepts() -> None:
 def test_meshconfig_crd_serves_what_meshcp_reads() -> None:
     crd = _find("CustomResourceDefinition", "meshconfigs.config.meshcp.dev", file="meshconfig-crd.yaml")
     spec = crd["spec"]
-    (watched,) = [r for r in RESOURCES if r.kind == "MeshConfig"]
+    (watched,) = [r for r in RESOURCES if r.kind == "MeshConfig" and r.group == "config.meshcp.dev"]
     assert (spec["group"], spec["names"]["plural"], spec["names"]["kind"]) == (
         kube.MESH_CONFIG_GROUP,
         kube.MESH_CONFIG_PLURAL,

@@ -15,7 +15,9 @@ from meshcp.sources.kubernetes_watch import Resource
 from tests.sources.kube_fixtures import NAMESPACES, Emulator
 
 LABEL = {"meshcp.dev/monitored-by": "meshcp"}
-BY_KIND = {resource.kind: resource for resource in RESOURCES}
+#: The resource of each kind; for MeshConfig, meshcp's (OSM's is `OSM_MESH_CONFIG`).
+BY_KIND = {resource.kind: resource for resource in reversed(RESOURCES)}
+OSM_MESH_CONFIG = next(r for r in RESOURCES if r.group == "config.openservicemesh.io")
 LABEL_KEY = "meshcp.dev/monitored-by"
 
 
@@ -166,6 +168,8 @@ def stored(manifest: dict[str, Any]) -> dict[str, Any]:
 def seed(k: Emulator, *manifests: dict[str, Any]) -> None:
     for manifest in manifests:
         resource = BY_KIND[manifest["kind"]]
+        if manifest["apiVersion"].startswith(OSM_MESH_CONFIG.group + "/"):
+            resource = OSM_MESH_CONFIG
         meta = manifest["metadata"]
         k.objects[key(resource), meta.get("namespace") if resource.namespaced else None, meta["name"]] = (
             stored(manifest)

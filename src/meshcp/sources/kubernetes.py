@@ -4,11 +4,14 @@ Emits the same events as the file source (`meshcp.sources.events`): an object is
 `parse_object`, so it means the same whichever way it arrived; an invalid one is reported
 (`Invalid`) and skipped, and its last good version stays in force.
 
-Scope: only objects in namespaces labelled `<namespaces_label>=<mesh_name>`. Namespaces are
-listed and watched with that label selector (and checked again here); every other kind is
-watched cluster-wide and filtered by the current set of mesh namespaces, so a namespace that
-joins the mesh brings its objects in (Upserts) and one that leaves takes them out (Deletes).
-Cluster-scoped MeshConfigs are always in scope.
+Scope: only objects in namespaces labelled `<namespaces_label>=<mesh_name>` (or, without
+that label, OSM's `openservicemesh.io/monitored-by=<mesh_name>`: `model.osm_names`).
+Namespaces are listed and watched whole and their labels read here (a label selector
+cannot say "this label or that one"; namespaces are few); every other kind is watched
+cluster-wide and filtered by the current set of mesh namespaces, so a namespace that joins
+the mesh brings its objects in (Upserts) and one that leaves takes them out (Deletes).
+MeshConfigs are always in scope: meshcp's are cluster-scoped, and OSM's lives in OSM's
+own namespace (`osm-system`), which is not part of the mesh.
 
 Every change is compared with what was last emitted, so relists (after `410 Gone` or a lost
 connection) and repeated watch events emit only real differences.
@@ -23,6 +26,7 @@ from typing import Any
 
 from meshcp.kube.client import ApiClientFactory
 from meshcp.model.meta import ObjectRef
+from meshcp.model.osm_names import value_of
 from meshcp.model.parse import InvalidObject, parse_object
 from meshcp.model.state import MeshObject, Problem
 from meshcp.sources.events import Delete, Emit, Invalid, Resolved, Synced, Upsert
@@ -53,9 +57,24 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("policy.openservicemesh.io", "v1alpha1", "egresses", "Egress", namespaced=True),
     Resource("policy.openservicemesh.io", "v1alpha1", "ingressbackends", "IngressBackend", namespaced=True),
     Resource("config.meshcp.dev", "v1alpha1", "meshconfigs", "MeshConfig", namespaced=False),
+    # OSM's MeshConfig: same kind, another group (`model.osm_meshconfig`).
+    Resource("config.openservicemesh.io", "v1alpha2", "meshconfigs", "MeshConfig", namespaced=True),
 )
 
 _NAMESPACE = "Namespace"
+#: Kinds in scope wherever they live.
+_EVERYWHERE = frozenset({"MeshConfig"})
+
+
+def _key(resource: Resource) -> str:
+    """A resource's own key: two API groups may serve one kind (MeshConfig)."""
+    return f"{resource.plural}.{resource.group}"
+
+
+#: Kind → the keys of the resources that serve it.
+_KEYS: dict[str, tuple[str, ...]] = {
+    kind: tuple(_key(r) for r in RESOURCES if r.kind == kind) for kind in {r.kind for r in RESOURCES}
+}
 
 
 class KubernetesSource:
@@ -89,7 +108,8 @@ class KubernetesSource:
         self._settings = settings or WatchSettings()
         self._sleep = sleep
         self._observer = observer
-        # What the API server has, as last seen: per kind, the parsed object or its problem.
+        # What the API server has, as last seen: per resource (`_key`), the parsed object
+        # or its problem.
         self._seen: dict[str, dict[ObjectRef, MeshObject | Problem]] = {}
         self._labelled: set[str] = set()  # namespaces labelled for this mesh
         self._mesh_namespaces: set[str] = set()  # ... as last published
@@ -105,12 +125,10 @@ class KubernetesSource:
         try:
             async with asyncio.TaskGroup() as group:
                 for resource in RESOURCES:
-                    selector = f"{self._label}={self._mesh}" if resource.kind == _NAMESPACE else ""
                     watch = ListWatch(
                         api_client,
                         resource,
                         self,
-                        label_selector=selector,
                         settings=self._settings,
                         sleep=self._sleep,
                         observer=self._observer,
@@ -122,7 +140,7 @@ class KubernetesSource:
     # --- Consumer (called by the watch loops) ----------------------------------------------
 
     def listed(self, resource: Resource, items: list[Mapping[str, Any]]) -> None:
-        seen = self._seen.setdefault(resource.kind, {})
+        seen = self._seen.setdefault(_key(resource), {})
         before = set(seen)
         seen.clear()
         labelled: set[str] = set()
@@ -136,14 +154,14 @@ class KubernetesSource:
             self._labelled = labelled
             touched |= self._namespaces_changed()
         self._publish(touched)
-        self._listed.add(resource.kind)
+        self._listed.add(_key(resource))
         if not self._synced and len(self._listed) == len(RESOURCES):
             self._synced = True
             log.info("listed every kind from the Kubernetes API")
             self._emit(Synced(self.name))
 
     def changed(self, resource: Resource, event_type: str, obj: Mapping[str, Any]) -> None:
-        seen = self._seen.setdefault(resource.kind, {})
+        seen = self._seen.setdefault(_key(resource), {})
         ref, value = self._parse(resource, obj)
         if event_type == "DELETED":
             seen.pop(ref, None)
@@ -172,7 +190,10 @@ class KubernetesSource:
     def _labelled_for_mesh(self, raw: Mapping[str, Any]) -> bool:
         metadata = raw.get("metadata")
         labels = metadata.get("labels") if isinstance(metadata, Mapping) else None
-        return isinstance(labels, Mapping) and labels.get(self._label) == self._mesh
+        if not isinstance(labels, Mapping):
+            return False
+        strings = {key: value for key, value in labels.items() if isinstance(value, str)}
+        return value_of(strings, self._label) == self._mesh
 
     def _namespaces_changed(self) -> set[ObjectRef]:
         """Recompute the mesh namespaces; the refs whose scope changed."""
@@ -190,11 +211,18 @@ class KubernetesSource:
     def _in_scope(self, ref: ObjectRef) -> bool:
         if ref.kind == _NAMESPACE:
             return ref.name in self._mesh_namespaces
-        return not ref.namespace or ref.namespace in self._mesh_namespaces
+        return not ref.namespace or ref.kind in _EVERYWHERE or ref.namespace in self._mesh_namespaces
+
+    def _seen_value(self, ref: ObjectRef) -> MeshObject | Problem | None:
+        for key in _KEYS.get(ref.kind, ()):
+            value = self._seen.get(key, {}).get(ref)
+            if value is not None:
+                return value
+        return None
 
     def _publish(self, refs: Iterable[ObjectRef]) -> None:
         for ref in sorted(refs):
-            value = self._seen.get(ref.kind, {}).get(ref) if self._in_scope(ref) else None
+            value = self._seen_value(ref) if self._in_scope(ref) else None
             if isinstance(value, Problem):
                 if self._problems.get(ref) != value:
                     log.warning("skipping invalid %s: %s", ref, value.reason)

@@ -62,6 +62,7 @@ SOURCE_RULES: tuple[Rule, ...] = (
         _READ,
     ),
     Rule(("config.meshcp.dev",), ("meshconfigs",), _READ),
+    Rule(("config.openservicemesh.io",), ("meshconfigs",), _READ),
 )
 
 #: What the controller's other Kubernetes clients call, by module (tests check each
