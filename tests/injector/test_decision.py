@@ -133,3 +133,98 @@ def test_invalid_service_account_is_refused() -> None:
     pod["spec"]["serviceAccountName"] = "Book_Store"
     decision = decision_for(pod)
     assert isinstance(decision, Deny) and "Book_Store" in decision.message
+
+
+# --- OSM's names, read as aliases of meshcp's ----------------------------------------------
+
+OSM_LABEL = "openservicemesh.io/monitored-by"
+OSM_INJECTION = "openservicemesh.io/sidecar-injection"
+
+
+def test_osm_monitored_by_label_puts_the_namespace_in_the_mesh() -> None:
+    decision = decision_for(deployment_pod(), NamespaceInfo(MESH_NAMESPACE, {OSM_LABEL: "meshcp"}))
+    assert isinstance(decision, Candidate)
+    assert decision.warnings == ()
+    skipped = decision_for(deployment_pod(), NamespaceInfo(MESH_NAMESPACE, {OSM_LABEL: "osm"}))
+    assert isinstance(skipped, Skip) and "not monitored by mesh meshcp" in skipped.reason
+
+
+def test_meshcps_label_wins_over_osms_and_the_namespace_is_named() -> None:
+    namespace = NamespaceInfo(MESH_NAMESPACE, {MESH_LABEL: "other", OSM_LABEL: "meshcp"})
+    decision = decision_for(deployment_pod(), namespace)
+    assert isinstance(decision, Skip) and "not monitored" in decision.reason
+    assert decision.warnings == (
+        f"namespace {MESH_NAMESPACE}: {MESH_LABEL}='other' and OSM's {OSM_LABEL}='meshcp' disagree: "
+        f"meshcp's {MESH_LABEL} is used",
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod_annotations", "namespace_annotations", "injected", "warned"),
+    [
+        ({OSM_INJECTION: "disabled"}, {}, False, ""),
+        ({}, {OSM_INJECTION: "disabled"}, False, ""),
+        # The pod's OSM annotation overrides the namespace's, as meshcp's does.
+        ({OSM_INJECTION: "enabled"}, {OSM_INJECTION: "disabled"}, True, ""),
+        # Both on one object: meshcp's wins, the object is named.
+        ({OSM_INJECTION: "disabled", INJECTION_ANNOTATION: "enabled"}, {}, True, "pod bookstore/"),
+        (
+            {},
+            {OSM_INJECTION: "enabled", INJECTION_ANNOTATION: "disabled"},
+            False,
+            f"namespace {MESH_NAMESPACE}",
+        ),
+    ],
+)
+def test_osm_sidecar_injection_annotation(
+    pod_annotations: dict[str, str], namespace_annotations: dict[str, str], injected: bool, warned: str
+) -> None:
+    namespace = NamespaceInfo(MESH_NAMESPACE, {MESH_LABEL: "meshcp"}, namespace_annotations)
+    decision = decision_for(with_annotations(deployment_pod(), **pod_annotations), namespace)
+    assert isinstance(decision, Candidate if injected else Skip), decision
+    assert not isinstance(decision, Deny)
+    if warned:
+        (warning,) = decision.warnings
+        assert warning.startswith(warned) and f"meshcp's {INJECTION_ANNOTATION} is used" in warning
+    else:
+        assert decision.warnings == ()
+    if isinstance(decision, Skip):
+        assert "openservicemesh.io" in decision.reason or INJECTION_ANNOTATION in decision.reason
+
+
+def test_a_bad_osm_injection_value_is_refused_naming_osms_annotation() -> None:
+    decision = decision_for(with_annotations(deployment_pod(), **{OSM_INJECTION: "yes"}))
+    assert isinstance(decision, Deny)
+    assert f"pod annotation {OSM_INJECTION}='yes'" in decision.message
+
+
+def test_osm_exclusion_annotations_are_honoured_and_meshcps_win() -> None:
+    pod = with_annotations(
+        deployment_pod(),
+        **{
+            "openservicemesh.io/outbound-port-exclusion-list": "6379",
+            "openservicemesh.io/inbound-port-exclusion-list": "9999",
+            "openservicemesh.io/outbound-ip-range-exclusion-list": "169.254.169.254/32",
+            "openservicemesh.io/outbound-ip-range-inclusion-list": "10.0.0.0/8",
+            # meshcp's own name on the same pod wins over OSM's.
+            OUTBOUND_PORT_EXCLUSIONS: "5432",
+        },
+    )
+    decision = decision_for(pod)
+    assert isinstance(decision, Candidate)
+    redirection = decision.redirection
+    assert redirection.outbound_port_exclusions == (5432,)
+    assert redirection.inbound_port_exclusions == (9999,)
+    assert [str(n) for n in redirection.outbound_ip_exclusions] == ["169.254.169.254/32"]
+    assert [str(n) for n in redirection.outbound_ip_inclusions] == ["10.0.0.0/8"]
+    (warning,) = decision.warnings
+    assert (
+        warning.startswith("pod bookstore/") and "openservicemesh.io/outbound-port-exclusion-list" in warning
+    )
+
+
+def test_a_bad_osm_exclusion_is_refused_naming_osms_annotation() -> None:
+    pod = with_annotations(deployment_pod(), **{"openservicemesh.io/outbound-port-exclusion-list": "http"})
+    decision = decision_for(pod)
+    assert isinstance(decision, Deny)
+    assert "openservicemesh.io/outbound-port-exclusion-list: 'http' is not a port" in decision.message

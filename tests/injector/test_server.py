@@ -25,6 +25,7 @@ from meshcp.injector.settings import InjectorSettings
 from meshcp.model.meshconfig import MESH_LABEL
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from tests.injector.conftest import SERVER_NAME, FakeApi, RunningInjector, serving_pair, write_pair
+from tests.injector.injection import with_annotations
 from tests.injector.reviews import (
     MESH_NAMESPACE,
     PLAIN_NAMESPACE,
@@ -335,3 +336,38 @@ async def test_a_ca_reload_that_cannot_recover_ends_the_injector_in_one_line(
     port = ports.get_nowait()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_osm_names_through_the_webhook(
+    injector: RunningInjector, client_tls: ssl.SSLContext, api: FakeApi
+) -> None:
+    """A namespace labelled only with OSM's monitored-by is meshed; OSM's sidecar-injection
+    annotation keeps a pod out; where a pod carries both names, meshcp's wins and the
+    answer warns (kubectl shows it), naming the pod."""
+    api.add_namespace("osm-shop", {"openservicemesh.io/monitored-by": "meshcp"})
+    pod = deployment_pod()
+    status, answer = await post(injector.url, client_tls, review(pod, namespace="osm-shop"))
+    assert status == 200
+    patched = apply_and_validate(pod, patch_of(answer))
+    assert PROXY_UUID_LABEL in patched["metadata"]["labels"]
+    assert "warnings" not in answer["response"]
+    assert api.secrets("osm-shop")
+
+    off = with_annotations(deployment_pod(), **{"openservicemesh.io/sidecar-injection": "disabled"})
+    status, answer = await post(injector.url, client_tls, review(off, namespace="osm-shop"))
+    assert status == 200
+    assert "patch" not in answer["response"]
+    assert answer["response"]["auditAnnotations"]["sidecar-injection"] == (
+        "skipped: injection disabled by the pod annotation openservicemesh.io/sidecar-injection"
+    )
+
+    both = with_annotations(
+        deployment_pod(),
+        **{"openservicemesh.io/sidecar-injection": "disabled", "meshcp.dev/sidecar-injection": "enabled"},
+    )
+    status, answer = await post(injector.url, client_tls, review(both, namespace="osm-shop"))
+    assert status == 200
+    assert patch_of(answer)
+    (warning,) = answer["response"]["warnings"]
+    assert warning.startswith("pod osm-shop/bookstore-v1-")
+    assert "meshcp's meshcp.dev/sidecar-injection is used" in warning

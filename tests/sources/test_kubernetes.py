@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +25,7 @@ from tests.sources.kube_objects import (
     CHANGES,
     LABEL,
     LABEL_KEY,
+    OSM_MESH_CONFIG,
     SAMPLES,
     namespace,
     pod,
@@ -169,5 +171,63 @@ async def test_default_client_reads_the_kubeconfig(
         events = await collector.until(is_synced)
         assert refs(events) == [("upsert", "Namespace shop"), ("synced", "kubernetes")]
         assert set(emulator.authorizations) == {"Bearer secret"}
+    finally:
+        await stop(task)
+
+
+async def test_osm_meshconfig_and_osm_labelled_namespaces(emulator: Emulator) -> None:
+    """OSM's MeshConfig is read from OSM's own namespace, which is not in the mesh, beside
+    meshcp's (same kind, another group); a namespace labelled with OSM's monitored-by joins
+    the mesh, and leaves when meshcp's own label says another mesh."""
+    k = emulator
+    namespaces = BY_KIND["Namespace"]
+    osm_config: dict[str, Any] = {
+        "apiVersion": "config.openservicemesh.io/v1alpha2",
+        "kind": "MeshConfig",
+        "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+        "spec": {"traffic": {"enablePermissiveTrafficPolicyMode": True}},
+    }
+    osm_namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "osm-shop", "labels": {"openservicemesh.io/monitored-by": "meshcp"}},
+    }
+    seed(
+        k,
+        osm_namespace,
+        namespace("osm-system", labelled=False),
+        pod("a", "osm-shop"),
+        pod("b", "osm-system"),
+    )
+    seed(k, SAMPLES["MeshConfig"], osm_config)
+    collector = Collector()
+    task, _ = await start(str(k.url), collector)
+    try:
+        events = await collector.until(is_synced)
+        assert sorted(refs(events)) == [
+            ("synced", "kubernetes"),
+            ("upsert", "MeshConfig meshcp"),
+            ("upsert", "MeshConfig osm-system/osm-mesh-config"),
+            ("upsert", "Namespace osm-shop"),
+            ("upsert", "Pod osm-shop/a"),
+        ]
+        upserts = {e.obj.ref: e.obj for e in events if isinstance(e, Upsert)}
+        assert upserts[ObjectRef("MeshConfig", "osm-system", "osm-mesh-config")] == parse_object(osm_config)
+        # A change of OSM's MeshConfig is its own object's change.
+        osm = OSM_MESH_CONFIG
+        osm_config["spec"]["traffic"]["enablePermissiveTrafficPolicyMode"] = False
+        await k.patch(url_of(osm, "osm-system", "osm-mesh-config"), json=stored(osm_config))
+        assert await collector.next() == Upsert(parse_object(osm_config))
+        # meshcp's label, for another mesh, wins over OSM's: the namespace leaves.
+        await k.patch(
+            url_of(namespaces, "", "osm-shop"), json={"metadata": {"labels": {LABEL_KEY: "other-mesh"}}}
+        )
+        assert refs([await collector.next(), await collector.next()]) == [
+            ("delete", "Namespace osm-shop"),
+            ("delete", "Pod osm-shop/a"),
+        ]
+        await k.delete(url_of(osm, "osm-system", "osm-mesh-config"))
+        assert await collector.next() == Delete(ObjectRef("MeshConfig", "osm-system", "osm-mesh-config"))
+        assert collector.drain() == []
     finally:
         await stop(task)
