@@ -11,6 +11,7 @@ from pathlib import Path
 
 from meshcp.injector import kube
 from meshcp.kpi import traffic_metrics
+from meshcp.model.osm_meshconfig import OSM_CONFIG_GROUP
 from meshcp.sources import kubernetes_rbac
 from meshcp.sources.kubernetes_rbac import CLUSTER_ROLE, ROLE
 from tests.support.deploy import NAMESPACE, Manifest, _all, _args, _find
@@ -69,6 +70,7 @@ def test_the_role_names_the_ca_secret_and_cert_manager_namespace_the_controller_
 _KUBE_CALLS = {
     "read_namespace": ("", "namespaces", "get"),
     "get_cluster_custom_object": (kube.MESH_CONFIG_GROUP, kube.MESH_CONFIG_PLURAL, "get"),
+    "list_cluster_custom_object": (OSM_CONFIG_GROUP, kube.MESH_CONFIG_PLURAL, "list"),
     "create_namespaced_secret": ("", "secrets", "create"),
 }
 #: The CA Secret (`--ca-secret`): the injector opens the controller's CA without creating

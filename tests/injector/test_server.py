@@ -371,3 +371,35 @@ async def test_osm_names_through_the_webhook(
     (warning,) = answer["response"]["warnings"]
     assert warning.startswith("pod osm-shop/bookstore-v1-")
     assert "meshcp's meshcp.dev/sidecar-injection is used" in warning
+
+
+async def test_an_osm_meshconfig_in_the_cluster_shapes_the_sidecar_under_meshcps(
+    injector: RunningInjector, client_tls: ssl.SSLContext, api: FakeApi
+) -> None:
+    """OSM's MeshConfig (in OSM's namespace) sets what meshcp's leaves unset: its sidecar
+    log level and outbound port exclusions reach the patch; the image meshcp's sets wins."""
+    api.emulator.resources["config.meshcp.dev/v1alpha1/meshconfigs"].namespaced = False
+    api.emulator.objects["config.meshcp.dev/v1alpha1/meshconfigs", None, "meshcp"] = {
+        "apiVersion": "config.meshcp.dev/v1alpha1",
+        "kind": "MeshConfig",
+        "metadata": {"name": "meshcp"},
+        "spec": {"sidecarImage": "registry.example/envoy:1.40"},
+    }
+    osm = "config.openservicemesh.io/v1alpha2/meshconfigs"
+    api.emulator.resources[osm].namespaced = True
+    api.emulator.objects[osm, "osm-system", "osm-mesh-config"] = {
+        "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+        "spec": {
+            "sidecar": {"logLevel": "error", "envoyImage": "openservicemesh/envoy:v1.22"},
+            "traffic": {"outboundPortExclusionList": [6379]},
+        },
+    }
+    pod = deployment_pod()
+    status, answer = await post(injector.url, client_tls, review(pod))
+    assert status == 200
+    patched = apply_and_validate(pod, patch_of(answer))
+    envoy = next(c for c in patched["spec"]["containers"] if c["name"] == "envoy")
+    init = next(c for c in patched["spec"]["initContainers"] if c["name"] == "meshcp-init")
+    assert envoy["image"] == "registry.example/envoy:1.40"
+    assert "--log-level" in envoy["args"] and envoy["args"][envoy["args"].index("--log-level") + 1] == "error"
+    assert "-A PROXY_OUTPUT -p tcp --dport 6379 -j RETURN" in init["command"][2]

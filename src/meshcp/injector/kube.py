@@ -1,5 +1,6 @@
-"""The injector's three Kubernetes calls (the only module here importing kubernetes_asyncio):
-read a namespace, read the MeshConfig, create a bootstrap Secret.
+"""The injector's Kubernetes calls (the only module here importing kubernetes_asyncio):
+read a namespace, read the MeshConfig (meshcp's, merged with OSM's), create a bootstrap
+Secret.
 
 Concurrent reads of the same object share one API request: a Deployment scaled to 200
 replicas brings 200 admissions for one namespace at once. Nothing is cached beyond the
@@ -22,6 +23,7 @@ from meshcp.certs.singleflight import SingleFlight
 from meshcp.injector.decision import NamespaceInfo
 from meshcp.kube.client import describe_api_error, load_configuration
 from meshcp.model.meshconfig import MeshConfig
+from meshcp.model.osm_meshconfig import OSM_CONFIG_GROUP, OsmMeshConfig, effective
 from meshcp.model.parse import InvalidObject, parse_object
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 MESH_CONFIG_GROUP = "config.meshcp.dev"
 MESH_CONFIG_VERSION = "v1alpha1"
 MESH_CONFIG_PLURAL = "meshconfigs"
+#: OSM's MeshConfig, listed in every namespace (it lives in OSM's): `model.osm_meshconfig`.
+OSM_MESH_CONFIG_VERSION = "v1alpha2"
 #: Seconds one API call may take: the API server gives the whole webhook 10 s by default.
 REQUEST_TIMEOUT = 4.0
 
@@ -79,9 +83,43 @@ class KubeCluster:
         return NamespaceInfo(name, dict(metadata.labels or {}), dict(metadata.annotations or {}))
 
     async def mesh_config(self, name: str) -> MeshConfig:
-        """The cluster's MeshConfig `name`; its defaults when there is none or it is invalid
-        (the controller then runs with the defaults too, and reports the problem)."""
-        return await self._mesh_configs.do(name, lambda: self._read_mesh_config(name))
+        """The cluster's MeshConfig `name`, each setting it leaves unset taken from OSM's
+        MeshConfig if the cluster has one (as the controller merges them); the defaults
+        for an object that is absent or invalid (the controller reports the problem)."""
+        return await self._mesh_configs.do(name, lambda: self._read_both(name))
+
+    async def _read_both(self, name: str) -> MeshConfig:
+        own = await self._read_mesh_config(name)
+        osm = await self._read_osm_mesh_configs()
+        return effective((own,), osm) if osm else own
+
+    async def _read_osm_mesh_configs(self) -> tuple[OsmMeshConfig, ...]:
+        """OSM's MeshConfigs, by namespace and name; none when OSM's CRD is not installed."""
+        try:
+            found = await self._custom.list_cluster_custom_object(
+                OSM_CONFIG_GROUP, OSM_MESH_CONFIG_VERSION, MESH_CONFIG_PLURAL, _request_timeout=self._timeout
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return ()
+            raise ClusterError(f"cannot list OSM's MeshConfigs: {describe_api_error(error)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ClusterError(f"cannot list OSM's MeshConfigs: {error!r}") from None
+        configs = []
+        for item in found.get("items", []) if isinstance(found, dict) else []:
+            manifest = {
+                **item,
+                "apiVersion": f"{OSM_CONFIG_GROUP}/{OSM_MESH_CONFIG_VERSION}",
+                "kind": "MeshConfig",
+            }
+            try:
+                parsed = parse_object(manifest)
+            except InvalidObject as error:
+                log.warning("%s is invalid, not used for injection: %s", error.ref, error.reason)
+                continue
+            if isinstance(parsed, OsmMeshConfig):
+                configs.append(parsed)
+        return tuple(sorted(configs, key=lambda config: (config.meta.namespace, config.meta.name)))
 
     async def _read_mesh_config(self, name: str) -> MeshConfig:
         try:
