@@ -6,6 +6,7 @@ the Deployment keeps on loopback. (The real API server accepts it: tests/kube/te
 from __future__ import annotations
 
 from meshcp.model.meshconfig import MESH_LABEL
+from meshcp.model.osm_names import ALIASES
 from tests.support.deploy import Manifest, _args, _container_port, _find
 
 POLICY = "meshcp-controller"
@@ -38,7 +39,10 @@ def test_each_port_admits_only_who_must_reach_it() -> None:
     mesh_name = _find("MeshConfig", "meshcp")["spec"]["meshName"]
     by_port = {_admitted_port(rule): rule.get("from") for rule in _rules()}
     assert by_port == {
-        _port(args.xds_address): [{"namespaceSelector": {"matchLabels": {MESH_LABEL: mesh_name}}}],
+        _port(args.xds_address): [
+            {"namespaceSelector": {"matchLabels": {MESH_LABEL: mesh_name}}},
+            {"namespaceSelector": {"matchLabels": {ALIASES[MESH_LABEL]: mesh_name}}},
+        ],
         _port(args.http_address): [
             {
                 "namespaceSelector": {},
