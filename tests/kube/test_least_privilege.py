@@ -242,6 +242,9 @@ async def create_bootstrap_secret(clients: Clients) -> None:
 INJECTOR_PROBES: dict[Grant, Probe] = {
     (CLUSTER, "", "namespaces", "get"): read_namespace,
     (CLUSTER, "config.meshcp.dev", "meshconfigs", "get"): read_mesh_config,
+    # The same call lists OSM's MeshConfigs (refused before the API server looks for the
+    # kind, which is not installed here).
+    (CLUSTER, "config.openservicemesh.io", "meshconfigs", "list"): read_mesh_config,
     (CLUSTER, "", "secrets", "create"): create_bootstrap_secret,
     (SYSTEM, "", "secrets", "get"): read_ca,
 }

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 OSM_PREFIX = "openservicemesh.io/"
 MESHCP_PREFIX = "meshcp.dev/"
 
-#: meshcp's names that OSM had too, by the same last part: meshcp name → OSM name.
+#: The names OSM had too, after each mesh's prefix (`meshcp.dev/`, `openservicemesh.io/`).
 ALIASED = (
     "monitored-by",
     "sidecar-injection",
@@ -25,6 +25,7 @@ ALIASED = (
     "outbound-ip-range-exclusion-list",
     "outbound-ip-range-inclusion-list",
 )
+#: meshcp's name → OSM's.
 ALIASES: Mapping[str, str] = {MESHCP_PREFIX + part: OSM_PREFIX + part for part in ALIASED}
 
 
