@@ -9,6 +9,7 @@ import pytest
 from meshcp.certs.setup import CaSettings
 from meshcp.identity import Identity
 from meshcp.model.meshconfig import MeshConfig
+from meshcp.model.parse import parse_object
 from meshcp.model.state import MeshState
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.settings import Settings
@@ -57,3 +58,23 @@ async def test_a_mesh_config_without_cert_validity_keeps_the_command_lines() -> 
     assert runtime.rounds.cert_validity == timedelta(minutes=10)
     runtime.rounds.apply_mesh_config(MeshState().with_changes([MeshConfig()]))
     assert runtime.rounds.cert_validity == timedelta(hours=2)
+
+
+async def test_osms_meshconfig_sets_the_certificate_lifetime_and_keeps_the_debounce() -> None:
+    """`spec.certificate.serviceCertValidityDuration` of OSM's MeshConfig is the lifetime of
+    certificates issued from then on; OSM has no debounce, so the command line's stays."""
+    runtime = await ControllerRuntime.open(Settings(debounce_window=0.2, debounce_max=2.0))
+    osm = parse_object(
+        {
+            "apiVersion": "config.openservicemesh.io/v1alpha3",
+            "kind": "MeshConfig",
+            "metadata": {"name": "osm-mesh-config", "namespace": "osm-system"},
+            "spec": {"certificate": {"serviceCertValidityDuration": "30m"}},
+        }
+    )
+    runtime.rounds.apply_mesh_config(MeshState().with_changes([osm]))
+    assert runtime.rounds.cert_validity == timedelta(minutes=30)
+    assert runtime.store.debounce == (0.2, 2.0)
+    issued = await runtime.certificates.get(Identity("shop", "web"))
+    lifetime = issued.certificate.not_valid_after_utc - issued.certificate.not_valid_before_utc
+    assert timedelta(minutes=29) <= lifetime <= timedelta(minutes=40)

@@ -95,11 +95,13 @@ class Rounds:
     def apply_mesh_config(self, state: MeshState) -> None:
         """MeshConfig's run-time settings, when the mesh has a MeshConfig: the debounce
         bounds (from the next burst of changes on) and, when it sets one, the lifetime of
-        certificates issued from now on (those in use are renewed on their own schedule)."""
+        certificates issued from now on (those in use are renewed on their own schedule).
+        OSM's MeshConfig has no debounce: alone, it leaves the command line's, and sets
+        the lifetime with `serviceCertValidityDuration`."""
         if not state.mesh_configs and not state.osm_mesh_configs:
             return
         mesh = state.mesh_config
-        if self._store.debounce != (mesh.debounce_window, mesh.debounce_max):
+        if state.mesh_configs and self._store.debounce != (mesh.debounce_window, mesh.debounce_max):
             self._store.set_debounce(mesh.debounce_window, mesh.debounce_max)
             log.info("debounce: %gs quiet window, at most %gs", mesh.debounce_window, mesh.debounce_max)
         validity = self._command_line_validity
