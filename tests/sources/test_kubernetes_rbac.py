@@ -63,8 +63,8 @@ def test_rbac_rules_match_what_each_client_module_calls(module: str) -> None:
     assert {_API_CALLS[name] for name in api_calls} == _granted(CLIENT_RULES[module])
 
 
-def test_deployed_cluster_role_matches_the_rules() -> None:
-    path = Path(__file__).parents[2] / "deploy" / "rbac.yaml"
+def test_the_charts_roles_match_the_rules() -> None:
+    path = Path(__file__).parents[2] / "deploy" / "helm" / "meshcp" / "templates" / "rbac.yaml"
     assert path.read_text() == render(), (
-        "regenerate: python -m meshcp.sources.kubernetes_rbac > deploy/rbac.yaml"
+        "regenerate: python -m meshcp.sources.kubernetes_rbac > deploy/helm/meshcp/templates/rbac.yaml"
     )
