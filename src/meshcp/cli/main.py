@@ -16,12 +16,13 @@ from typing import Any
 
 from meshcp.certs.provider import CertificateError
 from meshcp.certs.root_rotation import RotationConflict
-from meshcp.cli import analyze, commands, completion, operate, stat
+from meshcp.cli import analyze, commands, completion, install, operate, stat
 from meshcp.cli.offline import OfflineError
 from meshcp.cli.options import UsageError, controller_settings
 from meshcp.cli.parser import build_parser
 from meshcp.http.debug_client import ControllerError
 from meshcp.injector.errors import InjectorError
+from meshcp.install.apply import InstallError
 from meshcp.kpi.prometheus import PrometheusError
 from meshcp.lab.demo import run_demo
 from meshcp.lab.layout import LabPaths
@@ -43,6 +44,7 @@ KNOWN_FAILURES = (
     PrometheusError,
     ControllerError,
     RotationConflict,
+    InstallError,
 )
 
 
@@ -76,6 +78,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "policy": _async(analyze.policy),
     "ca": _async(operate.ca),
     "version": _async(operate.version),
+    "install": _async(install.install_command),
+    "uninstall": _async(install.uninstall_command),
+    "check": _async(install.check_command),
     "completion": completion.command,
 }
 

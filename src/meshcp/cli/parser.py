@@ -167,7 +167,7 @@ def build_parser() -> Parser:
 
 
 def add_operator_commands(commands: Any) -> None:
-    """The operator's commands: analyze, proxy, policy and ca."""
+    """The operator's commands: analyze, proxy, policy, ca, and install/uninstall/check."""
     analyze = command(commands, "analyze", "every problem of a mesh, with its object, field and code")
     _add_mesh_source(analyze)
     analyze.add_argument(
@@ -239,6 +239,8 @@ def add_operator_commands(commands: Any) -> None:
                 help="even while the controller's workload certificates still come from the old root",
             )
 
+    _add_install(commands)
+
 
 #: `proxy config --type`: an xDS type, or every one.
 PROXY_CONFIG_TYPES = ("all", "listeners", "clusters", "routes", "endpoints", "secrets")
@@ -268,6 +270,45 @@ def _add_kubernetes_access(parser: argparse.ArgumentParser) -> None:
         help="Kubernetes access outside a pod (default: in-cluster, $KUBECONFIG, ~/.kube/config)",
     )
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+
+def _add_install(commands: Any) -> None:
+    """`install`, `uninstall` and `check`: the Helm chart's render (deploy/helm/meshcp) on a
+    cluster, with server-side apply; meshcp needs no helm."""
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="a chart value (repeatable): meshName, trustDomain, permissive, egress, certValidity, "
+            "image.repository, image.tag, controller.replicas, injector.replicas",
+        )
+        _add_kubernetes_access(parser)
+        parser.add_argument("--timeout", type=float, default=30.0, help="seconds for each API call and wait")
+
+    install = command(commands, "install", "install meshcp into the cluster (server-side apply)")
+    common(install)
+    install.add_argument(
+        "--dry-run", action="store_true", help="print the manifests instead of applying them"
+    )
+    output_option(install, ("yaml", "json"), "yaml")
+    uninstall = command(commands, "uninstall", "remove what install created (CRDs and namespace kept)")
+    common(uninstall)
+    uninstall.add_argument(
+        "--delete-cluster-wide-resources",
+        action="store_true",
+        help="also the CRDs, which deletes every MeshConfig, SMI and OSM policy object in the cluster",
+    )
+    uninstall.add_argument(
+        "--delete-namespace",
+        action="store_true",
+        help="also the namespace, and with it the mesh's CA root (pods must then be recreated)",
+    )
+    check = command(commands, "check", "is meshcp installed and working? one line per check")
+    common(check)
+    check.add_argument("--pre", action="store_true", help="could meshcp be installed here?")
+    output_option(check)
 
 
 def _add_kpi(commands: Any) -> None:

@@ -1,0 +1,168 @@
+"""The chart's default render as shipped in the package, and the values `meshcp install
+--set` may change in it.
+
+Why not render the chart's templates: they are Go templates, and meshcp must not need helm
+(or a Go template engine) at run time. The values `--set` takes are few and each lands in
+known fields, so each is a small pure change of the rendered objects; tests/test_install.py
+checks every one against `helm template --set` with the same value.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+
+Manifest = dict[str, Any]
+
+#: The namespace the shipped render is for (scripts/render-deploy's release namespace).
+NAMESPACE = "meshcp-system"
+MESH_LABEL = "meshcp.dev/monitored-by"
+_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ValuesError(Exception):
+    """A `--set` that names no value `install` takes, or a bad value: one line."""
+
+
+def default_manifests() -> list[Manifest]:
+    """Every object of the chart's default render, in Helm's install order."""
+    text = resources.files(__package__).joinpath("manifests.yaml").read_text(encoding="utf-8")
+    return [document for document in yaml.safe_load_all(text) if document]
+
+
+def _find(documents: list[Manifest], kind: str, name: str) -> Manifest:
+    for document in documents:
+        if document["kind"] == kind and document["metadata"]["name"] == name:
+            return document
+    raise ValuesError(f"the packaged manifests have no {kind} {name}")
+
+
+def _containers(documents: list[Manifest]) -> list[Manifest]:
+    return [
+        container
+        for name in ("meshcp-controller", "meshcp-injector")
+        for container in _find(documents, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+def _set_arg(documents: list[Manifest], flag: str, value: str) -> None:
+    for container in _containers(documents):
+        container["args"] = [
+            f"{flag}={value}" if arg.startswith(f"{flag}=") else arg for arg in container["args"]
+        ]
+
+
+def _mesh_config(documents: list[Manifest]) -> dict[str, Any]:
+    spec: dict[str, Any] = _find(documents, "MeshConfig", "meshcp")["spec"]
+    return spec
+
+
+def _boolean(key: str, text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValuesError(f"--set {key}={text}: must be true or false")
+    return text == "true"
+
+
+def _replicas(key: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValuesError(f"--set {key}={text}: must be a whole number of at least 1")
+    return int(text)
+
+
+def _set_mesh_name(documents: list[Manifest], key: str, text: str) -> None:
+    if not _NAME.match(text) or len(text) > 63:
+        raise ValuesError(f"--set {key}={text}: must be a DNS label (it is a label value)")
+    _mesh_config(documents)["meshName"] = text
+    policy = _find(documents, "NetworkPolicy", "meshcp-controller")
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule.get("from", []):
+            labels = peer.get("namespaceSelector", {}).get("matchLabels", {})
+            if MESH_LABEL in labels:
+                labels[MESH_LABEL] = text
+
+
+def _set_trust_domain(documents: list[Manifest], key: str, text: str) -> None:
+    if not text or any(c in text for c in "/: "):
+        raise ValuesError(f"--set {key}={text}: must be a trust domain such as cluster.local")
+    _mesh_config(documents)["trustDomain"] = text
+    _set_arg(documents, "--trust-domain", text)
+
+
+def _set_cert_validity(documents: list[Manifest], key: str, text: str) -> None:
+    if not _DURATION.match(text):
+        raise ValuesError(f"--set {key}={text}: must be a duration such as 24h or 90m")
+    _mesh_config(documents)["certValidity"] = text
+    _set_arg(documents, "--cert-validity", text)
+
+
+def _set_image(part: int) -> Callable[[list[Manifest], str, str], None]:
+    def change(documents: list[Manifest], key: str, text: str) -> None:
+        if not text or any(c.isspace() for c in text):
+            raise ValuesError(f"--set {key}={text}: must not be empty or hold spaces")
+        for container in _containers(documents):
+            repository, _, tag = container["image"].rpartition(":")
+            pieces = [repository, tag]
+            pieces[part] = text
+            container["image"] = ":".join(pieces)
+
+    return change
+
+
+def _set_replicas(deployment: str) -> Callable[[list[Manifest], str, str], None]:
+    def change(documents: list[Manifest], key: str, text: str) -> None:
+        _find(documents, "Deployment", deployment)["spec"]["replicas"] = _replicas(key, text)
+
+    return change
+
+
+def _set_flag(field: str) -> Callable[[list[Manifest], str, str], None]:
+    def change(documents: list[Manifest], key: str, text: str) -> None:
+        _mesh_config(documents)[field] = _boolean(key, text)
+
+    return change
+
+
+#: The chart's values `install --set` takes, and how each changes the default render.
+VALUES: dict[str, Callable[[list[Manifest], str, str], None]] = {
+    "meshName": _set_mesh_name,
+    "trustDomain": _set_trust_domain,
+    "permissive": _set_flag("permissive"),
+    "egress": _set_flag("egressPassthrough"),
+    "certValidity": _set_cert_validity,
+    "image.repository": _set_image(0),
+    "image.tag": _set_image(1),
+    "controller.replicas": _set_replicas("meshcp-controller"),
+    "injector.replicas": _set_replicas("meshcp-injector"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One `--set KEY=VALUE`."""
+
+    key: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        key, equals, value = text.partition("=")
+        if not equals or not key:
+            raise ValuesError(f"--set {text}: expected KEY=VALUE")
+        if key not in VALUES:
+            raise ValuesError(f"--set {key}: install takes {', '.join(VALUES)} (helm takes every value)")
+        return cls(key, value)
+
+
+def render(settings: list[Setting]) -> list[Manifest]:
+    """The default render with `settings` applied in order (a later one wins)."""
+    documents = copy.deepcopy(default_manifests())
+    for setting in settings:
+        VALUES[setting.key](documents, setting.key, setting.value)
+    return documents
