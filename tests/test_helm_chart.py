@@ -11,10 +11,12 @@ import subprocess
 from typing import Any
 
 import pytest
+import yaml
 
 from meshcp.cli.options import ca_settings
 from meshcp.cli.parser import build_parser
 from meshcp.sources import kubernetes_rbac
+from meshcp.sources.kubernetes import RESOURCES
 from tests.support.helm import CHART, NAMESPACE, RELEASE, ROOT, helm, helm_binary, template
 
 Manifest = dict[str, Any]
@@ -187,8 +189,6 @@ def test_optional_parts_can_be_left_out() -> None:
 
 def test_the_charts_rbac_is_the_generated_one_in_any_namespace() -> None:
     rendered = helm("template", RELEASE, str(CHART), "--namespace", "mesh-ops").stdout
-    import yaml
-
     documents = [d for d in yaml.safe_load_all(rendered) if d]
     cluster_role = _find(documents, "ClusterRole", kubernetes_rbac.CLUSTER_ROLE)
     role = _find(documents, "Role", kubernetes_rbac.ROLE)
@@ -199,8 +199,6 @@ def test_the_charts_rbac_is_the_generated_one_in_any_namespace() -> None:
 
 
 def test_the_crds_serve_what_the_controller_watches() -> None:
-    from meshcp.sources.kubernetes import RESOURCES
-
     served = {
         (d["spec"]["group"], version["name"], d["spec"]["names"]["plural"])
         for d in template()
