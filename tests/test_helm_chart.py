@@ -95,6 +95,16 @@ def test_both_components_get_the_same_ca_options_meshcp_accepts(provider: str) -
         if provider == "cert-manager":
             assert (ca.cert_manager_issuer, ca.cert_manager_namespace) == ("mesh-ca", NAMESPACE)
     assert settings[0] == settings[1]
+    # Both may ask cert-manager when it signs, and only then (the controller's Role always
+    # has it: meshcp.sources.kubernetes_rbac, generated for every provider).
+    requests = {
+        "apiGroups": ["cert-manager.io"],
+        "resources": ["certificaterequests"],
+        "verbs": ["create", "delete", "get"],
+    }
+    assert requests in _find(documents, "Role", kubernetes_rbac.ROLE)["rules"]
+    injector_rules = _find(documents, "Role", "meshcp-injector-ca")["rules"]
+    assert (requests in injector_rules) == (provider == "cert-manager")
 
 
 @pytest.mark.parametrize(
