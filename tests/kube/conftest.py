@@ -1,7 +1,9 @@
 """One real Kubernetes API server (etcd + kube-apiserver, tests/support/kube.py) for the whole
 test session, shared by every test in tests/kube/: each test works in namespaces of its own.
 
-`installed` is meshcp installed into it from deploy/ with kubectl, as deploy/README.md says.
+`installed` is meshcp installed into it from deploy/ with kubectl, as deploy/README.md says:
+the Helm chart's default render (scripts/render-deploy; tests/test_helm_chart.py fails when
+deploy/ is not a fresh one).
 """
 
 from __future__ import annotations
