@@ -75,14 +75,21 @@ def test_check_pre_finds_the_cluster_ready_for_meshcp(cluster: ApiServer) -> Non
     }
 
 
-def test_check_pre_says_when_cert_manager_is_missing() -> None:
+def test_without_cert_manager_check_pre_and_install_name_it() -> None:
     with ApiServer() as api:
-        result = meshcp(api, "check", "--pre")
-    assert result.returncode == 1
-    failed = [line for line in result.stdout.splitlines() if line.startswith("fail")]
+        checked = meshcp(api, "check", "--pre")
+        installed = meshcp(api, "install")
+    assert checked.returncode == 1
+    failed = [line for line in checked.stdout.splitlines() if line.startswith("fail")]
     assert len(failed) == 1
     assert "cert-manager installed" in failed[0] and "cert-manager is not installed" in failed[0]
-    assert result.stderr == "meshcp: error: 1 of 4 checks failed\n"
+    assert checked.stderr == "meshcp: error: 1 of 4 checks failed\n"
+    assert installed.returncode == 1
+    assert len(installed.stderr.splitlines()) == 1
+    assert installed.stderr.startswith(
+        "meshcp: error: certificate.cert-manager.io/meshcp-webhook-ca -n meshcp-system:"
+    )
+    assert "404" in installed.stderr and "(is cert-manager installed?" in installed.stderr
 
 
 def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None:
@@ -173,17 +180,6 @@ def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None
     assert everything.returncode == 0, everything.stderr
     crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
     cluster.kubectl("wait", "--for=delete", "--timeout=60s", *(f"crd/{d['metadata']['name']}" for d in crds))
-
-
-def test_install_without_cert_manager_names_what_is_missing() -> None:
-    with ApiServer() as api:
-        result = meshcp(api, "install")
-    assert result.returncode == 1
-    assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith(
-        "meshcp: error: certificate.cert-manager.io/meshcp-webhook-ca -n meshcp-system:"
-    )
-    assert "404" in result.stderr and "(is cert-manager installed?" in result.stderr
 
 
 def _kubeconfig(path: Path, server: str) -> Path:
