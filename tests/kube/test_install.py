@@ -124,7 +124,7 @@ def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None
     )
     assert "has no ready endpoints" in failed["webhook meshcp-injector has a Service with ready endpoints"]
     assert "has no caBundle" in failed["webhook meshcp-injector caBundle valid"]
-    assert checks["CRDs installed and served"] == ("ok", "9 served")
+    assert checks["CRDs installed and served"] == ("ok", "10 served")
     assert checks["RBAC of meshcp-controller in place"][0] == "ok"
     assert checks["RBAC of meshcp-injector in place"][0] == "ok"
     assert checked.stderr == "meshcp: error: 4 of 9 checks failed\n"

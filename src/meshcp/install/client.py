@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 #: Who owns the fields install sets (`kubectl get --show-managed-fields` shows it).
 FIELD_MANAGER = "meshcp-install"

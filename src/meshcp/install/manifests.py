@@ -22,7 +22,8 @@ Manifest = dict[str, Any]
 
 #: The namespace the shipped render is for (scripts/render-deploy's release namespace).
 NAMESPACE = "meshcp-system"
-MESH_LABEL = "meshcp.dev/monitored-by"
+#: The labels that put a namespace in the mesh: meshcp's and OSM's alias.
+MESH_LABELS = ("meshcp.dev/monitored-by", "openservicemesh.io/monitored-by")
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -84,8 +85,9 @@ def _set_mesh_name(documents: list[Manifest], key: str, text: str) -> None:
     for rule in policy["spec"]["ingress"]:
         for peer in rule.get("from", []):
             labels = peer.get("namespaceSelector", {}).get("matchLabels", {})
-            if MESH_LABEL in labels:
-                labels[MESH_LABEL] = text
+            for label in MESH_LABELS:
+                if label in labels:
+                    labels[label] = text
 
 
 def _set_trust_domain(documents: list[Manifest], key: str, text: str) -> None:
