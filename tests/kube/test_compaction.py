@@ -46,6 +46,9 @@ class Restarts:
     def watch_failing(self, kind: str, failing: bool) -> None:
         pass
 
+    def watch_backoff(self, kind: str, seconds: float) -> None:
+        pass
+
 
 def accounts(events: list[Event]) -> set[str]:
     """The ServiceAccounts of the namespace the source holds after `events`."""

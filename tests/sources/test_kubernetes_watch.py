@@ -138,7 +138,7 @@ async def test_unreachable_api_server_retries_until_it_answers(caplog: pytest.Lo
     collector = Collector()
     sleeps = Sleeps()
     sleeps.gate = asyncio.Event()
-    with caplog.at_level(logging.INFO, "meshcp.sources.kubernetes"):
+    with caplog.at_level(logging.DEBUG, "meshcp.sources.kubernetes"):
         task, _ = await start(f"http://127.0.0.1:{port}", collector, sleeps)
         try:
             await sleeps.wait_for(len(RESOURCES))
@@ -158,7 +158,11 @@ async def test_unreachable_api_server_retries_until_it_answers(caplog: pytest.Lo
                     ("upsert", "Pod shop/web-0"),
                     ("synced", "kubernetes"),
                 ]
-                assert "HTTP 503: the server is not ready" in caplog.text
+                assert "HTTP 503: the server is not ready" in caplog.text  # a debug line
+                # One error line per kind when it starts failing: the retries after it are
+                # debug lines.
+                errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+                assert len(errors) == len(RESOURCES), [r.getMessage() for r in errors]
                 assert "works again" in caplog.text
                 assert sleeps.waits[:2] == [0.5, 0.5] and max(sleeps.waits) > 0.5  # backoff grows
                 await stop(task)

@@ -362,6 +362,9 @@ class ApiHealth:
     def watch_restart(self, kind: str, reason: str) -> None:
         self._metrics.watch_restart(kind, reason)
 
+    def watch_backoff(self, kind: str, seconds: float) -> None:
+        self._metrics.watch_backoff(kind, seconds)
+
     def watch_failing(self, kind: str, failing: bool) -> None:
         self._metrics.watch_failing(kind, failing)
         if failing:

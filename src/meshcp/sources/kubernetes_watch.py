@@ -4,7 +4,11 @@
    watch stream is open again) and start over.
 2. List every page (`limit`/`continue`), hand the complete set to the consumer, then watch
    from the list's `resourceVersion`, following bookmarks; a `410 Gone` means the version is
-   too old to resume from, so list again (the consumer turns the new list into differences).
+   too old to resume from, so list again at once (the consumer turns the new list into
+   differences). A second 410 before the watch made progress (an event, or a stream the
+   server ended cleanly) is no longer compaction but an API (or something in front of it)
+   that refuses every watch: from then on each relist waits, with the same back-off as
+   failures, and the kind counts as failing until the watch makes progress again.
 3. One watch is one HTTP stream with a server-side `timeoutSeconds` and a client-side read
    timeout; a stream the server ends cleanly is resumed from the last version seen.
 
@@ -95,8 +99,12 @@ class WatchObserver(Protocol):
         `error` (a failed request or stream) or `not_served` (404)."""
 
     def watch_failing(self, kind: str, failing: bool) -> None:
-        """The loop of `kind` cannot follow the API (True, after an error: it retries with
-        back-off) or follows it again (False, once a watch stream is open again)."""
+        """The loop of `kind` cannot follow the API (True, after an error or a second 410 in
+        a row: it retries with back-off) or follows it again (False, once a watch stream is
+        open again, or after a 410 streak once the watch made progress)."""
+
+    def watch_backoff(self, kind: str, seconds: float) -> None:
+        """The loop of `kind` waits `seconds` before starting over (0: it follows the API)."""
 
 
 class _Unobserved:
@@ -107,6 +115,9 @@ class _Unobserved:
         pass
 
     def watch_failing(self, kind: str, failing: bool) -> None:
+        pass
+
+    def watch_backoff(self, kind: str, seconds: float) -> None:
         pass
 
 
@@ -152,10 +163,12 @@ class ListWatch:
         self._settings = settings or WatchSettings()
         self._sleep = sleep
         self._backoff = self._settings.backoff_initial
-        #: After an error, until a watch stream is open again (see `_following`).
+        #: After an error or a 410 streak, until the watch works again (see `_recovered`).
         self._failing = False
         #: The kind answered 404 (its CRD is not installed), until it is served.
         self._not_served = False
+        #: 410s in a row, with no watch progress in between (see `_progressed`).
+        self._expired = 0
 
     async def run(self) -> None:
         self._backoff = self._settings.backoff_initial
@@ -168,7 +181,13 @@ class ListWatch:
                     version = await self._watch(version)
             except _Gone:
                 self._observer.watch_restart(self.resource.kind, "expired")
-                log.info("watch of %s expired (410 Gone); listing again", self._describe())
+                self._expired += 1
+                if self._expired == 1:
+                    # Compaction (or a watch cache's window) passed the version: normal, and
+                    # a fresh list is all it takes.
+                    log.info("watch of %s expired (410 Gone); listing again", self._describe())
+                    continue
+                await self._retry(f"{phase} {self._describe()} got 410 Gone {self._expired} times in a row")
             except _NotServed:
                 self._observer.watch_restart(self.resource.kind, "not_served")
                 # Nothing of it can exist: say so (so the source can sync without it) and
@@ -185,24 +204,46 @@ class ListWatch:
                 await self._sleep(self._settings.backoff_max)
             except _RETRIABLE as error:
                 self._observer.watch_restart(self.resource.kind, "error")
-                if not self._failing:
-                    self._failing = True
-                    self._observer.watch_failing(self.resource.kind, True)
-                log.error(
-                    "Kubernetes API %s: %s %s failed: %s; retrying in %gs",
-                    self._host(),
-                    phase,
-                    self._describe(),
-                    _reason(error),
-                    self._backoff,
-                )
-                await self._sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, self._settings.backoff_max)
+                await self._retry(f"{phase} {self._describe()} failed: {_reason(error)}")
 
-    def _following(self) -> None:
+    async def _retry(self, why: str) -> None:
+        """Wait the current back-off, then double it. The first failure is one line; the
+        retries after it are debug lines (an API down for an hour is not a thousand
+        errors), and `_recovered` is the line that ends it."""
+        wait = self._backoff
+        if not self._failing:
+            self._failing = True
+            self._observer.watch_failing(self.resource.kind, True)
+            log.error(
+                "Kubernetes API %s: %s; retrying with back-off from %gs up to %gs",
+                self._host(),
+                why,
+                wait,
+                self._settings.backoff_max,
+            )
+        else:
+            log.debug("Kubernetes API %s: %s; retrying in %gs", self._host(), why, wait)
+        self._observer.watch_backoff(self.resource.kind, wait)
+        await self._sleep(wait)
+        self._backoff = min(self._backoff * 2, self._settings.backoff_max)
+
+    def _opened(self) -> None:
         """A watch stream is open: the API answers lists and watches again. Only now is the
         back-off reset: an API that lists but fails every watch (a 500, a proxy in the way)
-        would otherwise be listed again, everything of the kind, every `backoff_initial`."""
+        would otherwise be listed again, everything of the kind, every `backoff_initial`.
+        Not after 410s, though: an API that opens the stream only to end it with an ERROR
+        410 event is what the back-off is for; there only `_progressed` counts."""
+        if not self._expired:
+            self._recovered()
+
+    def _progressed(self) -> None:
+        """The watch delivered an event or was ended cleanly by the server: it works."""
+        self._expired = 0
+        self._recovered()
+
+    def _recovered(self) -> None:
+        if self._backoff != self._settings.backoff_initial or self._failing:
+            self._observer.watch_backoff(self.resource.kind, 0.0)
         self._backoff = self._settings.backoff_initial
         if self._failing:
             self._failing = False
@@ -273,7 +314,7 @@ class ListWatch:
             if error.status == 410:
                 raise _Gone from None
             raise _WatchFailure(str(error)) from None
-        self._following()
+        self._opened()
         try:
             buffer = b""
             while True:
@@ -285,6 +326,7 @@ class ListWatch:
                 except aiohttp.ClientError as error:
                     raise _WatchFailure(_reason(error)) from None
                 if not chunk:
+                    self._progressed()
                     return version  # the server ended the stream (timeoutSeconds): resume
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
@@ -310,6 +352,8 @@ class ListWatch:
             raise _WatchFailure(f"error event {code}: {obj.get('message', '')}")
         metadata = obj.get("metadata")
         new_version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        if kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+            self._progressed()
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             self._observer.watch_event(self.resource.kind, kind)
             self._consumer.changed(self.resource, kind, obj)

@@ -217,6 +217,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.watch_backoff_seconds = Gauge(
+            "meshcp_kubernetes_watch_backoff_seconds",
+            "The wait before the list-watch loop of a kind starts over (it doubles with each "
+            "failure or 410 Gone in a row, up to its maximum); 0 while it follows the API.",
+            ["kind"],
+            registry=r,
+        )
 
         # Certificates ------------------------------------------------------------------
         self.certificates_issued = Counter(
@@ -320,6 +327,10 @@ class Metrics:
     def watch_failing(self, kind: str, failing: bool) -> None:
         """A Kubernetes list-watch loop cannot follow the API (True) or does again (False)."""
         self.watches_failing.labels(kind).set(1 if failing else 0)
+
+    def watch_backoff(self, kind: str, seconds: float) -> None:
+        """A Kubernetes list-watch loop waits `seconds` before starting over (0: it follows)."""
+        self.watch_backoff_seconds.labels(kind).set(seconds)
 
     def read_rotation_laggards(self, count: Callable[[], float | None]) -> None:
         """Expose how many proxies a root rotation phase waits for (0 when none waits)."""
