@@ -66,12 +66,15 @@ def test_the_role_names_the_ca_secret_and_cert_manager_namespace_the_controller_
 
 # --- injector RBAC ----------------------------------------------------------------------------
 
+_WEBHOOKS = ("admissionregistration.k8s.io", "mutatingwebhookconfigurations")
 #: kubernetes_asyncio methods meshcp.injector.kube calls → (API group, resource, verb).
 _KUBE_CALLS = {
     "read_namespace": ("", "namespaces", "get"),
     "get_cluster_custom_object": (kube.MESH_CONFIG_GROUP, kube.MESH_CONFIG_PLURAL, "get"),
     "list_cluster_custom_object": (OSM_CONFIG_GROUP, kube.MESH_CONFIG_PLURAL, "list"),
     "create_namespaced_secret": ("", "secrets", "create"),
+    "read_mutating_webhook_configuration": (_WEBHOOKS[0], _WEBHOOKS[1], "get"),
+    "patch_mutating_webhook_configuration": (_WEBHOOKS[0], _WEBHOOKS[1], "patch"),
 }
 #: The CA Secret (`--ca-secret`): the injector opens the controller's CA without creating
 #: it, through meshcp.certs.kubernetes_store.SecretStore's read path (read_namespaced_secret),
@@ -82,8 +85,8 @@ Grant = tuple[str, str, str]
 
 
 def _api_calls(module_file: str) -> set[str]:
-    """The methods `kube.py` calls on its CoreV1Api and CustomObjectsApi (`self._core.X`,
-    `self._custom.X`)."""
+    """The methods `kube.py` calls on its CoreV1Api, CustomObjectsApi and
+    AdmissionregistrationV1Api (`self._core.X`, `self._custom.X`, `self._admission.X`)."""
     tree = ast.parse(Path(module_file).read_text())
     return {
         node.func.attr
@@ -91,7 +94,7 @@ def _api_calls(module_file: str) -> set[str]:
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and isinstance(node.func.value, ast.Attribute)
-        and node.func.value.attr in ("_core", "_custom")
+        and node.func.value.attr in ("_core", "_custom", "_admission")
     }
 
 
@@ -121,9 +124,15 @@ def test_injector_is_granted_exactly_what_it_calls() -> None:
     assert called <= _KUBE_CALLS.keys(), f"map these calls to RBAC verbs: {called - _KUBE_CALLS.keys()}"
     needed = {_KUBE_CALLS[name] for name in called}
     cluster_wide = dict(_grants(_bound("ClusterRole", "ClusterRoleBinding", "meshcp-injector")))
-    # Cluster-wide (pods come in every namespace), for any object name, and nothing more.
+    # Cluster-wide (pods come in every namespace), for any object name but the webhook
+    # configuration (deploy/'s, by name: `--webhook-config`), and nothing more.
     assert cluster_wide.keys() == needed
-    assert all(names == () for names in cluster_wide.values())
+    webhook = _find("MutatingWebhookConfiguration", kubernetes_rbac.WEBHOOK_CONFIG, file="injector.yaml")
+    for (_, resource, _), names in cluster_wide.items():
+        if resource == _WEBHOOKS[1]:
+            assert names == (webhook["metadata"]["name"],)
+        else:
+            assert names == ()
 
 
 def test_injector_may_read_the_ca_secret_only() -> None:

@@ -21,7 +21,7 @@ from meshcp.model.meshconfig import MESH_LABEL
 from meshcp.policy.membership import INJECTION_ANNOTATION, PROXY_UUID_LABEL
 from tests.kube.conftest import Installed
 from tests.kube.meshcp_process import CA_SECRET, MeshcpProcess, controller
-from tests.support import free_port
+from tests.support import eventually, free_port
 from tests.support.deploy import _find
 from tests.support.kube import ApiServer, write_serving_certificate
 
@@ -150,3 +150,67 @@ def test_failure_policy_refuses_meshed_pods_while_no_injector_answers(
     # Namespaces outside the mesh never reach the webhook (its namespaceSelector).
     plain = create(kube, pod("down-plain", "app-0"))
     assert containers(plain) == (["app"], [])
+
+
+def webhook_ca_bundles(kube: ApiServer) -> list[str]:
+    stored = kube.get("mutatingwebhookconfiguration", WEBHOOK)
+    return [w["clientConfig"].get("caBundle", "") for w in stored["webhooks"]]
+
+
+async def test_the_injector_writes_its_webhook_ca_bundle(webhook_cleanup: ApiServer, tmp_path: Path) -> None:
+    """`meshcp inject --webhook-config` fills in the caBundle of a webhook configuration that
+    has none (as OSM's injector did, so no cert-manager cainjector is needed), with the
+    token and the generated RBAC deploy/ gives it; the API server then calls it. When its
+    serving certificate is replaced by one from another CA, it writes the new CA."""
+    kube = webhook_cleanup
+    kube.apply(namespace("cabundle-mesh", meshed=True))
+    certs = tmp_path / "webhook"
+    certs.mkdir()
+    ca_file, cert, key = write_serving_certificate(certs, "injector", ["127.0.0.1"])
+    port = free_port()
+    url = f"https://127.0.0.1:{port}{MUTATE_PATH}"
+    register_webhook(kube, url, ca_file)
+    empty = kube.get("mutatingwebhookconfiguration", WEBHOOK)
+    for webhook in empty["webhooks"]:
+        webhook["clientConfig"] = {"url": url}  # no caBundle at all
+    kube.kubectl("replace", "-f", "-", input=json.dumps(empty))
+    assert webhook_ca_bundles(kube) == [""]
+
+    controller_kubeconfig = kube.kubeconfig_for("meshcp-system", "meshcp-controller")
+    async with (
+        controller(controller_kubeconfig, tmp_path / "state"),
+        MeshcpProcess(
+            "inject",
+            f"--tls-cert={cert}",
+            f"--tls-key={key}",
+            f"--address=127.0.0.1:{port}",
+            f"--kubeconfig={kube.kubeconfig_for('meshcp-system', 'meshcp-injector')}",
+            f"--ca-secret={CA_SECRET}",
+            f"--state-dir={tmp_path / 'injector-state'}",
+            f"--webhook-config={WEBHOOK}",
+            f"--webhook-ca={ca_file}",
+            ready_url=f"https://127.0.0.1:{port}/healthz",
+            ca_file=ca_file,
+        ) as injector,
+    ):
+
+        def expected() -> list[str]:
+            return [base64.b64encode(ca_file.read_bytes()).decode()]
+
+        async def written() -> bool:
+            return webhook_ca_bundles(kube) == expected()
+
+        what = "the injector to write the caBundle"
+        await eventually(written, timeout=30, what=what, details=lambda: injector.log)
+        meshed = create(kube, pod("cabundle-mesh", "app-0"))
+        assert containers(meshed) == (["app", SIDECAR_CONTAINER], [INIT_CONTAINER]), injector.log
+
+        # A new serving certificate from a new CA: the bundle follows it.
+        old = expected()
+        write_serving_certificate(certs, "injector", ["127.0.0.1"])
+        assert expected() != old
+        what = "the injector to write the new CA"
+        await eventually(written, timeout=30, what=what, details=lambda: injector.log)
+        again = create(kube, pod("cabundle-mesh", "app-1"))
+        assert containers(again) == (["app", SIDECAR_CONTAINER], [INIT_CONTAINER]), injector.log
+    assert "forbidden" not in injector.final_log.lower(), injector.final_log

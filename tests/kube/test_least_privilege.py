@@ -5,7 +5,8 @@ the component that needs it is then refused (403), and allowed again once it is 
 A grant is one verb on one resource of one rule (a rule with two verbs is two grants), in
 the cluster (ClusterRole) or in one namespace (Role). Each has a probe: the call the
 component makes, through the component's own client where one exists (SecretStore for the
-CA Secret, SecretCollector for bootstrap Secrets, KubeCluster for the injector), or the
+CA Secret, SecretCollector for bootstrap Secrets, KubeCluster for the injector, its
+webhook configuration's caBundle included), or the
 request it sends (the source's list and watch of each kind in RESOURCES, at that kind's
 path). The test fails if a grant has no probe (an unused permission, or a new call without
 a probe here) or a probe has no grant (a permission deploy/ forgot). The processes
@@ -14,6 +15,7 @@ themselves, run with these roles, are tests/kube/test_source.py and test_injecto
 
 from __future__ import annotations
 
+import base64
 import copy
 import ssl
 import uuid
@@ -24,7 +26,13 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes_asyncio.client import (
+    AdmissionregistrationV1Api,
+    ApiClient,
+    CoreV1Api,
+    CustomObjectsApi,
+    RbacAuthorizationV1Api,
+)
 from kubernetes_asyncio.client.rest import ApiException
 
 from meshcp.certs import cert_manager
@@ -35,6 +43,7 @@ from meshcp.kube.client import default_api_client
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.sources.bootstrap_secrets import CollectorSettings, SecretCollector
 from meshcp.sources.kubernetes import RESOURCES
+from meshcp.sources.kubernetes_rbac import WEBHOOK_CONFIG
 from meshcp.sources.kubernetes_watch import Resource
 from tests.kube.conftest import Installed
 from tests.support import eventually
@@ -42,6 +51,7 @@ from tests.support.kube import ApiServer, write_kubeconfig
 
 SYSTEM = "meshcp-system"
 CA_NAME = "meshcp-ca"
+WEBHOOKS_GROUP = "admissionregistration.k8s.io"
 #: Where probes put the objects they need (events, bootstrap Secrets).
 WORK = "least-privilege"
 CLUSTER = ""  # the scope of a ClusterRole's grants
@@ -233,6 +243,46 @@ async def read_mesh_config(clients: Clients) -> None:
     await KubeCluster(clients.account).mesh_config("meshcp")
 
 
+async def _webhook_config(clients: Clients) -> KubeCluster:
+    """deploy/'s webhook configuration's name, with one webhook that never applies (its
+    namespaceSelector matches nothing), made by the admin if missing; a KubeCluster as the
+    account."""
+    admission = AdmissionregistrationV1Api(clients.admin)
+    try:
+        await admission.read_mutating_webhook_configuration(WEBHOOK_CONFIG)
+    except ApiException as error:
+        assert error.status == 404, error
+        body: Any = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": WEBHOOK_CONFIG},
+            "webhooks": [
+                {
+                    "name": "probe.meshcp.dev",
+                    "clientConfig": {"url": "https://127.0.0.1:1/probe"},
+                    "namespaceSelector": {"matchLabels": {"meshcp.dev/least-privilege-probe": "never"}},
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                }
+            ],
+        }
+        await admission.create_mutating_webhook_configuration(body)
+    return KubeCluster(clients.account)
+
+
+async def read_webhook_config(clients: Clients) -> None:
+    """`--webhook-config`: reading its caBundle."""
+    await (await _webhook_config(clients)).webhook_ca_bundles(WEBHOOK_CONFIG)
+
+
+async def patch_webhook_config(clients: Clients) -> None:
+    """`--webhook-config`: writing its caBundle (read as the admin first)."""
+    cluster = await _webhook_config(clients)
+    version, bundles = await KubeCluster(clients.admin).webhook_ca_bundles(WEBHOOK_CONFIG)
+    bundle = base64.b64encode(clients.kube.ca_file.read_bytes()).decode()
+    await cluster.set_webhook_ca_bundle(WEBHOOK_CONFIG, version, len(bundles), bundle)
+
+
 async def create_bootstrap_secret(clients: Clients) -> None:
     name = f"probe-{uuid.uuid4().hex[:8]}"
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": WORK}}
@@ -246,6 +296,8 @@ INJECTOR_PROBES: dict[Grant, Probe] = {
     # kind, which is not installed here).
     (CLUSTER, "config.openservicemesh.io", "meshconfigs", "list"): read_mesh_config,
     (CLUSTER, "", "secrets", "create"): create_bootstrap_secret,
+    (CLUSTER, WEBHOOKS_GROUP, "mutatingwebhookconfigurations", "get"): read_webhook_config,
+    (CLUSTER, WEBHOOKS_GROUP, "mutatingwebhookconfigurations", "patch"): patch_webhook_config,
     (SYSTEM, "", "secrets", "get"): read_ca,
 }
 
@@ -371,6 +423,7 @@ async def work(installed: Installed) -> AsyncIterator[tuple[ApiServer, ApiClient
         try:
             yield kube, admin
         finally:
+            kube.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIG, "--ignore-not-found")
             kube.kubectl("delete", "secret", CA_NAME, "-n", SYSTEM, "--ignore-not-found")
             if saved.returncode == 0:
                 secret = yaml.safe_load(saved.stdout)

@@ -109,6 +109,8 @@ async def inject(args: argparse.Namespace) -> None:
         delta_xds=args.delta_xds,
         mesh_config_name=args.mesh_config,
         ca=ca_settings(args),
+        webhook_config=args.webhook_config,
+        webhook_ca=args.webhook_ca,
     )
     if args.init_image:
         settings.init_image = args.init_image

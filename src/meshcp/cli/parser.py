@@ -81,6 +81,22 @@ def _add_xds_limits(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_injector_ca_options(inject: argparse.ArgumentParser) -> None:
+    """The webhook's own CA (`--webhook-config`) and the mesh CA's options."""
+    inject.add_argument(
+        "--webhook-config",
+        default="",
+        metavar="NAME",
+        help="MutatingWebhookConfiguration whose caBundle the injector keeps set to its CA",
+    )
+    inject.add_argument(
+        "--webhook-ca",
+        type=Path,
+        help="PEM CA for --webhook-config (default: ca.crt beside --tls-cert, else its chain's last)",
+    )
+    _add_ca_options(inject)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="meshcp", description="A service mesh control plane for Envoy.")
     parser.add_argument("--version", action="version", version=f"meshcp {__version__}")
@@ -150,7 +166,7 @@ def build_parser() -> Parser:
     )
     inject.add_argument("--mesh-config", default="meshcp", help="name of the MeshConfig object")
     inject.add_argument("--delta-xds", action="store_true", help="sidecars use incremental (delta) ADS")
-    _add_ca_options(inject)
+    _add_injector_ca_options(inject)
 
     add_operator_commands(commands)
     _add_lab(commands)

@@ -1,6 +1,7 @@
-"""The injector's Kubernetes calls (the only module here importing kubernetes_asyncio):
-read a namespace, read the MeshConfig (meshcp's, merged with OSM's), create a bootstrap
-Secret.
+"""The injector's Kubernetes calls (the only module here importing kubernetes_asyncio): read a
+namespace, read the MeshConfig (meshcp's, merged with OSM's), create a bootstrap Secret, and
+read and patch its webhook configuration's caBundle (`--webhook-config`). Its RBAC is
+generated from these calls (`meshcp.sources.kubernetes_rbac.INJECTOR_RULES`).
 
 Concurrent reads of the same object share one API request: a Deployment scaled to 200
 replicas brings 200 admissions for one namespace at once. Nothing is cached beyond the
@@ -47,6 +48,7 @@ class KubeCluster:
     def __init__(self, api: client.ApiClient, *, timeout: float = REQUEST_TIMEOUT) -> None:
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
+        self._admission = client.AdmissionregistrationV1Api(api)
         self._timeout = timeout
         self._namespaces: SingleFlight[str, NamespaceInfo | None] = SingleFlight()
         self._mesh_configs: SingleFlight[str, MeshConfig] = SingleFlight()
@@ -156,3 +158,38 @@ class KubeCluster:
             ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise ClusterError(f"cannot create secret {namespace}/{name}: {error!r}") from None
+
+    async def webhook_ca_bundles(self, name: str) -> tuple[str, list[str]]:
+        """The resourceVersion of MutatingWebhookConfiguration `name` and each of its
+        webhooks' `clientConfig.caBundle` (base64 PEM, "" where none)."""
+        what = f"MutatingWebhookConfiguration {name}"
+        try:
+            found = await self._admission.read_mutating_webhook_configuration(
+                name, _request_timeout=self._timeout
+            )
+        except ApiException as error:
+            raise ClusterError(f"cannot read {what}: {describe_api_error(error)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ClusterError(f"cannot read {what}: {error!r}") from None
+        bundles = [str(w.client_config.ca_bundle or "") for w in found.webhooks or []]
+        return str(found.metadata.resource_version or ""), bundles
+
+    async def set_webhook_ca_bundle(
+        self, name: str, resource_version: str, webhooks: int, bundle: str
+    ) -> None:
+        """Set the caBundle of the first `webhooks` webhooks of `name` to `bundle`, only if
+        the object is still at `resource_version` (a JSON Patch `test`: a configuration
+        changed meanwhile, say re-applied with another list of webhooks, is read again)."""
+        patch: Any = [{"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}] + [
+            {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": bundle}
+            for index in range(webhooks)
+        ]
+        what = f"MutatingWebhookConfiguration {name}"
+        try:
+            await self._admission.patch_mutating_webhook_configuration(
+                name, patch, _request_timeout=self._timeout
+            )
+        except ApiException as error:
+            raise ClusterError(f"cannot patch {what}: {describe_api_error(error)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ClusterError(f"cannot patch {what}: {error!r}") from None

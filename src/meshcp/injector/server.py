@@ -30,6 +30,7 @@ from meshcp.injector.kube import ClusterError, KubeCluster
 from meshcp.injector.metrics import InjectorMetrics
 from meshcp.injector.settings import InjectorSettings
 from meshcp.injector.tls_reload import ReloadingTls
+from meshcp.injector.webhook_ca import WebhookCaBundle
 from meshcp.kube.client import default_api_client
 from meshcp.telemetry.failures import one_line
 
@@ -68,8 +69,14 @@ async def run_injector(
     Raises `InjectorError` (or `CertificateError`) when it cannot start.
     """
     metrics = InjectorMetrics()
+    reloaded: list[Callable[[bool], None]] = [metrics.tls_reloaded]
+
+    def on_reload(ok: bool) -> None:
+        for hook in reloaded:
+            hook(ok)
+
     try:
-        tls = ReloadingTls(settings.tls_cert, settings.tls_key, on_reload=metrics.tls_reloaded)
+        tls = ReloadingTls(settings.tls_cert, settings.tls_key, on_reload=on_reload)
     except (OSError, ssl.SSLError) as error:
         raise InjectorError(f"cannot load the webhook's TLS files: {error}") from None
     async with contextlib.AsyncExitStack() as stack:
@@ -90,6 +97,16 @@ async def run_injector(
             mesh_config_name=settings.mesh_config_name,
             deadline=settings.deadline,
         )
+        webhook_ca = None
+        if settings.webhook_config:
+            webhook_ca = WebhookCaBundle(
+                cluster,
+                settings.webhook_config,
+                tls_cert=settings.tls_cert,
+                webhook_ca=settings.webhook_ca,
+                interval=settings.webhook_check_interval,
+            )
+            reloaded.append(webhook_ca.changed)
         server = InjectorServer(create_app(injector, metrics), idle_timeout=settings.idle_timeout)
         await server.start(settings.host, settings.port, tls.context)
         stack.push_async_callback(server.stop)
@@ -101,6 +118,8 @@ async def run_injector(
                 if isinstance(provider, InternalCA):
                     follow = _follow_ca(provider, stop, settings.ca_reload_interval)
                     tasks.create_task(_part("CA reload", follow), name="ca-reload")
+                if webhook_ca is not None:
+                    tasks.create_task(_part("webhook caBundle", webhook_ca.run(stop)), name="webhook-ca")
                 await stop.wait()
         except* InjectorError as failed:
             # one line, and exit 1: the orchestrator restarts an injector that stopped

@@ -50,6 +50,13 @@ class InjectorSettings:
     ca: CaSettings = field(default_factory=CaSettings)
     #: Seconds between checks for a root rotation committed by the controller (internal CA).
     ca_reload_interval: float = 10.0
+    #: The MutatingWebhookConfiguration whose caBundle the injector keeps ("" : someone
+    #: else does, e.g. cert-manager's cainjector).
+    webhook_config: str = ""
+    #: The PEM CA written there (default: `ca.crt` beside `tls_cert`, else its chain's last).
+    webhook_ca: Path | None = None
+    #: Seconds between checks of that caBundle (and at once when the certificate reloads).
+    webhook_check_interval: float = 10.0
 
     def template(self) -> SidecarTemplate:
         return SidecarTemplate(

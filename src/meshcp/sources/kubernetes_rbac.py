@@ -1,4 +1,5 @@
-"""The RBAC rules the controller's Kubernetes clients need, as data, and the roles made from them.
+"""The RBAC rules the controller's and the injector's Kubernetes clients need, as data, and the
+roles made from them.
 
 The Helm chart's `deploy/helm/meshcp/templates/rbac.yaml` is generated from here (`python -m
 meshcp.sources.kubernetes_rbac > deploy/helm/meshcp/templates/rbac.yaml`, the namespace left
@@ -18,6 +19,10 @@ Two roles, because not everything can be scoped:
   its CA Secret (`get` and `update` on that one name; `create` cannot be limited to a name,
   since a create request names no object the authorizer could check, so it is limited to
   the namespace) and cert-manager's CertificateRequests (`--cert-manager-namespace`).
+
+The injector's two roles (`INJECTOR_RULES`) come from the calls of `meshcp.injector.kube`
+(cluster-wide: pods come in every namespace; its webhook configuration by name) and the
+read of the CA Secret (namespaced, by name).
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ ROLE = "meshcp-controller"
 NAMESPACE = "meshcp-system"
 #: The CA Secret's name (deploy/'s `--ca-secret meshcp-system/meshcp-ca`).
 CA_SECRET = "meshcp-ca"
+#: The injector's generated ClusterRole, and its Role in `NAMESPACE`.
+INJECTOR_CLUSTER_ROLE = "meshcp-injector"
+INJECTOR_ROLE = "meshcp-injector-ca"
+#: deploy/'s MutatingWebhookConfiguration (`meshcp inject --webhook-config`).
+WEBHOOK_CONFIG = "meshcp-injector"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +99,39 @@ CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
 
 RULES: tuple[Rule, ...] = SOURCE_RULES + tuple(rule for rules in CLIENT_RULES.values() for rule in rules)
 
+#: What the injector calls, by module: meshcp.injector.kube (the pod's namespace, the
+#: MeshConfig, the bootstrap Secret in the pod's namespace, and the caBundle of its own
+#: webhook configuration, which `--webhook-config` keeps), and opening the controller's CA
+#: from its Secret without ever creating or changing it (certs.kubernetes_store's read).
+INJECTOR_RULES: dict[str, tuple[Rule, ...]] = {
+    "meshcp.injector.kube": (
+        Rule(("",), ("namespaces",), ("get",)),
+        Rule(("config.meshcp.dev",), ("meshconfigs",), ("get",)),
+        Rule(("config.openservicemesh.io",), ("meshconfigs",), ("list",)),
+        Rule(("",), ("secrets",), ("create",)),
+        Rule(
+            ("admissionregistration.k8s.io",),
+            ("mutatingwebhookconfigurations",),
+            ("get", "patch"),
+            names=(WEBHOOK_CONFIG,),
+        ),
+    ),
+    "meshcp.certs.kubernetes_store": (
+        Rule(("",), ("secrets",), ("get",), namespaced=True, names=(CA_SECRET,)),
+    ),
+}
+
 
 def _grants(rule: Rule) -> set[tuple[str, str, str, tuple[str, ...]]]:
     return {(g, r, v, rule.names) for g in rule.api_groups for r in rule.resources for v in rule.verbs}
 
 
-def _rules(namespaced: bool) -> list[dict[str, Any]]:
-    """The `rules:` of one role: `RULES` of that scope, leaving out a rule that grants
+def _rules(namespaced: bool, of: tuple[Rule, ...] = RULES) -> list[dict[str, Any]]:
+    """The `rules:` of one role: the rules `of` that scope, leaving out a rule that grants
     nothing new."""
     rules: list[dict[str, Any]] = []
     granted: set[tuple[str, str, str, tuple[str, ...]]] = set()
-    for rule in RULES:
+    for rule in of:
         if rule.namespaced != namespaced or _grants(rule) <= granted:
             continue
         granted |= _grants(rule)
@@ -140,6 +172,26 @@ _RELEASE_NAMESPACE = "{{ .Release.Namespace }}"
 _PLACEHOLDER = "RELEASE-NAMESPACE"
 
 
+def injector_roles(namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """The injector's ClusterRole and its Role in `namespace`, from `INJECTOR_RULES`."""
+    rules = tuple(rule for module_rules in INJECTOR_RULES.values() for rule in module_rules)
+    labels = {**_LABELS, "app.kubernetes.io/component": "injector"}
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": INJECTOR_CLUSTER_ROLE, "labels": dict(labels)},
+            "rules": _rules(namespaced=False, of=rules),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": INJECTOR_ROLE, "namespace": namespace, "labels": dict(labels)},
+            "rules": _rules(namespaced=True, of=rules),
+        },
+    ]
+
+
 def render() -> str:
     """The text of the chart's `templates/rbac.yaml`: the roles with the namespace left to
     the release (`helm install -n`, `scripts/render-deploy`)."""
@@ -150,11 +202,26 @@ def render() -> str:
         "# collecting the bootstrap Secrets of pods that are gone (the injector makes them in every\n"
         "# meshed namespace). Only in the release's namespace: its CA Secret and cert-manager\n"
         "# CertificateRequests. controller.yaml binds both.\n"
+        "# Then what `meshcp inject` calls: cluster-wide, the pod's namespace, the MeshConfigs,\n"
+        "# bootstrap Secrets and its own webhook configuration's caBundle (by name); in the\n"
+        "# release's namespace, reading the CA Secret (and, with cert-manager signing, its\n"
+        "# CertificateRequests). injector.yaml binds both.\n"
     )
-    body = yaml.safe_dump_all(
-        [cluster_role(), role(namespace=_PLACEHOLDER)], sort_keys=False, default_flow_style=False
-    )
+    documents = [cluster_role(), role(namespace=_PLACEHOLDER), *injector_roles(namespace=_PLACEHOLDER)]
+    body = yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False)
+    # With cert-manager signing, the injector asks it for each sidecar's xDS client
+    # certificate as the controller does: the injector's Role (the last document) gains the
+    # controller's cert-manager grant, in the chart only when that provider is chosen.
+    body += _CERT_MANAGER_INJECTOR
     return header + body.replace(f"namespace: {_PLACEHOLDER}\n", f"namespace: {_RELEASE_NAMESPACE}\n")
+
+
+_CERT_MANAGER_INJECTOR = (
+    '{{- if eq .Values.certificateProvider.kind "cert-manager" }}\n'
+    "- apiGroups:\n  - cert-manager.io\n  resources:\n  - certificaterequests\n"
+    "  verbs:\n  - create\n  - delete\n  - get\n"
+    "{{- end }}\n"
+)
 
 
 if __name__ == "__main__":
