@@ -57,7 +57,13 @@ def test_the_role_names_the_ca_secret_and_cert_manager_namespace_the_controller_
             "resources": ["secrets"],
             "resourceNames": ["meshcp-ca"],
             "verbs": ["get", "update"],
-        }
+        },
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [kubernetes_rbac.LEASE],
+            "verbs": ["get", "update"],
+        },
     ]
     cluster_wide = _find("ClusterRole", CLUSTER_ROLE, file="rbac.yaml")
     secret_verbs = {v for r in cluster_wide["rules"] if "secrets" in r["resources"] for v in r["verbs"]}

@@ -34,8 +34,9 @@ class MeshcpProcess:
         self.args = args
         self.ready_url = ready_url
         self.ca_file = ca_file
-        #: The xDS and debug ports, for a controller.
+        #: The xDS, HTTP and debug ports, for a controller.
         self.xds_port = 0
+        self.http_port = 0
         self.debug_port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -89,6 +90,13 @@ class MeshcpProcess:
             ready, timeout=READY_TIMEOUT, what=f"meshcp {self.args[0]} ready", details=lambda: self.log
         )
 
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind (a crashed pod, a node gone); the log is kept."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
     async def stop(self) -> None:
         process = self._process
         if process is not None and process.returncode is None:
@@ -111,10 +119,10 @@ class MeshcpProcess:
 
 
 @asynccontextmanager
-async def controller(kubeconfig: Path, state: Path) -> AsyncIterator[MeshcpProcess]:
+async def controller(kubeconfig: Path, state: Path, *extra: str) -> AsyncIterator[MeshcpProcess]:
     """`meshcp serve --source kubernetes` with `kubeconfig`, its CA in deploy/'s Secret
     (created on its first start), plaintext xDS on a free port (a test's Envoy needs no
-    certificate); ready once it has listed every kind."""
+    certificate), and `extra` arguments; ready once it has listed every kind."""
     xds, http, debug = free_port(), free_port(), free_port()
     process = MeshcpProcess(
         "serve",
@@ -126,9 +134,11 @@ async def controller(kubeconfig: Path, state: Path) -> AsyncIterator[MeshcpProce
         f"--debug-address=127.0.0.1:{debug}",
         f"--ca-secret={CA_SECRET}",
         f"--state-dir={state}",
+        *extra,
         ready_url=f"http://127.0.0.1:{http}/readyz",
     )
     process.xds_port = xds
+    process.http_port = http
     process.debug_port = debug
     async with process:
         yield process

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ import yaml
 from kubernetes_asyncio.client import (
     AdmissionregistrationV1Api,
     ApiClient,
+    CoordinationV1Api,
     CoreV1Api,
     CustomObjectsApi,
     RbacAuthorizationV1Api,
@@ -43,7 +45,8 @@ from meshcp.kube.client import default_api_client
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.sources.bootstrap_secrets import CollectorSettings, SecretCollector
 from meshcp.sources.kubernetes import RESOURCES
-from meshcp.sources.kubernetes_rbac import WEBHOOK_CONFIG
+from meshcp.sources.kubernetes_lease import LeaderElection, LeaseSettings
+from meshcp.sources.kubernetes_rbac import LEASE, WEBHOOK_CONFIG
 from meshcp.sources.kubernetes_watch import Resource
 from tests.kube.conftest import Installed
 from tests.support import eventually
@@ -213,6 +216,52 @@ def certificate_request(verb: str) -> Probe:
     return probe
 
 
+async def _lease_held_by(clients: Clients, holder: str | None) -> None:
+    """As the admin: no Lease (`holder` None), or a fresh one held by `holder`."""
+    coordination = CoordinationV1Api(clients.admin)
+    try:
+        await coordination.delete_namespaced_lease(LEASE, SYSTEM)
+    except ApiException as error:
+        assert error.status == 404, error
+    if holder is not None:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body: Any = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": LEASE, "namespace": SYSTEM},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": now},
+        }
+        await coordination.create_namespaced_lease(SYSTEM, body)
+
+
+def _election(identity: str) -> LeaderElection:
+    return LeaderElection(_never, LeaseSettings(SYSTEM, LEASE, identity))
+
+
+async def create_lease(clients: Clients) -> None:
+    """The first replica: no Lease yet, it creates it, holding it."""
+    await _lease_held_by(clients, None)
+    election = _election("probe")
+    await election.attempt(CoordinationV1Api(clients.account))
+    assert election.leading
+
+
+async def read_lease(clients: Clients) -> None:
+    """A follower looking at the Lease another replica holds."""
+    await _lease_held_by(clients, "another-replica")
+    election = _election("probe")
+    await election.attempt(CoordinationV1Api(clients.account))
+    assert not election.leading and election.holder == "another-replica"
+
+
+async def renew_lease(clients: Clients) -> None:
+    """The leader renewing its Lease (read, then update at that resourceVersion)."""
+    await _lease_held_by(clients, "probe")
+    election = _election("probe")
+    await election.attempt(CoordinationV1Api(clients.account))
+    assert election.leading
+
+
 CONTROLLER_PROBES: dict[Grant, Probe] = {
     **{
         (CLUSTER, r.group, r.plural, verb): source_request(r, verb)
@@ -225,6 +274,9 @@ CONTROLLER_PROBES: dict[Grant, Probe] = {
     (SYSTEM, "", "secrets", "get"): read_ca,
     (SYSTEM, "", "secrets", "update"): update_ca,
     (SYSTEM, "", "secrets", "create"): create_ca,
+    (SYSTEM, "coordination.k8s.io", "leases", "create"): create_lease,
+    (SYSTEM, "coordination.k8s.io", "leases", "get"): read_lease,
+    (SYSTEM, "coordination.k8s.io", "leases", "update"): renew_lease,
     **{
         (SYSTEM, cert_manager.GROUP, cert_manager.PLURAL, verb): certificate_request(verb)
         for verb in ("create", "get", "delete")
@@ -424,6 +476,7 @@ async def work(installed: Installed) -> AsyncIterator[tuple[ApiServer, ApiClient
             yield kube, admin
         finally:
             kube.kubectl("delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIG, "--ignore-not-found")
+            kube.kubectl("delete", "lease", LEASE, "-n", SYSTEM, "--ignore-not-found")
             kube.kubectl("delete", "secret", CA_NAME, "-n", SYSTEM, "--ignore-not-found")
             if saved.returncode == 0:
                 secret = yaml.safe_load(saved.stdout)

@@ -43,6 +43,9 @@ _API_CALLS = {
     "create_namespaced_custom_object": ("cert-manager.io", "certificaterequests", "create"),
     "get_namespaced_custom_object": ("cert-manager.io", "certificaterequests", "get"),
     "delete_namespaced_custom_object": ("cert-manager.io", "certificaterequests", "delete"),
+    "read_namespaced_lease": ("coordination.k8s.io", "leases", "get"),
+    "create_namespaced_lease": ("coordination.k8s.io", "leases", "create"),
+    "replace_namespaced_lease": ("coordination.k8s.io", "leases", "update"),
 }
 
 
@@ -57,7 +60,15 @@ def test_rbac_rules_match_what_each_client_module_calls(module: str) -> None:
     api_calls = {
         name
         for name in called
-        if name.endswith(("_namespaced_secret", "_namespaced_event", "_custom_object", "_for_all_namespaces"))
+        if name.endswith(
+            (
+                "_namespaced_secret",
+                "_namespaced_event",
+                "_namespaced_lease",
+                "_custom_object",
+                "_for_all_namespaces",
+            )
+        )
     }
     assert api_calls <= _API_CALLS.keys(), f"map these calls to RBAC verbs: {api_calls - _API_CALLS.keys()}"
     assert {_API_CALLS[name] for name in api_calls} == _granted(CLIENT_RULES[module])

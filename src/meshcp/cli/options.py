@@ -51,6 +51,13 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         raise UsageError("--send-budget-mib must be at least 1")
     if bool(args.api_tls_cert) != bool(args.api_tls_key):
         raise UsageError("--api-tls-cert and --api-tls-key go together")
+    lease_namespace, _, lease_name = args.leader_lease.partition("/")
+    if args.leader_lease and (not lease_namespace or not lease_name or "/" in lease_name):
+        raise UsageError(f"--leader-lease {args.leader_lease!r} is not NAMESPACE/NAME")
+    if args.leader_lease and args.source != "kubernetes":
+        raise UsageError("--leader-lease needs --source kubernetes")
+    if args.lease_duration < 3:
+        raise UsageError("--lease-duration must be at least 3 seconds")
     settings = Settings(
         xds_address=xds,
         http_address=http,
@@ -69,6 +76,8 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         api_address=api,
         api_tls_cert=args.api_tls_cert,
         api_tls_key=args.api_tls_key,
+        leader_lease=args.leader_lease,
+        lease_duration=args.lease_duration,
     )
     if settings.source is None and not settings.kubernetes:
         # a controller with nothing to serve would answer every proxy with an empty mesh

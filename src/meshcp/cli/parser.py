@@ -55,6 +55,26 @@ def _add_metrics_api_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--api-tls-key", type=Path, help="PEM private key for --api-tls-cert (reloaded)")
 
 
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    """The metrics API, leader election among replicas, and the CA."""
+    _add_metrics_api_options(serve)
+    serve.add_argument(
+        "--leader-lease",
+        default="",
+        metavar="NS/NAME",
+        help="with --source kubernetes: the Lease replicas elect a leader with; only the leader "
+        "writes to the cluster (default: no election, this replica leads)",
+    )
+    serve.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="seconds an unrenewed --leader-lease stays held (default %(default)g)",
+    )
+    _add_ca_options(serve)
+
+
 def _add_listeners(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="gRPC ADS listener (default %(default)s)"
@@ -122,8 +142,7 @@ def build_parser() -> Parser:
     serve.add_argument(
         "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
     )
-    _add_metrics_api_options(serve)
-    _add_ca_options(serve)
+    _add_serve_options(serve)
 
     compile_ = command(commands, "compile", "print the Envoy config one pod's proxy would receive")
     pod_argument(compile_)

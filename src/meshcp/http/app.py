@@ -43,6 +43,9 @@ class Controller:
     trust: Callable[[], Mapping[str, object]] = dict
     #: The (namespace, pod) a node id stands for, when the mesh knows it.
     pod_of: Callable[[str], tuple[str, str] | None] = lambda node_id: None
+    #: Leader election among replicas (`LeaderElection.status`); without one, the only
+    #: replica leads.
+    leadership: Callable[[], Mapping[str, object]] = lambda: {"leader": True, "lease": None}
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -82,6 +85,11 @@ async def debug_version(request: web.Request) -> web.Response:
 async def debug_trust(request: web.Request) -> web.Response:
     """The root rotation: its phase and the proxies that have not ACKed their secrets."""
     return web.json_response(dict(request.app[CONTROLLER].trust()))
+
+
+async def debug_leader(request: web.Request) -> web.Response:
+    """Whether this replica leads (writes what must be written once), and who holds the Lease."""
+    return web.json_response(dict(request.app[CONTROLLER].leadership()))
 
 
 async def debug_cache(request: web.Request) -> web.Response:
@@ -137,6 +145,7 @@ def create_debug_app(controller: Controller) -> web.Application:
     app.router.add_get("/debug/config/{node_id}", debug_config)
     app.router.add_get("/debug/version", debug_version)
     app.router.add_get("/debug/trust", debug_trust)
+    app.router.add_get("/debug/leader", debug_leader)
     return app
 
 

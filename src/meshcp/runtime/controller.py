@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from functools import partial
 from types import TracebackType
@@ -37,6 +39,7 @@ from meshcp.sources.bootstrap_secrets import SecretCollector
 from meshcp.sources.files import FileSource
 from meshcp.sources.kubernetes import KubernetesSource
 from meshcp.sources.kubernetes_events import EventRecorder
+from meshcp.sources.kubernetes_lease import LeaderElection, LeaseSettings
 from meshcp.telemetry.failures import one_line
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
@@ -103,9 +106,12 @@ class ControllerRuntime:
         self._api_client: ApiClientFactory = partial(
             default_api_client, settings.kube_context, settings.kubeconfig
         )
+        #: Leader election among replicas (`--leader-lease`); None: this one always leads.
+        self.election = _election(settings, self._api_client, self.metrics)
+        self.leading = leading = self.election.is_leading if self.election is not None else _always
         self.events: EventRecorder | None = None
         if settings.kubernetes:
-            self.events = EventRecorder(self._api_client)
+            self.events = EventRecorder(self._api_client, leading=leading)
         self.reconciler = Reconciler(
             self.encoder,
             self.metrics,
@@ -126,6 +132,7 @@ class ControllerRuntime:
             publish_bundle=self.publisher.set_trust_bundle,
             lagging=lambda: self.proxies.lagging(resource_types.SECRET, self.cache.get),
             interval=settings.trust_interval,
+            leading=leading,
         )
         if authorize is None:
             authorize = (
@@ -169,6 +176,9 @@ class ControllerRuntime:
             state=lambda: self.store.state,
             trust=self.trust.status,
             pod_of=self.classifier.pod_of,
+            leadership=(
+                self.election.status if self.election is not None else lambda: {"leader": True, "lease": None}
+            ),
             prometheus=(
                 None
                 if settings.prometheus_url is None
@@ -296,6 +306,8 @@ class ControllerRuntime:
             part("renewal", self.certificates.run())
             part("trust", self.trust.run())
             settings = self.settings
+            if self.election is not None:
+                part("leader election", self.election.run())
             if settings.kubernetes:
                 source = KubernetesSource(
                     self.store.apply,
@@ -310,6 +322,7 @@ class ControllerRuntime:
                 collector = SecretCollector(
                     partial(default_api_client, settings.kube_context, settings.kubeconfig),
                     settings.secret_collection,
+                    leading=self.leading,
                 )
                 part("bootstrap Secret collector", collector.run())
             elif settings.source is not None:
@@ -344,6 +357,32 @@ class ControllerRuntime:
                     self._background = None  # reported here, not again on the way out
                     raise first_failure(error) from None
             log.info("shutting down")
+
+
+def _always() -> bool:
+    return True
+
+
+def _election(settings: Settings, api_client: ApiClientFactory, metrics: Metrics) -> LeaderElection | None:
+    if not (settings.kubernetes and settings.leader_lease):
+        return None
+    metrics.leader.set(0)  # a follower until it holds the Lease
+    return LeaderElection(api_client, lease_settings(settings), on_change=metrics.leader.set)
+
+
+def lease_settings(settings: Settings) -> LeaseSettings:
+    """The Lease of `--leader-lease NAMESPACE/NAME`, held as this process (host name and a
+    random suffix: a restarted replica is a new holder, and waits like any other)."""
+    namespace, _, name = settings.leader_lease.partition("/")
+    duration = settings.lease_duration
+    return LeaseSettings(
+        namespace,
+        name,
+        identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+        duration=duration,
+        renew_deadline=duration * 2 / 3,
+        renew_every=min(2.0, duration / 5),
+    )
 
 
 class ApiHealth:

@@ -71,6 +71,11 @@ class Settings:
     secret_collection: CollectorSettings = field(default_factory=CollectorSettings)
     #: Paging, timeouts and back-off of the Kubernetes watches.
     watch: WatchSettings = field(default_factory=WatchSettings)
+    #: With `kubernetes`: the Lease replicas elect their leader with, "NAMESPACE/NAME" (""
+    #: : no election, this controller always leads, as a single replica must).
+    leader_lease: str = ""
+    #: Seconds a Lease nobody renews stays held (renewed every 2 s, given up after 2/3).
+    lease_duration: float = 15.0
     #: The Prometheus that scrapes the sidecars: the TrafficMetrics API and `/dashboard`
     #: read from it (None: both answer 503, saying so; xDS never depends on it).
     prometheus_url: str | None = None

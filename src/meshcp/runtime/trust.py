@@ -68,11 +68,15 @@ class TrustCoordinator:
         clock: Clock = utc_now,
         deadline: float = ROTATION_DEADLINE,
         monotonic: Callable[[], float] = time.monotonic,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         """`publish_bundle` hands a new workload trust bundle to whoever serves it (the
         publisher); `lagging` names the connected proxies that have not ACKed their current
         secrets yet (a rotation waits for them, for `deadline` seconds per phase at most:
-        one proxy that keeps NACKing must not hold back a root close to expiry)."""
+        one proxy that keeps NACKing must not hold back a root close to expiry).
+        `leading`: whether this replica leads; only the leader starts and moves a rotation
+        (writes to the CA's shared store), the others follow what it commits (`step`)."""
+        self._leading = leading
         self._provider = provider
         self._certificates = certificates
         self._publish_bundle = publish_bundle
@@ -199,13 +203,17 @@ class TrustCoordinator:
         """One tick: pick up changes made by `meshcp ca rotate`, rotate ahead of expiry,
         and move a rotation forward when every proxy is ready for the next phase."""
         ca = self._internal_or_none()
+        leading = self._leading()
         if ca is not None:
             await ca.reload()
-            if self._auto_rotate and await ca.rotate_root_if_due():
+            if leading and self._auto_rotate and await ca.rotate_root_if_due():
                 log.info("root certificate close to expiry: rotation started")
         await self.refresh()
         if ca is None or ca.state.phase == Phase.STABLE:
             self._waiting, self.laggards = None, ()
+            return
+        if not leading:
+            await self._follow_rotation(ca)
             return
         if self._waits_for(ca.state.phase.value, self._lagging()):
             return
@@ -228,6 +236,23 @@ class TrustCoordinator:
         self._reissued_for = ""
         await self.refresh()
         log.info("root rotation finished: only root %s is trusted", new_root)
+
+    async def _follow_rotation(self, ca: InternalCA) -> None:
+        """A follower's part of a rotation the leader carries out: the bundles follow
+        through `refresh`; once the new root signs, re-issue the workload certificates of
+        the proxies connected *here* (issuing writes nothing to the cluster)."""
+        self._waiting, self.laggards = None, ()
+        new_root = ca.state.active.id
+        if ca.state.phase != Phase.ROTATING or self._reissued_for == new_root:
+            return
+        report = await self._certificates.renew_all()
+        if report.failed:
+            log.warning("root rotation: %d certificates not re-issued yet, retrying", len(report.failed))
+            return
+        self._reissued_for = new_root
+        log.info(
+            "root rotation (led by another replica): %d workload certificates re-issued", len(report.renewed)
+        )
 
     def _waits_for(self, phase: str, lagging: Sequence[str]) -> bool:
         """Whether the rotation still waits in `phase`: while proxies lag, up to the

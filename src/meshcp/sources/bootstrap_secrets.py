@@ -115,8 +115,12 @@ class SecretCollector:
         settings: CollectorSettings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`leading`: whether this replica leads; only the leader collects (two replicas
+        deleting the same Secrets would only race each other)."""
         self._factory = api_client_factory
+        self._leading = leading
         self._settings = settings or CollectorSettings()
         self._clock = clock
         self._first_seen: dict[str, float] = {}
@@ -134,7 +138,8 @@ class SecretCollector:
             core = CoreV1Api(api_client)
             while True:
                 try:
-                    await self.collect(core)
+                    if self._leading():
+                        await self.collect(core)
                 except ApiException as error:
                     log.warning("cannot collect bootstrap Secrets: %s", describe_api_error(error))
                 except (aiohttp.ClientError, TimeoutError, OSError) as error:

@@ -57,13 +57,22 @@ def event_for(problem: Problem, now: datetime.datetime) -> CoreV1Event | None:
 class EventRecorder:
     """Posts one Warning event per new problem; `report` never blocks."""
 
-    def __init__(self, api_client_factory: Callable[[], Awaitable[ApiClient]]) -> None:
+    def __init__(
+        self,
+        api_client_factory: Callable[[], Awaitable[ApiClient]],
+        *,
+        leading: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`leading`: whether this replica leads; the others post nothing (every replica
+        sees the same problems, and one event each is what users should get)."""
         self._factory = api_client_factory
+        self._leading = leading
         self._queue: asyncio.Queue[Problem] = asyncio.Queue()
         self.posted = 0
 
     def report(self, problem: Problem) -> None:
-        self._queue.put_nowait(problem)
+        if self._leading():
+            self._queue.put_nowait(problem)
 
     async def drain(self) -> None:
         """Until every reported problem has been handled (posted, or given up on)."""

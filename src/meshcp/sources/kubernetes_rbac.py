@@ -16,9 +16,10 @@ Two roles, because not everything can be scoped:
   wherever pods are; which namespaces are meshed changes at run time, so no fixed set of
   namespaced Roles could follow it);
 - a Role in the controller's own namespace (`ROLE`, in `NAMESPACE`) for what lives there:
-  its CA Secret (`get` and `update` on that one name; `create` cannot be limited to a name,
-  since a create request names no object the authorizer could check, so it is limited to
-  the namespace) and cert-manager's CertificateRequests (`--cert-manager-namespace`).
+  its CA Secret and the replicas' Lease (`get` and `update` on that one name; `create`
+  cannot be limited to a name, since a create request names no object the authorizer could
+  check, so it is limited to the namespace) and cert-manager's CertificateRequests
+  (`--cert-manager-namespace`).
 
 The injector's two roles (`INJECTOR_RULES`) come from the calls of `meshcp.injector.kube`
 (cluster-wide: pods come in every namespace; its webhook configuration by name) and the
@@ -40,6 +41,8 @@ ROLE = "meshcp-controller"
 NAMESPACE = "meshcp-system"
 #: The CA Secret's name (deploy/'s `--ca-secret meshcp-system/meshcp-ca`).
 CA_SECRET = "meshcp-ca"
+#: The Lease controller replicas elect their leader with (`--leader-lease meshcp-system/meshcp-controller`).
+LEASE = "meshcp-controller"
 #: The injector's generated ClusterRole, and its Role in `NAMESPACE`.
 INJECTOR_CLUSTER_ROLE = "meshcp-injector"
 INJECTOR_ROLE = "meshcp-injector-ca"
@@ -80,8 +83,10 @@ SOURCE_RULES: tuple[Rule, ...] = (
 #: What the controller's other Kubernetes clients call, by module (tests check each
 #: module's calls against these): Warning events (sources/kubernetes_events.py), the CA in
 #: a Secret (certs/kubernetes_store.py), cert-manager CertificateRequests
-#: (certs/cert_manager.py), and collecting the bootstrap Secrets of pods that are gone
-#: (sources/bootstrap_secrets.py: it lists pods too, which the source's rules grant already).
+#: (certs/cert_manager.py), the leader election's Lease (sources/kubernetes_lease.py: `get`
+#: and `update` on that one name, `create` in the namespace), and collecting the bootstrap
+#: Secrets of pods that are gone (sources/bootstrap_secrets.py: it lists pods too, which
+#: the source's rules grant already).
 CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
     "meshcp.sources.kubernetes_events": (Rule(("",), ("events",), ("create",)),),
     "meshcp.certs.kubernetes_store": (
@@ -90,6 +95,10 @@ CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "meshcp.certs.cert_manager": (
         Rule(("cert-manager.io",), ("certificaterequests",), ("create", "delete", "get"), namespaced=True),
+    ),
+    "meshcp.sources.kubernetes_lease": (
+        Rule(("coordination.k8s.io",), ("leases",), ("get", "update"), namespaced=True, names=(LEASE,)),
+        Rule(("coordination.k8s.io",), ("leases",), ("create",), namespaced=True),
     ),
     "meshcp.sources.bootstrap_secrets": (
         Rule(("",), ("secrets",), ("delete", "list")),
@@ -200,8 +209,8 @@ def render() -> str:
         "# deploy/helm/meshcp/templates/rbac.yaml`; do not edit. What `meshcp serve --source\n"
         "# kubernetes` reads and writes. Cluster-wide: the kinds it watches, Warning events,\n"
         "# collecting the bootstrap Secrets of pods that are gone (the injector makes them in every\n"
-        "# meshed namespace). Only in the release's namespace: its CA Secret and cert-manager\n"
-        "# CertificateRequests. controller.yaml binds both.\n"
+        "# meshed namespace). Only in the release's namespace: its CA Secret, the replicas'\n"
+        "# leader-election Lease and cert-manager CertificateRequests. controller.yaml binds both.\n"
         "# Then what `meshcp inject` calls: cluster-wide, the pod's namespace, the MeshConfigs,\n"
         "# bootstrap Secrets and its own webhook configuration's caBundle (by name); in the\n"
         "# release's namespace, reading the CA Secret (and, with cert-manager signing, its\n"

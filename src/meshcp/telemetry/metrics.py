@@ -217,6 +217,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.leader = Gauge(
+            "meshcp_leader",
+            "1 while this replica leads (holds the controllers' Lease, or runs without leader "
+            "election), 0 while it follows: only the leader writes to the cluster.",
+            registry=r,
+        )
+        self.leader.set(1)
         self.watch_backoff_seconds = Gauge(
             "meshcp_kubernetes_watch_backoff_seconds",
             "The wait before the list-watch loop of a kind starts over (it doubles with each "
