@@ -313,3 +313,45 @@ async def test_a_proxy_that_never_acks_holds_a_rotation_back_only_until_the_dead
             await trust.step()
         assert phase(ca) is Phase.ROTATING
         assert any("goes on after 901 s without 1 proxies" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_follower_follows_the_leaders_rotation_and_never_moves_it(tmp_path: Path) -> None:
+    """Two replicas on one CA store (HA: the CA Secret); only the leader starts and moves a
+    rotation. The follower's bundles follow each committed phase, it re-issues its own
+    proxy's certificate once the new root signs, and its steps never change the phase."""
+    state_dir = tmp_path / "ca"
+    proxy = new_proxy("bookstore", "bookstore")
+    async with (
+        controller(CaSettings(state_dir=state_dir)) as leader,
+        controller(CaSettings(state_dir=state_dir)) as follower,
+    ):
+        follower.trust.leading = lambda: False
+        await register(follower, proxy)
+        old_cert = current(follower, proxy)
+        assert fingerprint(internal(follower), "active") == fingerprint(internal(leader), "active")
+
+        await leader.trust.rotate()
+        await follower.trust.step()
+        assert phase(internal(follower)) is Phase.TRUSTING
+        assert follower.trust.bundle == leader.trust.bundle
+        await follower.trust.step()  # no proxy lags here: a leader would move on now
+        assert (await ca_show(state_dir))["phase"] == "trusting"
+        assert current(follower, proxy) is old_cert
+
+        await leader.trust.step()
+        assert phase(internal(leader)) is Phase.ROTATING
+        await follower.trust.step()
+        assert phase(internal(follower)) is Phase.ROTATING
+        new_cert = current(follower, proxy)
+        assert new_cert.certificate.issuer == internal(follower).state.active.certificate.subject
+        assert new_cert.serial_number != old_cert.serial_number
+        await follower.trust.step()
+        assert (await ca_show(state_dir))["phase"] == "rotating"
+
+        await leader.trust.step()  # the leader's own certificates (none here)
+        await leader.trust.step()
+        assert phase(internal(leader)) is Phase.STABLE
+        await follower.trust.step()
+        assert phase(internal(follower)) is Phase.STABLE
+        assert follower.trust.bundle == leader.trust.bundle
+        assert len(roots_in(follower.trust.bundle)) == 1

@@ -76,7 +76,8 @@ class TrustCoordinator:
         one proxy that keeps NACKing must not hold back a root close to expiry).
         `leading`: whether this replica leads; only the leader starts and moves a rotation
         (writes to the CA's shared store), the others follow what it commits (`step`)."""
-        self._leading = leading
+        #: Asked before each write to the CA's shared store (see `leading` above).
+        self.leading = leading
         self._provider = provider
         self._certificates = certificates
         self._publish_bundle = publish_bundle
@@ -203,7 +204,7 @@ class TrustCoordinator:
         """One tick: pick up changes made by `meshcp ca rotate`, rotate ahead of expiry,
         and move a rotation forward when every proxy is ready for the next phase."""
         ca = self._internal_or_none()
-        leading = self._leading()
+        leading = self.leading()
         if ca is not None:
             await ca.reload()
             if leading and self._auto_rotate and await ca.rotate_root_if_due():
