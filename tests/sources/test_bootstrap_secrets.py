@@ -132,6 +132,24 @@ async def test_collects_only_the_injectors_secrets_of_pods_gone_for_the_grace_pe
         assert collector.collected == 3
 
 
+async def test_a_replica_that_does_not_lead_deletes_nothing(api: Emulator) -> None:
+    """HA: only the leader collects (asked before each deletion); the same pass as leader
+    deletes them."""
+    k = api
+    for name in ("a", "b"):
+        k.objects[SECRETS, "shop", f"meshcp-bootstrap-{name}"] = secret(f"meshcp-bootstrap-{name}", name)
+    leads = [False]
+    settings = CollectorSettings(grace=0)
+    collector = SecretCollector(_factory(k), settings, leading=lambda: leads[0])
+    async with await _factory(k)() as client:
+        core = CoreV1Api(client)
+        assert await collector.collect(core) == []
+        assert len(_names(k)) == 2
+        leads[0] = True
+        assert len(await collector.collect(core)) == 2
+        assert _names(k) == set()
+
+
 async def test_run_keeps_collecting_through_api_failures(api: Emulator) -> None:
     k = api
     k.objects[SECRETS, "shop", "meshcp-bootstrap-gone"] = secret("meshcp-bootstrap-gone", "gone")

@@ -191,10 +191,13 @@ class SecretCollector:
                 return items
 
     async def _delete(self, core: CoreV1Api, secret: BootstrapSecret) -> bool:
-        """Whether this pass deleted it (404: gone already; 409: changed since listed)."""
+        """Whether this pass deleted it (404: gone already; 409: changed since listed; not
+        at all once this replica stopped leading, even in the middle of a pass)."""
         from kubernetes_asyncio.client import V1DeleteOptions, V1Preconditions
         from kubernetes_asyncio.client.rest import ApiException
 
+        if not self._leading():
+            return False
         preconditions = V1Preconditions(uid=secret.uid, resource_version=secret.resource_version)
         try:
             await core.delete_namespaced_secret(

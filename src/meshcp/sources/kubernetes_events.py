@@ -86,7 +86,8 @@ class EventRecorder:
             while True:
                 problem = await self._queue.get()
                 try:
-                    await self._post(core, problem)
+                    if self._leading():  # queued while leading, and still leading
+                        await self._post(core, problem)
                 finally:
                     self._queue.task_done()
 
