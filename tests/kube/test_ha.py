@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -26,15 +29,17 @@ from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from meshcp.cache import resource_types
+from meshcp.certs import pem
 from meshcp.kube.client import default_api_client
 from meshcp.sources.kubernetes_lease import LeaderElection, LeaseSettings
 from meshcp.sources.kubernetes_rbac import LEASE, NAMESPACE
 from meshcp.xds.service import SOTW_PATH
 from tests.kube.conftest import Installed
-from tests.kube.meshcp_process import MeshcpProcess, controller
+from tests.kube.meshcp_process import CA_SECRET, MeshcpProcess, controller
 from tests.kube.test_source import node_id, start_pod, web_objects
 from tests.support import eventually
 from tests.support.kube import ApiServer
+from tests.support.mtls import AdsSecrets, trusted_ca_of
 
 STREAM = grpclib.const.Cardinality.STREAM_STREAM
 WEB = "ha-web"
@@ -244,3 +249,58 @@ async def test_lease_updates_are_resource_version_checked(installed: Installed) 
 
 async def _no_factory() -> ApiClient:
     raise AssertionError("the test hands attempt() its client")
+
+
+async def trusted_roots(replica: MeshcpProcess, node: str) -> list[str]:
+    """The mesh trust bundle a new proxy of `node` is served by `replica` (SDS), as root
+    fingerprints."""
+    channel = grpclib.client.Channel("127.0.0.1", replica.xds_port)
+    try:
+        async with AdsSecrets.open(channel, delta=False) as sds:
+            await sds.subscribe(node, ["service-cert", "root-cert"])
+            secrets = await asyncio.wait_for(sds.receive(), 30)
+    finally:
+        channel.close()
+    bundle = trusted_ca_of(secrets["root-cert"])
+    return [pem.fingerprint_sha256(c) for c in pem.load_certificates(bundle)]
+
+
+async def test_only_the_leader_moves_a_root_rotation_and_the_follower_follows(
+    installed: Installed, replicas: list[MeshcpProcess]
+) -> None:
+    """A root rotation started in the CA Secret (`meshcp ca rotate --ca-secret`, as an
+    operator would) is carried out by the leader alone; the follower follows it from the
+    Secret, and both end up serving the same trust bundle with the new root only."""
+    kube = installed.api
+    kube.apply(web_objects(WEB))
+    pod = start_pod(kube, WEB, "web-rotate", "10.9.0.2")
+    node = node_id(pod)
+
+    async def one_leader() -> bool:
+        return sum([await leading(r) for r in replicas]) == 1
+
+    await eventually(one_leader, timeout=30, what="exactly one leader", details=lambda: replicas[0].log)
+    (leader,) = [r for r in replicas if await leading(r)]
+    (follower,) = [r for r in replicas if r is not leader]
+    old = await trusted_roots(leader, node)
+    assert len(old) == 1 and await trusted_roots(follower, node) == old
+
+    rotate = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "meshcp", "ca", "rotate", f"--ca-secret={CA_SECRET}",
+         f"--kubeconfig={kube.admin_kubeconfig}", "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert rotate.returncode == 0, rotate.stdout + rotate.stderr
+    new = json.loads(rotate.stdout)["root"]["sha256_fingerprint"]
+    assert new not in old
+
+    async def finished() -> bool:
+        phases = [(await get_json(r.debug_port, "/debug/trust"))["phase"] for r in replicas]
+        served = [await trusted_roots(r, node) for r in replicas]
+        return phases == ["stable", "stable"] and served == [[new], [new]]
+
+    await eventually(finished, timeout=60, what="the rotation finished on both", details=lambda: leader.log)
+    assert "root rotation finished" in leader.log
+    for step in ("root rotation: signing with the new root", "root rotation finished"):
+        assert step not in follower.log, follower.log
