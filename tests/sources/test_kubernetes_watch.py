@@ -28,7 +28,7 @@ from tests.sources.kube_source import (
     upsert_of,
     wait_watches,
 )
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 
 async def test_initial_list_is_paginated_and_synced_once(emulator: Emulator) -> None:
@@ -252,3 +252,36 @@ async def test_watch_events_and_restarts_are_counted_by_kind(emulator: Emulator)
     assert value("meshcp_kubernetes_watch_events_total", {"kind": "Pod", "type": "ADDED"}) == 1
     assert value("meshcp_kubernetes_watch_restarts_total", {"kind": "Pod", "reason": "expired"}) == 1
     assert value("meshcp_kubernetes_watch_restarts_total", {"kind": "Service", "reason": "expired"}) is None
+
+
+async def test_an_error_after_one_410_recovers_once_a_watch_opens(emulator: Emulator) -> None:
+    """One 410 is routine: it does not make the kind wait for a watch event to count as
+    following again. A dropped watch after it fails the kind; the next watch stream that
+    opens ends that, as after any error (only a streak of 410s waits for progress)."""
+    k = emulator
+    pods = BY_KIND["Pod"]
+    seed(k, namespace("shop"))
+    metrics = Metrics()
+    collector = Collector()
+    sleeps = Sleeps()
+    sleeps.gate = asyncio.Event()
+    task, _ = await start(str(k.url), collector, sleeps, observer=metrics)
+    failing = {"kind": "Pod"}
+    try:
+        await collector.until(is_synced)
+        await wait_watches(k, pods, 1)
+        await k.inject(key(pods), status_410())
+        await wait_watches(k, pods, 2)  # listed again at once, no wait
+        assert sleeps.waits == []
+        await k.drop_watches(url_of(pods), key(pods))
+        await sleeps.wait_for(1)
+        assert metrics.registry.get_sample_value("meshcp_kubernetes_watch_failing", failing) == 1
+        sleeps.gate.set()
+        await wait_watches(k, pods, 3)
+
+        async def following() -> bool:
+            return metrics.registry.get_sample_value("meshcp_kubernetes_watch_failing", failing) == 0
+
+        await eventually(following, timeout=10, what="the Pod watch to count as following again")
+    finally:
+        await stop(task)

@@ -231,9 +231,11 @@ class ListWatch:
         """A watch stream is open: the API answers lists and watches again. Only now is the
         back-off reset: an API that lists but fails every watch (a 500, a proxy in the way)
         would otherwise be listed again, everything of the kind, every `backoff_initial`.
-        Not after 410s, though: an API that opens the stream only to end it with an ERROR
-        410 event is what the back-off is for; there only `_progressed` counts."""
-        if not self._expired:
+        Not in a streak of 410s, though: an API that opens the stream only to end it with
+        an ERROR 410 event is what the back-off is for; there only `_progressed` counts.
+        (One 410 before is routine and changes nothing here: an error after it, then a
+        stream that opens, is a recovery like any other.)"""
+        if self._expired < 2:
             self._recovered()
 
     def _progressed(self) -> None:
