@@ -27,12 +27,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiException, CoordinationV1Api
 
 from meshcp.kube.client import ApiClientFactory, describe_api_error
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import CoordinationV1Api
 
 log = logging.getLogger("meshcp.sources.leader")
 
@@ -107,6 +109,8 @@ class LeaderElection:
     async def run(self) -> None:
         """Attempt every `renew_every` (a follower sooner, when the Lease it watches is due
         to expire) until cancelled; then, if leading, release the Lease."""
+        from kubernetes_asyncio.client import ApiException, CoordinationV1Api  # see meshcp.kube.client
+
         async with await self._factory() as api_client:
             api = CoordinationV1Api(api_client)
             try:
@@ -129,6 +133,8 @@ class LeaderElection:
     async def attempt(self, api: CoordinationV1Api) -> float:
         """One look at the Lease: create, renew or take it over when due. Raises what the
         API answered other than 404 and 409; returns the seconds until the next attempt."""
+        from kubernetes_asyncio.client import ApiException
+
         s = self.settings
         timeout = s.request_timeout
         now = self._monotonic()
@@ -181,6 +187,8 @@ class LeaderElection:
         holder: str | None = None,
     ) -> bool:
         """Create (`version` None) or update the Lease at `version`; False on a conflict."""
+        from kubernetes_asyncio.client import ApiException
+
         s = self.settings
         now = datetime.datetime.now(datetime.UTC)
         metadata: dict[str, Any] = {"name": s.name, "namespace": s.namespace}
@@ -214,6 +222,8 @@ class LeaderElection:
     async def _release(self, api: CoordinationV1Api) -> None:
         """Hand the Lease back (empty holder), best effort: a follower takes over at its
         next attempt instead of after `duration`."""
+        from kubernetes_asyncio.client import ApiException
+
         s = self.settings
         try:
             async with asyncio.timeout(s.request_timeout):
@@ -259,6 +269,8 @@ def _micro_time(when: datetime.datetime) -> str:
 
 
 def _reason(error: BaseException) -> str:
+    from kubernetes_asyncio.client import ApiException
+
     if isinstance(error, ApiException):
         return describe_api_error(error)
     return str(error) or type(error).__name__
