@@ -72,6 +72,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         kubernetes=args.source == "kubernetes",
         kubeconfig=args.kubeconfig,
         kube_context=args.context,
+        mesh_name=args.mesh_name,
         prometheus_url=args.prometheus_url,
         api_address=api,
         api_tls_cert=args.api_tls_cert,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ def duration(text: str) -> timedelta:
     if seconds < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration of at least 1s")
     return timedelta(seconds=seconds)
+
+
+def mesh_name(text: str) -> str:
+    """A mesh's name is a label value (`meshcp.dev/monitored-by: <name>`): a DNS label,
+    as MeshConfig's `meshName`."""
+    if len(text) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS label (lowercase letters, digits and '-')")
+    return text
 
 
 def key_spec(text: str) -> KeySpec:
@@ -91,6 +100,20 @@ def _add_listeners(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_serve_source(serve: argparse.ArgumentParser) -> None:
+    """What the controller serves: its source, and the mesh's name in it."""
+    serve.add_argument(
+        "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
+    )
+    serve.add_argument(
+        "--mesh-name",
+        type=mesh_name,
+        help="the mesh: namespaces labelled meshcp.dev/monitored-by (or OSM's "
+        "openservicemesh.io/monitored-by) with it are in it; wins over MeshConfig's meshName "
+        "(default: MeshConfig's meshName, else meshcp)",
+    )
+
+
 def _add_xds_limits(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
     serve.add_argument(
@@ -139,9 +162,7 @@ def build_parser() -> Parser:
         "--xds-client-ca", type=Path, help="PEM bundle that signs proxies' client certificates"
     )
     _add_xds_limits(serve)
-    serve.add_argument(
-        "--source", help="directory of manifests to serve (watched), or `kubernetes` to watch the cluster"
-    )
+    _add_serve_source(serve)
     _add_serve_options(serve)
 
     compile_ = command(commands, "compile", "print the Envoy config one pod's proxy would receive")

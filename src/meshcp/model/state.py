@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import TypeVar
@@ -69,6 +69,10 @@ class MeshState:
     #: The parent's `objects` and the references that differ from it (`with_changes`).
     base: Mapping[ObjectRef, MeshObject] | None = field(default=None, compare=False, repr=False)
     changed: frozenset[ObjectRef] = field(default=frozenset(), compare=False, repr=False)
+    #: The mesh's name as the controller was started with it (`meshcp serve --mesh-name`):
+    #: it wins over a MeshConfig's `meshName`, because the Kubernetes source already chose
+    #: the namespaces by it (None: the MeshConfig's, default `meshcp`).
+    mesh_name: str | None = None
 
     def with_changes(
         self,
@@ -92,6 +96,7 @@ class MeshState:
             self.revision + 1,
             self.objects,
             frozenset(changed),
+            self.mesh_name,
         )
         touched = {ref.kind for ref in changed}
         for name, kinds in _INDEX_KINDS.items():
@@ -190,8 +195,12 @@ class MeshState:
     def mesh_config(self) -> MeshConfig:
         """The settings the mesh runs with: meshcp's MeshConfig (the first by name if there
         are several), each setting it leaves unset taken from OSM's MeshConfig, else the
-        defaults (`osm_meshconfig.effective`)."""
-        return effective(self.mesh_configs, self.osm_mesh_configs)
+        defaults (`osm_meshconfig.effective`); the mesh's name is the controller's
+        `mesh_name` when it has one."""
+        config = effective(self.mesh_configs, self.osm_mesh_configs)
+        if self.mesh_name is not None and config.mesh_name != self.mesh_name:
+            config = replace(config, mesh_name=self.mesh_name)
+        return config
 
     @cached_property
     def meshed_namespaces(self) -> frozenset[str]:

@@ -26,6 +26,7 @@ from meshcp.http.app import Controller, HttpServer, create_debug_app
 from meshcp.identity import Identity
 from meshcp.kpi.prometheus import Prometheus, aiohttp_fetch
 from meshcp.kube.client import ApiClientFactory, default_api_client
+from meshcp.model.meshconfig import MeshConfig
 from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
 from meshcp.runtime.classify import ProxyClassifier
 from meshcp.runtime.mesh_checks import mesh_config_problem
@@ -78,7 +79,10 @@ class ControllerRuntime:
         self.store = Store(
             window=settings.debounce_window,
             max_wait=settings.debounce_max,
-            check=partial(mesh_config_problem, ca_provider=settings.ca.provider),
+            check=partial(
+                mesh_config_problem, ca_provider=settings.ca.provider, mesh_name=settings.mesh_name
+            ),
+            mesh_name=settings.mesh_name,
         )
         self.proxies = ConnectedProxies()
         ca = settings.ca
@@ -314,6 +318,7 @@ class ControllerRuntime:
                     api_client_factory=partial(
                         default_api_client, settings.kube_context, settings.kubeconfig
                     ),
+                    mesh_name=settings.mesh_name or MeshConfig().mesh_name,
                     settings=settings.watch,
                     observer=ApiHealth(self.metrics, self.readiness),
                 )

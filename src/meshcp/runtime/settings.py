@@ -67,6 +67,11 @@ class Settings:
     kubernetes: bool = False
     kubeconfig: str | None = None
     kube_context: str | None = None
+    #: The mesh's name (`--mesh-name`): namespaces labelled `meshcp.dev/monitored-by` (or
+    #: OSM's `openservicemesh.io/monitored-by`) with it are the mesh's, whatever a
+    #: MeshConfig's `meshName` says. None: the MeshConfig's (default `meshcp`); the
+    #: Kubernetes source then selects namespaces by `meshcp`.
+    mesh_name: str | None = None
     #: With `kubernetes`: collecting the bootstrap Secrets of pods that are gone.
     secret_collection: CollectorSettings = field(default_factory=CollectorSettings)
     #: Paging, timeouts and back-off of the Kubernetes watches.

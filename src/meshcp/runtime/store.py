@@ -37,7 +37,8 @@ class Store:
     object's ref while the object itself stays in force.
 
     `states()` is for one consumer. `clock`/`sleep` default to the event loop's; tests pass
-    their own to step time without waiting for it.
+    their own to step time without waiting for it. `mesh_name`: the controller's
+    `--mesh-name`, carried by every state (`MeshState.mesh_name`).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class Store:
         clock: Clock = _loop_time,
         sleep: Sleep = asyncio.sleep,
         check: Callable[[MeshObject], Problem | None] | None = None,
+        mesh_name: str | None = None,
     ) -> None:
         if window < 0 or max_wait < window:
             raise ValueError(f"need 0 <= window <= max_wait, got window={window}, max_wait={max_wait}")
@@ -56,7 +58,7 @@ class Store:
         self._clock = clock
         self._sleep = sleep
         self._check = check
-        self._state = MeshState()
+        self._state = MeshState(mesh_name=mesh_name)
         self._pending: dict[ObjectRef, MeshObject | None] = {}  # None: delete
         self._problems: dict[ObjectRef, Problem] = {}
         self._expected: set[str] = set()
