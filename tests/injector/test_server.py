@@ -13,18 +13,21 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from meshcp.certs import DirectoryStore, InternalCA, ProxyIdentity
+from meshcp.certs import DirectoryStore, InternalCA, Issuer, ProxyIdentity
 from meshcp.certs.pem import load_certificates
 from meshcp.certs.setup import CaSettings
-from meshcp.injector.app import MUTATE_PATH
+from meshcp.injector.admission import ISSUE_RETRY, Injector
+from meshcp.injector.app import MUTATE_PATH, create_app
 from meshcp.injector.errors import InjectorError
 from meshcp.injector.kube import KubeCluster
+from meshcp.injector.metrics import InjectorMetrics
 from meshcp.injector.pod_patch import ORIGINAL_PROBES_ANNOTATION
-from meshcp.injector.server import run_injector
+from meshcp.injector.server import InjectorServer, run_injector
 from meshcp.injector.settings import InjectorSettings
+from meshcp.injector.tls_reload import ReloadingTls
 from meshcp.model.meshconfig import MESH_LABEL
 from meshcp.policy.membership import PROXY_UUID_LABEL
-from tests.injector.conftest import SERVER_NAME, FakeApi, RunningInjector, serving_pair, write_pair
+from tests.injector.conftest import SERVER_NAME, TEMPLATE, FakeApi, RunningInjector, serving_pair, write_pair
 from tests.injector.injection import with_annotations
 from tests.injector.reviews import (
     MESH_NAMESPACE,
@@ -403,3 +406,29 @@ async def test_an_osm_meshconfig_in_the_cluster_shapes_the_sidecar_under_meshcps
     assert envoy["image"] == "registry.example/envoy:1.40"
     assert "--log-level" in envoy["args"] and envoy["args"][envoy["args"].index("--log-level") + 1] == "error"
     assert "-A PROXY_OUTPUT -p tcp --dport 6379 -j RETURN" in init["command"][2]
+
+
+async def test_mesh_name_osm_injects_osm_labelled_namespaces_only(
+    api: FakeApi, ca: InternalCA, serving_files: tuple[Path, Path], client_tls: ssl.SSLContext
+) -> None:
+    """`meshcp inject --mesh-name osm`: a namespace labelled with OSM's monitored-by: osm
+    (OSM's default mesh name) is injected; one labelled for the mesh `meshcp` is not."""
+    api.add_namespace("osm-shop", {"openservicemesh.io/monitored-by": "osm"})
+    metrics = InjectorMetrics()
+    tls = ReloadingTls(*serving_files, on_reload=metrics.tls_reloaded)
+    async with KubeCluster.connect(configuration=api.configuration()) as cluster:
+        service = Injector(cluster, Issuer(ca, ISSUE_RETRY), TEMPLATE, ca.trust_bundle, mesh_name="osm")
+        server = InjectorServer(create_app(service, metrics), idle_timeout=15.0)
+        await server.start("127.0.0.1", 0, tls.context)
+        try:
+            url = f"https://127.0.0.1:{server.port}"
+            pod = deployment_pod()
+            status, answer = await post(url, client_tls, review(pod, namespace="osm-shop"))
+            assert status == 200
+            assert PROXY_UUID_LABEL in apply_and_validate(pod, patch_of(answer))["metadata"]["labels"]
+            status, answer = await post(url, client_tls, review(deployment_pod(), namespace=MESH_NAMESPACE))
+            assert status == 200
+            assert "patch" not in answer["response"]
+            assert "not monitored by mesh osm" in answer["response"]["auditAnnotations"]["sidecar-injection"]
+        finally:
+            await server.stop()

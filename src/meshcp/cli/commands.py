@@ -108,6 +108,7 @@ async def inject(args: argparse.Namespace) -> None:
         xds_trust_bundle=args.xds_trust_bundle,
         delta_xds=args.delta_xds,
         mesh_config_name=args.mesh_config,
+        mesh_name=args.mesh_name,
         ca=ca_settings(args),
         webhook_config=args.webhook_config,
         webhook_ca=args.webhook_ca,

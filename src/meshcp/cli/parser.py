@@ -100,6 +100,16 @@ def _add_listeners(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_inject_mesh(inject: argparse.ArgumentParser) -> None:
+    """Which MeshConfig the injector reads, and the mesh's name in it."""
+    inject.add_argument("--mesh-config", default="meshcp", help="name of the MeshConfig object")
+    inject.add_argument(
+        "--mesh-name",
+        type=mesh_name,
+        help="the mesh, as `serve --mesh-name` (default: MeshConfig's meshName)",
+    )
+
+
 def _add_serve_source(serve: argparse.ArgumentParser) -> None:
     """What the controller serves: its source, and the mesh's name in it."""
     serve.add_argument(
@@ -204,7 +214,7 @@ def build_parser() -> Parser:
         default=None,
         help=f"image of the iptables init container (default {DEFAULT_INIT_IMAGE})",
     )
-    inject.add_argument("--mesh-config", default="meshcp", help="name of the MeshConfig object")
+    _add_inject_mesh(inject)
     inject.add_argument("--delta-xds", action="store_true", help="sidecars use incremental (delta) ADS")
     _add_injector_ca_options(inject)
 

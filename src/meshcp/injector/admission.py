@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from meshcp.certs.issuance import xds_client_request
@@ -60,6 +61,7 @@ class Injector:
         *,
         trust_domain: str = "cluster.local",
         mesh_config_name: str = "meshcp",
+        mesh_name: str | None = None,
         deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self._cluster = cluster
@@ -69,6 +71,7 @@ class Injector:
         self._trust_bundle = trust_bundle
         self._trust_domain = trust_domain
         self._mesh_config_name = mesh_config_name
+        self._mesh_name = mesh_name
         self._deadline = deadline
 
     async def admit(self, review: Review) -> tuple[str, dict[str, Any]]:
@@ -80,6 +83,8 @@ class Injector:
             async with asyncio.timeout(self._deadline):
                 namespace = await self._cluster.namespace(creation.namespace)
                 mesh = await self._cluster.mesh_config(self._mesh_config_name)
+                if self._mesh_name is not None:  # --mesh-name wins, as in the controller
+                    mesh = replace(mesh, mesh_name=self._mesh_name)
                 decision = decide(creation, namespace, mesh)
                 if not isinstance(decision, Deny):
                     for warning in decision.warnings:

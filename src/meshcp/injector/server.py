@@ -95,6 +95,7 @@ async def run_injector(
             trust_bundle,
             trust_domain=settings.ca.trust_domain,
             mesh_config_name=settings.mesh_config_name,
+            mesh_name=settings.mesh_name,
             deadline=settings.deadline,
         )
         webhook_ca = None

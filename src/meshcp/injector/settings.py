@@ -40,6 +40,9 @@ class InjectorSettings:
     sidecar_resources: Mapping[str, Any] | None = None
     #: The cluster-scoped MeshConfig object to read (its defaults when absent).
     mesh_config_name: str = "meshcp"
+    #: The mesh's name (`--mesh-name`), as the controller's: it wins over the MeshConfig's
+    #: `meshName` (None: the MeshConfig's, default `meshcp`).
+    mesh_name: str | None = None
     #: Seconds to answer one admission request in.
     deadline: float = DEFAULT_DEADLINE
     #: Seconds a connection may go without a complete request (idle, or trickling its
