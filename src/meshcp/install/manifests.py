@@ -81,6 +81,7 @@ def _set_mesh_name(documents: list[Manifest], key: str, text: str) -> None:
     if not _NAME.match(text) or len(text) > 63:
         raise ValuesError(f"--set {key}={text}: must be a DNS label (it is a label value)")
     _mesh_config(documents)["meshName"] = text
+    _set_arg(documents, "--mesh-name", text)
     policy = _find(documents, "NetworkPolicy", "meshcp-controller")
     for rule in policy["spec"]["ingress"]:
         for peer in rule.get("from", []):
