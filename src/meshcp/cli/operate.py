@@ -74,6 +74,7 @@ def proxy_rows(proxies: Sequence[Mapping[str, Any]], namespace: str) -> list[dic
             "identity": identity or None,
             "class": proxy.get("class"),
             "stream": proxy.get("stream"),
+            "flavour": proxy.get("flavour"),
         }
         for short, _ in TYPES:
             details = types.get(short)

@@ -14,6 +14,7 @@ from meshcp.cache.snapshot_cache import SnapshotCache
 from meshcp.http import dashboard, traffic_metrics
 from meshcp.kpi.prometheus import Prometheus
 from meshcp.model.state import MeshState, Problem
+from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
@@ -75,6 +76,9 @@ async def debug_proxies(request: web.Request) -> web.Response:
     for item in found:
         pod = controller.pod_of(str(item["node_id"]))
         item["pod"] = None if pod is None else f"{pod[0]}/{pod[1]}"
+        metadata = item.get("metadata")
+        proxyless = isinstance(metadata, dict) and metadata.get(PROXYLESS_KEY) == PROXYLESS_GRPC
+        item["flavour"] = "proxyless-grpc" if proxyless else "sidecar"
     return web.json_response(found)
 
 

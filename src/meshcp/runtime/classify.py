@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp.identity import DEFAULT_TRUST_DOMAIN, ProxyIdentity
 from meshcp.policy.types import ProxyPolicy
+from meshcp.runtime.proxyless import proxyless_key
+from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY
 
 log = logging.getLogger("meshcp.runtime.classify")
 
@@ -79,7 +81,11 @@ class ProxyClassifier:
                     policy.identity if policy is not None else "unknown",
                 )
             return node.id
-        return key
+        return proxyless_key(key) if is_proxyless(node) else key
+
+    def flavour(self, node: Node) -> str:
+        """`proxyless-grpc` or `sidecar` (for /debug/proxies)."""
+        return "proxyless-grpc" if is_proxyless(node) else "sidecar"
 
     def _uuid(self, node_id: str) -> str | None:
         if node_id in self._uuids:
@@ -97,3 +103,14 @@ class ProxyClassifier:
         """The (namespace, pod) the last round knows for a node id (for /debug/proxies)."""
         proxy_uuid = self._uuid(node_id)
         return None if proxy_uuid is None else self._proxies.get(proxy_uuid)
+
+
+def is_proxyless(node: Node) -> bool:
+    """Whether the node's metadata (set by `meshcp bootstrap --proxyless`) says it is a
+    proxyless gRPC application: it then follows the `grpc:` variant of its pod's class.
+    Not a matter of trust: the variant holds the same identity's configuration."""
+    metadata = node.metadata
+    if metadata is None:
+        return False
+    value = metadata.fields.get(PROXYLESS_KEY)
+    return value is not None and value.string_value == PROXYLESS_GRPC

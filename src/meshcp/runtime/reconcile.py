@@ -37,6 +37,7 @@ from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.endpoint_change import EndpointChange, endpoint_change
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.proxyless import ProxylessCompiler, annotated_classes
 from meshcp.telemetry.metrics import Metrics
 
 log = logging.getLogger("meshcp.runtime.reconcile")
@@ -157,6 +158,10 @@ class Reconciler:
         self._recorder: _Memo | None = None
         #: What the last `apply` recompiled: "endpoints" or "full".
         self.last_scope = ""
+        #: The proxyless gRPC variants (`runtime.proxyless`), of the classes with pods
+        #: annotated as proxyless (found on full rounds: an endpoint change keeps them).
+        self._proxyless = ProxylessCompiler(encoder)
+        self._proxyless_keys: frozenset[str] = frozenset()
 
     @property
     def policy(self) -> MeshPolicy:
@@ -197,6 +202,12 @@ class Reconciler:
         else:
             policy = build_policies(state, self._trust_domain, self._pods)
             classes = self._apply_policy(policy)
+            self._proxyless_keys = annotated_classes(state, policy.pod_classes)
+        if self._proxyless_keys:
+            classes = [
+                *classes,
+                *self._proxyless.classes(policy.classes, policy.endpoints, self._proxyless_keys),
+            ]
         self._policy = policy
         self._state = state
         self.revision = state.revision

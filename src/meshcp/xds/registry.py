@@ -37,6 +37,7 @@ class Connection:
         return {
             "node_id": node.id if node is not None else "",
             "cluster": node.cluster if node is not None else "",
+            "metadata": _metadata(node),
             "identity": self.identity,
             "class": self.key,
             "stream": self.protocol.kind,
@@ -98,3 +99,14 @@ class ConnectedProxies:
                         types[short]["current"] = connection.protocol.holds_current(type_url, snapshot)
             out.append(item)
         return sorted(out, key=lambda item: (str(item["node_id"]), str(item["stream"])))
+
+
+def _metadata(node: Node | None) -> dict[str, str]:
+    """The node's string-valued metadata (what bootstraps set: namespace, pod, flavour)."""
+    if node is None or node.metadata is None:
+        return {}
+    return {
+        key: value.string_value or ""
+        for key, value in sorted(node.metadata.fields.items())
+        if value.is_set("string_value")
+    }
