@@ -10,6 +10,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from meshcp.certs.provider import CertificateProvider
 from meshcp.certs.setup import close_provider, open_provider
 from meshcp.cli import offline
 from meshcp.cli.analyze import analysis_findings
@@ -19,6 +20,7 @@ from meshcp.injector.settings import InjectorSettings
 from meshcp.kube.client import default_api_client
 from meshcp.lab import commands as lab
 from meshcp.lab.layout import LabPaths
+from meshcp.model.state import MeshState
 from meshcp.runtime.controller import ControllerRuntime
 from meshcp.runtime.gc_freeze import GcFreeze
 from meshcp.runtime.settings import Address, Settings
@@ -71,7 +73,19 @@ async def bootstrap(args: argparse.Namespace) -> None:
         raise offline.OfflineError(f"--out {args.out}: exists and is not a directory")
     ca = ca_settings(args)
     state = await offline.load(args.source)
+    if args.refresh and not args.proxyless:
+        raise UsageError("--refresh is for --proxyless bootstraps (Envoy renews its certificates over SDS)")
+    if args.refresh < 0:
+        raise UsageError(f"--refresh {args.refresh:g}: must be a positive number of seconds")
     provider = await open_provider(ca, partial(default_api_client, args.context, args.kubeconfig))
+    if args.proxyless:
+        try:
+            await _proxyless_bootstrap(
+                args, state, provider, host=xds.host, port=xds.port, trust_domain=ca.trust_domain
+            )
+        finally:
+            await close_provider(provider)
+        return
     try:
         proxy = await offline.write_bootstrap(
             state,
@@ -89,6 +103,36 @@ async def bootstrap(args: argparse.Namespace) -> None:
     finally:
         await close_provider(provider)
     print(f"wrote {args.out}/bootstrap.json for node {proxy.name}")
+
+
+async def _proxyless_bootstrap(
+    args: argparse.Namespace,
+    state: MeshState,
+    provider: CertificateProvider,
+    *,
+    host: str,
+    port: int,
+    trust_domain: str,
+) -> None:
+    """Write the proxyless bootstrap once, or with `--refresh` again every interval (new
+    certificates each time, which gRPC's file watcher picks up) until stopped."""
+    namespace, name = pod_of(args)
+    while True:
+        proxy = await offline.write_proxyless_bootstrap(
+            state,
+            namespace,
+            name,
+            provider=provider,
+            xds_host=host,
+            xds_port=port,
+            out=args.out,
+            trust_domain=trust_domain,
+            insecure=args.insecure_xds,
+        )
+        print(f"wrote {args.out}/bootstrap.json (proxyless gRPC) for node {proxy.name}", flush=True)
+        if not args.refresh:
+            return
+        await asyncio.sleep(args.refresh)
 
 
 async def inject(args: argparse.Namespace) -> None:

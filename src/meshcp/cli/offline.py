@@ -14,7 +14,7 @@ from typing import Any
 
 from meshcp.cache.dump import dump
 from meshcp.cache.encoding import Encoder
-from meshcp.certs.issuance import xds_client_request
+from meshcp.certs.issuance import workload_request, xds_client_request
 from meshcp.certs.issuer import Issuer
 from meshcp.certs.provider import CertificateProvider
 from meshcp.certs.storage import write_file
@@ -26,9 +26,11 @@ from meshcp.model.meta import ObjectRef
 from meshcp.model.state import MeshState
 from meshcp.policy.analysis import analyze
 from meshcp.policy.membership import is_meshed, proxy_uuid
+from meshcp.runtime.proxyless import proxyless_key
 from meshcp.runtime.reconcile import Reconciler
 from meshcp.runtime.store import Store
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap
+from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY, ProxylessFiles, grpc_bootstrap
 from meshcp.sources.events import Event, Upsert
 from meshcp.sources.files import FileSource
 from meshcp.sources.kubernetes import KubernetesSource
@@ -162,7 +164,7 @@ def compile_pod(
     """The configuration the proxy of one pod would receive (secrets by name only: no
     certificate is issued, so no CA is needed), with the mesh's problems: `problems`, or
     (None) `policy.analysis`'s findings without locations."""
-    find_pod(state, namespace, name)
+    pod = find_pod(state, namespace, name)
     reconciler = Reconciler(Encoder())
     with HeldBack("meshcp.runtime.reconcile"):  # the problems are the command's to print
         classes = {c.key: c for c in reconciler.apply(state)}
@@ -174,6 +176,13 @@ def compile_pod(
         {"name": naming.SERVICE_CERT, "holds": f"the certificate and key of {proxy_class.identity}"},
         {"name": naming.ROOT_CERT, "holds": "the mesh's trust bundle"},
     ]
+    # A proxyless gRPC pod: what its gRPC library receives (its node says it is proxyless),
+    # beside what a sidecar of the same class would.
+    proxyless = pod.meta.annotations.get(PROXYLESS_KEY) == PROXYLESS_GRPC
+    config["flavour"] = "proxyless-grpc" if proxyless else "sidecar"
+    grpc_class = classes.get(proxyless_key(key)) if proxyless else None
+    if grpc_class is not None:
+        config["proxyless"] = {"class": grpc_class.key, **dump(grpc_class.all_resources())}
     config["problems"] = [f.line() for f in analyze(state)] if problems is None else list(problems)
     return Compiled(key, proxy_class.identity, config)
 
@@ -222,6 +231,73 @@ async def write_bootstrap(
         delta=delta,
     )
     files["bootstrap.json"] = (json.dumps(as_dict(config), indent=2) + "\n", 0o644)
+    await asyncio.to_thread(_write_files, out, files)
+    return proxy
+
+
+async def write_proxyless_bootstrap(
+    state: MeshState,
+    namespace: str,
+    name: str,
+    *,
+    provider: CertificateProvider,
+    xds_host: str,
+    xds_port: int,
+    out: Path,
+    trust_domain: str = "cluster.local",
+    insecure: bool = False,
+) -> ProxyIdentity:
+    """Write a proxyless gRPC application's `bootstrap.json` (gRPC's xDS bootstrap, for
+    `GRPC_XDS_BOOTSTRAP`) and the files it points at: the workload certificate, key and
+    trust bundle its `file_watcher` certificate provider reads, and (with mTLS) the xDS
+    client certificate, key and bundle. Every run issues new certificates and replaces
+    the files whole: gRPC's file watcher picks them up (rotation: run it again before
+    the workload certificate expires, e.g. `--refresh`)."""
+    pod = find_pod(state, namespace, name)
+    if pod.meta.annotations.get(PROXYLESS_KEY) != PROXYLESS_GRPC:
+        raise OfflineError(
+            f"pod {namespace}/{name} is not a proxyless gRPC pod: "
+            f"annotate it `{PROXYLESS_KEY}: {PROXYLESS_GRPC}` (metadata.annotations)"
+        )
+    identity = Identity(namespace, pod.service_account)
+    proxy = ProxyIdentity(proxy_uuid(pod), identity, trust_domain)
+    issuer = Issuer(provider)
+    workload = await issuer.issue(workload_request(identity, trust_domain))
+    bundle = await provider.trust_bundle()
+    absolute = Path(await asyncio.to_thread(os.path.abspath, out))  # getcwd: file system I/O
+    files: dict[str, tuple[str, int]] = {
+        "cert.pem": (workload.chain_pem, 0o644),
+        "key.pem": (workload.private_key_pem, 0o600),
+        "ca.pem": (bundle, 0o644),
+    }
+    paths = ProxylessFiles(str(absolute / "cert.pem"), str(absolute / "key.pem"), str(absolute / "ca.pem"))
+    if not insecure:
+        issued = await issuer.issue(xds_client_request(proxy))
+        files["xds-cert.pem"] = (issued.chain_pem, 0o644)
+        files["xds-key.pem"] = (issued.private_key_pem, 0o600)
+        files["xds-ca.pem"] = (bundle, 0o644)
+        paths = ProxylessFiles(
+            paths.certificate,
+            paths.private_key,
+            paths.ca_bundle,
+            str(absolute / "xds-cert.pem"),
+            str(absolute / "xds-key.pem"),
+            str(absolute / "xds-ca.pem"),
+        )
+    config = grpc_bootstrap(
+        proxy.name,
+        f"{namespace}/{pod.service_account}",
+        f"{xds_host}:{xds_port}",
+        paths,
+        namespace=namespace,
+        pod=name,
+        service_account=pod.service_account,
+    )
+    # The key before its certificate, the bootstrap last: a watcher that reads between
+    # two files sees a pair that does not match for at most one refresh and keeps the old.
+    ordered = ["key.pem", "cert.pem", "ca.pem", "xds-key.pem", "xds-cert.pem", "xds-ca.pem"]
+    files = {name: files[name] for name in ordered if name in files}
+    files["bootstrap.json"] = (json.dumps(config, indent=2) + "\n", 0o644)
     await asyncio.to_thread(_write_files, out, files)
     return proxy
 

@@ -84,6 +84,35 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     _add_ca_options(serve)
 
 
+def _add_bootstrap(commands: Any) -> None:
+    """`meshcp bootstrap`: an Envoy sidecar's bootstrap, or a proxyless gRPC pod's."""
+    boot = command(commands, "bootstrap", "write one pod's Envoy bootstrap and xDS client certificate")
+    pod_argument(boot)
+    boot.add_argument("--source", type=Path, required=True, metavar="DIR", help="directory of manifests")
+    boot.add_argument(
+        "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="where the proxy reaches the controller"
+    )
+    boot.add_argument("--xds-server-name", default="localhost", help="name in the controller's certificate")
+    boot.add_argument("--out", type=Path, required=True, help="directory to write into")
+    boot.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
+    boot.add_argument(
+        "--insecure-xds", action="store_true", help="plaintext xDS (controller runs --insecure-xds)"
+    )
+    boot.add_argument(
+        "--proxyless",
+        action="store_true",
+        help="write gRPC's xDS bootstrap and certificate files (proxyless gRPC pod) instead of Envoy's",
+    )
+    boot.add_argument(
+        "--refresh",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --proxyless: keep running, issuing and rewriting the certificate files every SECONDS",
+    )
+    _add_ca_options(boot)
+
+
 def _add_listeners(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="gRPC ADS listener (default %(default)s)"
@@ -180,19 +209,7 @@ def build_parser() -> Parser:
     compile_.add_argument("--source", type=Path, required=True, metavar="DIR", help="directory of manifests")
     output_option(compile_, ("json", "yaml"), "json")
 
-    boot = command(commands, "bootstrap", "write one pod's Envoy bootstrap and xDS client certificate")
-    pod_argument(boot)
-    boot.add_argument("--source", type=Path, required=True, metavar="DIR", help="directory of manifests")
-    boot.add_argument(
-        "--xds-address", default=f"127.0.0.1:{XDS_PORT}", help="where the proxy reaches the controller"
-    )
-    boot.add_argument("--xds-server-name", default="localhost", help="name in the controller's certificate")
-    boot.add_argument("--out", type=Path, required=True, help="directory to write into")
-    boot.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
-    boot.add_argument(
-        "--insecure-xds", action="store_true", help="plaintext xDS (controller runs --insecure-xds)"
-    )
-    _add_ca_options(boot)
+    _add_bootstrap(commands)
 
     inject = command(commands, "inject", "run the sidecar injector (HTTPS mutating webhook)")
     inject.add_argument(
