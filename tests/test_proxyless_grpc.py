@@ -1,0 +1,118 @@
+"""Proxyless gRPC on loopback: grpcio's own xDS client and server (no sidecar anywhere),
+bootstrapped by `meshcp bootstrap --proxyless` against a running `meshcp serve`, under
+SMI policies. Every test also checks that no gRPC node NACKed anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+from tests.support import eventually
+from tests.support.proxyless import PORT, Mesh, running_mesh, servers_manifest
+
+SPIFFE_CLIENT = "spiffe://cluster.local/ns/shop/sa/client"
+
+
+def target(service: str) -> str:
+    return f"xds:///{service}.shop.svc.cluster.local:{PORT}"
+
+
+def assert_no_nack(mesh: Mesh) -> None:
+    assert mesh.metric("meshcp_xds_nacks_total") == 0, [
+        (p["node_id"], {t: d.get("last_nack") for t, d in p["types"].items()}) for p in mesh.proxies()
+    ]
+
+
+async def test_calls_over_mesh_mtls_rbac_split_and_a_missing_listener(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path) as mesh:
+        await mesh.server("greeter-v1-0", "v1")
+        await mesh.server("greeter-v2-0", "v2")
+
+        # mTLS with mesh certificates: the server saw the client's SPIFFE identity over TLS.
+        for name, service in (("v1", "greeter-v1"), ("v2", "greeter-v2")):
+            result = await mesh.calls("client-0", target(service), 3)
+            assert result["answers"] == {name: 3}, result
+            assert not result["failures"], result
+            assert result["peers"] == [f"tls client.shop.cluster.local {SPIFFE_CLIENT}"], result
+        # Every name a client may dial reaches the service (without the port: its only port).
+        for dialled in ("greeter-v1", "greeter-v1.shop", "greeter-v1.shop.svc:50051"):
+            result = await mesh.calls("client-0", f"xds:///{dialled}", 1)
+            assert result["answers"] == {"v1": 1}, (dialled, result)
+
+        # An identity without a TrafficTarget is refused by the server's RBAC.
+        result = await mesh.calls("intruder-0", target("greeter-v1"), 3, warmup=False)
+        assert result["failures"] == {"PERMISSION_DENIED": 3}, result
+        assert not result["answers"], result
+
+        # TrafficSplit 80/20: 500 calls within 3 sigma of 400.
+        calls = 500
+        result = await mesh.calls("client-0", target("greeter"), calls)
+        assert not result["failures"], result
+        v1 = result["answers"].get("v1", 0)
+        assert v1 + result["answers"].get("v2", 0) == calls, result
+        sigma = math.sqrt(calls * 0.8 * 0.2)
+        assert abs(v1 - calls * 0.8) <= 3 * sigma, result
+
+        # A listener that does not exist: the protocol's "does not exist", not a hang.
+        result = await mesh.calls("client-0", target("nosuch"), 1, warmup=False)
+        assert result["failures"] == {"UNAVAILABLE": 1}, result
+        assert "does not exist" in result["details"][0], result
+
+        # /debug/proxies tells proxyless nodes apart, each on its grpc: class.
+        proxies = mesh.proxies()
+        assert proxies, "no connected proxy"
+        assert {p["flavour"] for p in proxies} == {"proxyless-grpc"}, proxies
+        assert all(str(p["class"]).startswith("grpc:shop/greeter#") for p in proxies), proxies
+        assert_no_nack(mesh)
+
+
+async def test_endpoint_change_is_followed_without_failed_calls(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path) as mesh:
+        await mesh.server("greeter-v1-0", "v1-0")
+        stop = tmp_path / "stop-calls"
+        client = await mesh.client_loop("client-0", target("greeter-v1"), stop)
+        assert client.stdout is not None
+        seen = json.loads(await asyncio.wait_for(client.stdout.readline(), 60))
+        assert seen == {"seen": "v1-0"}
+
+        # A server added: the client starts using it.
+        added = {"greeter-v1-1": ("127.0.0.4", "v1")}
+        mesh.write("servers.yaml", servers_manifest(mesh.ports, added))
+        await mesh.server("greeter-v1-1", "v1-1")
+        seen = json.loads(await asyncio.wait_for(client.stdout.readline(), 60))
+        assert seen == {"seen": "v1-1"}
+
+        # One removed: out of the mesh first, stopped once the client holds the change.
+        before = _client_eds(mesh)
+        remaining = {k: v for k, v in mesh.ports.items() if k != "greeter-v1-0"}
+        mesh.write("servers.yaml", servers_manifest(remaining, added))
+
+        async def client_holds_it() -> bool:
+            eds = _client_eds(mesh)
+            return bool(eds.get("current")) and eds.get("version_acked") != before.get("version_acked")
+
+        await eventually(client_holds_it, 60, "the client to ACK the endpoints without greeter-v1-0")
+        first = mesh.processes[0]
+        first.terminate()
+        await asyncio.wait_for(first.wait(), 30)
+        # Calls go on against the one left.
+        result = await mesh.calls("client-0", target("greeter-v1"), 20)
+        assert result["answers"] == {"v1-1": 20}, result
+
+        stop.touch()
+        out, err = await asyncio.wait_for(client.communicate(), 60)
+        summary = json.loads(out.decode().strip().splitlines()[-1])
+        assert not summary["failures"], (summary, err.decode()[-2000:])
+        assert set(summary["answers"]) == {"v1-0", "v1-1"}, summary
+        assert_no_nack(mesh)
+
+
+def _client_eds(mesh: Mesh) -> dict[str, object]:
+    """What /debug/proxies says of client-0's endpoints: versions sent, ACKed, current."""
+    for proxy in mesh.proxies():
+        if proxy["metadata"].get("pod") == "client-0" and str(proxy["class"]).startswith("grpc:"):
+            found: dict[str, object] = proxy["types"].get("eds", {})
+            return found
+    return {}
