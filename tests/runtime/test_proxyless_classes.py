@@ -1,0 +1,97 @@
+"""Proxyless gRPC classes in the reconciler and the classifier: a `grpc:` variant only for
+classes with a pod annotated proxyless, kept current by endpoints-only rounds, and
+followed only by nodes whose metadata says they are proxyless gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from meshcp._proto.envoy.config.core.v3 import Node
+from meshcp._proto.google.protobuf import Struct, Value
+from meshcp.cache import Encoder, resource_types
+from meshcp.identity import Identity, ProxyIdentity
+from meshcp.model.core import Pod
+from meshcp.model.meta import frozen_map
+from meshcp.model.state import MeshObject, MeshState
+from meshcp.policy.types import ProxyPolicy
+from meshcp.runtime.classify import ProxyClassifier
+from meshcp.runtime.proxy_class import ProxyClass
+from meshcp.runtime.reconcile import Reconciler
+from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY
+from tests.policy.mesh import RULE_ALL, Bookstore, pod, target
+
+
+def proxyless(found: Pod) -> Pod:
+    return replace(found, meta=replace(found.meta, annotations=frozen_map({PROXYLESS_KEY: PROXYLESS_GRPC})))
+
+
+def mesh() -> list[MeshObject]:
+    objects = Bookstore(
+        prune=False, extra=[target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_ALL)]
+    ).objects()
+    return [proxyless(o) if isinstance(o, Pod) and o.meta.name == "bookbuyer" else o for o in objects]
+
+
+def grpc_classes(classes: list[ProxyClass]) -> dict[str, ProxyClass]:
+    return {c.key: c for c in classes if c.key.startswith("grpc:")}
+
+
+def endpoints_of(proxy_class: ProxyClass, name: str) -> bytes:
+    (found,) = [
+        r.body
+        for r in proxy_class.all_resources()
+        if r.type_url == resource_types.ENDPOINT and r.name == name
+    ]
+    return found
+
+
+def test_only_classes_with_proxyless_pods_get_a_grpc_variant() -> None:
+    rec = Reconciler(Encoder())
+    classes = rec.apply(MeshState().with_changes(mesh()))
+    (key,) = grpc_classes(classes)
+    assert key == "grpc:" + rec.policy.pod_classes[("bookbuyer", "bookbuyer")]
+    # Without the annotation, no variant: a mesh without proxyless pods pays nothing.
+    assert not grpc_classes(Reconciler(Encoder()).apply(MeshState().with_changes(Bookstore().objects())))
+
+
+def test_an_endpoints_only_round_updates_the_grpc_variant_as_a_full_compile_would() -> None:
+    before = MeshState().with_changes(mesh())
+    rec = Reconciler(Encoder())
+    (first,) = grpc_classes(rec.apply(before)).values()
+    moved = pod("bookstore", "bookstore-v2", "bookstore", "10.244.7.2", app="bookstore", version="v2")
+    after = before.with_changes([moved])
+    (second,) = grpc_classes(rec.apply(after)).values()
+    assert rec.last_scope == "endpoints"
+    name = "bookstore/bookstore-v2|14001"
+    assert b"10.244.7.2" in endpoints_of(second, name) and b"10.244.7.2" not in endpoints_of(first, name)
+    (full,) = grpc_classes(Reconciler(Encoder()).apply(after)).values()
+    assert [(r.name, r.version) for r in second.all_resources()] == [
+        (r.name, r.version) for r in full.all_resources()
+    ]
+    # An unchanged round hands the class on as the same object (the publisher skips it).
+    (third,) = grpc_classes(rec.apply(after.with_changes([moved]))).values()
+    assert third is second
+
+
+UUID = "6f1c3a52-0d6a-4b55-9a59-1d8a5f0e2b11"
+BUYER = ProxyIdentity(UUID, Identity("bookbuyer", "bookbuyer"))
+
+
+def classifier() -> ProxyClassifier:
+    found = ProxyClassifier()
+    policy = ProxyPolicy(BUYER.identity, (), (), False, "cluster.local")
+    found.update({UUID: ("bookbuyer", "bookbuyer")}, {("bookbuyer", "bookbuyer"): "buyer"}, {"buyer": policy})
+    return found
+
+
+def test_a_node_whose_metadata_says_proxyless_follows_the_grpc_variant() -> None:
+    classify = classifier()
+    metadata = Struct(fields={PROXYLESS_KEY: Value(string_value=PROXYLESS_GRPC)})
+    grpc_node = Node(id=BUYER.name, metadata=metadata)
+    assert classify(grpc_node, "bookbuyer/bookbuyer") == "grpc:buyer"
+    assert classify.flavour(grpc_node) == "proxyless-grpc"
+    assert classify(Node(id=BUYER.name), "bookbuyer/bookbuyer") == "buyer"
+    other = Struct(fields={PROXYLESS_KEY: Value(string_value="envoy")})
+    assert classify(Node(id=BUYER.name, metadata=other), "bookbuyer/bookbuyer") == "buyer"
+    # The metadata never lifts the identity check.
+    assert classify(grpc_node, "bookthief/bookthief") == BUYER.name
