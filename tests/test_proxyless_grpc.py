@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from tests.support import eventually
-from tests.support.proxyless import PORT, Mesh, running_mesh, servers_manifest
+from tests.support.proxyless import MESHCP, PORT, Mesh, running_mesh, servers_manifest
 
 SPIFFE_CLIENT = "spiffe://cluster.local/ns/shop/sa/client"
 
@@ -106,6 +106,55 @@ async def test_endpoint_change_is_followed_without_failed_calls(tmp_path: Path) 
         summary = json.loads(out.decode().strip().splitlines()[-1])
         assert not summary["failures"], (summary, err.decode()[-2000:])
         assert set(summary["answers"]) == {"v1-0", "v1-1"}, summary
+        assert_no_nack(mesh)
+
+
+async def test_a_root_rotation_completes_without_a_failed_call(tmp_path: Path) -> None:
+    """Every pod's files are rewritten by `bootstrap --proxyless --refresh` and re-read by
+    gRPC; the controller holds each phase a few seconds while proxyless nodes are
+    connected. Afterwards a server and a client bootstrapped with the new root only talk
+    to the ones started before it: both sides took the new certificates and trust."""
+    async with running_mesh(tmp_path, "--proxyless-dwell", "4") as mesh:
+        mesh.bootstrap_args = ("--watch-interval", "0.5")
+        await mesh.server("greeter-v1-0", "v1-0")
+        stop = tmp_path / "stop-calls"
+        client = await mesh.client_loop("client-0", target("greeter-v1"), stop)
+        assert client.stdout is not None
+        assert json.loads(await asyncio.wait_for(client.stdout.readline(), 60)) == {"seen": "v1-0"}
+        for pod_name in ("greeter-v1-0", "client-0"):
+            await mesh.refresher(pod_name, 0.5)
+        state_file = mesh.state / "ca-state.json"
+        old_root = json.loads(state_file.read_text())["active"]
+
+        rotated = await asyncio.create_subprocess_exec(
+            *MESHCP, "ca", "rotate", "--state-dir", str(mesh.state), "--server", f"127.0.0.1:{mesh.debug}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(rotated.communicate(), 60)
+        assert rotated.returncode == 0, err.decode()
+
+        async def finished() -> bool:
+            found = json.loads(state_file.read_text())
+            return bool(found["phase"] == "stable" and found["active"] != old_root)
+
+        await eventually(finished, 120, "the root rotation to finish", details=state_file.read_text)
+
+        # A server bootstrapped now trusts and presents the new root only: the running
+        # client reaches it with its rewritten files.
+        added = {"greeter-v1-1": ("127.0.0.4", "v1")}
+        mesh.write("servers.yaml", servers_manifest(mesh.ports, added))
+        await mesh.server("greeter-v1-1", "v1-1")
+        seen = json.loads(await asyncio.wait_for(client.stdout.readline(), 60))
+        assert seen == {"seen": "v1-1"}
+        # A client bootstrapped now reaches the server started before the rotation.
+        result = await mesh.calls("client-0", target("greeter-v1"), 20)
+        assert set(result["answers"]) == {"v1-0", "v1-1"}, result
+        assert not result["failures"], result
+
+        stop.touch()
+        out, err = await asyncio.wait_for(client.communicate(), 60)
+        summary = json.loads(out.decode().strip().splitlines()[-1])
+        assert not summary["failures"], (summary, err.decode()[-2000:])
         assert_no_nack(mesh)
 
 

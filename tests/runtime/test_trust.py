@@ -355,3 +355,34 @@ async def test_a_follower_follows_the_leaders_rotation_and_never_moves_it(tmp_pa
         assert phase(internal(follower)) is Phase.STABLE
         assert follower.trust.bundle == leader.trust.bundle
         assert len(roots_in(follower.trust.bundle)) == 1
+
+
+async def test_each_phase_lasts_the_proxyless_dwell_while_proxyless_nodes_are_connected() -> None:
+    """Proxyless gRPC nodes ACK no secrets (they read files): a phase waits for nobody, but
+    lasts `proxyless_dwell` seconds while some are connected, the time their files take to
+    be rewritten and re-read; without them it does not wait."""
+    async with controller(CaSettings()) as runtime:
+        ca = internal(runtime)
+        now = [0.0]
+        trust = runtime.trust
+        trust._monotonic = lambda: now[0]
+        trust._proxyless = lambda: 1
+        trust._proxyless_dwell = 30.0
+        await trust.rotate()
+        await trust.step()
+        assert phase(ca) is Phase.TRUSTING
+        now[0] = 29.0
+        await trust.step()
+        assert phase(ca) is Phase.TRUSTING
+        now[0] = 30.0
+        await trust.step()
+        assert phase(ca) is Phase.ROTATING
+        await trust.step()  # the rotating phase's own dwell starts
+        now[0] = 60.0
+        await trust.step()  # re-issues the workload certificates
+        await trust.step()
+        assert phase(ca) is Phase.STABLE
+        trust._proxyless = lambda: 0
+        await trust.rotate()
+        await trust.step()
+        assert phase(ca) is Phase.ROTATING  # no proxyless node: no dwell

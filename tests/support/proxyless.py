@@ -128,6 +128,8 @@ class Mesh:
     debug: int
     ports: dict[str, int]
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+    #: More arguments of every `meshcp bootstrap --proxyless` (e.g. `--watch-interval`).
+    bootstrap_args: tuple[str, ...] = ()
 
     def write(self, name: str, text: str) -> None:
         """Add or replace one manifest file (the controller watches the directory)."""
@@ -143,7 +145,7 @@ class Mesh:
         status, printed, err = await run(
             "bootstrap", pod_name, "-n", NAMESPACE, "--source", str(self.source),
             "--state-dir", str(self.state), "--out", str(out), "--proxyless",
-            "--xds-address", f"127.0.0.1:{self.xds}",
+            "--xds-address", f"127.0.0.1:{self.xds}", *self.bootstrap_args,
         )  # fmt: skip
         assert status == 0, err
         assert "proxyless gRPC" in printed
@@ -185,6 +187,19 @@ class Mesh:
             *APP, "client", "--target", target, "--until", str(until),
             env=_env(bootstrap), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
         )  # fmt: skip
+        self.processes.append(process)
+        return process
+
+    async def refresher(self, pod_name: str, seconds: float) -> asyncio.subprocess.Process:
+        """`meshcp bootstrap --proxyless --refresh SECONDS` for `pod_name`, in the background."""
+        log = (self.root / f"refresh-{pod_name}.log").open("wb")
+        process = await asyncio.create_subprocess_exec(
+            *MESHCP, "bootstrap", pod_name, "-n", NAMESPACE, "--source", str(self.source),
+            "--state-dir", str(self.state), "--out", str(self.root / "pods" / pod_name), "--proxyless",
+            "--xds-address", f"127.0.0.1:{self.xds}", *self.bootstrap_args, "--refresh", str(seconds),
+            stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+        log.close()
         self.processes.append(process)
         return process
 
@@ -255,7 +270,7 @@ def clients_manifest() -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_mesh(root: Path) -> AsyncIterator[Mesh]:
+async def running_mesh(root: Path, *serve_args: str) -> AsyncIterator[Mesh]:
     source, state = root / "mesh", root / "state"
     source.mkdir()
     ports = {name: free_port() for name in ("greeter-v1-0", "greeter-v2-0", "greeter-v1-1")}
@@ -269,7 +284,7 @@ async def running_mesh(root: Path) -> AsyncIterator[Mesh]:
     controller = await asyncio.create_subprocess_exec(
         *MESHCP, "serve", "--source", str(source), "--state-dir", str(state),
         "--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0", "--debug-address", "127.0.0.1:0",
-        stderr=log, stdout=log,
+        *serve_args, stderr=log, stdout=log,
     )  # fmt: skip
     log.close()
     mesh: Mesh | None = None

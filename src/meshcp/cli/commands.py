@@ -10,8 +10,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from meshcp.certs.provider import CertificateProvider
-from meshcp.certs.setup import close_provider, open_provider
+from meshcp.certs.setup import CaSettings, close_provider, open_provider
 from meshcp.cli import offline
 from meshcp.cli.analyze import analysis_findings
 from meshcp.cli.options import UsageError, ca_settings, pod_of
@@ -69,23 +68,18 @@ async def bootstrap(args: argparse.Namespace) -> None:
         xds = Address.parse(args.xds_address)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.refresh and not args.proxyless:
+        raise UsageError("--refresh is for --proxyless bootstraps (Envoy renews its certificates over SDS)")
+    if args.refresh < 0 or args.watch_interval <= 0:
+        raise UsageError("--refresh and --watch-interval: must be positive numbers of seconds")
     if args.out.exists() and not args.out.is_dir():  # before a CA is made for nothing
         raise offline.OfflineError(f"--out {args.out}: exists and is not a directory")
     ca = ca_settings(args)
     state = await offline.load(args.source)
-    if args.refresh and not args.proxyless:
-        raise UsageError("--refresh is for --proxyless bootstraps (Envoy renews its certificates over SDS)")
-    if args.refresh < 0:
-        raise UsageError(f"--refresh {args.refresh:g}: must be a positive number of seconds")
-    provider = await open_provider(ca, partial(default_api_client, args.context, args.kubeconfig))
     if args.proxyless:
-        try:
-            await _proxyless_bootstrap(
-                args, state, provider, host=xds.host, port=xds.port, trust_domain=ca.trust_domain
-            )
-        finally:
-            await close_provider(provider)
+        await _proxyless_bootstrap(args, state, ca, xds.host, xds.port)
         return
+    provider = await open_provider(ca, partial(default_api_client, args.context, args.kubeconfig))
     try:
         proxy = await offline.write_bootstrap(
             state,
@@ -106,29 +100,30 @@ async def bootstrap(args: argparse.Namespace) -> None:
 
 
 async def _proxyless_bootstrap(
-    args: argparse.Namespace,
-    state: MeshState,
-    provider: CertificateProvider,
-    *,
-    host: str,
-    port: int,
-    trust_domain: str,
+    args: argparse.Namespace, state: MeshState, ca: CaSettings, host: str, port: int
 ) -> None:
-    """Write the proxyless bootstrap once, or with `--refresh` again every interval (new
-    certificates each time, which gRPC's file watcher picks up) until stopped."""
+    """Write the proxyless bootstrap once, or with `--refresh` again every interval until
+    stopped: new certificates and the CA's current trust bundle each time, which gRPC's
+    file watcher picks up. The CA is opened afresh for every run, so that each follows the
+    root rotation phase a running controller has moved it to."""
     namespace, name = pod_of(args)
     while True:
-        proxy = await offline.write_proxyless_bootstrap(
-            state,
-            namespace,
-            name,
-            provider=provider,
-            xds_host=host,
-            xds_port=port,
-            out=args.out,
-            trust_domain=trust_domain,
-            insecure=args.insecure_xds,
-        )
+        provider = await open_provider(ca, partial(default_api_client, args.context, args.kubeconfig))
+        try:
+            proxy = await offline.write_proxyless_bootstrap(
+                state,
+                namespace,
+                name,
+                provider=provider,
+                xds_host=host,
+                xds_port=port,
+                out=args.out,
+                trust_domain=ca.trust_domain,
+                insecure=args.insecure_xds,
+                watch_interval=args.watch_interval,
+            )
+        finally:
+            await close_provider(provider)
         print(f"wrote {args.out}/bootstrap.json (proxyless gRPC) for node {proxy.name}", flush=True)
         if not args.refresh:
             return

@@ -246,13 +246,14 @@ async def write_proxyless_bootstrap(
     out: Path,
     trust_domain: str = "cluster.local",
     insecure: bool = False,
+    watch_interval: float = 60.0,
 ) -> ProxyIdentity:
     """Write a proxyless gRPC application's `bootstrap.json` (gRPC's xDS bootstrap, for
     `GRPC_XDS_BOOTSTRAP`) and the files it points at: the workload certificate, key and
     trust bundle its `file_watcher` certificate provider reads, and (with mTLS) the xDS
     client certificate, key and bundle. Every run issues new certificates and replaces
-    the files whole: gRPC's file watcher picks them up (rotation: run it again before
-    the workload certificate expires, e.g. `--refresh`)."""
+    the files whole: gRPC's file watcher re-reads them every `watch_interval` seconds
+    (rotation: run it again before the workload certificate expires, e.g. `--refresh`)."""
     pod = find_pod(state, namespace, name)
     if pod.meta.annotations.get(PROXYLESS_KEY) != PROXYLESS_GRPC:
         raise OfflineError(
@@ -292,6 +293,7 @@ async def write_proxyless_bootstrap(
         namespace=namespace,
         pod=name,
         service_account=pod.service_account,
+        refresh_interval=f"{watch_interval:g}s",
     )
     # The key before its certificate, the bootstrap last: a watcher that reads between
     # two files sees a pair that does not match for at most one refresh and keeps the old.

@@ -79,6 +79,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         api_tls_key=args.api_tls_key,
         leader_lease=args.leader_lease,
         lease_duration=args.lease_duration,
+        proxyless_dwell=args.proxyless_dwell,
     )
     if settings.source is None and not settings.kubernetes:
         # a controller with nothing to serve would answer every proxy with an empty mesh

@@ -110,6 +110,13 @@ def _add_bootstrap(commands: Any) -> None:
         metavar="SECONDS",
         help="with --proxyless: keep running, issuing and rewriting the certificate files every SECONDS",
     )
+    boot.add_argument(
+        "--watch-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --proxyless: how often gRPC re-reads the certificate files (default 60)",
+    )
     _add_ca_options(boot)
 
 
@@ -155,6 +162,13 @@ def _add_serve_source(serve: argparse.ArgumentParser) -> None:
 
 def _add_xds_limits(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--admission", type=int, default=256, help="new streams configured at once")
+    serve.add_argument(
+        "--proxyless-dwell",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="least length of each root rotation phase while proxyless gRPC nodes are connected",
+    )
     serve.add_argument(
         "--send-budget-mib",
         type=int,

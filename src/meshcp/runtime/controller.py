@@ -28,7 +28,7 @@ from meshcp.kpi.prometheus import Prometheus, aiohttp_fetch
 from meshcp.kube.client import ApiClientFactory, default_api_client
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.runtime.access import claimed_identity, may_receive, verified_identity
-from meshcp.runtime.classify import ProxyClassifier
+from meshcp.runtime.classify import ProxyClassifier, is_proxyless
 from meshcp.runtime.mesh_checks import mesh_config_problem
 from meshcp.runtime.publish import Publisher
 from meshcp.runtime.reconcile import Reconciler
@@ -137,6 +137,8 @@ class ControllerRuntime:
             lagging=lambda: self.proxies.lagging(resource_types.SECRET, self.cache.get),
             interval=settings.trust_interval,
             leading=leading,
+            proxyless=lambda: sum(1 for node in self.proxies.nodes() if is_proxyless(node)),
+            proxyless_dwell=settings.proxyless_dwell,
         )
         if authorize is None:
             authorize = (

@@ -61,6 +61,9 @@ class Settings:
     ca: CaSettings = field(default_factory=CaSettings)
     #: Seconds between trust-bundle checks (root rotation progress, `meshcp ca rotate`).
     trust_interval: float = 1.0
+    #: Seconds each root rotation phase lasts at least while proxyless gRPC nodes are
+    #: connected (their certificate files must be rewritten and re-read in each phase).
+    proxyless_dwell: float = 300.0
     #: Directory of manifests to serve (None: snapshots are set by the embedding code).
     source: Path | None = None
     #: Watch the Kubernetes API instead (in-cluster, else the kubeconfig below).

@@ -46,6 +46,11 @@ ServerCertificateSource = Callable[[], Awaitable[IssuedCertificate]]
 #: ones); and how often, meanwhile, a warning names them.
 ROTATION_DEADLINE = 900.0
 LAGGARD_WARNING_EVERY = 60.0
+#: How long each rotation phase lasts at least while proxyless gRPC nodes are connected:
+#: they take certificates and trust from files that `meshcp bootstrap --proxyless
+#: --refresh` rewrites and gRPC re-reads (every 60 s by default), and never ACK anything
+#: the controller could wait for (docs/proxyless-grpc.md, "Rotation").
+PROXYLESS_DWELL = 300.0
 
 SERVER_CERTIFICATE_RENEW_SHARE = 0.3
 """Re-issue the xDS server certificate once less than this share of its lifetime remains,
@@ -69,13 +74,18 @@ class TrustCoordinator:
         deadline: float = ROTATION_DEADLINE,
         monotonic: Callable[[], float] = time.monotonic,
         leading: Callable[[], bool] = lambda: True,
+        proxyless: Callable[[], int] = lambda: 0,
+        proxyless_dwell: float = PROXYLESS_DWELL,
     ) -> None:
         """`publish_bundle` hands a new workload trust bundle to whoever serves it (the
         publisher); `lagging` names the connected proxies that have not ACKed their current
         secrets yet (a rotation waits for them, for `deadline` seconds per phase at most:
         one proxy that keeps NACKing must not hold back a root close to expiry).
         `leading`: whether this replica leads; only the leader starts and moves a rotation
-        (writes to the CA's shared store), the others follow what it commits (`step`)."""
+        (writes to the CA's shared store), the others follow what it commits (`step`).
+        `proxyless` counts the connected proxyless gRPC nodes: while there are some, each
+        phase lasts `proxyless_dwell` seconds at least, the time their files take to be
+        rewritten and re-read."""
         #: Asked before each write to the CA's shared store (see `leading` above).
         self.leading = leading
         self._provider = provider
@@ -103,6 +113,8 @@ class TrustCoordinator:
         self._server_certificate_for: tuple[str, str] = ("", "")
         self._deadline = deadline
         self._monotonic = monotonic
+        self._proxyless = proxyless
+        self._proxyless_dwell = proxyless_dwell
         #: The rotation phase being waited in, since when, and when laggards were last named.
         self._waiting: tuple[str, float, float] | None = None
         #: Proxies the current rotation phase waits for (a metric and /debug).
@@ -216,7 +228,7 @@ class TrustCoordinator:
         if not leading:
             await self._follow_rotation(ca)
             return
-        if self._waits_for(ca.state.phase.value, self._lagging()):
+        if self._waits_for(ca.state.phase.value, self._lagging()) or self._dwells():
             return
         if ca.state.phase == Phase.TRUSTING:
             await ca.sign_with_new_root()  # every proxy trusts both roots now
@@ -254,6 +266,12 @@ class TrustCoordinator:
         log.info(
             "root rotation (led by another replica): %d workload certificates re-issued", len(report.renewed)
         )
+
+    def _dwells(self) -> bool:
+        """Whether the phase must last longer for the proxyless nodes' files to follow."""
+        if self._waiting is None or not self._proxyless():
+            return False
+        return self._monotonic() - self._waiting[1] < self._proxyless_dwell
 
     def _waits_for(self, phase: str, lagging: Sequence[str]) -> bool:
         """Whether the rotation still waits in `phase`: while proxies lag, up to the

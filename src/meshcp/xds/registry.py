@@ -73,6 +73,10 @@ class ConnectedProxies:
                 return self._connections[token]
         return None
 
+    def nodes(self) -> list[Node]:
+        """The node of every open stream (a node with two streams, twice)."""
+        return [c.protocol.node for c in self._connections.values() if c.protocol.node is not None]
+
     def lagging(self, type_url: str, snapshot_of: Callable[[str], Snapshot | None]) -> list[str]:
         """Node ids of connected proxies that have not ACKed their class's current content
         of `type_url` (for example the secrets of a new root)."""
