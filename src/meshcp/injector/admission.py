@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
-from meshcp.certs.issuance import xds_client_request
+from meshcp.certs.issuance import workload_request, xds_client_request
 from meshcp.certs.issuer import Issuer, RetryPolicy
 from meshcp.certs.provider import CertificateError
 from meshcp.identity import ProxyIdentity
-from meshcp.injector.bootstrap_secret import BootstrapRenderer, bootstrap_secret
+from meshcp.injector.bootstrap_secret import BootstrapRenderer, bootstrap_secret, proxyless_secret
 from meshcp.injector.decision import Candidate, Deny, NamespaceInfo, Skip, decide, pod_creation
 from meshcp.injector.kube import ClusterError
-from meshcp.injector.pod_patch import sidecar_patch
+from meshcp.injector.pod_patch import proxyless_patch, sidecar_patch
 from meshcp.injector.review import Review, allowed_response, denied_response
 from meshcp.injector.settings import DEFAULT_DEADLINE
 from meshcp.injector.template import SidecarTemplate
@@ -115,6 +115,8 @@ class Injector:
     async def _inject(
         self, review: Review, candidate: Candidate, proxy: ProxyIdentity, mesh: MeshConfig
     ) -> dict[str, Any]:
+        if candidate.proxyless:
+            return await self._proxyless(review, candidate, proxy)
         patch = sidecar_patch(candidate, proxy, self._template, mesh)
         if not review.dry_run:
             certificate = await self._issuer.issue(xds_client_request(proxy))
@@ -126,6 +128,32 @@ class Injector:
             "injected sidecar %s into %s%s",
             proxy.proxy_uuid,
             candidate.creation.display_name,
+            " (dry run)" if review.dry_run else "",
+        )
+        return allowed_response(review, patch=patch, warnings=candidate.warnings)
+
+    async def _proxyless(self, review: Review, candidate: Candidate, proxy: ProxyIdentity) -> dict[str, Any]:
+        """A proxyless gRPC pod: its Secret holds gRPC's bootstrap, the xDS client
+        certificate and the workload certificate of its identity."""
+        patch = proxyless_patch(candidate, proxy)
+        if not review.dry_run:
+            xds = await self._issuer.issue(xds_client_request(proxy))
+            workload = await self._issuer.issue(workload_request(candidate.identity, self._trust_domain))
+            bundle = await self._trust_bundle()
+            await self._cluster.create_secret(
+                proxyless_secret(
+                    candidate,
+                    proxy,
+                    self._template,
+                    xds_certificate=xds,
+                    workload_certificate=workload,
+                    trust_bundle=bundle,
+                )
+            )
+        log.info(
+            "prepared proxyless gRPC pod %s (node %s)%s",
+            candidate.creation.display_name,
+            proxy.proxy_uuid,
             " (dry run)" if review.dry_run else "",
         )
         return allowed_response(review, patch=patch, warnings=candidate.warnings)

@@ -28,11 +28,13 @@ from meshcp.injector.template import (
     CA_FILE,
     CERT_FILE,
     KEY_FILE,
+    PROXYLESS_DIR,
     SidecarTemplate,
     secret_name,
 )
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap, identity_tags
+from meshcp.sidecar.grpc_bootstrap import ProxylessFiles, grpc_bootstrap
 from meshcp.sidecar.probes import probe_resources
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -145,13 +147,62 @@ def bootstrap_secret(
         KEY_FILE: certificate.private_key_pem,
         CA_FILE: trust_bundle,
     }
+    return _secret(proxy, files)
+
+
+#: A proxyless pod's files: the workload certificate, key and trust bundle gRPC's
+#: `file_watcher` reads, and the xDS client certificate, key and the controller's bundle.
+PROXYLESS_FILES = ("cert.pem", "key.pem", "ca.pem", "xds-cert.pem", "xds-key.pem", "xds-ca.pem")
+
+
+def proxyless_secret(
+    candidate: Candidate,
+    proxy: ProxyIdentity,
+    template: SidecarTemplate,
+    *,
+    xds_certificate: IssuedCertificate,
+    workload_certificate: IssuedCertificate,
+    trust_bundle: str,
+) -> dict[str, Any]:
+    """The Secret a proxyless gRPC pod's containers mount (`pod_patch.proxyless_patch`):
+    gRPC's xDS bootstrap (the same document `meshcp bootstrap --proxyless` writes) and the
+    files it points at, under `PROXYLESS_DIR`. `trust_bundle` signs both the controller's
+    certificate and the mesh's workloads (the mesh CA's bundle)."""
+    identity = candidate.identity
+    paths = ProxylessFiles(*(f"{PROXYLESS_DIR}/{name}" for name in PROXYLESS_FILES))
+    document = grpc_bootstrap(
+        proxy.name,
+        f"{identity.namespace}/{identity.service_account}",
+        f"{template.xds_host}:{template.xds_port}",
+        paths,
+        namespace=identity.namespace,
+        pod=fields.string(candidate.creation.pod["metadata"].get("name")) or proxy.proxy_uuid,
+        service_account=identity.service_account,
+    )
+    contents = (
+        workload_certificate.chain_pem,
+        workload_certificate.private_key_pem,
+        trust_bundle,
+        xds_certificate.chain_pem,
+        xds_certificate.private_key_pem,
+        trust_bundle,
+    )
+    files = dict(zip(PROXYLESS_FILES, contents, strict=True))
+    files[BOOTSTRAP_FILE] = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return _secret(proxy, files)
+
+
+def _secret(proxy: ProxyIdentity, files: Mapping[str, str]) -> dict[str, Any]:
+    """A bootstrap Secret of `files`, labelled with the proxy UUID (as the pod is) so that
+    Secrets of pods that never came to exist can be found and collected."""
+    namespace = proxy.identity.namespace
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {
             "name": secret_name(proxy),
-            "namespace": identity.namespace,
+            "namespace": namespace,
             "labels": {PROXY_UUID_LABEL: proxy.proxy_uuid, MANAGED_BY_LABEL: MANAGED_BY},
         },
         "data": {name: base64.b64encode(text.encode()).decode() for name, text in sorted(files.items())},

@@ -20,11 +20,12 @@ from typing import Any
 from meshcp.identity import Identity
 from meshcp.injector import fields
 from meshcp.injector.review import Review
-from meshcp.injector.template import INIT_CONTAINER, SIDECAR_CONTAINER
+from meshcp.injector.template import INIT_CONTAINER, PROXYLESS_VOLUME, SIDECAR_CONTAINER
 from meshcp.model.meshconfig import MESH_LABEL, MeshConfig
 from meshcp.model.osm_names import ALIASES, conflicts, lookup, value_of
 from meshcp.policy.membership import INJECTION_ANNOTATION
 from meshcp.sidecar import iptables
+from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY
 
 #: Kubernetes' own namespaces: never meshed, whatever their labels say.
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
@@ -80,6 +81,9 @@ class Candidate:
     redirection: iptables.Redirection
     #: What the user should know (meshcp and OSM names that disagree), logged and returned.
     warnings: tuple[str, ...] = ()
+    #: A proxyless gRPC pod (`meshcp.dev/proxyless: grpc`): no sidecar, no iptables; its
+    #: containers get gRPC's xDS bootstrap and certificates from a Secret instead.
+    proxyless: bool = False
 
 
 def pod_creation(review: Review) -> PodCreation | Skip:
@@ -145,6 +149,11 @@ def decide(
         return Skip("the pod uses the host network", warnings)
     if already_injected(pod):
         return Skip("the pod already has a sidecar", warnings)
+    flavour = annotations.get(PROXYLESS_KEY)
+    if flavour is not None and flavour != PROXYLESS_GRPC:
+        return Deny(
+            f"pod annotation {PROXYLESS_KEY}={flavour!r}: must be {PROXYLESS_GRPC!r} (a proxyless gRPC pod)"
+        )
     for source, values in (("pod", annotations), (f"namespace {ns}", namespace.annotations)):
         found = lookup(values, INJECTION_ANNOTATION)
         if found is None:
@@ -159,6 +168,8 @@ def decide(
         identity = Identity(ns, service_account(spec))
     except ValueError as error:
         return Deny(f"cannot give pod {creation.display_name} a mesh identity: {error}")
+    if flavour is not None:  # no traffic redirection: the application speaks xDS itself
+        return Candidate(creation, identity, iptables.Redirection(), proxyless=True)
     try:
         redirection = iptables.redirection_for(annotations, mesh)
     except (iptables.ExclusionError, ValueError) as error:
@@ -184,4 +195,5 @@ def already_injected(pod: Mapping[str, Any]) -> bool:
     spec = fields.mapping(pod.get("spec"))
     containers = fields.array(spec.get("containers")) + fields.array(spec.get("initContainers"))
     names = {fields.string(fields.mapping(c).get("name")) for c in containers}
-    return SIDECAR_CONTAINER in names or INIT_CONTAINER in names
+    volumes = {fields.string(fields.mapping(v).get("name")) for v in fields.array(spec.get("volumes"))}
+    return SIDECAR_CONTAINER in names or INIT_CONTAINER in names or PROXYLESS_VOLUME in volumes

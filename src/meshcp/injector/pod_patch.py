@@ -19,7 +19,10 @@ from meshcp.injector.probe_rewrite import rewrite_probes
 from meshcp.injector.template import (
     BOOTSTRAP_FILE,
     BOOTSTRAP_VOLUME,
+    GRPC_BOOTSTRAP_ENV,
     INIT_CONTAINER,
+    PROXYLESS_DIR,
+    PROXYLESS_VOLUME,
     SIDECAR_CONTAINER,
     SidecarTemplate,
     secret_name,
@@ -76,6 +79,33 @@ def sidecar_patch(
     )
     append(ops, spec, "/spec", "volumes", _bootstrap_volume(proxy))
     return Patch(ops, tuple(probes.warnings))
+
+
+def proxyless_patch(candidate: Candidate, proxy: ProxyIdentity) -> Patch:
+    """The JSONPatch of a proxyless gRPC pod: no sidecar, no init container, no probe or
+    scrape changes; the proxy UUID label (its node id names it), the Secret volume, and in
+    every container (init containers too: they may call the mesh) a read-only mount of
+    it and `GRPC_XDS_BOOTSTRAP` pointing at its bootstrap. A container that sets
+    `GRPC_XDS_BOOTSTRAP` itself keeps its own."""
+    pod = candidate.creation.pod
+    metadata, spec = pod["metadata"], pod["spec"]
+    ops: list[dict[str, Any]] = []
+    add_entries(ops, metadata, "/metadata", "labels", {PROXY_UUID_LABEL: proxy.proxy_uuid})
+    mount = {"name": PROXYLESS_VOLUME, "mountPath": PROXYLESS_DIR, "readOnly": True}
+    env = {"name": GRPC_BOOTSTRAP_ENV, "value": f"{PROXYLESS_DIR}/{BOOTSTRAP_FILE}"}
+    for kind in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(kind) or ()):
+            path = f"/spec/{kind}/{index}"
+            append(ops, container, path, "volumeMounts", mount)
+            own = {e.get("name") for e in container.get("env") or () if isinstance(e, dict)}
+            if GRPC_BOOTSTRAP_ENV not in own:
+                append(ops, container, path, "env", env)
+    volume = {
+        "name": PROXYLESS_VOLUME,
+        "secret": {"secretName": secret_name(proxy), "defaultMode": SECRET_MODE},
+    }
+    append(ops, spec, "/spec", "volumes", volume)
+    return Patch(ops)
 
 
 def _sidecar_container(proxy: ProxyIdentity, template: SidecarTemplate, mesh: MeshConfig) -> dict[str, Any]:

@@ -23,6 +23,11 @@ CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
 CA_FILE = "ca.crt"
 SECRET_PREFIX = "meshcp-bootstrap-"
+#: A proxyless gRPC pod's Secret volume, mounted read-only into each of its containers,
+#: and the environment variable gRPC finds its xDS bootstrap by.
+PROXYLESS_VOLUME = "meshcp-grpc"
+PROXYLESS_DIR = "/etc/meshcp/grpc"
+GRPC_BOOTSTRAP_ENV = "GRPC_XDS_BOOTSTRAP"
 #: OSM's init image: Alpine with `sh` and iptables, all the init container needs.
 DEFAULT_INIT_IMAGE = "openservicemesh/init:v1.2.4"
 
