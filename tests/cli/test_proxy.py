@@ -42,8 +42,8 @@ async def test_proxy_status_config_and_version(mesh: Mesh) -> None:
     status, table, _ = await run("proxy", "status", "-n", "bookstore", "--server", mesh.debug)
     assert status == 0
     header, line = table.splitlines()
-    assert header.split() == ["POD", "IDENTITY", "STREAM", "CDS", "EDS", "LDS", "RDS", "SDS"]
-    assert line.split()[:3] == [f"bookstore/{POD}", "bookstore/bookstore", "sotw"]
+    assert header.split() == ["POD", "IDENTITY", "STREAM", "FLAVOUR", "CDS", "EDS", "LDS", "RDS", "SDS"]
+    assert line.split()[:4] == [f"bookstore/{POD}", "bookstore/bookstore", "sotw", "sidecar"]
     assert line.count("SYNCED") == 5
     status, other, _ = await run("proxy", "status", "-n", "bookbuyer", "--server", mesh.debug, "-o", "yaml")
     assert (status, other) == (0, "[]\n")

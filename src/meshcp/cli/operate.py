@@ -100,12 +100,13 @@ async def proxy(args: argparse.Namespace) -> int:
     rows = proxy_rows(await get_json(args.server, "/debug/proxies"), args.namespace)
 
     def table() -> list[list[str]]:
-        header = ["POD", "IDENTITY", "STREAM", *(label for _, label in TYPES)]
+        header = ["POD", "IDENTITY", "STREAM", "FLAVOUR", *(label for _, label in TYPES)]
         return [header] + [
             [
                 cell(row["pod"] or row["node_id"]),
                 cell(row["identity"]),
                 cell(row["stream"]),
+                cell(row["flavour"]),
                 *(
                     row[short]["state"] + _short(row[short]["version_acked"] or row[short]["version_sent"])
                     for short, _ in TYPES
