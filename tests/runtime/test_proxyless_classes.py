@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from meshcp._proto.envoy.config.core.v3 import Node
 from meshcp._proto.google.protobuf import Struct, Value
 from meshcp.cache import Encoder, resource_types
@@ -77,10 +79,15 @@ UUID = "6f1c3a52-0d6a-4b55-9a59-1d8a5f0e2b11"
 BUYER = ProxyIdentity(UUID, Identity("bookbuyer", "bookbuyer"))
 
 
-def classifier() -> ProxyClassifier:
+def classifier(proxyless: frozenset[str] = frozenset({"buyer"})) -> ProxyClassifier:
     found = ProxyClassifier()
     policy = ProxyPolicy(BUYER.identity, (), (), False, "cluster.local")
-    found.update({UUID: ("bookbuyer", "bookbuyer")}, {("bookbuyer", "bookbuyer"): "buyer"}, {"buyer": policy})
+    found.update(
+        {UUID: ("bookbuyer", "bookbuyer")},
+        {("bookbuyer", "bookbuyer"): "buyer"},
+        {"buyer": policy},
+        proxyless,
+    )
     return found
 
 
@@ -95,3 +102,19 @@ def test_a_node_whose_metadata_says_proxyless_follows_the_grpc_variant() -> None
     assert classify(Node(id=BUYER.name, metadata=other), "bookbuyer/bookbuyer") == "buyer"
     # The metadata never lifts the identity check.
     assert classify(grpc_node, "bookthief/bookthief") == BUYER.name
+
+
+def test_a_proxyless_node_of_a_pod_without_the_annotation_waits_and_is_named_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its pod's class has no proxyless variant: the node waits under its node id (nothing
+    is published there), and a warning says why, once."""
+    classify = classifier(frozenset())
+    grpc_node = Node(
+        id=BUYER.name, metadata=Struct(fields={PROXYLESS_KEY: Value(string_value=PROXYLESS_GRPC)})
+    )
+    with caplog.at_level("WARNING", logger="meshcp.runtime.classify"):
+        assert classify(grpc_node, "bookbuyer/bookbuyer") == BUYER.name
+        assert classify(grpc_node, "bookbuyer/bookbuyer") == BUYER.name
+    (record,) = caplog.records
+    assert "is not annotated meshcp.dev/proxyless: grpc" in record.getMessage()

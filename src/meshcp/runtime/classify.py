@@ -43,8 +43,10 @@ class ProxyClassifier:
         self._proxies: Mapping[str, tuple[str, str]] = {}
         self._pod_classes: Mapping[tuple[str, str], str] = {}
         self._classes: Mapping[str, ProxyPolicy] = {}
+        self._proxyless: frozenset[str] = frozenset()
         self._uuids: dict[str, str | None] = {}
-        #: Node ids already warned about (their pod's class is of another identity).
+        #: Node ids already warned about (their pod's class is of another identity, or
+        #: they say they are proxyless and their pod is not).
         self._mismatched: set[str] = set()
 
     def update(
@@ -52,10 +54,12 @@ class ProxyClassifier:
         proxies: Mapping[str, tuple[str, str]],
         pod_classes: Mapping[tuple[str, str], str],
         classes: Mapping[str, ProxyPolicy],
+        proxyless: frozenset[str] = frozenset(),
     ) -> None:
-        """A round's tables: proxy UUID -> (namespace, pod), pod -> class key, and class
-        key -> its policy (for its identity)."""
+        """A round's tables: proxy UUID -> (namespace, pod), pod -> class key, class key
+        -> its policy (for its identity), and the class keys with a proxyless variant."""
         self._proxies, self._pod_classes, self._classes = proxies, pod_classes, classes
+        self._proxyless = proxyless
 
     def __call__(self, node: Node, identity: str | None) -> str:
         """`identity`: what the stream was authorised as (`runtime.access`), as `ns/sa`."""
@@ -68,20 +72,36 @@ class ProxyClassifier:
             return node.id
         policy = self._classes.get(key)
         if policy is None or identity is None or str(policy.identity) != identity:
-            if node.id not in self._mismatched:
-                if len(self._mismatched) >= _PARSED_LIMIT:
-                    self._mismatched.clear()
-                self._mismatched.add(node.id)
-                log.warning(
-                    "proxy %s (identity %s) names pod %s/%s of identity %s: not served its configuration",
-                    node.id,
-                    identity,
-                    pod[0],
-                    pod[1],
-                    policy.identity if policy is not None else "unknown",
-                )
+            self._warn_once(
+                node.id,
+                "proxy %s (identity %s) names pod %s/%s of identity %s: not served its configuration",
+                node.id,
+                identity,
+                pod[0],
+                pod[1],
+                policy.identity if policy is not None else "unknown",
+            )
             return node.id
-        return proxyless_key(key) if is_proxyless(node) else key
+        if not is_proxyless(node):
+            return key
+        if key not in self._proxyless:
+            self._warn_once(
+                node.id,
+                "proxy %s says it is a proxyless gRPC node, but pod %s/%s is not annotated "
+                f"{PROXYLESS_KEY}: {PROXYLESS_GRPC}: not served",
+                node.id,
+                pod[0],
+                pod[1],
+            )
+            return node.id
+        return proxyless_key(key)
+
+    def _warn_once(self, node_id: str, message: str, *args: object) -> None:
+        if node_id not in self._mismatched:
+            if len(self._mismatched) >= _PARSED_LIMIT:
+                self._mismatched.clear()
+            self._mismatched.add(node_id)
+            log.warning(message, *args)
 
     def flavour(self, node: Node) -> str:
         """`proxyless-grpc` or `sidecar` (for /debug/proxies)."""

@@ -167,6 +167,11 @@ class Reconciler:
     def policy(self) -> MeshPolicy:
         return self._policy
 
+    @property
+    def proxyless_keys(self) -> frozenset[str]:
+        """The class keys compiled with a proxyless gRPC variant too."""
+        return self._proxyless_keys
+
     def apply(self, state: MeshState) -> list[ProxyClass]:
         """Compile `state` into its proxy classes and report its problems."""
         classes = self.compile(state)

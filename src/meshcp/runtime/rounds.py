@@ -55,7 +55,7 @@ class Rounds:
         self._reclassify = reclassify
         self._on_round = on_round
         self._after_round = after_round
-        self._tables: tuple[object, object, object] = (None, None, None)
+        self._tables: tuple[object, object, object, object] = (None, None, None, None)
         #: Workload certificate lifetime: `--cert-validity`, unless a MeshConfig sets one.
         self.cert_validity = cert_validity
         self._command_line_validity = cert_validity
@@ -73,7 +73,7 @@ class Rounds:
             self._reconciler.report(state)
             self._publisher.update(classes)
             policy = self._reconciler.policy
-            tables = (policy.proxies, policy.pod_classes, policy.classes)
+            tables = (policy.proxies, policy.pod_classes, policy.classes, self._reconciler.proxyless_keys)
             # The same tables (an endpoints-only round keeps them) move no stream: skip
             # the pass over every open stream.
             if any(new is not old for new, old in zip(tables, self._tables, strict=True)):
