@@ -238,6 +238,10 @@ def test_hosts_resolve_service_names_and_short_names_only_in_the_same_namespace(
             },
             "is not a port",
         ),
+        (
+            {"metadata": {"name": "p", "namespace": "shop", "annotations": {"meshcp.dev/proxyless": "grpc"}}},
+            "do not run in meshcp lab yet",
+        ),
     ],
 )
 def test_bad_pods_are_reported_and_skipped(change: dict[str, Any], problem: str) -> None:
