@@ -96,3 +96,15 @@ def test_refresh_is_for_proxyless_bootstraps_only(capsys: pytest.CaptureFixture[
         "--out", str(tmp_path / "out"), "--refresh", "30",
     )  # fmt: skip
     assert ran.status == 2 and "--refresh is for --proxyless" in ran.err
+
+
+def test_insecure_xds_writes_no_xds_client_certificate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ran = bootstrap(capsys, tmp_path, "client-0", "--insecure-xds", "--watch-interval", "5")
+    assert ran.status == 0, ran.err
+    out = tmp_path / "out"
+    config = json.loads((out / "bootstrap.json").read_text())
+    assert config["xds_servers"][0]["channel_creds"] == [{"type": "insecure"}]
+    assert config["certificate_providers"]["meshcp"]["config"]["refresh_interval"] == "5s"
+    assert sorted(p.name for p in out.iterdir()) == ["bootstrap.json", "ca.pem", "cert.pem", "key.pem"]
