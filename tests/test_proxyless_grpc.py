@@ -41,6 +41,12 @@ async def test_calls_over_mesh_mtls_rbac_split_and_a_missing_listener(tmp_path: 
             result = await mesh.calls("client-0", f"xds:///{dialled}", 1)
             assert result["answers"] == {"v1": 1}, (dialled, result)
 
+        # A method outside the TrafficTarget's HTTPRouteGroup (`/meshtest.Echo/.*`) is
+        # refused to the allowed client: gRPC methods are matched as HTTP paths.
+        health = "/grpc.health.v1.Health/Check"
+        result = await mesh.calls("client-0", target("greeter-v1"), 2, warmup=False, method=health)
+        assert result["failures"] == {"PERMISSION_DENIED": 2}, result
+
         # An identity without a TrafficTarget is refused by the server's RBAC.
         result = await mesh.calls("intruder-0", target("greeter-v1"), 3, warmup=False)
         assert result["failures"] == {"PERMISSION_DENIED": 3}, result

@@ -164,14 +164,21 @@ class Mesh:
         return process
 
     async def calls(
-        self, pod_name: str, target: str, count: int, *, call_timeout: float = 20.0, warmup: bool = True
+        self,
+        pod_name: str,
+        target: str,
+        count: int,
+        *,
+        call_timeout: float = 20.0,
+        warmup: bool = True,
+        method: str = "/meshtest.Echo/Who",
     ) -> dict[str, Any]:
         """`count` sequential calls from a proxyless client of `pod_name` (`warmup`: the
         first waits for the channel to be ready)."""
         bootstrap = await self.bootstrap(pod_name)
         process = await asyncio.create_subprocess_exec(
             *APP, "client", "--target", target, "--count", str(count), "--timeout", str(call_timeout),
-            *([] if warmup else ["--no-warmup"]),
+            *([] if warmup else ["--no-warmup"]), "--method", method,
             env=_env(bootstrap), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
         )  # fmt: skip
         self.processes.append(process)
