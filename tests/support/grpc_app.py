@@ -73,7 +73,7 @@ def calls(target: str, count: int, until: str | None, timeout: float, warmup: bo
             try:
                 reply = who(b"", timeout=timeout, wait_for_ready=warmup and done == 0)
                 # Another method than the echo (the health service) answers its own bytes.
-                answer = (
+                answer: dict[str, Any] = (
                     json.loads(reply) if method == METHOD else {"name": method, "security": [], "peer": []}
                 )
                 if answer["name"] not in answers:
