@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from tests.support import eventually
-from tests.support.proxyless import MESHCP, PORT, Mesh, running_mesh, servers_manifest
+from tests.support.proxyless import ADDRESSES, MESHCP, PORT, Mesh, running_mesh, servers_manifest
 
 SPIFFE_CLIENT = "spiffe://cluster.local/ns/shop/sa/client"
 
@@ -84,7 +84,7 @@ async def test_endpoint_change_is_followed_without_failed_calls(tmp_path: Path) 
         assert seen == {"seen": "v1-0"}
 
         # A server added: the client starts using it.
-        added = {"greeter-v1-1": ("127.0.0.4", "v1")}
+        added = {"greeter-v1-1": (ADDRESSES["greeter-v1-1"], "v1")}
         mesh.write("servers.yaml", servers_manifest(mesh.ports, added))
         await mesh.server("greeter-v1-1", "v1-1")
         seen = json.loads(await asyncio.wait_for(client.stdout.readline(), 60))
@@ -147,7 +147,7 @@ async def test_a_root_rotation_completes_without_a_failed_call(tmp_path: Path) -
 
         # A server bootstrapped now trusts and presents the new root only: the running
         # client reaches it with its rewritten files.
-        added = {"greeter-v1-1": ("127.0.0.4", "v1")}
+        added = {"greeter-v1-1": (ADDRESSES["greeter-v1-1"], "v1")}
         mesh.write("servers.yaml", servers_manifest(mesh.ports, added))
         await mesh.server("greeter-v1-1", "v1-1")
         seen = json.loads(await asyncio.wait_for(client.stdout.readline(), 60))

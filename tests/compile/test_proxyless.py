@@ -128,6 +128,20 @@ def test_server_listeners_require_client_certificates_and_end_with_the_router() 
     assert route.non_forwarding_action is not None  # what gRPC requires of a server's routes
 
 
+def test_servers_bound_to_their_pod_ip_get_listeners_of_it() -> None:
+    port = InboundPort(GREETER, 50051, 41001, "grpc")
+    policy = ProxyPolicy(SERVER, (port,), (), False, "cluster.local")
+    listeners = proxyless.server_listeners(policy, ["10.244.1.7", "fd00::7", "10.244.1.7"])
+    assert [listener.name.rsplit("=", 1)[1] for listener in listeners] == [
+        "0.0.0.0:41001",
+        "10.244.1.7:41001",
+        "[::]:41001",
+        "[fd00::7]:41001",
+    ]
+    addresses = [listener.address.socket_address.address for listener in listeners]  # type: ignore[union-attr]
+    assert addresses == ["0.0.0.0", "10.244.1.7", "::", "fd00::7"]
+
+
 def test_resources_encode_without_deprecation_warnings() -> None:
     """gRPC reads the deprecated `match_subject_alt_names`; encoding must not warn (the
     test configuration turns warnings into errors)."""

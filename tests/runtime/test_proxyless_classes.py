@@ -31,7 +31,8 @@ def mesh() -> list[MeshObject]:
     objects = Bookstore(
         prune=False, extra=[target("bookstore", "t", "bookstore", [("bookbuyer", "bookbuyer")], RULE_ALL)]
     ).objects()
-    return [proxyless(o) if isinstance(o, Pod) and o.meta.name == "bookbuyer" else o for o in objects]
+    annotated = ("bookbuyer", "bookstore-v2")
+    return [proxyless(o) if isinstance(o, Pod) and o.meta.name in annotated else o for o in objects]
 
 
 def grpc_classes(classes: list[ProxyClass]) -> dict[str, ProxyClass]:
@@ -50,8 +51,10 @@ def endpoints_of(proxy_class: ProxyClass, name: str) -> bytes:
 def test_only_classes_with_proxyless_pods_get_a_grpc_variant() -> None:
     rec = Reconciler(Encoder())
     classes = rec.apply(MeshState().with_changes(mesh()))
-    (key,) = grpc_classes(classes)
-    assert key == "grpc:" + rec.policy.pod_classes[("bookbuyer", "bookbuyer")]
+    assert set(grpc_classes(classes)) == {
+        "grpc:" + rec.policy.pod_classes[("bookbuyer", "bookbuyer")],
+        "grpc:" + rec.policy.pod_classes[("bookstore", "bookstore-v2")],
+    }
     # Without the annotation, no variant: a mesh without proxyless pods pays nothing.
     assert not grpc_classes(Reconciler(Encoder()).apply(MeshState().with_changes(Bookstore().objects())))
 
@@ -59,20 +62,30 @@ def test_only_classes_with_proxyless_pods_get_a_grpc_variant() -> None:
 def test_an_endpoints_only_round_updates_the_grpc_variant_as_a_full_compile_would() -> None:
     before = MeshState().with_changes(mesh())
     rec = Reconciler(Encoder())
-    (first,) = grpc_classes(rec.apply(before)).values()
-    moved = pod("bookstore", "bookstore-v2", "bookstore", "10.244.7.2", app="bookstore", version="v2")
+    first = grpc_classes(rec.apply(before))
+    buyer = "grpc:" + rec.policy.pod_classes[("bookbuyer", "bookbuyer")]
+    store = "grpc:" + rec.policy.pod_classes[("bookstore", "bookstore-v2")]
+    moved = proxyless(
+        pod("bookstore", "bookstore-v2", "bookstore", "10.244.7.2", app="bookstore", version="v2")
+    )
     after = before.with_changes([moved])
-    (second,) = grpc_classes(rec.apply(after)).values()
+    second = grpc_classes(rec.apply(after))
     assert rec.last_scope == "endpoints"
     name = "bookstore/bookstore-v2|14001"
-    assert b"10.244.7.2" in endpoints_of(second, name) and b"10.244.7.2" not in endpoints_of(first, name)
-    (full,) = grpc_classes(Reconciler(Encoder()).apply(after)).values()
-    assert [(r.name, r.version) for r in second.all_resources()] == [
-        (r.name, r.version) for r in full.all_resources()
-    ]
+    assert b"10.244.7.2" in endpoints_of(second[buyer], name)
+    assert b"10.244.7.2" not in endpoints_of(first[buyer], name)
+    # The moved server's listener of its pod IP follows it.
+    listeners = {r.name for r in second[store].all_resources() if r.type_url == resource_types.LISTENER}
+    assert "grpc/server?xds.resource.listening_address=10.244.7.2:14001" in listeners
+    assert "grpc/server?xds.resource.listening_address=10.244.2.2:14001" not in listeners
+    full = grpc_classes(Reconciler(Encoder()).apply(after))
+    for key in (buyer, store):
+        assert [(r.name, r.version) for r in second[key].all_resources()] == [
+            (r.name, r.version) for r in full[key].all_resources()
+        ]
     # An unchanged round hands the class on as the same object (the publisher skips it).
-    (third,) = grpc_classes(rec.apply(after.with_changes([moved]))).values()
-    assert third is second
+    third = grpc_classes(rec.apply(after.with_changes([moved])))
+    assert third[buyer] is second[buyer]
 
 
 UUID = "6f1c3a52-0d6a-4b55-9a59-1d8a5f0e2b11"

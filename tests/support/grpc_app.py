@@ -1,9 +1,9 @@
 """A proxyless gRPC application for the tests: grpcio with xDS, in a process of its own
 (gRPC reads `GRPC_XDS_BOOTSTRAP` once per process).
 
-    python -m tests.support.grpc_app server --port P --name NAME
+    python -m tests.support.grpc_app server --address IP --port P --name NAME
         an xDS-enabled server (`grpc.server(..., xds=True)`, xDS server credentials with an
-        insecure fallback that the control plane's mTLS replaces) on 0.0.0.0:P, answering
+        insecure fallback that the control plane's mTLS replaces) on IP:P, answering
         `/meshtest.Echo/Who` with NAME, and the standard health service.
     python -m tests.support.grpc_app client --target xds:///... --count N [--no-warmup]
         N sequential calls; prints one JSON line: answers by name and failures by code.
@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 METHOD = "/meshtest.Echo/Who"
 
 
-def serve(port: int, name: str) -> None:
+def serve(address: str, port: int, name: str) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), xds=True)
 
     def who(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -48,9 +48,9 @@ def serve(port: int, name: str) -> None:
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = grpc.xds_server_credentials(grpc.insecure_server_credentials())
-    server.add_secure_port(f"0.0.0.0:{port}", credentials)
+    server.add_secure_port(f"{address}:{port}", credentials)
     server.start()
-    print(f"started {name} on 0.0.0.0:{port}", flush=True)
+    print(f"started {name} on {address}:{port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
@@ -95,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server")
+    server.add_argument("--address", default="0.0.0.0", help="the pod's IP (or a wildcard)")
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--name", required=True)
     client = commands.add_parser("client")
@@ -106,7 +107,7 @@ def main() -> None:
     client.add_argument("--method", default=METHOD, help="full method name; the request is empty")
     args = parser.parse_args()
     if args.command == "server":
-        serve(args.port, args.name)
+        serve(args.address, args.port, args.name)
     else:
         calls(args.target, args.count, args.until, args.timeout, args.warmup, args.method)
 

@@ -3,8 +3,8 @@ bootstrapped by `meshcp bootstrap --proxyless`, all on loopback, for
 tests/test_proxyless_grpc.py.
 
 The mesh: namespace `shop`; service `greeter` (port 50051, `grpc`) split 80/20 over
-`greeter-v1` and `greeter-v2` (one pod each, 127.0.0.2 and 127.0.0.3, each serving on a
-port of its own so both can bind 0.0.0.0); proxyless clients `client` (allowed by a
+`greeter-v1` and `greeter-v2` (one pod each, 127.0.0.2 and 127.0.0.3, each server bound
+to its pod's IP: loopback only); proxyless clients `client` (allowed by a
 TrafficTarget on `/meshtest.Echo/.*`) and `intruder` (no TrafficTarget). Upstreams are
 not pruned, so the intruder is refused by the server's RBAC, not by its own config.
 """
@@ -31,6 +31,8 @@ APP = [sys.executable, "-m", "tests.support.grpc_app"]
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "shop"
 PORT = 50051
+#: Every server pod's IP (its `status.podIP`, the address its server binds).
+ADDRESSES = {"greeter-v1-0": "127.0.0.2", "greeter-v2-0": "127.0.0.3", "greeter-v1-1": "127.0.0.4"}
 
 _HEAD = """\
 apiVersion: config.meshcp.dev/v1alpha1
@@ -156,7 +158,8 @@ class Mesh:
         bootstrap = await self.bootstrap(pod_name)
         log = (self.root / f"{pod_name}.log").open("wb")
         process = await asyncio.create_subprocess_exec(
-            *APP, "server", "--port", str(self.ports[pod_name]), "--name", name,
+            *APP, "server", "--address", ADDRESSES[pod_name], "--port", str(self.ports[pod_name]),
+            "--name", name,
             env=_env(bootstrap), stdout=log, stderr=log, cwd=ROOT,
         )  # fmt: skip
         log.close()
@@ -262,7 +265,11 @@ def servers_manifest(ports: dict[str, int], extra: dict[str, tuple[str, str]] | 
         _service("greeter-v1", "10.96.0.11", "{app: greeter, version: v1}"),
         _service("greeter-v2", "10.96.0.12", "{app: greeter, version: v2}"),
     ]
-    pods = {"greeter-v1-0": ("127.0.0.2", "v1"), "greeter-v2-0": ("127.0.0.3", "v2"), **(extra or {})}
+    pods = {
+        "greeter-v1-0": (ADDRESSES["greeter-v1-0"], "v1"),
+        "greeter-v2-0": (ADDRESSES["greeter-v2-0"], "v2"),
+    }
+    pods.update(extra or {})
     for name, (address, version) in pods.items():
         if name in ports:
             parts.append(pod(name, "greeter", address, f"{{app: greeter, version: {version}}}", ports[name]))

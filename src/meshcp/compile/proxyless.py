@@ -76,8 +76,8 @@ from meshcp.policy.types import Endpoint, InboundPort, ProxyPolicy, ServiceKey, 
 from meshcp.sidecar.envoy_parts import HCM, ads, router_filter, socket_address, tls_socket
 from meshcp.sidecar.grpc_bootstrap import CERTIFICATE_PROVIDER, SERVER_LISTENER_TEMPLATE
 
-#: The addresses a proxyless server's listeners are served for: a pod's server binds all
-#: of its addresses, and the name must not depend on which pod of the class it is.
+#: The wildcard addresses a proxyless server's listeners are served for, whichever pod of
+#: the class it is; a server bound to its pod's IP gets listeners of that IP too.
 SERVER_ADDRESSES = ("0.0.0.0", "[::]")
 HTTP_RBAC = "envoy.filters.http.rbac"
 #: Prefix of every proxyless route configuration (clusters and assignments keep the
@@ -253,15 +253,16 @@ def server_listener_name(address: str, port: int) -> str:
     return SERVER_LISTENER_TEMPLATE % f"{address}:{port}"
 
 
-def server_listeners(policy: ProxyPolicy) -> list[Listener]:
+def server_listeners(policy: ProxyPolicy, pod_addresses: Iterable[str] = ()) -> list[Listener]:
     """The listeners of a proxyless server: per HTTP inbound port (its target port, where
-    the application listens), one per wildcard address, mTLS required, RBAC from the
-    TrafficTargets."""
+    the application listens), one per wildcard address and per address of the class's
+    proxyless pods (`pod_addresses`), mTLS required, RBAC from the TrafficTargets."""
+    addresses = [*SERVER_ADDRESSES, *(f"[{a}]" if ":" in a else a for a in sorted(set(pod_addresses)))]
     listeners = []
     for port in policy.inbound:
         if not port.is_http:
             continue
-        for address in SERVER_ADDRESSES:
+        for address in addresses:
             listeners.append(_server_listener(port, address, policy.trust_domain))
     return sorted(listeners, key=lambda listener: listener.name)
 

@@ -48,6 +48,21 @@ def annotated_classes(state: MeshState, pod_classes: Mapping[tuple[str, str], st
     )
 
 
+def pod_addresses(
+    state: MeshState, pod_classes: Mapping[tuple[str, str], str], keys: frozenset[str]
+) -> dict[str, tuple[str, ...]]:
+    """The IPs of each proxyless class's annotated pods: a server bound to its pod's IP asks
+    for the listener of that address. A walk over the pods, made only when the mesh has
+    proxyless classes (also in endpoints-only rounds: a pod's IP is an endpoint change)."""
+    found: dict[str, set[str]] = {}
+    for pod in state.pods:
+        if pod.ip and pod.meta.annotations.get(PROXYLESS_KEY) == PROXYLESS_GRPC:
+            key = pod_classes.get((pod.meta.namespace, pod.meta.name))
+            if key is not None and key in keys:
+                found.setdefault(key, set()).add(pod.ip)
+    return {key: tuple(sorted(ips)) for key, ips in found.items()}
+
+
 class ProxylessCompiler:
     """Compiles the proxyless variants of the classes asked for, from a memo."""
 
@@ -61,7 +76,9 @@ class ProxylessCompiler:
         policies: Mapping[str, ProxyPolicy],
         endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
         keys: Iterable[str],
+        addresses: Mapping[str, tuple[str, ...]] | None = None,
     ) -> list[ProxyClass]:
+        """`addresses`: the IPs of each class's proxyless pods (`pod_addresses`)."""
         old, self._memo = self._memo, {}
         last, self._classes = self._classes, {}
         out = []
@@ -69,7 +86,8 @@ class ProxylessCompiler:
             policy = policies.get(key)
             if policy is None:
                 continue
-            resources = tuple(self._resources(policy, endpoints, old))
+            ips = (addresses or {}).get(key, ())
+            resources = tuple(self._resources(policy, endpoints, ips, old))
             found = last.get(proxyless_key(key))
             if (
                 found is None
@@ -86,6 +104,7 @@ class ProxylessCompiler:
         self,
         policy: ProxyPolicy,
         endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]],
+        ips: tuple[str, ...],
         old: dict[Hashable, list[Resource]],
     ) -> list[Resource]:
         trust, namespace = policy.trust_domain, policy.identity.namespace
@@ -105,7 +124,7 @@ class ProxylessCompiler:
         )
         found += self._piece(old, ("rds", upstreams), lambda: list(proxyless.route_configurations(upstreams)))
         found += self._piece(
-            old, ("srv", policy.inbound, trust), lambda: list(proxyless.server_listeners(policy))
+            old, ("srv", policy.inbound, trust, ips), lambda: list(proxyless.server_listeners(policy, ips))
         )
         return found
 

@@ -37,7 +37,7 @@ from meshcp.policy.build_memo import BuildMemo
 from meshcp.policy.endpoint_change import EndpointChange, endpoint_change
 from meshcp.policy.types import Endpoint, ProxyPolicy, ServiceKey, Upstream
 from meshcp.runtime.proxy_class import ProxyClass
-from meshcp.runtime.proxyless import ProxylessCompiler, annotated_classes
+from meshcp.runtime.proxyless import ProxylessCompiler, annotated_classes, pod_addresses
 from meshcp.telemetry.metrics import Metrics
 
 log = logging.getLogger("meshcp.runtime.reconcile")
@@ -209,10 +209,9 @@ class Reconciler:
             classes = self._apply_policy(policy)
             self._proxyless_keys = annotated_classes(state, policy.pod_classes)
         if self._proxyless_keys:
-            classes = [
-                *classes,
-                *self._proxyless.classes(policy.classes, policy.endpoints, self._proxyless_keys),
-            ]
+            keys = self._proxyless_keys
+            addresses = pod_addresses(state, policy.pod_classes, keys)
+            classes = [*classes, *self._proxyless.classes(policy.classes, policy.endpoints, keys, addresses)]
         self._policy = policy
         self._state = state
         self.revision = state.revision
