@@ -208,10 +208,7 @@ async def write_bootstrap(
     files: dict[str, tuple[str, int]] = {}
     tls = None
     if not insecure:
-        issued = await Issuer(provider).issue(xds_client_request(proxy))
-        files["xds-cert.pem"] = (issued.chain_pem, 0o644)
-        files["xds-key.pem"] = (issued.private_key_pem, 0o600)
-        files["xds-ca.pem"] = (await provider.trust_bundle(), 0o644)
+        files.update(await _xds_client_files(Issuer(provider), proxy, await provider.trust_bundle()))
         absolute = await asyncio.to_thread(os.path.abspath, out)  # getcwd: file system I/O
         tls = XdsTls(
             os.path.join(absolute, "xds-cert.pem"),
@@ -273,10 +270,7 @@ async def write_proxyless_bootstrap(
     }
     paths = ProxylessFiles(str(absolute / "cert.pem"), str(absolute / "key.pem"), str(absolute / "ca.pem"))
     if not insecure:
-        issued = await issuer.issue(xds_client_request(proxy))
-        files["xds-cert.pem"] = (issued.chain_pem, 0o644)
-        files["xds-key.pem"] = (issued.private_key_pem, 0o600)
-        files["xds-ca.pem"] = (bundle, 0o644)
+        files.update(await _xds_client_files(issuer, proxy, bundle))
         paths = ProxylessFiles(
             paths.certificate,
             paths.private_key,
@@ -302,6 +296,17 @@ async def write_proxyless_bootstrap(
     files["bootstrap.json"] = (json.dumps(config, indent=2) + "\n", 0o644)
     await asyncio.to_thread(_write_files, out, files)
     return proxy
+
+
+async def _xds_client_files(issuer: Issuer, proxy: ProxyIdentity, bundle: str) -> dict[str, tuple[str, int]]:
+    """The proxy's xDS client certificate, key and the bundle it checks the controller
+    with, by file name and mode: the same for an Envoy and a proxyless gRPC pod."""
+    issued = await issuer.issue(xds_client_request(proxy))
+    return {
+        "xds-cert.pem": (issued.chain_pem, 0o644),
+        "xds-key.pem": (issued.private_key_pem, 0o600),
+        "xds-ca.pem": (bundle, 0o644),
+    }
 
 
 def _write_files(directory: Path, files: dict[str, tuple[str, int]]) -> None:

@@ -236,14 +236,7 @@ class TrustCoordinator:
             return
         new_root = ca.state.active.id
         if self._reissued_for != new_root:
-            report = await self._certificates.renew_all()
-            if report.failed:
-                log.warning("root rotation: %d certificates not re-issued yet, retrying", len(report.failed))
-                return
-            self._reissued_for = new_root
-            log.info(
-                "root rotation: %d workload certificates re-issued from the new root", len(report.renewed)
-            )
+            await self._reissue(new_root, "from the new root")
             return
         await ca.finish_root_rotation()
         self._reissued_for = ""
@@ -258,14 +251,17 @@ class TrustCoordinator:
         new_root = ca.state.active.id
         if ca.state.phase != Phase.ROTATING or self._reissued_for == new_root:
             return
+        await self._reissue(new_root, "(led by another replica)")
+
+    async def _reissue(self, new_root: str, how: str) -> None:
+        """Re-issue every workload certificate of the proxies connected here from
+        `new_root`; a step that could not re-issue them all tries again next time."""
         report = await self._certificates.renew_all()
         if report.failed:
             log.warning("root rotation: %d certificates not re-issued yet, retrying", len(report.failed))
             return
         self._reissued_for = new_root
-        log.info(
-            "root rotation (led by another replica): %d workload certificates re-issued", len(report.renewed)
-        )
+        log.info("root rotation: %d workload certificates re-issued %s", len(report.renewed), how)
 
     def _dwells(self) -> bool:
         """Whether the phase must last longer for the proxyless nodes' files to follow."""
