@@ -49,6 +49,8 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         raise UsageError("--admission must be at least 1")
     if args.send_budget_mib < 1:
         raise UsageError("--send-budget-mib must be at least 1")
+    if not 0 <= args.max_connection_age < float("inf"):
+        raise UsageError("--max-connection-age must be 0 (never) or a number of seconds")
     if bool(args.api_tls_cert) != bool(args.api_tls_key):
         raise UsageError("--api-tls-cert and --api-tls-key go together")
     lease_namespace, _, lease_name = args.leader_lease.partition("/")
@@ -67,6 +69,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         xds_names=tuple(args.xds_names or ("localhost", "127.0.0.1")),
         admission=args.admission,
         send_budget=args.send_budget_mib * 1024 * 1024,
+        xds_max_connection_age=args.max_connection_age,
         ca=ca_settings(args),
         source=None if args.source in (None, "kubernetes") else Path(args.source),
         kubernetes=args.source == "kubernetes",

@@ -175,6 +175,14 @@ def _add_xds_limits(serve: argparse.ArgumentParser) -> None:
         default=64,
         help="MiB of xDS responses being written at once, over all streams (bounds memory)",
     )
+    serve.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="tell an xDS connection to go away after this long (±10%%), so that proxies "
+        "reconnect and spread over the replicas (0: never)",
+    )
 
 
 def _add_injector_ca_options(inject: argparse.ArgumentParser) -> None:

@@ -161,6 +161,8 @@ class ControllerRuntime:
             self.service,
             handshake_timeout=settings.xds_handshake_timeout,
             refused=lambda reason: self.metrics.refused_connections.labels(reason).inc(),
+            max_connection_age=settings.xds_max_connection_age,
+            aged_out=self.metrics.aged_out.inc,
         )
         self.rounds = Rounds(
             self.store,

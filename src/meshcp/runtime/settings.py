@@ -58,6 +58,10 @@ class Settings:
     #: Seconds a new xDS connection has to open its first stream before it is closed (a
     #: client that connects and sends nothing, or half a frame, would hold a descriptor).
     xds_handshake_timeout: float = 10.0
+    #: Seconds after which an xDS connection is told to go away (± 10 %), so that proxies
+    #: reconnect and spread over the replicas, new ones included (0: never; `meshcp serve`
+    #: defaults to 30 minutes).
+    xds_max_connection_age: float = 0.0
     ca: CaSettings = field(default_factory=CaSettings)
     #: Seconds between trust-bundle checks (root rotation progress, `meshcp ca rotate`).
     trust_interval: float = 1.0

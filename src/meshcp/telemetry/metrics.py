@@ -144,6 +144,12 @@ class Metrics:
         )
         for reason in ("protocol_error", "no_stream"):
             self.refused_connections.labels(reason)
+        self.aged_out = Counter(
+            "meshcp_xds_aged_out_connections",
+            "ADS connections told to go away (HTTP/2 GOAWAY, streams ended) at their maximum "
+            "age (--max-connection-age), so that proxies spread over the replicas.",
+            registry=r,
+        )
         self.refused_secrets = Counter(
             "meshcp_xds_refused_secrets",
             "Secret names refused to a proxy because the mesh does not serve them.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import weakref
 from collections.abc import Callable
@@ -10,8 +11,10 @@ from typing import Any, cast
 
 import grpclib.server
 from grpclib.protocol import H2Protocol
+from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 from meshcp.xds.codec import FramedCodec
 from meshcp.xds.service import AggregatedDiscoveryService
@@ -25,6 +28,12 @@ HANDSHAKE_TIMEOUT = 10.0
 #: HTTP/2, or it opened no stream within the handshake timeout.
 PROTOCOL_ERROR, NO_STREAM = "protocol_error", "no_stream"
 REFUSAL_REASONS = (PROTOCOL_ERROR, NO_STREAM)
+#: A connection's maximum age varies by this share either way, so that the connections
+#: made in one burst (a replica's restart, a reconnect storm) do not all age out at once.
+MAX_AGE_JITTER = 0.1
+#: Seconds an aged-out connection is kept after its GOAWAY, for its streams to end (their
+#: in-flight responses complete first) and the client to close it; then it is closed.
+MAX_AGE_GRACE = 30.0
 
 
 class _Server(grpclib.server.Server):
@@ -39,6 +48,14 @@ class _Server(grpclib.server.Server):
     `close_connections` sends GOAWAY and closes them, and the proxies reconnect (to
     another replica, or to us later). Each connection refused is told to `refused` with
     its reason (`REFUSAL_REASONS`).
+
+    With a `max_age`, a connection that reaches it (± `MAX_AGE_JITTER`) is told to go
+    away, as grpc-go's MaxConnectionAge does: without it a proxy stays on the replica it
+    first reached for ever, and replicas added later (a scale-up, a restarted one) serve
+    nobody. It gets a GOAWAY frame (so its client opens no new stream on it), then
+    `age_out` is called with the connection to end its streams once their in-flight
+    responses are sent; `MAX_AGE_GRACE` seconds later it is closed if its client has not
+    closed it.
     """
 
     def __init__(
@@ -46,12 +63,16 @@ class _Server(grpclib.server.Server):
         *args: Any,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         refused: Callable[[str], None] = lambda reason: None,
+        max_age: float = 0.0,
+        age_out: Callable[[object], None] = lambda connection: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
         self._handshake_timeout = handshake_timeout
         self._refused = refused
+        self._max_age = max_age
+        self._age_out = age_out
 
     def close_connections(self) -> None:
         for protocol in list(self._protocols):
@@ -93,10 +114,49 @@ class _Server(grpclib.server.Server):
                     refuse(NO_STREAM)
 
             protocol.connection.feed = counted_feed  # type: ignore[method-assign]
-            asyncio.get_running_loop().call_later(self._handshake_timeout, close_if_silent)
+            loop = asyncio.get_running_loop()
+            loop.call_later(self._handshake_timeout, close_if_silent)
+            if self._max_age > 0:
+                jitter = random.uniform(-MAX_AGE_JITTER, MAX_AGE_JITTER)
+                # a weak reference: a closed connection is not kept until its age comes
+                loop.call_later(self._max_age * (1 + jitter), self._go_away, weakref.ref(protocol))
 
         protocol.connection_made = connection_made  # type: ignore[method-assign]
         return protocol
+
+    def _go_away(self, reference: weakref.ref[H2Protocol]) -> None:
+        """Tell a connection that reached its maximum age to go away, gracefully: a
+        GOAWAY frame naming the last stream it opened (h2's `close_connection` would also
+        forbid sending on the open streams, whose responses must complete), then its
+        streams are ended by `age_out`, and it is closed after the grace period."""
+        protocol = reference()
+        connection = getattr(protocol, "connection", None)
+        if protocol is None or connection is None or _closing(protocol):
+            return
+        h2_connection = connection._connection
+        frame = GoAwayFrame(
+            stream_id=0,
+            last_stream_id=h2_connection.highest_inbound_stream_id,
+            error_code=ErrorCodes.NO_ERROR,
+            additional_data=b"max_age",
+        )
+        h2_connection._prepare_for_sending([frame])
+        connection.flush()
+        self._age_out(connection)
+        asyncio.get_running_loop().call_later(MAX_AGE_GRACE, self._close_aged, reference)
+
+    def _close_aged(self, reference: weakref.ref[H2Protocol]) -> None:
+        protocol = reference()
+        if protocol is None or _closing(protocol):
+            return
+        protocol.connection._connection.close_connection()
+        protocol.connection.flush()
+        protocol.processor.close("connection reached its maximum age")
+
+
+def _closing(protocol: H2Protocol) -> bool:
+    transport = getattr(protocol.connection, "_transport", None)
+    return transport is None or bool(transport.is_closing())
 
 
 class XdsServer:
@@ -108,10 +168,25 @@ class XdsServer:
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         refused: Callable[[str], None] = lambda reason: None,
+        max_connection_age: float = 0.0,
+        aged_out: Callable[[], None] = lambda: None,
     ) -> None:
-        """`refused` is told of each connection refused, with its reason (`REFUSAL_REASONS`)."""
+        """`refused` is told of each connection refused, with its reason (`REFUSAL_REASONS`).
+        A connection older than `max_connection_age` seconds (0: never), give or take
+        `MAX_AGE_JITTER`, is told to go away and its streams are ended (the proxy
+        reconnects, perhaps to another replica); `aged_out` is told of each."""
+
+        def age_out(connection: object) -> None:
+            aged_out()
+            service.end_streams(connection)
+
         self._server = _Server(
-            [service], codec=FramedCodec(), handshake_timeout=handshake_timeout, refused=refused
+            [service],
+            codec=FramedCodec(),
+            handshake_timeout=handshake_timeout,
+            refused=refused,
+            max_age=max_connection_age,
+            age_out=age_out,
         )
         self._stopped = False
         self.port = 0

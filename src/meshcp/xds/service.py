@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import grpclib.const
@@ -54,6 +55,9 @@ DELTA_PATH = SERVICE + "DeltaAggregatedResources"
 #: The largest request a stream may send (gRPC's default receive limit). grpclib has none:
 #: it would buffer whatever a length prefix announces, up to 4 GiB per stream.
 MAX_REQUEST_BYTES = 4 << 20
+#: The status a stream of an aged-out connection ends with: the client is to retry, as it
+#: would when a connection goes away (it has lost nothing and keeps its configuration).
+AGED_OUT = (grpclib.const.Status.UNAVAILABLE, "the connection reached its maximum age; reconnect")
 
 
 class _Protocol(StreamState, Protocol):
@@ -72,6 +76,8 @@ class _Pusher:
     each would be a large share of a stream's memory. Only one of them sends at a time
     (`_sending`); a wake-up during a send marks the stream `_dirty` and the sender looks
     again before it stops.
+
+    `drain` ends the stream once nothing is being sent, and nothing more is sent after it.
     """
 
     __slots__ = (
@@ -79,6 +85,7 @@ class _Pusher:
         "_budget",
         "_cancel",
         "_dirty",
+        "_draining",
         "_on_send_error",
         "_protocol",
         "_readiness",
@@ -109,6 +116,7 @@ class _Pusher:
         self._cancel: Callable[[], None] = _nothing
         self._task: asyncio.Task[None] | None = None
         self._sending = self._dirty = self.admitted = False
+        self._draining: Callable[[], None] | None = None
         self.key = ""
         self.snapshot: Snapshot | None = None
 
@@ -130,6 +138,17 @@ class _Pusher:
     def __call__(self, snapshot: Snapshot, changed: frozenset[str]) -> None:
         self.snapshot = snapshot
         self.wake()
+
+    def drain(self, end: Callable[[], None]) -> None:
+        """Send nothing more, and call `end` once the response being sent, if any, is."""
+        if self._draining is None:
+            self._draining = end
+            if not self._sending:
+                end()
+
+    @property
+    def stream(self) -> grpclib.server.Stream[Any, Any]:
+        return self._stream
 
     def wake(self) -> None:
         """Send what is due from a task of its own (for callers that cannot wait)."""
@@ -163,6 +182,8 @@ class _Pusher:
         if self._sending:
             self._dirty = True
             return
+        if self._draining is not None:
+            return
         self._sending = True
         try:
             if not self.admitted:
@@ -176,10 +197,12 @@ class _Pusher:
                 await self._send_due()
         finally:
             self._sending = False
+            if self._draining is not None:
+                self._draining()
 
     async def _send_due(self) -> None:
         self._dirty = True
-        while self._dirty:
+        while self._dirty and self._draining is None:
             self._dirty = False
             snapshot = self.snapshot
             if snapshot is None:
@@ -193,6 +216,8 @@ class _Pusher:
                 self._budget.hold(size)
             try:
                 for outgoing in due:
+                    if self._draining is not None:
+                        break  # the next responses go to the stream the proxy opens next
                     try:
                         await self._stream.send_message(outgoing.payload)
                     except Exception as error:
@@ -206,6 +231,13 @@ class _Pusher:
 
 def _nothing() -> None:
     pass
+
+
+def _end_aged_out(h2_stream: Any) -> None:
+    """End a stream's handler with `AGED_OUT`: grpclib cancels the handler and sends the
+    error as the stream's trailers, as it does for a deadline."""
+    if h2_stream.wrapper is not None:
+        h2_stream.wrapper.cancel(GRPCError(*AGED_OUT))
 
 
 class AggregatedDiscoveryService:
@@ -265,6 +297,18 @@ class AggregatedDiscoveryService:
                 connection.key = key
                 moved += 1
         return moved
+
+    def end_streams(self, connection: object) -> int:
+        """End the streams of an HTTP/2 connection told to go away (it reached its maximum
+        age): each once its in-flight response is sent, with `AGED_OUT`, which the proxy
+        answers by opening a stream on a new connection. Returns how many."""
+        ended = 0
+        for pusher, _ in list(self._open.values()):
+            h2_stream = pusher.stream._stream
+            if h2_stream.connection is connection:
+                pusher.drain(partial(_end_aged_out, h2_stream))
+                ended += 1
+        return ended
 
     async def _sotw(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         await self._serve(stream, SotwProtocol(self._observer, self._shared))
