@@ -104,6 +104,10 @@ async def test_serve_answers_health_and_stops_cleanly_on_sigterm(
             "--xds-cert /missing.pem: no such file",
         ),
         (["serve", "--insecure-xds", "--admission", "0"], "--admission must be at least 1"),
+        (
+            ["serve", "--insecure-xds", "--max-connection-age", "-1"],
+            "--max-connection-age must be 0 (never) or a number of seconds",
+        ),
         (["serve", "--insecure-xds"], "serve needs --source DIR (manifests, watched) or --source kubernetes"),
     ],
 )
