@@ -1,4 +1,4 @@
-"""Three controller replicas against the real API server and real Envoys through a failover.
+"""Controller replicas against the real API server and real Envoys: a failover, a scale-up.
 
 Three `meshcp serve --source kubernetes --leader-lease ...` replicas with the controller's
 ServiceAccount token; three Envoys (the sidecars of three pods) dial the controller's
@@ -9,7 +9,11 @@ replica takes the Lease within its duration, the Envoy that was connected to the
 replica reconnects through the Service to a survivor, and every Envoy keeps what it held
 (the same versions in /config_dump, nothing warming, nothing rejected).
 
-Traffic flows through the Envoys all along, on the one path of the compiled sidecar
+A scale-up: three Envoys on the only replica, a second replica started and added to the
+Service; with `--max-connection-age` of a few seconds the Envoys' connections age out and
+some come back on the new replica.
+
+In both, traffic flows through the Envoys all along, on the one path of the compiled sidecar
 configuration that needs no iptables redirection: the Prometheus listener (LDS, 15010,
 bound by all three with SO_REUSEPORT, so the kernel spreads requests over them) and its
 cluster (CDS, 127.0.0.1:15000, where the test's HTTP backend stands in for the admin
@@ -299,3 +303,90 @@ async def test_envoys_move_to_a_survivor_when_the_leader_is_killed(
             assert not dump.get("clusters", {}).get("dynamic_warming_clusters")
             assert await envoy.stat("listener_manager.lds.update_rejected") == 0
             assert await envoy.stat("cluster_manager.cds.update_rejected") == 0
+
+
+async def metric(replica: MeshcpProcess, name: str) -> float:
+    timeout = aiohttp.ClientTimeout(total=5)
+    url = f"http://127.0.0.1:{replica.http_port}/metrics"
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as reply:
+        text = await reply.text()
+    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def test_a_replica_added_later_gets_proxies_as_their_connections_age_out(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """A scale-up: all three Envoys are on the one replica there is; a second one starts and
+    joins the Service; as their connections reach `--max-connection-age` the Envoys
+    reconnect through the Service, and the new replica serves some of them, while every
+    request through them succeeds and their configuration stays."""
+    kube = installed.api
+    kube.apply(web_objects(NAMESPACE_WEB))
+    nodes = [node_id(start_pod(kube, NAMESPACE_WEB, f"web-s{i}", f"10.9.2.{i + 1}")) for i in range(3)]
+    kube.kubectl("delete", "lease", LEASE, "-n", NAMESPACE, "--ignore-not-found")
+    kubeconfig = kube.kubeconfig_for("meshcp-system", "meshcp-controller")
+    args = (
+        f"--leader-lease={NAMESPACE}/{LEASE}",
+        f"--lease-duration={LEASE_DURATION:g}",
+        "--max-connection-age=4",
+    )
+    traffic = Traffic()
+    try:
+        async with (
+            controller(kubeconfig, tmp_path / "first", *args) as first,
+            Backend() as backend,
+            Service([first.xds_port]) as service,
+            AsyncExitStack() as stack,
+        ):
+            envoys = [
+                await stack.enter_async_context(EnvoyProcess(ads_bootstrap(node, service.port, delta=False)))
+                for node in nodes
+            ]
+
+            async def configured() -> bool:
+                dumps = [held(await envoy.config_dump()) for envoy in envoys]
+                return all(all(dump.values()) for dump in dumps) and set(nodes) <= await connected_nodes(
+                    first
+                )
+
+            await eventually(configured, timeout=30, what="the Envoys configured", details=envoys[0].log_tail)
+            before = [held(await envoy.config_dump()) for envoy in envoys]
+            traffic.start()
+            stack.push_async_callback(traffic.stop)
+
+            second = await stack.enter_async_context(controller(kubeconfig, tmp_path / "second", *args))
+            service.endpoints.append(second.xds_port)
+
+            async def spread() -> bool:
+                on_first, on_second = await connected_nodes(first), await connected_nodes(second)
+                states = [await envoy.stat("control_plane.connected_state") for envoy in envoys]
+                return (
+                    bool(on_first & set(nodes))
+                    and bool(on_second & set(nodes))
+                    and set(nodes) <= on_first | on_second
+                    and states == [1] * len(envoys)
+                )
+
+            await eventually(
+                spread, timeout=30, what="the Envoys spread over both replicas", details=lambda: first.log
+            )
+            assert await metric(first, "meshcp_xds_aged_out_connections_total") >= 1
+            after = len(traffic.outcomes)
+
+            async def more() -> bool:
+                return len(traffic.outcomes) >= after + 20
+
+            await eventually(more, timeout=20, what="requests after the move")
+            await traffic.stop()
+            assert traffic.outcomes and set(traffic.outcomes) == {"ok"}, [
+                o for o in traffic.outcomes if o != "ok"
+            ]
+            assert backend.requests >= len(traffic.outcomes)
+            for envoy, had in zip(envoys, before, strict=True):
+                dump = await envoy.config_dump()
+                assert held(dump) == had
+                assert await envoy.stat("listener_manager.lds.update_rejected") == 0
+                assert await envoy.stat("cluster_manager.cds.update_rejected") == 0
+            print(f"{len(traffic.outcomes)} requests, all answered; Service routed to {service.routed}")
+    finally:
+        kube.kubectl("delete", "lease", LEASE, "-n", NAMESPACE, "--ignore-not-found")
