@@ -144,7 +144,13 @@ class _Pusher:
         if self._draining is None:
             self._draining = end
             if not self._sending:
-                end()
+                self._end()
+
+    def _end(self) -> None:
+        """Call the `drain` callback, once (`_draining` stays set: nothing is sent after)."""
+        end, self._draining = self._draining, _nothing
+        if end is not None:
+            end()
 
     @property
     def stream(self) -> grpclib.server.Stream[Any, Any]:
@@ -198,7 +204,7 @@ class _Pusher:
         finally:
             self._sending = False
             if self._draining is not None:
-                self._draining()
+                self._end()
 
     async def _send_due(self) -> None:
         self._dirty = True
