@@ -131,7 +131,7 @@ async def test_https_admits_the_ingress_principal_with_a_mesh_certificate_only(t
     forged = write_pem(tmp_path, "forged", await foreign.issue(workload_request(NGINX)), bundle)
     async with App() as app:
         rule = IngressRule(STORE, 14001, app.port, "https", None, (NGINX,), True, ("books.test",))
-        async with inbound(app, rule, mesh) as (_, sidecar):
+        async with inbound(app, rule, mesh) as (envoy, sidecar):
 
             async def status(files: PemFiles | None, sni: str = "books.test", path: str = "/") -> int:
                 return await get(sidecar, INGRESS_ADDRESS, app.port, path, client_tls(files, nginx.ca), sni)
@@ -141,8 +141,14 @@ async def test_https_admits_the_ingress_principal_with_a_mesh_certificate_only(t
             assert await status(buyer, path="/buyer") == 403  # a mesh identity, not the principal
             assert await status(forged, path="/forged") == 0  # not the mesh's CA: no handshake
             assert await status(None, path="/anonymous") == 0  # no certificate
-            assert await status(nginx, "other.test", "/other-sni") == 0  # no chain for that name
             assert set(app.attempts) == {"/nginx"}
+            # Another name is not the ingress's: it lands on the mesh's chain without SNI
+            # (for proxyless gRPC clients, which send none), under the mesh's mTLS and RBAC
+            # (here any mesh identity), never the ingress's.
+            assert await status(None, "other.test", "/anonymous-other-sni") == 0
+            assert await status(nginx, "other.test", "/other-sni") == 200
+            assert await envoy.stat("http.inbound.14001.downstream_rq_2xx") == 1
+            assert set(app.attempts) == {"/nginx", "/other-sni"}
 
 
 async def test_https_without_client_validation_admits_by_address(tmp_path: Path) -> None:

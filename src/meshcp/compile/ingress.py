@@ -7,7 +7,8 @@ Per rule (one port the application listens on, one IngressBackend):
   clients always speak mTLS, so they never land here, and the mesh's chain (TLS, matched
   by the service's SNI name) never sees plain text: both kinds of client share the port.
 - https: a chain on the port for TLS with the IngressBackend's SNI names (none: any name
-  but the mesh's own, whose chain names it and so is the more specific match). TLS ends
+  but the mesh's own, whose chain names it and so is the more specific match; with names,
+  another name lands on the mesh's chain without SNI, `lds._without_sni`). TLS ends
   here with the pod's own certificate (`service-cert`); the client must present a
   certificate of the mesh's CA (`root-cert`) unless `skipClientCertValidation`.
 

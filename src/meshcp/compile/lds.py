@@ -4,7 +4,8 @@ Outbound (15001, traffic redirected from the application): one filter chain per 
 service port matching the original destination (ClusterIP/32, or pod IPs of a headless
 service) and port; HTTP goes through `rds-outbound.<port>`, TCP straight to the cluster.
 Inbound (15003, traffic redirected to the pod): one chain per local service port,
-matching its target port and SNI, mTLS required (the proxy's own `service-cert`, callers
+matching its target port and SNI (and per target port one without SNI, for proxyless
+gRPC clients), mTLS required (the proxy's own `service-cert`, callers
 checked against the mesh's `root-cert`: names every proxy shares); HTTP via
 `rds-inbound.<port>` and HTTP RBAC, TCP via network RBAC; beside them, the chains of OSM
 IngressBackends (`compile.ingress`). Prometheus (15010): Envoy's own stats.
@@ -254,17 +255,55 @@ def _inbound_chain(port: InboundPort, policy: ProxyPolicy) -> FilterChain:
     )
 
 
+def _without_sni(mesh: list[FilterChain], others: list[FilterChain]) -> list[FilterChain]:
+    """Per target port, a chain for mesh TLS that names no server: proxyless gRPC clients
+    (grpcio sends no SNI) reach a sidecar through it.
+
+    It is the port's SNI chain without `server_names`; Envoy prefers a chain naming the
+    SNI a client sends, so sidecars keep landing on theirs (a client sending a name no
+    chain has lands here, under the same mTLS and RBAC). Where several services share the
+    target port, their chains must agree on everything but the SNI (HTTP services on one
+    service port: one `rds-inbound.<port>`, whose virtual hosts pick the service, and its
+    RBAC, by the request's authority); otherwise who the client calls is ambiguous and the
+    port gets no SNI-less chain. Nor does it where an IngressBackend's https chain without
+    SNI names already takes such connections (Envoy refuses two chains with one match)."""
+    by_port: dict[int, list[FilterChain]] = {}
+    for chain in mesh:
+        assert chain.filter_chain_match is not None
+        by_port.setdefault(chain.filter_chain_match.destination_port or 0, []).append(chain)
+    taken = [c.filter_chain_match for c in others]
+    out = []
+    for port, chains in sorted(by_port.items()):
+        first = chains[0]
+        if any(c.filters != first.filters or c.transport_socket != first.transport_socket for c in chains):
+            continue
+        match = FilterChainMatch(destination_port=port, transport_protocol="tls")
+        if match in taken:
+            continue
+        out.append(
+            FilterChain(
+                name=f"inbound-no-sni:{port}",
+                filter_chain_match=match,
+                transport_socket=first.transport_socket,
+                filters=first.filters,
+            )
+        )
+    return out
+
+
 def inbound_chains(policy: ProxyPolicy) -> list[FilterChain]:
-    """A chain per local service port (mTLS, by SNI), and per port an OSM IngressBackend
-    admits traffic from outside the mesh to (`compile.ingress`)."""
-    chains = [_inbound_chain(p, policy) for p in policy.inbound]
+    """A chain per local service port (mTLS, by SNI) and per target port for mesh clients
+    sending no SNI (`_without_sni`), and per port an OSM IngressBackend admits traffic from
+    outside the mesh to (`compile.ingress`)."""
+    mesh = [_inbound_chain(p, policy) for p in policy.inbound]
+    others = []
     if policy.ingress:
         ports = {(p.service, p.port): p for p in policy.inbound}
-        chains += [
+        others = [
             ingress_chain(rule, ports[(rule.service, rule.port)], policy.trust_domain)
             for rule in policy.ingress
         ]
-    return sorted(chains, key=lambda c: c.name)
+    return sorted(mesh + _without_sni(mesh, others) + others, key=lambda c: c.name)
 
 
 def inbound_listener(policy: ProxyPolicy) -> Listener:
