@@ -5,6 +5,8 @@
         an xDS-enabled server (`grpc.server(..., xds=True)`, xDS server credentials with an
         insecure fallback that the control plane's mTLS replaces) on IP:P, answering
         `/meshtest.Echo/Who` with NAME, and the standard health service.
+    python -m tests.support.grpc_app server --plain --address IP --port P --name NAME
+        the same service without xDS, in plain text: an application behind a sidecar.
     python -m tests.support.grpc_app client --target xds:///... --count N [--no-warmup]
         N sequential calls; prints one JSON line: answers by name and failures by code.
     python -m tests.support.grpc_app client --target ... --until FILE
@@ -30,8 +32,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 METHOD = "/meshtest.Echo/Who"
 
 
-def serve(address: str, port: int, name: str) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), xds=True)
+def serve(address: str, port: int, name: str, plain: bool = False) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), xds=not plain)
 
     def who(request: bytes, context: grpc.ServicerContext) -> bytes:
         """NAME, and who called as the TLS layer saw it: the caller's SANs."""
@@ -47,8 +49,11 @@ def serve(address: str, port: int, name: str) -> None:
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    credentials = grpc.xds_server_credentials(grpc.insecure_server_credentials())
-    server.add_secure_port(f"{address}:{port}", credentials)
+    if plain:
+        server.add_insecure_port(f"{address}:{port}")
+    else:
+        credentials = grpc.xds_server_credentials(grpc.insecure_server_credentials())
+        server.add_secure_port(f"{address}:{port}", credentials)
     server.start()
     print(f"started {name} on {address}:{port}", flush=True)
     stop = threading.Event()
@@ -98,6 +103,7 @@ def main() -> None:
     server.add_argument("--address", default="0.0.0.0", help="the pod's IP (or a wildcard)")
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--name", required=True)
+    server.add_argument("--plain", action="store_true", help="no xDS, plain text (behind a sidecar)")
     client = commands.add_parser("client")
     client.add_argument("--target", required=True)
     client.add_argument("--count", type=int, default=1)
@@ -107,7 +113,7 @@ def main() -> None:
     client.add_argument("--method", default=METHOD, help="full method name; the request is empty")
     args = parser.parse_args()
     if args.command == "server":
-        serve(args.address, args.port, args.name)
+        serve(args.address, args.port, args.name, args.plain)
     else:
         calls(args.target, args.count, args.until, args.timeout, args.warmup, args.method)
 
