@@ -124,6 +124,27 @@ def test_unmeshed_pod_runs_without_sidecar() -> None:
     assert [c.name for c in pod.containers] == ["app"]
 
 
+def test_proxyless_pod_gets_grpcs_bootstrap_and_no_sidecar_or_iptables() -> None:
+    body = _pod("px-0")
+    body["metadata"]["annotations"] = {"meshcp.dev/proxyless": "grpc"}
+    result = _plan(_namespace("shop"), body)
+    pod = result.pods["shop/px-0"]
+    assert pod.sidecar is None and pod.init == ()
+    assert pod.proxyless is not None
+    assert [c.name for c in pod.containers] == ["app"]
+    # The injector's Secret, as files in the pod's own directory that gRPC is pointed at.
+    assert pod.proxyless.directory == "/run/lab/pods/shop.px-0"
+    env = dict(pod.containers[0].env)
+    assert env["GRPC_XDS_BOOTSTRAP"] == "/run/lab/pods/shop.px-0/bootstrap.json"
+    assert pod.proxyless.template.xds_host == "10.244.0.1"
+    labels = pod.manifest["metadata"]["labels"]
+    assert labels["meshcp.dev/proxy-uuid"] == pod.proxyless.proxy.proxy_uuid
+    assert pod.manifest["metadata"]["annotations"]["meshcp.dev/proxyless"] == "grpc"
+    assert pod.node_id.startswith(pod.proxyless.proxy.proxy_uuid + ".sidecar.shop.shop.")
+    # no Envoy to scrape
+    assert json.loads(prometheus_targets(result.pods)) == []
+
+
 def test_prometheus_scrapes_only_meshed_pods_at_their_prometheus_listener() -> None:
     result = _plan(
         _namespace("shop"),
@@ -239,8 +260,8 @@ def test_hosts_resolve_service_names_and_short_names_only_in_the_same_namespace(
             "is not a port",
         ),
         (
-            {"metadata": {"name": "p", "namespace": "shop", "annotations": {"meshcp.dev/proxyless": "grpc"}}},
-            "do not run in meshcp lab yet",
+            {"metadata": {"name": "p", "namespace": "shop", "annotations": {"meshcp.dev/proxyless": "java"}}},
+            "meshcp.dev/proxyless='java': must be 'grpc'",
         ),
     ],
 )

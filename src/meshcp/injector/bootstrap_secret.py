@@ -163,13 +163,14 @@ def proxyless_secret(
     xds_certificate: IssuedCertificate,
     workload_certificate: IssuedCertificate,
     trust_bundle: str,
+    directory: str = PROXYLESS_DIR,
 ) -> dict[str, Any]:
     """The Secret a proxyless gRPC pod's containers mount (`pod_patch.proxyless_patch`):
     gRPC's xDS bootstrap (the same document `meshcp bootstrap --proxyless` writes) and the
-    files it points at, under `PROXYLESS_DIR`. `trust_bundle` signs both the controller's
-    certificate and the mesh's workloads (the mesh CA's bundle)."""
+    files it points at, under `directory` (where the Secret is mounted). `trust_bundle`
+    signs both the controller's certificate and the mesh's workloads (the mesh CA's bundle)."""
     identity = candidate.identity
-    paths = ProxylessFiles(*(f"{PROXYLESS_DIR}/{name}" for name in PROXYLESS_FILES))
+    paths = ProxylessFiles(*(f"{directory}/{name}" for name in PROXYLESS_FILES))
     document = grpc_bootstrap(
         proxy.name,
         f"{identity.namespace}/{identity.service_account}",

@@ -81,18 +81,19 @@ def sidecar_patch(
     return Patch(ops, tuple(probes.warnings))
 
 
-def proxyless_patch(candidate: Candidate, proxy: ProxyIdentity) -> Patch:
+def proxyless_patch(candidate: Candidate, proxy: ProxyIdentity, *, directory: str = PROXYLESS_DIR) -> Patch:
     """The JSONPatch of a proxyless gRPC pod: no sidecar, no init container, no probe or
     scrape changes; the proxy UUID label (its node id names it), the Secret volume, and in
     every container (init containers too: they may call the mesh) a read-only mount of
     it and `GRPC_XDS_BOOTSTRAP` pointing at its bootstrap. A container that sets
-    `GRPC_XDS_BOOTSTRAP` itself keeps its own."""
+    `GRPC_XDS_BOOTSTRAP` itself keeps its own. `directory`: where the volume is mounted
+    (`meshcp lab` has no mount namespaces: each pod's files are in a directory of its own)."""
     pod = candidate.creation.pod
     metadata, spec = pod["metadata"], pod["spec"]
     ops: list[dict[str, Any]] = []
     add_entries(ops, metadata, "/metadata", "labels", {PROXY_UUID_LABEL: proxy.proxy_uuid})
-    mount = {"name": PROXYLESS_VOLUME, "mountPath": PROXYLESS_DIR, "readOnly": True}
-    env = {"name": GRPC_BOOTSTRAP_ENV, "value": f"{PROXYLESS_DIR}/{BOOTSTRAP_FILE}"}
+    mount = {"name": PROXYLESS_VOLUME, "mountPath": directory, "readOnly": True}
+    env = {"name": GRPC_BOOTSTRAP_ENV, "value": f"{directory}/{BOOTSTRAP_FILE}"}
     for kind in ("initContainers", "containers"):
         for index, container in enumerate(spec.get(kind) or ()):
             path = f"/spec/{kind}/{index}"

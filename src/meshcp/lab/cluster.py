@@ -216,7 +216,7 @@ class Lab:
         # The CA is opened once for all the sidecars starting now (and anew each apply:
         # the controller may have rotated its root since).
         provider = None
-        if any(runtime.planned.sidecar is not None for runtime in started.values()):
+        if any(r.planned.sidecar is not None or r.planned.proxyless is not None for r in started.values()):
             settings = CaSettings(state_dir=self.paths.controller_state, trust_domain=new.mesh.trust_domain)
             provider = await open_provider(settings, create=True)
         try:
@@ -302,7 +302,10 @@ class Lab:
         for _, runtime in sorted(self.pods.items()):
             item = runtime.status()
             proxy = proxies.get(runtime.planned.node_id)
-            if runtime.planned.sidecar is None:
+            if runtime.planned.proxyless is not None:  # gRPC connects when the app first needs xDS
+                state = "not connected" if proxy is None else "connected" if converged(proxy) else lag(proxy)
+                item["sidecar"] = f"proxyless ({state})"
+            elif runtime.planned.sidecar is None:
                 item["sidecar"] = "-"
             elif proxy is None:
                 item["sidecar"] = "not connected"

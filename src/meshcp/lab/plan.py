@@ -29,7 +29,7 @@ from meshcp.lab.endpoints import PlannedService, services
 from meshcp.lab.hosts import hosts_file
 from meshcp.lab.kube_proxy import service_rules
 from meshcp.lab.manifests import Manifest
-from meshcp.lab.pods import PlannedPod, PodProblem
+from meshcp.lab.pods import PlannedPod, PodProblem, Proxyless, Sidecar
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.osm_meshconfig import OsmMeshConfig, effective
 from meshcp.model.parse import InvalidObject, parse_object
@@ -192,7 +192,7 @@ def _plan_pod(
     body: dict[str, Any] = copy.deepcopy(dict(manifest.body))
     body.setdefault("metadata", {})["namespace"] = namespace
     body.pop("status", None)
-    body, sidecar = webhook.admit(
+    body, proxy = webhook.admit(
         body,
         namespaces[namespace],
         mesh,
@@ -227,8 +227,21 @@ def _plan_pod(
         ).encode()
     ).hexdigest()
     readiness = kubelet.readiness(manifest.body)
+    sidecar = proxy if isinstance(proxy, Sidecar) else None
+    proxyless = proxy if isinstance(proxy, Proxyless) else None
     return PlannedPod(
-        namespace, name, ip, interface, account, init, containers, rendered, sidecar, fingerprint, readiness
+        namespace,
+        name,
+        ip,
+        interface,
+        account,
+        init,
+        containers,
+        rendered,
+        sidecar,
+        fingerprint,
+        readiness,
+        proxyless,
     )
 
 

@@ -43,10 +43,10 @@ class PodRuntime:
     ) -> None:
         pod = self.planned
         await network.create_pod(pod.netns, pod.ip, pod.interface)
-        if pod.sidecar is not None:
+        if pod.sidecar is not None or pod.proxyless is not None:
             assert volume is not None
             await volume(pod)
-        else:
+        if pod.sidecar is None:  # no sidecar for Services' addresses: kube-proxy's rules
             await network.restore_nat(pod.netns, service_rules, flush=True)
         self.phase = "Init"
         for container in pod.init:

@@ -67,6 +67,17 @@ class Sidecar:
 
 
 @dataclass(frozen=True)
+class Proxyless:
+    """What the lab needs to write a proxyless gRPC pod's files (the injector's Secret):
+    its containers read them under `directory`, as `GRPC_XDS_BOOTSTRAP` says."""
+
+    candidate: Candidate
+    proxy: ProxyIdentity
+    template: SidecarTemplate
+    directory: str
+
+
+@dataclass(frozen=True)
 class PlannedPod:
     namespace: str
     name: str
@@ -83,6 +94,8 @@ class PlannedPod:
     #: The containers' readiness probes as the user wrote them (before injection points
     #: them at the sidecar): ("tcp" | "http", port, path).
     readiness: tuple[tuple[str, int, str], ...] = ()
+    #: A proxyless gRPC pod (no sidecar, no iptables): its gRPC bootstrap and certificates.
+    proxyless: Proxyless | None = None
 
     @property
     def key(self) -> str:
@@ -94,4 +107,6 @@ class PlannedPod:
 
     @property
     def node_id(self) -> str:
+        if self.proxyless is not None:
+            return self.proxyless.proxy.name
         return self.sidecar.proxy.name if self.sidecar is not None else ""

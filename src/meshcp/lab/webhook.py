@@ -14,11 +14,11 @@ import jsonpatch
 
 from meshcp.identity import ProxyIdentity
 from meshcp.injector.decision import Candidate, Deny, NamespaceInfo, Skip, decide, pod_creation
-from meshcp.injector.pod_patch import sidecar_patch
+from meshcp.injector.pod_patch import proxyless_patch, sidecar_patch
 from meshcp.injector.review import Review
 from meshcp.injector.template import SidecarTemplate
 from meshcp.lab import layout
-from meshcp.lab.pods import PodProblem, Sidecar
+from meshcp.lab.pods import PodProblem, Proxyless, Sidecar
 from meshcp.model.core import Namespace
 from meshcp.model.meshconfig import MeshConfig
 from meshcp.model.state import MeshObject
@@ -42,9 +42,11 @@ def admit(
     *,
     proxy_uuid: str,
     bootstrap_dir: str,
-) -> tuple[dict[str, Any], Sidecar | None]:
-    """`pod` as the webhook leaves it (injected or not) and its sidecar, if any; raises
-    `PodProblem` where the webhook would refuse it or cannot read it as a Pod."""
+) -> tuple[dict[str, Any], Sidecar | Proxyless | None]:
+    """`pod` as the webhook leaves it (injected or not) and its sidecar, or for a proxyless
+    gRPC pod (no sidecar, no iptables) its files, whose directory is `bootstrap_dir` as a
+    sidecar's bootstrap volume would be; raises `PodProblem` where the webhook would refuse
+    it or cannot read it as a Pod."""
     creation = pod_creation(admission_review(pod))
     if isinstance(creation, Skip):
         raise PodProblem(creation.reason)
@@ -53,15 +55,20 @@ def admit(
         raise PodProblem(decision.message)
     if not isinstance(decision, Candidate):
         return pod, None
-    if decision.proxyless:  # its Secret volume and gRPC's own xDS need lab support first
-        raise PodProblem("proxyless gRPC pods (meshcp.dev/proxyless: grpc) do not run in meshcp lab yet")
     proxy = ProxyIdentity(proxy_uuid, decision.identity, mesh.trust_domain)
+    # gRPC checks the controller's certificate for the address it dials: the gateway's
+    # address is on it (`cluster.controller_container`), as the name is for sidecars.
     template = SidecarTemplate(
         xds_host=str(layout.GATEWAY),
         xds_port=ports.XDS_PORT,
         xds_server_name=layout.CONTROLLER_NAME,
         bootstrap_dir=bootstrap_dir,
     )
+    if decision.proxyless:
+        patch = proxyless_patch(decision, proxy, directory=bootstrap_dir)
+        return jsonpatch.apply_patch(pod, patch.operations), Proxyless(
+            decision, proxy, template, bootstrap_dir
+        )
     patch = sidecar_patch(decision, proxy, template, mesh)
     return jsonpatch.apply_patch(pod, patch.operations), Sidecar(decision, proxy, template)
 
