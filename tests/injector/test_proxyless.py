@@ -59,6 +59,11 @@ def test_the_patch_mounts_the_secret_into_every_container_and_adds_no_sidecar() 
     # A reinvoked webhook leaves the prepared pod alone.
     again = decision_for(patched)
     assert isinstance(again, Skip)
+    # Mounted elsewhere (meshcp lab: a directory per pod), gRPC is pointed there.
+    elsewhere = apply_and_validate(pod, proxyless_patch(candidate, proxy, directory="/lab/p").operations)
+    (app, *_) = elsewhere["spec"]["containers"]
+    assert {"name": "meshcp-grpc", "mountPath": "/lab/p", "readOnly": True} in app["volumeMounts"]
+    assert {"name": "GRPC_XDS_BOOTSTRAP", "value": "/lab/p/bootstrap.json"} in app["env"]
 
 
 async def test_admission_creates_the_grpc_bootstrap_secret(
