@@ -31,10 +31,8 @@ from meshcp._proto.envoy.config.core.v3 import CidrRange
 from meshcp._proto.envoy.config.listener.v3 import Filter, FilterChain, FilterChainMatch
 from meshcp._proto.envoy.config.rbac.v3 import Permission, Policy, Principal, PrincipalSet, Rbac, RbacAction
 from meshcp._proto.envoy.config.route.v3 import (
-    Route,
     RouteAction,
     RouteConfiguration,
-    RouteMatch,
     VirtualHost,
 )
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
@@ -44,15 +42,14 @@ from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 i
     HttpFilter,
 )
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import CommonTlsContext, DownstreamTlsContext
-from meshcp._proto.envoy.type.matcher.v3 import RegexMatcher
 from meshcp.cache.encoding import pack
 from meshcp.compile import naming
 from meshcp.compile.common import principals, sds
 from meshcp.compile.ratelimit import (
-    HTTP_LOCAL_RATE_LIMIT,
     NETWORK_LOCAL_RATE_LIMIT,
+    host_limit,
     http_filter,
-    http_limit,
+    limited_routes,
     limits_requests,
     network_limit,
 )
@@ -161,24 +158,9 @@ def _virtual_host(port: InboundPort, cluster: str) -> VirtualHost:
     """Every request to the application; with the service's local rate limits, its limit
     on the host and each `httpRoutes` path's on a route of its own, as on `rds-inbound`."""
     action = RouteAction(cluster=cluster, timeout=NO_TIMEOUT if port.protocol == "grpc" else None)
-    limits = port.rate_limits
-    routes = [
-        Route(
-            match=RouteMatch(safe_regex=RegexMatcher(regex=route.path)),
-            route=action,
-            typed_per_filter_config={
-                HTTP_LOCAL_RATE_LIMIT: pack(http_limit(f"ingress.{cluster}.route.{index}", route.limit))
-            },
-        )
-        for index, route in enumerate(limits.routes if limits is not None else ())
-    ]
-    routes.append(Route(match=RouteMatch(prefix="/"), route=action))
-    host_limit = limits.http if limits is not None else None
     return VirtualHost(
         name=f"ingress|{cluster}",
         domains=["*"],
-        routes=routes,
-        typed_per_filter_config=(
-            {HTTP_LOCAL_RATE_LIMIT: pack(http_limit(f"ingress.{cluster}", host_limit))} if host_limit else {}
-        ),
+        routes=limited_routes(port, action, f"ingress.{cluster}", {}),
+        typed_per_filter_config=host_limit(port, f"ingress.{cluster}"),
     )

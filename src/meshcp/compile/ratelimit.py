@@ -10,9 +10,12 @@ most specific one deciding, as Envoy resolves per-filter configuration.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from meshcp._proto.envoy.config.core.v3 import HeaderValue, HeaderValueOption, RuntimeFractionalPercent
+from meshcp._proto.envoy.config.route.v3 import Route, RouteAction, RouteMatch
 from meshcp._proto.envoy.extensions.filters.http.local_ratelimit.v3 import (
     LocalRateLimit as HttpLocalRateLimit,
 )
@@ -20,6 +23,7 @@ from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 i
 from meshcp._proto.envoy.extensions.filters.network.local_ratelimit.v3 import (
     LocalRateLimit as NetworkLocalRateLimit,
 )
+from meshcp._proto.envoy.type.matcher.v3 import RegexMatcher
 from meshcp._proto.envoy.type.v3 import (
     FractionalPercent,
     FractionalPercentDenominatorType,
@@ -66,6 +70,34 @@ def http_filter(stat_prefix: str) -> HttpFilter:
     return HttpFilter(
         name=HTTP_LOCAL_RATE_LIMIT, typed_config=pack(HttpLocalRateLimit(stat_prefix=stat_prefix))
     )
+
+
+def limited_routes(
+    port: InboundPort, action: RouteAction, stat_prefix: str, per_route: Mapping[str, Any]
+) -> list[Route]:
+    """The routes of a virtual host to the application: one per `httpRoutes` path (an RE2
+    regex matching the whole path) with its own limit, then the catch-all; every one goes
+    to `action` and carries `per_route` (the inbound RBAC) besides its limit."""
+    limits = port.rate_limits
+    routes = [
+        Route(
+            match=RouteMatch(safe_regex=RegexMatcher(regex=route.path)),
+            route=action,
+            typed_per_filter_config={
+                **per_route,
+                HTTP_LOCAL_RATE_LIMIT: pack(http_limit(f"{stat_prefix}.route.{index}", route.limit)),
+            },
+        )
+        for index, route in enumerate(limits.routes if limits is not None else ())
+    ]
+    routes.append(Route(match=RouteMatch(prefix="/"), route=action, typed_per_filter_config=dict(per_route)))
+    return routes
+
+
+def host_limit(port: InboundPort, stat_prefix: str) -> dict[str, Any]:
+    """The virtual host's own limit (the service's `rateLimit.local.http`), if it has one."""
+    limit = port.rate_limits.http if port.rate_limits is not None else None
+    return {HTTP_LOCAL_RATE_LIMIT: pack(http_limit(stat_prefix, limit))} if limit else {}
 
 
 def limits_requests(port: InboundPort) -> bool:

@@ -14,18 +14,16 @@ from meshcp._proto.envoy.config.route.v3 import (
     Route,
     RouteAction,
     RouteConfiguration,
-    RouteMatch,
     VirtualHost,
     WeightedCluster,
     WeightedClusterClusterWeight,
 )
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
-from meshcp._proto.envoy.type.matcher.v3 import RegexMatcher
 from meshcp.cache.encoding import canonical_bytes, pack
 from meshcp.compile import naming
 from meshcp.compile.http_routes import denied_virtual_host, route_match
-from meshcp.compile.ratelimit import HTTP_LOCAL_RATE_LIMIT, http_limit
+from meshcp.compile.ratelimit import host_limit, limited_routes
 from meshcp.compile.rbac import http_rbac
 from meshcp.model.osm_policy import RetryPolicy as OsmRetryPolicy
 from meshcp.policy.types import InboundPort, ProxyPolicy, ServiceKey, Upstream
@@ -207,29 +205,11 @@ def inbound_virtual_host(port: InboundPort, trust_domain: str, only: bool) -> Vi
     name = naming.local_cluster(service.namespace, service.name, port.port)
     rbac = pack(RbacPerRoute(rbac=_http_filter_config(port, trust_domain)))
     action = RouteAction(cluster=name, timeout=NO_TIMEOUT if port.protocol == "grpc" else None)
-    limits = port.rate_limits
-    routes = [
-        Route(
-            match=RouteMatch(safe_regex=RegexMatcher(regex=route.path)),
-            route=action,
-            typed_per_filter_config={
-                RBAC_FILTER: rbac,
-                HTTP_LOCAL_RATE_LIMIT: pack(http_limit(f"inbound.{name}.route.{index}", route.limit)),
-            },
-        )
-        for index, route in enumerate(limits.routes if limits is not None else ())
-    ]
-    routes.append(
-        Route(match=RouteMatch(prefix="/"), route=action, typed_per_filter_config={RBAC_FILTER: rbac})
-    )
-    host_limit = limits.http if limits is not None else None
     return VirtualHost(
         name=name,
         domains=["*"] if only else domains(service, port.port, (), service.namespace),
-        routes=routes,
-        typed_per_filter_config=(
-            {HTTP_LOCAL_RATE_LIMIT: pack(http_limit(f"inbound.{name}", host_limit))} if host_limit else {}
-        ),
+        routes=limited_routes(port, action, f"inbound.{name}", {RBAC_FILTER: rbac}),
+        typed_per_filter_config=host_limit(port, f"inbound.{name}"),
     )
 
 
