@@ -67,6 +67,16 @@ class RenewalPolicy:
     def due(self, certificate: IssuedCertificate, now: datetime) -> bool:
         return now >= self.renew_at_for(certificate)
 
+    def renew_at_obtained(self, certificate: IssuedCertificate, obtained: datetime | None) -> datetime:
+        """`renew_at_for`, unless the certificate was due the moment it was `obtained`:
+        CAs back-date `not_before` against clock skew (ours by 5 minutes, cfssl by an
+        hour), so a certificate living a few minutes is due on arrival and would be renewed
+        in a loop; its lifetime is then measured from `obtained` (None: not known)."""
+        due_at = self.renew_at_for(certificate)
+        if obtained is not None and due_at <= obtained < certificate.not_after:
+            return self.renew_at(obtained, certificate.not_after, _unit_from_serial(certificate))
+        return due_at
+
 
 def _unit_from_serial(certificate: IssuedCertificate) -> float:
     serial = certificate.serial_number
@@ -208,13 +218,7 @@ class CertificateManager(Generic[K]):
     def _due_at(self, entry: _Entry) -> datetime:
         if entry.generation < self._generation:
             return entry.certificate.not_before  # left over from before renew_all: due now
-        certificate = entry.certificate
-        due_at = self._policy.renew_at_for(certificate)
-        obtained = entry.obtained
-        if due_at <= obtained < certificate.not_after:
-            # Due on arrival: the back-dating ate the lifetime. Measure from arrival.
-            due_at = self._policy.renew_at(obtained, certificate.not_after, _unit_from_serial(certificate))
-        return due_at
+        return self._policy.renew_at_obtained(entry.certificate, entry.obtained)
 
     def _wakeup(self, key: K, entry: _Entry) -> datetime:
         due_at = self._due_at(entry)
