@@ -34,7 +34,7 @@ from meshcp.injector.template import (
 )
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.sidecar.bootstrap import XdsTls, as_dict, bootstrap, identity_tags
-from meshcp.sidecar.grpc_bootstrap import ProxylessFiles, grpc_bootstrap
+from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY, ProxylessFiles, grpc_bootstrap
 from meshcp.sidecar.probes import probe_resources
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -190,12 +190,16 @@ def proxyless_secret(
     )
     files = dict(zip(PROXYLESS_FILES, contents, strict=True))
     files[BOOTSTRAP_FILE] = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    return _secret(proxy, files)
+    # Labelled proxyless too: the controller renews these Secrets' certificates
+    # (`sources.proxyless_renewal`), and finds them by their labels.
+    return _secret(proxy, files, {PROXYLESS_KEY: PROXYLESS_GRPC})
 
 
-def _secret(proxy: ProxyIdentity, files: Mapping[str, str]) -> dict[str, Any]:
+def _secret(
+    proxy: ProxyIdentity, files: Mapping[str, str], labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A bootstrap Secret of `files`, labelled with the proxy UUID (as the pod is) so that
-    Secrets of pods that never came to exist can be found and collected."""
+    Secrets of pods that never came to exist can be found and collected, and with `labels`."""
     namespace = proxy.identity.namespace
     return {
         "apiVersion": "v1",
@@ -204,7 +208,7 @@ def _secret(proxy: ProxyIdentity, files: Mapping[str, str]) -> dict[str, Any]:
         "metadata": {
             "name": secret_name(proxy),
             "namespace": namespace,
-            "labels": {PROXY_UUID_LABEL: proxy.proxy_uuid, MANAGED_BY_LABEL: MANAGED_BY},
+            "labels": {PROXY_UUID_LABEL: proxy.proxy_uuid, MANAGED_BY_LABEL: MANAGED_BY, **(labels or {})},
         },
         "data": {name: base64.b64encode(text.encode()).decode() for name, text in sorted(files.items())},
     }
