@@ -13,9 +13,12 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
+from cryptography import x509
+
 from meshcp.cache import resource_types
 from meshcp.cache.encoding import Encoder
 from meshcp.cache.snapshot_cache import SnapshotCache
+from meshcp.certs.internal import InternalCA
 from meshcp.certs.issuer import Issuer, ReportingIssuer
 from meshcp.certs.provider import CertificateProvider, IssuedCertificate
 from meshcp.certs.rotation import CertificateManager, RenewalPolicy, workload_certificates
@@ -41,6 +44,7 @@ from meshcp.sources.files import FileSource
 from meshcp.sources.kubernetes import KubernetesSource
 from meshcp.sources.kubernetes_events import EventRecorder
 from meshcp.sources.kubernetes_lease import LeaderElection, LeaseSettings
+from meshcp.sources.proxyless_renewal import ProxylessRenewer
 from meshcp.telemetry.failures import one_line
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
@@ -211,6 +215,14 @@ class ControllerRuntime:
         expiries = [certificate.not_after.timestamp() for certificate in held if certificate is not None]
         return min(expiries, default=None)
 
+    def _signing_root(self) -> x509.Name | None:
+        """The subject of the root that signs now (the internal CA; None for providers
+        whose roots meshcp does not rotate)."""
+        provider = self.provider
+        if not isinstance(provider, InternalCA):
+            return None
+        return provider.state.signing_root.certificate.subject
+
     @classmethod
     async def open(
         cls,
@@ -334,6 +346,21 @@ class ControllerRuntime:
                     leading=self.leading,
                 )
                 part("bootstrap Secret collector", collector.run())
+                renewer = ProxylessRenewer(
+                    partial(default_api_client, settings.kube_context, settings.kubeconfig),
+                    self.issuer.issue,
+                    settings.ca.trust_domain,
+                    bundle=lambda: self.trust.bundle,
+                    signing_root=self._signing_root,
+                    validity=lambda: self.rounds.cert_validity,
+                    key_spec=settings.ca.key_spec,
+                    policy=RenewalPolicy(renew_share=settings.ca.renew_share),
+                    settings=settings.proxyless_renewal,
+                    leading=self.leading,
+                    on_renewed=self.metrics.proxyless_renewed.inc,
+                    on_failed=self.metrics.proxyless_renewal_failures.inc,
+                )
+                part("proxyless Secret renewal", renewer.run())
             elif settings.source is not None:
                 part("files", FileSource(settings.source, self.store.apply).run())
                 part("reconcile", self.rounds.run())

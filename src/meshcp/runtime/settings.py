@@ -12,6 +12,7 @@ from meshcp.http.app import IDLE_TIMEOUT
 from meshcp.sidecar.ports import CONTROLLER_HTTP_PORT, XDS_PORT
 from meshcp.sources.bootstrap_secrets import CollectorSettings
 from meshcp.sources.kubernetes_watch import WatchSettings
+from meshcp.sources.proxyless_renewal import RenewalSettings
 from meshcp.xds.send_budget import DEFAULT_SEND_BUDGET
 
 
@@ -81,6 +82,8 @@ class Settings:
     mesh_name: str | None = None
     #: With `kubernetes`: collecting the bootstrap Secrets of pods that are gone.
     secret_collection: CollectorSettings = field(default_factory=CollectorSettings)
+    #: With `kubernetes`: renewing the certificates in proxyless gRPC pods' Secrets.
+    proxyless_renewal: RenewalSettings = field(default_factory=RenewalSettings)
     #: Paging, timeouts and back-off of the Kubernetes watches.
     watch: WatchSettings = field(default_factory=WatchSettings)
     #: With `kubernetes`: the Lease replicas elect their leader with, "NAMESPACE/NAME" (""

@@ -268,6 +268,16 @@ class Metrics:
             registry=r,
         )
         self._installed: set[str] = set()
+        self.proxyless_renewed = Counter(
+            "meshcp_proxyless_secret_renewals",
+            "Proxyless gRPC pods' Secrets whose certificates and trust bundle were rewritten.",
+            registry=r,
+        )
+        self.proxyless_renewal_failures = Counter(
+            "meshcp_proxyless_secret_renewal_failures",
+            "Proxyless gRPC pods' Secrets that could not be rewritten when due (retried next pass).",
+            registry=r,
+        )
 
     # Wiring of values read at scrape time -----------------------------------------------
 
