@@ -13,8 +13,8 @@ Two roles, because not everything can be scoped:
 - a ClusterRole (`CLUSTER_ROLE`) for what lives in every namespace: the watched kinds, the
   Warning events posted next to the objects they are about, and the bootstrap Secrets the
   injector creates in each meshed namespace (the collector must list and delete them
-  wherever pods are; which namespaces are meshed changes at run time, so no fixed set of
-  namespaced Roles could follow it);
+  wherever pods are, the proxyless renewer update them; which namespaces are meshed
+  changes at run time, so no fixed set of namespaced Roles could follow it);
 - a Role in the controller's own namespace (`ROLE`, in `NAMESPACE`) for what lives there:
   its CA Secret and the replicas' Lease (`get` and `update` on that one name; `create`
   cannot be limited to a name, since a create request names no object the authorizer could
@@ -84,9 +84,12 @@ SOURCE_RULES: tuple[Rule, ...] = (
 #: module's calls against these): Warning events (sources/kubernetes_events.py), the CA in
 #: a Secret (certs/kubernetes_store.py), cert-manager CertificateRequests
 #: (certs/cert_manager.py), the leader election's Lease (sources/kubernetes_lease.py: `get`
-#: and `update` on that one name, `create` in the namespace), and collecting the bootstrap
+#: and `update` on that one name, `create` in the namespace), collecting the bootstrap
 #: Secrets of pods that are gone (sources/bootstrap_secrets.py: it lists pods too, which
-#: the source's rules grant already).
+#: the source's rules grant already), and renewing the certificates in proxyless gRPC pods'
+#: Secrets (sources/proxyless_renewal.py: `update` on Secrets in every namespace, since
+#: their names are per pod and a label selector cannot limit an update; the `list` the
+#: collector holds already shows every Secret's data, so `update` reveals nothing more).
 CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
     "meshcp.sources.kubernetes_events": (Rule(("",), ("events",), ("create",)),),
     "meshcp.certs.kubernetes_store": (
@@ -102,6 +105,10 @@ CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "meshcp.sources.bootstrap_secrets": (
         Rule(("",), ("secrets",), ("delete", "list")),
+        Rule(("",), ("pods",), ("list",)),
+    ),
+    "meshcp.sources.proxyless_renewal": (
+        Rule(("",), ("secrets",), ("list", "update")),
         Rule(("",), ("pods",), ("list",)),
     ),
 }
