@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meshcp.certs.setup import CaSettings
 from meshcp.runtime.settings import Address, Settings
+from meshcp.sources.proxyless_renewal import RenewalSettings
 from meshcp.xds.tls import server_context
 
 
@@ -60,6 +61,8 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         raise UsageError("--leader-lease needs --source kubernetes")
     if args.lease_duration < 3:
         raise UsageError("--lease-duration must be at least 3 seconds")
+    if not args.proxyless_renew_interval >= 1:
+        raise UsageError("--proxyless-renew-interval must be at least 1 second")
     settings = Settings(
         xds_address=xds,
         http_address=http,
@@ -83,6 +86,7 @@ def controller_settings(args: argparse.Namespace) -> Settings:
         leader_lease=args.leader_lease,
         lease_duration=args.lease_duration,
         proxyless_dwell=args.proxyless_dwell,
+        proxyless_renewal=RenewalSettings(interval=args.proxyless_renew_interval),
     )
     if settings.source is None and not settings.kubernetes:
         # a controller with nothing to serve would answer every proxy with an empty mesh

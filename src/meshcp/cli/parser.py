@@ -170,6 +170,14 @@ def _add_xds_limits(serve: argparse.ArgumentParser) -> None:
         help="least length of each root rotation phase while proxyless gRPC nodes are connected",
     )
     serve.add_argument(
+        "--proxyless-renew-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --source kubernetes: look at proxyless gRPC pods' Secrets at least this "
+        "often, renewing the certificates due in them",
+    )
+    serve.add_argument(
         "--send-budget-mib",
         type=int,
         default=64,
