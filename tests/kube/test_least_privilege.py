@@ -5,7 +5,8 @@ the component that needs it is then refused (403), and allowed again once it is 
 A grant is one verb on one resource of one rule (a rule with two verbs is two grants), in
 the cluster (ClusterRole) or in one namespace (Role). Each has a probe: the call the
 component makes, through the component's own client where one exists (SecretStore for the
-CA Secret, SecretCollector for bootstrap Secrets, KubeCluster for the injector, its
+CA Secret, SecretCollector for bootstrap Secrets, ProxylessRenewer for proxyless pods'
+Secrets, KubeCluster for the injector, its
 webhook configuration's caBundle included), or the
 request it sends (the source's list and watch of each kind in RESOURCES, at that kind's
 path). The test fails if a grant has no probe (an unused permission, or a new call without
@@ -16,13 +17,14 @@ themselves, run with these roles, are tests/kube/test_source.py and test_injecto
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -37,7 +39,7 @@ from kubernetes_asyncio.client import (
 )
 from kubernetes_asyncio.client.rest import ApiException
 
-from meshcp.certs import cert_manager
+from meshcp.certs import InternalCA, MemoryStore, cert_manager
 from meshcp.certs.kubernetes_store import SecretStore
 from meshcp.injector.bootstrap_secret import MANAGED_BY, MANAGED_BY_LABEL
 from meshcp.injector.kube import KubeCluster
@@ -48,7 +50,9 @@ from meshcp.sources.kubernetes import RESOURCES
 from meshcp.sources.kubernetes_lease import LeaderElection, LeaseSettings
 from meshcp.sources.kubernetes_rbac import LEASE, WEBHOOK_CONFIG
 from meshcp.sources.kubernetes_watch import Resource
+from meshcp.sources.proxyless_renewal import ProxylessRenewer
 from tests.kube.conftest import Installed
+from tests.kube.proxyless_pods import proxyless_pod
 from tests.support import eventually
 from tests.support.kube import ApiServer, write_kubeconfig
 
@@ -139,6 +143,31 @@ async def collect_orphan(clients: Clients) -> None:
     collector = SecretCollector(_never, CollectorSettings(grace=0))
     deleted = await collector.collect(CoreV1Api(clients.account))
     assert orphan in {s.name for s in deleted}
+
+
+async def renew_proxyless(clients: Clients) -> None:
+    """The proxyless renewer over a proxyless pod's Secret as the injector makes it (by the
+    admin, with a certificate that is due at once): it lists Secrets and pods, and replaces
+    that Secret's files (a patch)."""
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    core = CoreV1Api(clients.admin)
+    ca = await InternalCA.open(MemoryStore())  # any CA: the grants are what is probed
+    pod, secret, _ = await proxyless_pod(ca, WORK, name, "probe", validity=datetime.timedelta(seconds=60))
+    account: Any = {"metadata": {"name": "probe", "namespace": WORK}}
+    with contextlib.suppress(ApiException):  # there from an earlier probe (409)
+        await core.create_namespaced_service_account(WORK, account)
+    await core.create_namespaced_secret(WORK, cast(Any, secret))
+    await core.create_namespaced_pod(WORK, cast(Any, pod))
+    try:
+        issue = ca.issue
+        renewer = ProxylessRenewer(
+            _never, issue, "cluster.local", bundle=lambda: "", validity=lambda: datetime.timedelta(hours=1)
+        )
+        renewed = await renewer.renew(CoreV1Api(clients.account))
+        assert secret["metadata"]["name"] in {s.name for s in renewed}
+    finally:
+        await core.delete_namespaced_pod(name, WORK, grace_period_seconds=0)
+        await core.delete_namespaced_secret(secret["metadata"]["name"], WORK)
 
 
 async def _never() -> ApiClient:
@@ -271,6 +300,7 @@ CONTROLLER_PROBES: dict[Grant, Probe] = {
     (CLUSTER, "", "events", "create"): post_event,
     (CLUSTER, "", "secrets", "list"): collect_orphan,
     (CLUSTER, "", "secrets", "delete"): collect_orphan,
+    (CLUSTER, "", "secrets", "patch"): renew_proxyless,
     (SYSTEM, "", "secrets", "get"): read_ca,
     (SYSTEM, "", "secrets", "update"): update_ca,
     (SYSTEM, "", "secrets", "create"): create_ca,

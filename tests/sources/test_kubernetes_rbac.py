@@ -37,6 +37,7 @@ _API_CALLS = {
     "read_namespaced_secret": ("", "secrets", "get"),
     "create_namespaced_secret": ("", "secrets", "create"),
     "replace_namespaced_secret": ("", "secrets", "update"),
+    "patch_namespaced_secret": ("", "secrets", "patch"),
     "delete_namespaced_secret": ("", "secrets", "delete"),
     "list_secret_for_all_namespaces": ("", "secrets", "list"),
     "list_pod_for_all_namespaces": ("", "pods", "list"),

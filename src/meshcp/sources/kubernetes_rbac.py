@@ -13,7 +13,7 @@ Two roles, because not everything can be scoped:
 - a ClusterRole (`CLUSTER_ROLE`) for what lives in every namespace: the watched kinds, the
   Warning events posted next to the objects they are about, and the bootstrap Secrets the
   injector creates in each meshed namespace (the collector must list and delete them
-  wherever pods are, the proxyless renewer update them; which namespaces are meshed
+  wherever pods are, the proxyless renewer patch them; which namespaces are meshed
   changes at run time, so no fixed set of namespaced Roles could follow it);
 - a Role in the controller's own namespace (`ROLE`, in `NAMESPACE`) for what lives there:
   its CA Secret and the replicas' Lease (`get` and `update` on that one name; `create`
@@ -87,9 +87,10 @@ SOURCE_RULES: tuple[Rule, ...] = (
 #: and `update` on that one name, `create` in the namespace), collecting the bootstrap
 #: Secrets of pods that are gone (sources/bootstrap_secrets.py: it lists pods too, which
 #: the source's rules grant already), and renewing the certificates in proxyless gRPC pods'
-#: Secrets (sources/proxyless_renewal.py: `update` on Secrets in every namespace, since
-#: their names are per pod and a label selector cannot limit an update; the `list` the
-#: collector holds already shows every Secret's data, so `update` reveals nothing more).
+#: Secrets (sources/proxyless_renewal.py: `patch` on Secrets in every namespace, since
+#: their names are per pod and a label selector cannot limit a write; `patch` rather than
+#: `update`, which is granted for the CA Secret alone; the `list` the collector holds
+#: already shows every Secret's data, so `patch` reveals nothing more).
 CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
     "meshcp.sources.kubernetes_events": (Rule(("",), ("events",), ("create",)),),
     "meshcp.certs.kubernetes_store": (
@@ -108,7 +109,7 @@ CLIENT_RULES: dict[str, tuple[Rule, ...]] = {
         Rule(("",), ("pods",), ("list",)),
     ),
     "meshcp.sources.proxyless_renewal": (
-        Rule(("",), ("secrets",), ("list", "update")),
+        Rule(("",), ("secrets",), ("list", "patch")),
         Rule(("",), ("pods",), ("list",)),
     ),
 }

@@ -26,7 +26,10 @@ changes). A Secret's data is replaced in one update, and kubelet swaps a Secret 
 files in one step (a symlink to a new directory), so a pod never sees a certificate next to
 another's key, and the order of the files does not matter. gRPC's file watcher reads them
 again within its refresh interval. The update is conditional on the resourceVersion
-listed: a Secret changed meanwhile answers 409 and is looked at again next pass.
+listed: a Secret changed meanwhile answers 409 and is looked at again next pass. It is a
+patch (of the six files and `ISSUED_AT`), not an update: the controller's RBAC grants
+`update` on Secrets only for its CA Secret, and a cluster-wide `update` would make that
+narrower grant meaningless.
 
 The annotation `ISSUED_AT` records when the controller issued the certificates in a Secret
 (its wall clock, as the certificate times are), for the back-dating rule above; a Secret the
@@ -44,7 +47,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from cryptography import x509
@@ -312,7 +315,7 @@ class ProxylessRenewer:
         now = self._clock()
         renewed: list[ProxylessSecret] = []
         next_due: list[datetime] = []
-        for item, secret in self._readable(listed):
+        for secret in self._readable(listed):
             if secret.proxy.proxy_uuid not in uuids:
                 continue  # its pod is gone (or not stored yet): the collector's, not ours
             reason = renewal_reason(
@@ -323,12 +326,12 @@ class ProxylessRenewer:
                 continue
             if not self._leading():
                 break
-            if await self._renew_one(core, item, secret, bundle, reason):
+            if await self._renew_one(core, secret, bundle, reason):
                 renewed.append(secret)
         self._next_due = min(next_due, default=None)
         return renewed
 
-    def _readable(self, listed: Iterable[Any]) -> Iterable[tuple[Any, ProxylessSecret]]:
+    def _readable(self, listed: Iterable[Any]) -> Iterable[ProxylessSecret]:
         """The listed Secrets that are proxyless pods' Secrets; one that cannot be read is a
         warning, once per version of it."""
         for item in listed:
@@ -342,11 +345,9 @@ class ProxylessRenewer:
                     log.warning("cannot renew proxyless Secret %s: %s", key[0], error)
                 continue
             if secret is not None:
-                yield item, secret
+                yield secret
 
-    async def _renew_one(
-        self, core: CoreV1Api, item: Any, secret: ProxylessSecret, bundle: str, reason: str
-    ) -> bool:
+    async def _renew_one(self, core: CoreV1Api, secret: ProxylessSecret, bundle: str, reason: str) -> bool:
         """Issue both certificates again and replace the Secret's files; whether it was
         replaced (409: changed since listed, looked at again next pass)."""
         from kubernetes_asyncio.client.rest import ApiException
@@ -367,20 +368,25 @@ class ProxylessRenewer:
             self._on_failed()
             log.warning("cannot renew proxyless Secret %s (%s): %s", where, reason, error)
             return False
-        body = cast(Any, core).api_client.sanitize_for_serialization(item)
-        body["apiVersion"], body["kind"] = "v1", "Secret"
-        metadata = body["metadata"]
-        metadata.pop("managedFields", None)
-        metadata["annotations"] = {**(metadata.get("annotations") or {}), ISSUED_AT: issued_at.isoformat()}
-        body["data"] = {**(body.get("data") or {}), **renewed_files(workload, xds, bundle)}
+        # A merge patch of the six files and the annotation (the bootstrap and everything
+        # else stay); its resourceVersion makes it conditional on the Secret listed.
+        patch: Any = {
+            "metadata": {
+                "resourceVersion": secret.resource_version,
+                "annotations": {ISSUED_AT: issued_at.isoformat()},
+            },
+            "data": renewed_files(workload, xds, bundle),
+        }
         try:
-            await core.replace_namespaced_secret(
-                secret.name, secret.namespace, body, _request_timeout=self._settings.request_timeout
+            await core.patch_namespaced_secret(
+                secret.name, secret.namespace, patch, _request_timeout=self._settings.request_timeout
             )
         except ApiException as error:
             if error.status in (404, 409):
                 return False  # deleted, or changed since listed: next pass
             self._on_failed()
+            if error.status in (401, 403):
+                raise  # no Secret can be updated: the pass ends, `run` warns once
             log.warning("cannot renew proxyless Secret %s (%s): %s", where, reason, describe_api_error(error))
             return False
         self.renewed += 1
