@@ -67,7 +67,9 @@ def test_the_role_names_the_ca_secret_and_cert_manager_namespace_the_controller_
     ]
     cluster_wide = _find("ClusterRole", CLUSTER_ROLE, file="rbac.yaml")
     secret_verbs = {v for r in cluster_wide["rules"] if "secrets" in r["resources"] for v in r["verbs"]}
-    assert secret_verbs == {"list", "delete"}, "only the bootstrap-Secret collector's, cluster-wide"
+    assert secret_verbs == {"list", "delete", "patch"}, (
+        "only the bootstrap-Secret collector's and the proxyless renewer's, cluster-wide (no get, update)"
+    )
 
 
 # --- injector RBAC ----------------------------------------------------------------------------
