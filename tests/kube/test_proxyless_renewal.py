@@ -8,6 +8,8 @@ The pods and Secrets are made as the injector makes them (`tests/kube/proxyless_
 with certificates of a minute: one exactly as the injector writes it (the CA back-dates by
 5 minutes, so by its own dates it is due at once), one annotated as the controller leaves a
 Secret it renewed (so it is due ~40 s after it was issued, by the sidecars' rule).
+The renewer's write is conditional on the resourceVersion it read, and a follower writes
+nothing.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
-from meshcp.certs import InternalCA, pem
+from meshcp.certs import InternalCA, MemoryStore, pem
 from meshcp.certs.kubernetes_store import SecretStore
 from meshcp.certs.provider import IssuedCertificate
 from meshcp.identity import ProxyIdentity
 from meshcp.kube.client import default_api_client
 from meshcp.model.meshconfig import MESH_LABEL
-from meshcp.sources.proxyless_renewal import ISSUED_AT
+from meshcp.sources.proxyless_renewal import ISSUED_AT, ProxylessRenewer, ProxylessSecret
 from tests.kube.conftest import Installed
 from tests.kube.meshcp_process import CA_SECRET, MeshcpProcess, controller
 from tests.kube.proxyless_pods import proxyless_pod
@@ -166,3 +168,52 @@ async def test_the_controller_renews_proxyless_secrets_and_follows_a_root_rotati
         followed, timeout=90, what="the Secrets follow the new root", details=lambda: serving.log
     )
     assert "root rotation finished" in serving.log
+
+
+async def _never() -> ApiClient:
+    raise AssertionError("the test hands the renewer its client")
+
+
+async def test_a_secret_changed_since_listed_is_left_and_a_follower_writes_nothing(
+    installed: Installed, admin: ApiClient
+) -> None:
+    """The patch is conditional on the resourceVersion read: a Secret changed meanwhile
+    answers 409 and keeps the other writer's data (the next pass reads it again). A replica
+    that does not lead renews nothing, due or not."""
+    core = CoreV1Api(admin)
+    ca = await InternalCA.open(MemoryStore())
+    pod, secret, _ = await proxyless_pod(ca, NAMESPACE, "conflict", SERVICE_ACCOUNT, validity=VALIDITY)
+    await core.create_namespaced_secret(NAMESPACE, cast(Any, secret))
+    await core.create_namespaced_pod(NAMESPACE, cast(Any, pod))
+    name = secret["metadata"]["name"]
+
+    def renewer(leading: bool) -> ProxylessRenewer:
+        return ProxylessRenewer(
+            _never,
+            ca.issue,
+            "cluster.local",
+            bundle=lambda: "",
+            validity=lambda: timedelta(hours=1),
+            leading=lambda: leading,
+        )
+
+    assert await renewer(leading=False).renew(core) == []
+    stored = await core.read_namespaced_secret(name, NAMESPACE)
+    assert files(stored) == {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert ISSUED_AT not in (stored.metadata.annotations or {})
+
+    listed = ProxylessSecret.read(stored, "cluster.local")
+    assert listed is not None
+    other: Any = {"metadata": {"annotations": {"example.com/touched": "yes"}}}
+    await core.patch_namespaced_secret(name, NAMESPACE, other)
+    assert not await renewer(leading=True).renew_secret(core, listed, "", "workload certificate due")
+    after = await core.read_namespaced_secret(name, NAMESPACE)
+    assert certificate(after).serial_number == certificate(stored).serial_number
+    assert after.metadata.annotations == {"example.com/touched": "yes"}
+
+    renewed = await renewer(leading=True).renew(core)
+    assert name in {s.name for s in renewed}  # (with any other test's Secret that is due)
+    final = await core.read_namespaced_secret(name, NAMESPACE)
+    assert certificate(final).serial_number != certificate(stored).serial_number
+    assert final.metadata.annotations["example.com/touched"] == "yes"
+    assert ISSUED_AT in final.metadata.annotations

@@ -326,7 +326,7 @@ class ProxylessRenewer:
                 continue
             if not self._leading():
                 break
-            if await self._renew_one(core, secret, bundle, reason):
+            if await self.renew_secret(core, secret, bundle, reason):
                 renewed.append(secret)
         self._next_due = min(next_due, default=None)
         return renewed
@@ -347,7 +347,7 @@ class ProxylessRenewer:
             if secret is not None:
                 yield secret
 
-    async def _renew_one(self, core: CoreV1Api, secret: ProxylessSecret, bundle: str, reason: str) -> bool:
+    async def renew_secret(self, core: CoreV1Api, secret: ProxylessSecret, bundle: str, reason: str) -> bool:
         """Issue both certificates again and replace the Secret's files; whether it was
         replaced (409: changed since listed, looked at again next pass)."""
         from kubernetes_asyncio.client.rest import ApiException
