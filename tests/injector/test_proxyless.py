@@ -75,6 +75,12 @@ async def test_admission_creates_the_grpc_bootstrap_secret(
     patched = apply_and_validate(pod, patch_of(answer))
     proxy_uuid = patched["metadata"]["labels"][PROXY_UUID_LABEL]
     secret = api.secrets(MESH_NAMESPACE)[f"meshcp-bootstrap-{proxy_uuid}"]
+    # The labels the controller's collector and proxyless renewer select it by.
+    assert secret["metadata"]["labels"] == {
+        PROXY_UUID_LABEL: proxy_uuid,
+        "app.kubernetes.io/managed-by": "meshcp-injector",
+        "meshcp.dev/proxyless": "grpc",
+    }
     files = {name: base64.b64decode(value).decode() for name, value in secret["data"].items()}
     config = json.loads(files["bootstrap.json"])
     proxy = ProxyIdentity.parse(config["node"]["id"])

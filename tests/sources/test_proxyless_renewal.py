@@ -16,6 +16,8 @@ from meshcp.certs import InternalCA, MemoryStore
 from meshcp.certs.issuance import workload_request, xds_client_request
 from meshcp.certs.provider import IssuedCertificate
 from meshcp.certs.rotation import RenewalPolicy
+from meshcp.cli.options import UsageError, controller_settings
+from meshcp.cli.parser import build_parser
 from meshcp.identity import ProxyIdentity
 from meshcp.injector.bootstrap_secret import (
     PROXYLESS_FILES,
@@ -211,3 +213,16 @@ async def test_renewed_files_are_the_six_certificate_files(ca: InternalCA) -> No
     assert IssuedCertificate.from_pem(decoded["xds-cert.pem"], decoded["xds-key.pem"]).serial_number == (
         xds.serial_number
     )
+
+
+def test_serve_takes_the_renewal_interval_and_refuses_one_under_a_second(tmp_path: Any) -> None:
+    def settings(*extra: str) -> Any:
+        args = build_parser().parse_args(
+            ["serve", "--source=kubernetes", f"--state-dir={tmp_path}", "--insecure-xds", *extra]
+        )
+        return controller_settings(args)
+
+    assert settings().proxyless_renewal.interval == 60.0
+    assert settings("--proxyless-renew-interval=5").proxyless_renewal.interval == 5.0
+    with pytest.raises(UsageError, match="--proxyless-renew-interval must be at least 1 second"):
+        settings("--proxyless-renew-interval=0.5")
