@@ -22,14 +22,14 @@ removes it.
 What changes: the six certificate files are rewritten together (a new workload and xDS
 client certificate for the same identity and proxy UUID, read from the bootstrap's node id,
 new keys, the current bundle in both bundle files), `bootstrap.json` never (nothing in it
-changes). A Secret's data is replaced in one update, and kubelet swaps a Secret volume's
-files in one step (a symlink to a new directory), so a pod never sees a certificate next to
-another's key, and the order of the files does not matter. gRPC's file watcher reads them
-again within its refresh interval. The update is conditional on the resourceVersion
-listed: a Secret changed meanwhile answers 409 and is looked at again next pass. It is a
-patch (of the six files and `ISSUED_AT`), not an update: the controller's RBAC grants
-`update` on Secrets only for its CA Secret, and a cluster-wide `update` would make that
-narrower grant meaningless.
+changes). The six files change in one write to the Secret, and kubelet swaps a Secret
+volume's files in one step (a symlink to a new directory), so a pod never sees a certificate
+next to another's key, and the order of the files does not matter. gRPC's file watcher reads
+them again within its refresh interval. The write is a patch (of the six files and
+`ISSUED_AT`) carrying the resourceVersion listed, so it is conditional: a Secret changed
+meanwhile answers 409 and is looked at again next pass. A patch, not an update: the
+controller's RBAC grants `update` on Secrets only for its CA Secret, and a cluster-wide
+`update` would make that narrower grant meaningless.
 
 The annotation `ISSUED_AT` records when the controller issued the certificates in a Secret
 (its wall clock, as the certificate times are), for the back-dating rule above; a Secret the
@@ -348,8 +348,9 @@ class ProxylessRenewer:
                 yield secret
 
     async def renew_secret(self, core: CoreV1Api, secret: ProxylessSecret, bundle: str, reason: str) -> bool:
-        """Issue both certificates again and replace the Secret's files; whether it was
-        replaced (409: changed since listed, looked at again next pass)."""
+        """Issue both certificates again and patch them into the Secret; whether it was
+        written (404: gone; 409: changed since listed, looked at again next pass). A 401 or
+        403 raises (no Secret could be written); any other failure is counted and logged."""
         from kubernetes_asyncio.client.rest import ApiException
 
         where = f"{secret.namespace}/{secret.name}"
@@ -386,7 +387,7 @@ class ProxylessRenewer:
                 return False  # deleted, or changed since listed: next pass
             self._on_failed()
             if error.status in (401, 403):
-                raise  # no Secret can be updated: the pass ends, `run` warns once
+                raise  # no Secret can be written: the pass ends, `run` warns once
             log.warning("cannot renew proxyless Secret %s (%s): %s", where, reason, describe_api_error(error))
             return False
         self.renewed += 1
