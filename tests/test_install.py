@@ -6,6 +6,7 @@ API server."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -45,6 +46,18 @@ def test_a_value_changes_what_helm_changes(key: str) -> None:
     assert ours == template(f"{key}={SAMPLES[key]}")
 
 
+def test_another_namespace_moves_what_helm_moves() -> None:
+    ours = render([], namespace="mesh-other")
+    assert ours == template(namespace="mesh-other")
+    assert "meshcp-system" not in json.dumps(ours)
+
+
+def test_another_namespace_with_values_is_what_helm_renders() -> None:
+    settings = [Setting(key, value) for key, value in SAMPLES.items()]
+    helms = template(*(f"{key}={value}" for key, value in SAMPLES.items()), namespace="meshcp")
+    assert render(settings, namespace="meshcp") == helms
+
+
 def test_values_together_change_what_helm_changes() -> None:
     settings = [Setting(key, value) for key, value in SAMPLES.items()]
     assert render(settings) == template(*(f"{key}={value}" for key, value in SAMPLES.items()))
@@ -81,6 +94,11 @@ def test_every_rendered_kind_has_a_path(sets: tuple[str, ...]) -> None:
 def test_a_bad_value_is_refused_by_name(text: str, message: str) -> None:
     with pytest.raises(ValuesError, match="^" + message.replace("(", r"\(")):
         render([Setting.parse(text)])
+
+
+def test_a_bad_namespace_is_refused_by_name() -> None:
+    with pytest.raises(ValuesError, match=r"^namespace 'Mesh_1': must be a DNS label"):
+        render([], namespace="Mesh_1")
 
 
 def _meshcp(*args: str) -> subprocess.CompletedProcess[str]:

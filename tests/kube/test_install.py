@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshcp.install.manifests import default_manifests
+from meshcp.install.manifests import default_manifests, render
 from tests.kube.conftest import CERT_MANAGER_KINDS, cert_manager_stand_ins
 from tests.support.helm import CHART, NAMESPACE, RELEASE, helm
 from tests.support.kube import ApiServer, write_serving_certificate
@@ -180,6 +180,39 @@ def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None
     assert everything.returncode == 0, everything.stderr
     crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
     cluster.kubectl("wait", "--for=delete", "--timeout=60s", *(f"crd/{d['metadata']['name']}" for d in crds))
+
+
+def test_install_check_and_uninstall_in_another_namespace(cluster: ApiServer) -> None:
+    """`-n`: every object where `helm install -n` puts it (tests/test_install.py compares the
+    render), and what check asks about (RBAC of the moved subjects) is found there."""
+    installed = meshcp(cluster, "install", "-n", "mesh-other")
+    assert installed.returncode == 0, installed.stderr
+    documents = render([], namespace="mesh-other")
+    assert "namespace/mesh-other created" in installed.stdout.splitlines()
+    assert all(_exists(cluster, document) for document in documents)
+    assert not _exists(cluster, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+
+    checked = meshcp(cluster, "check", "-n", "mesh-other", "-o", "json")
+    checks = _checks(checked)
+    assert checks["namespace exists"] == ("ok", "mesh-other")
+    assert checks["RBAC of meshcp-controller in place"][0] == "ok", checks
+    assert checks["RBAC of meshcp-injector in place"][0] == "ok", checks
+    assert checks["meshcp-controller Deployment available"][1].startswith(
+        "deployment mesh-other/meshcp-controller has 0 of 1 replicas available"
+    )
+    assert (
+        "service mesh-other/meshcp-injector"
+        in checks["webhook meshcp-injector has a Service with ready endpoints"][1]
+    )
+    # The default namespace is not where it is: check -n meshcp-system says so.
+    elsewhere = _checks(meshcp(cluster, "check", "-o", "json"))
+    assert elsewhere["namespace exists"] == ("fail", "namespace meshcp-system does not exist")
+
+    removed = meshcp(cluster, "uninstall", "-n", "mesh-other")
+    assert removed.returncode == 0, removed.stderr
+    for document in documents:
+        kept = document["kind"] in ("CustomResourceDefinition", "Namespace")
+        assert _exists(cluster, document) == kept, document["metadata"]
 
 
 def _kubeconfig(path: Path, server: str) -> Path:

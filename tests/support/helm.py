@@ -56,8 +56,9 @@ def helm(
     return result
 
 
-def template(*sets: str) -> list[dict[str, Any]]:
-    """`helm template` of the chart (CRDs included) with `--set` for each of `sets`, parsed."""
+def template(*sets: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """`helm template -n namespace` of the chart (CRDs included) with `--set` for each of
+    `sets`, parsed."""
     options = [option for value in sets for option in ("--set", value)]
-    rendered = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds", *options)
+    rendered = helm("template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds", *options)
     return [document for document in yaml.safe_load_all(rendered.stdout) if document]

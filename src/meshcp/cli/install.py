@@ -17,7 +17,7 @@ from meshcp.kube.client import KubeAccessError, checked_api_client
 
 def _manifests(args: argparse.Namespace) -> list[Manifest]:
     try:
-        return render([Setting.parse(text) for text in args.set or []])
+        return render([Setting.parse(text) for text in args.set or []], args.namespace)
     except ValuesError as error:
         raise UsageError(str(error)) from None
 

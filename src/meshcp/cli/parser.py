@@ -397,6 +397,12 @@ def _add_install(commands: Any) -> None:
             help="a chart value (repeatable): meshName, trustDomain, permissive, egress, certValidity, "
             "image.repository, image.tag, controller.replicas, injector.replicas",
         )
+        parser.add_argument(
+            "-n",
+            "--namespace",
+            default="meshcp-system",
+            help="the namespace meshcp runs in, as helm's release namespace (default: meshcp-system)",
+        )
         _add_kubernetes_access(parser)
         parser.add_argument("--timeout", type=float, default=30.0, help="seconds for each API call and wait")
 

@@ -1,5 +1,5 @@
 """The chart's default render as shipped in the package, and the values `meshcp install
---set` may change in it.
+--set` (and the release namespace `-n`) may change in it.
 
 Why not render the chart's templates: they are Go templates, and meshcp must not need helm
 (or a Go template engine) at run time. The values `--set` takes are few and each lands in
@@ -9,7 +9,6 @@ checks every one against `helm template --set` with the same value.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ NAMESPACE = "meshcp-system"
 MESH_LABELS = ("meshcp.dev/monitored-by", "openservicemesh.io/monitored-by")
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: The release namespace as one whole name inside a string: `meshcp-system`,
+#: `meshcp-system/meshcp-ca`, `meshcp-controller.meshcp-system.svc`, never part of a longer name.
+_NAMESPACE_TOKEN = re.compile(rf"(?<![-a-z0-9]){re.escape(NAMESPACE)}(?![-a-z0-9])")
 
 
 class ValuesError(Exception):
@@ -163,9 +165,33 @@ class Setting:
         return cls(key, value)
 
 
-def render(settings: list[Setting]) -> list[Manifest]:
-    """The default render with `settings` applied in order (a later one wins)."""
-    documents = copy.deepcopy(default_manifests())
+def _moved(value: Any, namespace: str) -> Any:
+    if isinstance(value, str):
+        return _NAMESPACE_TOKEN.sub(namespace, value)
+    if isinstance(value, list):
+        return [_moved(item, namespace) for item in value]
+    if isinstance(value, dict):
+        return {key: _moved(item, namespace) for key, item in value.items()}
+    return value
+
+
+def in_namespace(documents: list[Manifest], namespace: str) -> list[Manifest]:
+    """`documents` released into `namespace` instead of meshcp-system, as `helm template -n`.
+
+    Why every string and not a list of fields: `.Release.Namespace` lands in metadata, args
+    (--xds-name, --ca-secret, --leader-lease, --xds-address), RBAC subjects, the webhook's
+    Service and namespaceSelector, cert-manager's dnsNames and inject-ca-from, the APIService;
+    a list would silently miss the next template that uses it. Nothing else in the render holds
+    the name meshcp-system (tests/test_install.py compares with `helm template -n`).
+    """
+    if not _NAME.match(namespace) or len(namespace) > 63:
+        raise ValuesError(f"namespace {namespace!r}: must be a DNS label such as meshcp-system")
+    return [_moved(document, namespace) for document in documents]
+
+
+def render(settings: list[Setting], namespace: str = NAMESPACE) -> list[Manifest]:
+    """The default render in `namespace` with `settings` applied in order (a later one wins)."""
+    documents = in_namespace(default_manifests(), namespace)
     for setting in settings:
         VALUES[setting.key](documents, setting.key, setting.value)
     return documents
