@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from meshcp import __version__
-from meshcp.cli.operate import sync_state
+from meshcp.xds.sync_status import sync_state
 from tests.cli.controller import POD, TYPES, Mesh, proxy_status, run, running_mesh, wait_synced
 from tests.support import eventually
 from tests.support.envoy import REAL_ENVOY

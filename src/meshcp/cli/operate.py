@@ -19,6 +19,7 @@ from meshcp.cli.options import UsageError, pod_of
 from meshcp.cli.output import cell, emit
 from meshcp.http.debug_client import ControllerError, ControllerUnreachable, get_json, get_url_json
 from meshcp.kube.client import KubeAccessError, checked_api_client
+from meshcp.xds.sync_status import sync_state
 
 #: xDS types as `proxy status` shows them, in the order Envoy is sent them.
 TYPES = (("cds", "CDS"), ("eds", "EDS"), ("lds", "LDS"), ("rds", "RDS"), ("sds", "SDS"))
@@ -40,22 +41,6 @@ async def version(args: argparse.Namespace) -> int:
 
     emit(data, args.output, text)
     return 0
-
-
-def sync_state(details: Mapping[str, Any] | None) -> str:
-    """SYNCED, STALE, NACKED or NOT SENT: where one proxy stands for one type."""
-    if not details or not details.get("version_sent"):
-        return "NOT SENT"
-    nack = details.get("last_nack")
-    if (
-        nack
-        and nack.get("version") == details["version_sent"]
-        and details.get("version_acked") != nack["version"]
-    ):
-        return "NACKED"
-    if details.get("current") is True:
-        return "SYNCED"
-    return "STALE"
 
 
 def proxy_rows(proxies: Sequence[Mapping[str, Any]], namespace: str) -> list[dict[str, Any]]:

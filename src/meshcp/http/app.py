@@ -18,6 +18,7 @@ from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY
 from meshcp.telemetry.metrics import Metrics
 from meshcp.telemetry.readiness import Readiness
 from meshcp.xds.registry import ConnectedProxies
+from meshcp.xds.sync_status import summary
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Seconds a connection may sit without a complete request (idle between requests, or
@@ -68,10 +69,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 
-async def debug_proxies(request: web.Request) -> web.Response:
-    """Each open stream, with per type what was sent, ACKed or NACKed, and whether the
-    proxy holds its class's current content (`current`, `version_current`)."""
-    controller = request.app[CONTROLLER]
+def _proxies(controller: Controller) -> list[dict[str, object]]:
+    """Each open stream's status with its class's current versions and its pod."""
     found = controller.proxies.status(controller.cache.get)
     for item in found:
         pod = controller.pod_of(str(item["node_id"]))
@@ -79,7 +78,23 @@ async def debug_proxies(request: web.Request) -> web.Response:
         metadata = item.get("metadata")
         proxyless = isinstance(metadata, dict) and metadata.get(PROXYLESS_KEY) == PROXYLESS_GRPC
         item["flavour"] = "proxyless-grpc" if proxyless else "sidecar"
-    return web.json_response(found)
+    return found
+
+
+async def debug_proxies(request: web.Request) -> web.Response:
+    """Each open stream, with per type what was sent, ACKed or NACKed, and whether the
+    proxy holds its class's current content (`current`, `version_current`)."""
+    return web.json_response(_proxies(request.app[CONTROLLER]))
+
+
+async def sync(request: web.Request) -> web.Response:
+    """How many proxies are connected and in sync, and the first `limit` (default 10) that
+    are not: what `meshcp check` reads through the API server's pod proxy, which cannot
+    reach the loopback-only debug listener."""
+    text = request.query.get("limit", "10")
+    if not text.isdigit():
+        raise web.HTTPBadRequest(text=f"limit={text}: must be a whole number\n")
+    return web.json_response(summary(_proxies(request.app[CONTROLLER]), int(text)))
 
 
 async def debug_version(request: web.Request) -> web.Response:
@@ -131,6 +146,7 @@ def create_app(controller: Controller) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/sync", sync)
     dashboard.add_routes(app, controller.state, controller.prometheus)
     traffic_metrics.add_routes(app, controller.state, controller.prometheus)
     return app
