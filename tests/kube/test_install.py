@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from meshcp.install.check import CONTROLLER
 from meshcp.install.manifests import default_manifests, render
+from tests.cli.runner import EXAMPLE
 from tests.kube.conftest import CERT_MANAGER_KINDS, cert_manager_stand_ins
 from tests.support.helm import CHART, NAMESPACE, RELEASE, helm
 from tests.support.kube import ApiServer, write_serving_certificate
+from tests.support.pod_netns import pod_network
 
 
 @pytest.fixture
@@ -118,6 +123,7 @@ def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None
         "meshcp-injector Deployment available",
         "webhook meshcp-injector has a Service with ready endpoints",
         "webhook meshcp-injector caBundle valid",
+        "proxies connected and in sync",
     }, checked.stdout
     assert failed["meshcp-controller Deployment available"].startswith(
         "deployment meshcp-system/meshcp-controller has 0 of 2 replicas available (no pod of it exists"
@@ -127,11 +133,16 @@ def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None
     assert checks["CRDs installed and served"] == ("ok", "10 served")
     assert checks["RBAC of meshcp-controller in place"][0] == "ok"
     assert checks["RBAC of meshcp-injector in place"][0] == "ok"
-    assert checked.stderr == "meshcp: error: 4 of 9 checks failed\n"
+    assert failed["proxies connected and in sync"] == (
+        "no meshcp-controller pod is ready to ask (kubectl -n meshcp-system get pods "
+        "-l app.kubernetes.io/component=controller,app.kubernetes.io/name=meshcp)"
+    )
+    assert checked.stderr == "meshcp: error: 5 of 10 checks failed\n"
     table = meshcp(cluster, "check")
-    assert len([line for line in table.stdout.splitlines() if line.startswith("fail")]) == 4
+    assert len([line for line in table.stdout.splitlines() if line.startswith("fail")]) == 5
 
-    # What the kubelet and cert-manager would write: then every check passes.
+    # What the kubelet and cert-manager would write: then every check passes but the
+    # proxies' (no pod runs; test_check_asks_every_ready_controller_pod runs one).
     for name, replicas in (("meshcp-controller", 2), ("meshcp-injector", 2)):
         status = {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}
         cluster.kubectl(
@@ -160,9 +171,9 @@ def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None
         "patch", "mutatingwebhookconfiguration/meshcp-injector", "--type=json",
         "-p", json.dumps([{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle}]),
     )  # fmt: skip
-    healthy = meshcp(cluster, "check", "-o", "json")
-    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert {status for status, _ in _checks(healthy).values()} == {"ok"}
+    healthy = _checks(meshcp(cluster, "check", "-o", "json"))
+    assert healthy.pop("proxies connected and in sync")[0] == "fail"
+    assert {status for status, _ in healthy.values()} == {"ok"}, healthy
 
     # The webhook is gone first, then everything but the CRDs and the namespace.
     removed = meshcp(cluster, "uninstall")
@@ -215,6 +226,75 @@ def test_install_check_and_uninstall_in_another_namespace(cluster: ApiServer) ->
         assert _exists(cluster, document) == kept, document["metadata"]
 
 
+def _controller_pod(cluster: ApiServer, name: str, ip: str) -> None:
+    """A Pod of the controller's Deployment (its template) as a kubelet reports it: Running,
+    Ready, at `ip`."""
+    [deployment] = [
+        d for d in default_manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == CONTROLLER
+    ]
+    template = deployment["spec"]["template"]
+    metadata = {"name": name, "namespace": NAMESPACE, "labels": template["metadata"]["labels"]}
+    cluster.apply([{"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}])
+    status = {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    cluster.kubectl(
+        "-n", NAMESPACE, "patch", f"pod/{name}", "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+
+
+def _wait_for_text(path: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while text not in path.read_text(errors="replace"):
+        assert process.poll() is None, f"meshcp serve ended ({process.returncode}):\n{path.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{path.read_text()}"
+        time.sleep(0.1)
+
+
+def test_check_asks_every_ready_controller_pod(cluster: ApiServer, tmp_path: Path) -> None:
+    """A real `meshcp serve` at a pod IP (a network namespace: the API server refuses to
+    proxy to loopback), asked through the API server's pod proxy on its HTTPS port; a second
+    Ready pod whose address answers nothing fails the check by name."""
+    assert meshcp(cluster, "install").returncode == 0
+    with pod_network() as pod:
+        _, cert, key = write_serving_certificate(tmp_path, "api", [pod.ip])
+        source = tmp_path / "bookstore"
+        shutil.copytree(EXAMPLE, source)
+        log = tmp_path / "serve.log"
+        with log.open("wb") as stderr:
+            serve = subprocess.Popen(
+                pod.exec(
+                    sys.executable, "-m", "meshcp", "serve", "--source", str(source),
+                    "--state-dir", str(tmp_path / "state"), "--xds-address", "127.0.0.1:0",
+                    "--http-address", "127.0.0.1:0", "--debug-address", "127.0.0.1:0",
+                    "--api-address", f"{pod.ip}:9443", "--api-tls-cert", str(cert), "--api-tls-key", str(key),
+                ),
+                stderr=stderr,
+            )  # fmt: skip
+        try:
+            _wait_for_text(log, f"serving HTTPS on {pod.ip}:9443", serve)
+            _controller_pod(cluster, "meshcp-controller-0", pod.ip)
+            checks = _checks(meshcp(cluster, "check", "-o", "json"))
+            assert checks["proxies connected and in sync"] == (
+                "ok",
+                "0 proxies connected, 0 in sync (1 controller pod(s) asked)",
+            )
+
+            # The host's end of the pair: a Ready pod there refuses the connection.
+            _controller_pod(cluster, "meshcp-controller-1", pod.host_ip)
+            result = meshcp(cluster, "check", "-o", "json")
+            status, detail = _checks(result)["proxies connected and in sync"]
+            assert (status, result.returncode) == ("fail", 1)
+            assert detail.startswith("GET /sync of pod meshcp-system/meshcp-controller-1: "), detail
+        finally:
+            serve.terminate()
+            serve.wait(30)
+
+
 def _kubeconfig(path: Path, server: str) -> Path:
     config = {
         "apiVersion": "v1",
@@ -254,11 +334,11 @@ def test_check_of_an_unreachable_api_ends_without_a_traceback(tmp_path: Path, an
             check=False,
         )
     assert result.returncode == 1
-    assert result.stderr == "meshcp: error: 1 of 9 checks failed\n"
+    assert result.stderr == "meshcp: error: 1 of 10 checks failed\n"
     lines = result.stdout.splitlines()
     assert lines[1].startswith("fail     Kubernetes API reachable"), result.stdout
     assert ("no answer from" if answers else "cannot reach") in lines[1]
-    assert len(lines) == 10 and all(line.startswith("skipped") for line in lines[2:])
+    assert len(lines) == 11 and all(line.startswith("skipped") for line in lines[2:])
 
 
 def test_helm_install_and_uninstall(cluster: ApiServer) -> None:

@@ -84,7 +84,7 @@ async def check_command(args: argparse.Namespace) -> int:
     documents = _manifests(args)
 
     async def work(api: Api) -> int:
-        checks = await (check_pre(api, documents) if args.pre else check(api, documents))
+        checks = await (check_pre(api, documents) if args.pre else check(api, documents, args.proxies))
         _report(checks, args.output)
         failed = [c for c in checks if c.status == "fail"]
         if failed:

@@ -427,6 +427,13 @@ def _add_install(commands: Any) -> None:
     check = command(commands, "check", "is meshcp installed and working? one line per check")
     common(check)
     check.add_argument("--pre", action="store_true", help="could meshcp be installed here?")
+    check.add_argument(
+        "--proxies",
+        type=int,
+        default=5,
+        metavar="N",
+        help="name at most N proxy types not in sync (default 5)",
+    )
     output_option(check)
 
 

@@ -5,8 +5,10 @@ Each check asks the API server directly (no controller needed): reachable, the n
 every CRD established and serving its version, each ServiceAccount's permissions as the
 API server's own authorizer decides them (SubjectAccessReview of every rule the chart
 binds), the Deployments available, and the webhook calling a Service that has ready
-endpoints with a caBundle that is a valid certificate. A check that cannot run because an
-earlier one failed says so instead of failing for the same reason again.
+endpoints with a caBundle that is a valid certificate; and, through the API server's pod
+proxy, each ready controller replica: how many proxies are connected and in sync. A check
+that cannot run because the API is unreachable says so instead of failing for the same
+reason again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from meshcp.install.client import Api, ApiCallError
 from meshcp.install.kinds import kind_of, object_path
 
 Manifest = dict[str, Any]
+#: The controller's Deployment: its pods are asked whether the proxies are in sync.
+CONTROLLER = "meshcp-controller"
 #: The oldest Kubernetes the chart supports (its Chart.yaml `kubeVersion`).
 MINIMUM_MINOR = 28
 
@@ -239,7 +243,73 @@ async def _webhook_ca(api: Api, webhook: Manifest) -> str:
     return "valid"
 
 
-async def check(api: Api, documents: list[Manifest]) -> list[Check]:
+def _api_port(deployment: Manifest) -> int:
+    """The controller's HTTPS port (`api`): the one port the chart's NetworkPolicy admits
+    from anywhere, so the API server's pod proxy can reach it where the policy applies."""
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for port in container.get("ports", []):
+            if port.get("name") == "api":
+                return int(port["containerPort"])
+    raise _Failed(f"deployment {deployment['metadata']['name']} has no port named api")
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return bool(pod.get("status", {}).get("podIP")) and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+    )
+
+
+def _problem_line(entry: dict[str, Any]) -> str:
+    who = entry.get("pod") or entry.get("node_id") or "?"
+    message = f" ({entry['message']})" if entry.get("message") else ""
+    return f"{who} {entry.get('type')} {str(entry.get('state', '')).lower()}{message}"
+
+
+async def _proxies_in_sync(api: Api, controller: Manifest, limit: int) -> str:
+    """Every ready controller pod's `/sync` through the API server's pod proxy, summed: a
+    proxy streams from one replica only, so every replica is asked.
+
+    Why the pod proxy and `/sync` on the HTTPS listener: the debug listener answers on the
+    pod's loopback only, which the API server cannot reach, and a Service proxy would ask
+    one replica chosen at random."""
+    limit = max(0, limit)
+    namespace = controller["metadata"]["namespace"]
+    labels = controller["spec"]["selector"]["matchLabels"]
+    selector = ",".join(f"{key}%3D{value}" for key, value in sorted(labels.items()))
+    pods = await api.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}", "list pods")
+    ready = [pod for pod in pods.body.get("items", []) if _ready(pod)]
+    if not ready:
+        shown = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        raise _Failed(
+            f"no {controller['metadata']['name']} pod is ready to ask "
+            f"(kubectl -n {namespace} get pods -l {shown})"
+        )
+    port = _api_port(controller)
+    connected = in_sync = total = 0
+    problems: list[str] = []
+    for pod in ready:
+        name = pod["metadata"]["name"]
+        answer = await api.get(
+            f"/api/v1/namespaces/{namespace}/pods/https:{name}:{port}/proxy/sync?limit={limit}",
+            f"GET /sync of pod {namespace}/{name}",
+        )
+        body = answer.body
+        if not isinstance(body.get("connected"), int) or not isinstance(body.get("in_sync"), int):
+            raise _Failed(f"pod {namespace}/{name}: /sync did not answer a summary (is it meshcp?)")
+        connected += body["connected"]
+        in_sync += body["in_sync"]
+        total += int(body.get("not_in_sync_total", 0))
+        problems += [_problem_line(entry) for entry in body.get("not_in_sync", [])]
+    counts = f"{connected} proxies connected, {in_sync} in sync ({len(ready)} controller pod(s) asked)"
+    if in_sync < connected:
+        shown = "; ".join(problems[:limit])
+        more = f" and {total - min(len(problems), limit)} more" if total > min(len(problems), limit) else ""
+        raise _Failed(f"{counts}; not in sync: {shown}{more}")
+    return counts
+
+
+async def check(api: Api, documents: list[Manifest], limit: int = 5) -> list[Check]:
     """Every check of an installation described by `documents`."""
     reachable = await _run("Kubernetes API reachable", partial(_version, api))
     checks = [reachable]
@@ -251,6 +321,8 @@ async def check(api: Api, documents: list[Manifest]) -> list[Check]:
     names += [f"{d['metadata']['name']} Deployment available" for d in deployments]
     names += [f"webhook {w['metadata']['name']} has a Service with ready endpoints" for w in webhooks]
     names += [f"webhook {w['metadata']['name']} caBundle valid" for w in webhooks]
+    controllers = [d for d in deployments if d["metadata"]["name"] == CONTROLLER]
+    names += ["proxies connected and in sync" for _ in controllers]
     if reachable.status != "ok":
         return checks + [Check(name, "skipped", "the API is not reachable") for name in names]
     checks.append(await _run("namespace exists", partial(_namespace, api, documents)))
@@ -266,6 +338,10 @@ async def check(api: Api, documents: list[Manifest]) -> list[Check]:
         service = f"webhook {name} has a Service with ready endpoints"
         checks.append(await _run(service, partial(_webhook_service, api, webhook)))
         checks.append(await _run(f"webhook {name} caBundle valid", partial(_webhook_ca, api, webhook)))
+    for controller in controllers:
+        checks.append(
+            await _run("proxies connected and in sync", partial(_proxies_in_sync, api, controller, limit))
+        )
     return checks
 
 
