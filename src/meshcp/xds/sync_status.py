@@ -17,6 +17,13 @@ MAX_LIMIT = 100
 MESSAGE_CHARACTERS = 300
 
 
+def _short_message(text: str) -> str:
+    """One line, and its end when long: Envoy's NACK message prints the rejected resource
+    first and the reason last."""
+    line = " ".join(text.split())
+    return line if len(line) <= MESSAGE_CHARACTERS else "…" + line[-MESSAGE_CHARACTERS:]
+
+
 def sync_state(details: Mapping[str, Any] | None) -> str:
     """SYNCED, STALE, NACKED or NOT SENT: where one proxy stands for one type."""
     if not details or not details.get("version_sent"):
@@ -50,7 +57,7 @@ def _problems(proxy: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "pod": proxy.get("pod"),
                 "type": short,
                 "state": state,
-                "message": message[:MESSAGE_CHARACTERS],
+                "message": _short_message(message),
             }
         )
     return found
