@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,11 @@ from meshcp.install.check import CONTROLLER
 from meshcp.install.manifests import default_manifests, render
 from tests.cli.runner import EXAMPLE
 from tests.kube.conftest import CERT_MANAGER_KINDS, cert_manager_stand_ins
+from tests.support import eventually
+from tests.support.envoy import EnvoyProcess
 from tests.support.helm import CHART, NAMESPACE, RELEASE, helm
 from tests.support.kube import ApiServer, write_serving_certificate
-from tests.support.pod_netns import pod_network
+from tests.support.pod_netns import PodNetwork, pod_network
 
 
 @pytest.fixture
@@ -255,28 +259,15 @@ def _wait_for_text(path: Path, text: str, process: subprocess.Popen[bytes]) -> N
         time.sleep(0.1)
 
 
-def test_check_asks_every_ready_controller_pod(cluster: ApiServer, tmp_path: Path) -> None:
+async def test_check_asks_every_ready_controller_pod(cluster: ApiServer, tmp_path: Path) -> None:
     """A real `meshcp serve` at a pod IP (a network namespace: the API server refuses to
-    proxy to loopback), asked through the API server's pod proxy on its HTTPS port; a second
-    Ready pod whose address answers nothing fails the check by name."""
+    proxy to loopback) with a real Envoy streaming from it, asked through the API server's
+    pod proxy on its HTTPS port; a second Ready pod whose address answers nothing fails the
+    check by name."""
     assert meshcp(cluster, "install").returncode == 0
     with pod_network() as pod:
-        _, cert, key = write_serving_certificate(tmp_path, "api", [pod.ip])
-        source = tmp_path / "bookstore"
-        shutil.copytree(EXAMPLE, source)
-        log = tmp_path / "serve.log"
-        with log.open("wb") as stderr:
-            serve = subprocess.Popen(
-                pod.exec(
-                    sys.executable, "-m", "meshcp", "serve", "--source", str(source),
-                    "--state-dir", str(tmp_path / "state"), "--xds-address", "127.0.0.1:0",
-                    "--http-address", "127.0.0.1:0", "--debug-address", "127.0.0.1:0",
-                    "--api-address", f"{pod.ip}:9443", "--api-tls-cert", str(cert), "--api-tls-key", str(key),
-                ),
-                stderr=stderr,
-            )  # fmt: skip
-        try:
-            _wait_for_text(log, f"serving HTTPS on {pod.ip}:9443", serve)
+        source, state = tmp_path / "bookstore", tmp_path / "state"
+        with _serving_in(pod, tmp_path, source, state) as xds_port:
             _controller_pod(cluster, "meshcp-controller-0", pod.ip)
             checks = _checks(meshcp(cluster, "check", "-o", "json"))
             assert checks["proxies connected and in sync"] == (
@@ -284,15 +275,69 @@ def test_check_asks_every_ready_controller_pod(cluster: ApiServer, tmp_path: Pat
                 "0 proxies connected, 0 in sync (1 controller pod(s) asked)",
             )
 
+            # A sidecar of the bookstore, on this host, streaming from the controller's pod.
+            out = tmp_path / "proxy"
+            bootstrapped = meshcp_offline(
+                "bootstrap", "bookstore-v1-0", "-n", "bookstore", "--source", str(source),
+                "--state-dir", str(state), "--out", str(out), "--xds-address", f"{pod.ip}:{xds_port}",
+            )  # fmt: skip
+            assert bootstrapped.returncode == 0, bootstrapped.stderr
+            bootstrap = json.loads((out / "bootstrap.json").read_text())
+            bootstrap["admin"]["address"]["socketAddress"]["portValue"] = 0
+            async with EnvoyProcess(bootstrap):
+
+                async def synced() -> bool:
+                    found = _checks(meshcp(cluster, "check", "-o", "json"))
+                    return found["proxies connected and in sync"] == (
+                        "ok",
+                        "1 proxies connected, 1 in sync (1 controller pod(s) asked)",
+                    )
+
+                await eventually(synced, 60, "check to find the Envoy connected and in sync")
+
             # The host's end of the pair: a Ready pod there refuses the connection.
             _controller_pod(cluster, "meshcp-controller-1", pod.host_ip)
             result = meshcp(cluster, "check", "-o", "json")
             status, detail = _checks(result)["proxies connected and in sync"]
             assert (status, result.returncode) == ("fail", 1)
             assert detail.startswith("GET /sync of pod meshcp-system/meshcp-controller-1: "), detail
-        finally:
-            serve.terminate()
-            serve.wait(30)
+
+
+def meshcp_offline(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshcp.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@contextmanager
+def _serving_in(pod: PodNetwork, tmp_path: Path, source: Path, state: Path) -> Iterator[int]:
+    """`meshcp serve` in the pod's network namespace, xDS and HTTPS (`api`, 9443) at the pod
+    IP, on a copy of the bookstore at `source`; its xDS port. Stopped on exit."""
+    _, cert, key = write_serving_certificate(tmp_path, "api", [pod.ip])
+    shutil.copytree(EXAMPLE, source)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        serve = subprocess.Popen(
+            pod.exec(
+                sys.executable, "-m", "meshcp", "serve", "--source", str(source),
+                "--state-dir", str(state), "--xds-address", f"{pod.ip}:0",
+                "--http-address", "127.0.0.1:0", "--debug-address", "127.0.0.1:0",
+                "--api-address", f"{pod.ip}:9443", "--api-tls-cert", str(cert), "--api-tls-key", str(key),
+            ),
+            stderr=stderr,
+        )  # fmt: skip
+    try:
+        _wait_for_text(log, f"serving HTTPS on {pod.ip}:9443", serve)
+        xds = re.search(rf"serving xDS on {re.escape(pod.ip)}:(\d+)", log.read_text())
+        assert xds is not None, log.read_text()
+        yield int(xds[1])
+    finally:
+        serve.terminate()
+        serve.wait(30)
 
 
 def _kubeconfig(path: Path, server: str) -> Path:
