@@ -194,7 +194,7 @@ def test_install_check_and_uninstall(cluster: ApiServer, tmp_path: Path) -> None
     everything = meshcp(cluster, "uninstall", "--delete-cluster-wide-resources")
     assert everything.returncode == 0, everything.stderr
     crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
-    cluster.kubectl("wait", "--for=delete", "--timeout=60s", *(f"crd/{d['metadata']['name']}" for d in crds))
+    cluster.kubectl("wait", "--for=delete", "--timeout=180s", *(f"crd/{d['metadata']['name']}" for d in crds))
 
 
 def test_install_check_and_uninstall_in_another_namespace(cluster: ApiServer) -> None:
