@@ -14,7 +14,7 @@ import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient, Configuration
@@ -63,6 +63,21 @@ def describe_api_error(error: ApiException) -> str:
         except ValueError:
             message = ""
     return f"{error.status} {error.reason}" + (f": {message}" if message else "")
+
+
+async def all_pages(
+    call: Callable[[dict[str, Any]], Awaitable[Any]], page_size: int, request_timeout: float
+) -> list[Any]:
+    """Every item of a list call (a kubernetes-asyncio `list_*` method bound to its
+    selectors), a page (`limit`/`continue`) per request, each bounded by `request_timeout`."""
+    items: list[Any] = []
+    token: str | None = None
+    while True:
+        page = await call({"limit": page_size, "_continue": token, "_request_timeout": request_timeout})
+        items += page.items or []
+        token = page.metadata._continue if page.metadata is not None else None
+        if not token:
+            return items
 
 
 class KubeAccessError(Exception):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from meshcp.injector.bootstrap_secret import MANAGED_BY, MANAGED_BY_LABEL
-from meshcp.kube.client import ApiClientFactory, describe_api_error
+from meshcp.kube.client import ApiClientFactory, all_pages, describe_api_error
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import CoreV1Api
@@ -174,21 +174,7 @@ class SecretCollector:
         return deleted
 
     async def _pages(self, call: Callable[[dict[str, Any]], Awaitable[Any]]) -> list[Any]:
-        """Every item of a list, a page (`limit`/`continue`) per request."""
-        items: list[Any] = []
-        token: str | None = None
-        while True:
-            page = await call(
-                {
-                    "limit": self._settings.page_size,
-                    "_continue": token,
-                    "_request_timeout": self._settings.request_timeout,
-                }
-            )
-            items += page.items or []
-            token = page.metadata._continue if page.metadata is not None else None
-            if not token:
-                return items
+        return await all_pages(call, self._settings.page_size, self._settings.request_timeout)
 
     async def _delete(self, core: CoreV1Api, secret: BootstrapSecret) -> bool:
         """Whether this pass deleted it (404: gone already; 409: changed since listed; not

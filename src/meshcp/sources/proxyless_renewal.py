@@ -60,7 +60,7 @@ from meshcp.certs.rotation import RenewalPolicy
 from meshcp.identity import ProxyIdentity
 from meshcp.injector.bootstrap_secret import MANAGED_BY, MANAGED_BY_LABEL, PROXYLESS_FILES
 from meshcp.injector.template import BOOTSTRAP_FILE
-from meshcp.kube.client import ApiClientFactory, describe_api_error
+from meshcp.kube.client import ApiClientFactory, all_pages, describe_api_error
 from meshcp.policy.membership import PROXY_UUID_LABEL
 from meshcp.sidecar.grpc_bootstrap import PROXYLESS_GRPC, PROXYLESS_KEY
 
@@ -403,18 +403,4 @@ class ProxylessRenewer:
         return True
 
     async def _pages(self, call: Callable[[dict[str, Any]], Awaitable[Any]]) -> list[Any]:
-        """Every item of a list, a page (`limit`/`continue`) per request."""
-        items: list[Any] = []
-        token: str | None = None
-        while True:
-            page = await call(
-                {
-                    "limit": self._settings.page_size,
-                    "_continue": token,
-                    "_request_timeout": self._settings.request_timeout,
-                }
-            )
-            items += page.items or []
-            token = page.metadata._continue if page.metadata is not None else None
-            if not token:
-                return items
+        return await all_pages(call, self._settings.page_size, self._settings.request_timeout)
