@@ -4,10 +4,15 @@ accepts it; these pin the choices where the issue left room."""
 
 from __future__ import annotations
 
-from meshcp._proto.envoy.config.cluster.v3 import ClusterDiscoveryType, ClusterLbPolicy
+from meshcp._proto.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterLbPolicy
+from meshcp._proto.envoy.config.endpoint.v3 import ClusterLoadAssignment
+from meshcp._proto.envoy.config.listener.v3 import Listener
+from meshcp._proto.envoy.config.route.v3 import RouteConfiguration
+from meshcp._proto.envoy.extensions.filters.http.fault.v3 import HttpFault
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
 from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 import HttpConnectionManager
 from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import DownstreamTlsContext, UpstreamTlsContext
+from meshcp._proto.envoy.type.v3 import FractionalPercent
 from meshcp.cache.encoding import Encoder
 from meshcp.compile import proxyless
 from meshcp.identity import Identity
@@ -148,3 +153,57 @@ def test_resources_encode_without_deprecation_warnings() -> None:
     encoder = Encoder()
     spec = proxyless.cluster_specs([upstream(GREETER)])[0]
     assert encoder.encode(proxyless.cluster(spec, "cluster.local")).name == "shop/greeter|50051"
+
+
+def test_denied_services_get_listeners_aborting_with_permission_denied_on_one_shared_route() -> None:
+    other = ServiceKey(SHOP, "vault")
+    reachable = [upstream(GREETER)]
+    everything = (
+        upstream(GREETER),
+        upstream(other),
+        upstream(other, 8080, "http"),
+        upstream(other, 9000, "tcp"),
+    )
+    policy = ProxyPolicy(CLIENT, (), tuple(reachable), False, "cluster.local", listener_upstreams=everything)
+    denied = proxyless.denied_upstreams(policy)
+    assert [(u.service, u.port) for u in denied] == [(other, 50051), (other, 8080)]
+    listeners = {listener.name: listener for listener in proxyless.client_listeners(reachable, SHOP, denied)}
+    # The names a reachable port has, for the denied ones too; TCP ports have none.
+    assert {"vault", "vault:50051", "vault.shop.svc:8080", "greeter"} <= set(listeners)
+    assert len(listeners) == 4 * 2 + 4 * 2 + 4 * 1
+    routes = set()
+    for name in ("vault", "vault.shop.svc.cluster.local:8080"):
+        manager = HttpConnectionManager.parse(listeners[name].api_listener.api_listener.value)  # type: ignore[union-attr]
+        assert [f.name for f in manager.http_filters] == [
+            "envoy.filters.http.fault",
+            "envoy.filters.http.router",
+        ]
+        fault = HttpFault.parse(manager.http_filters[0].typed_config.value)  # type: ignore[union-attr]
+        assert fault.abort is not None and fault.abort.grpc_status == 7 and fault.abort.http_status is None
+        assert fault.abort.percentage == FractionalPercent(numerator=100)  # of HUNDRED, the default
+        assert fault.delay is None and not fault.headers and fault.max_active_faults is None
+        assert manager.rds is not None
+        routes.add(manager.rds.route_config_name)
+    greeter = _manager(listeners["greeter"])
+    assert [f.name for f in greeter.http_filters] == ["envoy.filters.http.router"]
+    # One route configuration for every denied name, to a cluster that exists, empty.
+    route, cluster, assignment = proxyless.denied_resources(denied)
+    assert isinstance(route, RouteConfiguration) and routes == {route.name}
+    (host,) = route.virtual_hosts
+    assert host.domains == ["*"] and len(host.routes) == 1 and host.routes[0].route is not None
+    assert isinstance(cluster, Cluster) and host.routes[0].route.cluster == cluster.name
+    assert cluster.type == ClusterDiscoveryType.EDS and cluster.transport_socket is None
+    assert isinstance(assignment, ClusterLoadAssignment) and assignment.cluster_name == cluster.name
+    assert not assignment.endpoints
+    # Without pruning, or with nothing denied: none of it.
+    assert proxyless.denied_upstreams(ProxyPolicy(CLIENT, (), tuple(reachable), False, "cluster.local")) == ()
+    assert proxyless.denied_resources(()) == []
+    # A name a reachable port already has stays the reachable port's.
+    same = proxyless.client_listeners(reachable, SHOP, [upstream(GREETER, 50052)])
+    plain = _manager(next(listener for listener in same if listener.name == "greeter"))
+    assert [f.name for f in plain.http_filters] == ["envoy.filters.http.router"]
+
+
+def _manager(listener: Listener) -> HttpConnectionManager:
+    assert listener.api_listener is not None and listener.api_listener.api_listener is not None
+    return HttpConnectionManager.parse(listener.api_listener.api_listener.value)

@@ -8,6 +8,9 @@ sidecar of the same identity (docs/proxyless-grpc.md):
   (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`, each with `:port`, and
   without it for the service's default port), an HCM whose only HTTP filter is the
   router, and its routes over RDS: one virtual host whose domains are those names;
+- with pruning, the same names of each mesh service port the client may not reach, whose
+  HCM aborts every call with PERMISSION_DENIED (the fault filter before the router) on
+  one shared route configuration to one empty cluster: the sidecar's local 403;
 - per upstream cluster, EDS with ROUND_ROBIN and mTLS through certificate-provider
   instances (gRPC has no SDS) and the SANs of the service's identities;
 - per endpoint set, a ClusterLoadAssignment with one weighted locality (gRPC ignores a
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+
+import betterproto2
 
 from meshcp._proto.envoy.config.cluster.v3 import (
     Cluster,
@@ -51,6 +56,7 @@ from meshcp._proto.envoy.config.route.v3 import (
     WeightedCluster,
     WeightedClusterClusterWeight,
 )
+from meshcp._proto.envoy.extensions.filters.http.fault.v3 import FaultAbort, HttpFault
 from meshcp._proto.envoy.extensions.filters.http.rbac.v3 import Rbac as HttpRbac
 from meshcp._proto.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -65,6 +71,7 @@ from meshcp._proto.envoy.extensions.transport_sockets.tls.v3 import (
     UpstreamTlsContext,
 )
 from meshcp._proto.envoy.type.matcher.v3 import StringMatcher
+from meshcp._proto.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType
 from meshcp.cache.encoding import pack
 from meshcp.compile import naming
 from meshcp.compile.cds import UpstreamSpec, upstream_specs
@@ -83,6 +90,14 @@ HTTP_RBAC = "envoy.filters.http.rbac"
 #: Prefix of every proxyless route configuration (clusters and assignments keep the
 #: sidecar's names: the same service port is the same thing to both).
 ROUTE_PREFIX = "grpc-routes:"
+HTTP_FAULT = "envoy.filters.http.fault"
+#: The one route configuration of every denied listener (no cluster name has no `/`).
+DENIED_ROUTE = f"{ROUTE_PREFIX}denied"
+#: gRPC resolves a route's cluster before any call, so the denied route names one that
+#: exists, with no endpoints: the fault filter answers before a pick would need one.
+DENIED_CLUSTER = "grpc-denied"
+#: gRPC's status code PERMISSION_DENIED, what the destination's RBAC would answer.
+PERMISSION_DENIED = 7
 
 
 def grpc_upstreams(upstreams: Iterable[Upstream]) -> tuple[Upstream, ...]:
@@ -132,15 +147,89 @@ def client_listener(name: str, route_config: str) -> Listener:
     return Listener(name=name, api_listener=ApiListener(api_listener=pack(manager)))
 
 
-def client_listeners(upstreams: Sequence[Upstream], client_namespace: str) -> list[Listener]:
-    """Every api_listener of a client: the names of each upstream port, sorted."""
+def denied_listener(name: str) -> Listener:
+    """An `api_listener` whose every call gets PERMISSION_DENIED from gRPC itself: the
+    fault filter (gRFC A33: abort with a gRPC status, 100%) before the router."""
+    abort = FaultAbort(
+        grpc_status=PERMISSION_DENIED,
+        percentage=FractionalPercent(numerator=100, denominator=FractionalPercentDenominatorType.HUNDRED),
+    )
+    fault = HttpFilter(name=HTTP_FAULT, typed_config=pack(HttpFault(abort=abort)))
+    manager = HttpConnectionManager(
+        rds=Rds(config_source=ads(), route_config_name=DENIED_ROUTE),
+        http_filters=[fault, router_filter()],
+    )
+    return Listener(name=name, api_listener=ApiListener(api_listener=pack(manager)))
+
+
+def client_listeners(
+    upstreams: Sequence[Upstream], client_namespace: str, denied: Sequence[Upstream] = ()
+) -> list[Listener]:
+    """Every api_listener of a client: the names of each upstream port, and those of each
+    `denied` port that no upstream port already has, sorted."""
     defaults = default_ports(upstreams)
     listeners = [
         client_listener(name, route_name(upstream))
         for upstream in grpc_upstreams(upstreams)
         for name in target_names(upstream, client_namespace, defaults.get(upstream.service) == upstream.port)
     ]
+    taken = {listener.name for listener in listeners}
+    denied_defaults = default_ports(denied)
+    denied_names = {
+        name
+        for upstream in grpc_upstreams(denied)
+        for name in target_names(
+            upstream, client_namespace, denied_defaults.get(upstream.service) == upstream.port
+        )
+    }
+    listeners += [denied_listener(name) for name in sorted(denied_names - taken)]
     return sorted(listeners, key=lambda listener: listener.name)
+
+
+def denied_upstreams(policy: ProxyPolicy) -> tuple[Upstream, ...]:
+    """With pruning, the mesh's gRPC-callable service ports this class may not reach."""
+    if policy.listener_upstreams is None:
+        return ()
+    reachable = {(u.service, u.port) for u in policy.upstreams}
+    return tuple(u for u in grpc_upstreams(policy.listener_upstreams) if (u.service, u.port) not in reachable)
+
+
+def denied_route_configuration() -> RouteConfiguration:
+    """The route of every denied listener: any authority, to the empty cluster (gRPC
+    accepts only routes to clusters; the fault filter answers first)."""
+    return RouteConfiguration(
+        name=DENIED_ROUTE,
+        virtual_hosts=[
+            VirtualHost(
+                name="denied",
+                domains=["*"],
+                routes=[Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=DENIED_CLUSTER))],
+            )
+        ],
+    )
+
+
+def denied_cluster() -> Cluster:
+    """The denied route's cluster: EDS with an empty assignment, so gRPC's config is
+    complete without waiting for a cluster that does not exist."""
+    return Cluster(
+        name=DENIED_CLUSTER,
+        type=ClusterDiscoveryType.EDS,
+        eds_cluster_config=ClusterEdsClusterConfig(eds_config=ads()),
+        lb_policy=ClusterLbPolicy.ROUND_ROBIN,
+    )
+
+
+def denied_resources(denied: Sequence[Upstream]) -> list[betterproto2.Message]:
+    """The route, cluster and (empty) assignment shared by the denied listeners; none
+    when nothing is denied."""
+    if not grpc_upstreams(denied):
+        return []
+    return [
+        denied_route_configuration(),
+        denied_cluster(),
+        ClusterLoadAssignment(cluster_name=DENIED_CLUSTER),
+    ]
 
 
 def route_configuration(upstream: Upstream, default: bool) -> RouteConfiguration:

@@ -119,9 +119,13 @@ class ProxylessCompiler:
                 ("eds", service, port, addresses),
                 partial(_one, proxyless.load_assignment, service, port, addresses),
             )
+        denied = proxyless.denied_upstreams(policy)
         found += self._piece(
-            old, ("lds", upstreams, namespace), lambda: list(proxyless.client_listeners(upstreams, namespace))
+            old,
+            ("lds", upstreams, namespace, denied),
+            lambda: list(proxyless.client_listeners(upstreams, namespace, denied)),
         )
+        found += self._piece(old, ("denied", bool(denied)), lambda: proxyless.denied_resources(denied))
         found += self._piece(old, ("rds", upstreams), lambda: list(proxyless.route_configurations(upstreams)))
         found += self._piece(
             old, ("srv", policy.inbound, trust, ips), lambda: list(proxyless.server_listeners(policy, ips))
