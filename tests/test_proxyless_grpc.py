@@ -13,10 +13,24 @@ from tests.support import eventually
 from tests.support.proxyless import ADDRESSES, MESHCP, PORT, Mesh, running_mesh, servers_manifest
 
 SPIFFE_CLIENT = "spiffe://cluster.local/ns/shop/sa/client"
+#: What gRPC's fault filter says when it aborts a call (the denied listener's answer).
+LOCAL_DENIAL = "PERMISSION_DENIED: Fault injected"
 
 
 def target(service: str) -> str:
     return f"xds:///{service}.shop.svc.cluster.local:{PORT}"
+
+
+async def test_without_pruning_the_servers_rbac_refuses_an_identity(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path, prune=False) as mesh:
+        await mesh.server("greeter-v1-0", "v1")
+        result = await mesh.calls("client-0", target("greeter-v1"), 1)
+        assert result["answers"] == {"v1": 1}, result
+        # The intruder has the service's listener, and the call reaches the server.
+        result = await mesh.calls("intruder-0", target("greeter-v1"), 2, warmup=False)
+        assert result["failures"] == {"PERMISSION_DENIED": 2}, result
+        assert result["details"] == ["PERMISSION_DENIED: Unauthorized RPC rejected"] * 2, result
+        assert_no_nack(mesh)
 
 
 def assert_no_nack(mesh: Mesh) -> None:
@@ -47,10 +61,13 @@ async def test_calls_over_mesh_mtls_rbac_split_and_a_missing_listener(tmp_path: 
         result = await mesh.calls("client-0", target("greeter-v1"), 2, warmup=False, method=health)
         assert result["failures"] == {"PERMISSION_DENIED": 2}, result
 
-        # An identity without a TrafficTarget is refused by the server's RBAC.
+        # An identity without a TrafficTarget is refused by its own gRPC (pruning, the
+        # default): the denied listener's fault filter answers, so no call left the client
+        # (the server's RBAC would say otherwise: the test below).
         result = await mesh.calls("intruder-0", target("greeter-v1"), 3, warmup=False)
         assert result["failures"] == {"PERMISSION_DENIED": 3}, result
-        assert not result["answers"], result
+        assert result["details"] == [LOCAL_DENIAL] * 3, result
+        assert not result["answers"] and not result["peers"], result
 
         # TrafficSplit 80/20: 500 calls within 3 sigma of 400.
         calls = 500

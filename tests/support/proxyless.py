@@ -6,7 +6,8 @@ The mesh: namespace `shop`; service `greeter` (port 50051, `grpc`) split 80/20 o
 `greeter-v1` and `greeter-v2` (one pod each, 127.0.0.2 and 127.0.0.3, each server bound
 to its pod's IP: loopback only); proxyless clients `client` (allowed by a
 TrafficTarget on `/meshtest.Echo/.*`) and `intruder` (no TrafficTarget). Upstreams are
-not pruned, so the intruder is refused by the server's RBAC, not by its own config.
+pruned (MeshConfig's default), so the intruder is refused by its own config; with
+`prune=False` it is refused by the server's RBAC.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ spec:
   meshName: meshcp
   trustDomain: cluster.local
   permissive: false
-  pruneUnreachableUpstreams: false
+  pruneUnreachableUpstreams: {prune}
   debounceWindow: 50ms
   debounceMax: 200ms
 ---
@@ -284,11 +285,11 @@ def clients_manifest() -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_mesh(root: Path, *serve_args: str) -> AsyncIterator[Mesh]:
+async def running_mesh(root: Path, *serve_args: str, prune: bool = True) -> AsyncIterator[Mesh]:
     source, state = root / "mesh", root / "state"
     source.mkdir()
     ports = {name: free_port() for name in ("greeter-v1-0", "greeter-v2-0", "greeter-v1-1")}
-    (source / "mesh.yaml").write_text(_HEAD)
+    (source / "mesh.yaml").write_text(_HEAD.replace("{prune}", "true" if prune else "false"))
     (source / "clients.yaml").write_text(clients_manifest())
     (source / "servers.yaml").write_text(
         servers_manifest({k: v for k, v in ports.items() if k != "greeter-v1-1"})
