@@ -111,7 +111,7 @@ async def plain_app(mesh: Mesh, port: int) -> AsyncIterator[None]:
 
 
 async def test_a_proxyless_client_calls_a_server_behind_a_sidecar(tmp_path: Path) -> None:
-    async with running_mesh(tmp_path) as mesh:
+    async with running_mesh(tmp_path, prune=False) as mesh:
         echo_port = free_port()
         mesh.write("sidecars.yaml", sidecar_pods(echo_port))
         policy = await sidecar_policy(mesh, "greeter", serving=True)
@@ -173,7 +173,7 @@ async def client_sidecar(mesh: Mesh, pod: str) -> AsyncIterator[tuple[EnvoyProce
 
 
 async def test_a_sidecar_client_calls_a_proxyless_server(tmp_path: Path) -> None:
-    async with running_mesh(tmp_path) as mesh:
+    async with running_mesh(tmp_path, prune=False) as mesh:
         mesh.write("sidecars.yaml", sidecar_pods(free_port()))
         await mesh.server("greeter-v1-0", "v1")
         # The server is up once a proxyless client reaches it.
