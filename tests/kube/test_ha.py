@@ -62,6 +62,17 @@ async def leading(replica: MeshcpProcess) -> bool:
     return bool(status["leader"])
 
 
+async def the_leader(replicas: list[MeshcpProcess]) -> MeshcpProcess:
+    """The one replica that leads, once exactly one does."""
+
+    async def one_leader() -> bool:
+        return sum([await leading(r) for r in replicas]) == 1
+
+    await eventually(one_leader, timeout=30, what="exactly one leader", details=lambda: replicas[0].log)
+    (leader,) = [r for r in replicas if await leading(r)]
+    return leader
+
+
 async def leader_gauge(replica: MeshcpProcess) -> float:
     timeout = aiohttp.ClientTimeout(total=5)
     url = f"http://127.0.0.1:{replica.http_port}/metrics"
@@ -132,11 +143,7 @@ async def test_one_leader_and_a_takeover_within_the_lease_duration(
     pod = start_pod(kube, WEB, "web-0", "10.9.0.1")
     node = node_id(pod)
 
-    async def one_leader() -> bool:
-        return sum([await leading(r) for r in replicas]) == 1
-
-    await eventually(one_leader, timeout=30, what="exactly one leader", details=lambda: replicas[0].log)
-    (leader,) = [r for r in replicas if await leading(r)]
+    leader = await the_leader(replicas)
     (follower,) = [r for r in replicas if r is not leader]
     assert [await leader_gauge(leader), await leader_gauge(follower)] == [1.0, 0.0]
     held = lease(kube)
@@ -276,11 +283,7 @@ async def test_only_the_leader_moves_a_root_rotation_and_the_follower_follows(
     pod = start_pod(kube, WEB, "web-rotate", "10.9.0.2")
     node = node_id(pod)
 
-    async def one_leader() -> bool:
-        return sum([await leading(r) for r in replicas]) == 1
-
-    await eventually(one_leader, timeout=30, what="exactly one leader", details=lambda: replicas[0].log)
-    (leader,) = [r for r in replicas if await leading(r)]
+    leader = await the_leader(replicas)
     (follower,) = [r for r in replicas if r is not leader]
     old = await trusted_roots(leader, node)
     assert len(old) == 1 and await trusted_roots(follower, node) == old

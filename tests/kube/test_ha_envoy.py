@@ -39,7 +39,7 @@ from meshcp.sidecar.ports import ADMIN_PORT, PROMETHEUS_PATH, PROMETHEUS_PORT
 from meshcp.sources.kubernetes_rbac import LEASE, NAMESPACE
 from tests.kube.conftest import Installed
 from tests.kube.meshcp_process import MeshcpProcess, controller
-from tests.kube.test_ha import LEASE_DURATION, get_json, leading, lease
+from tests.kube.test_ha import LEASE_DURATION, get_json, leading, lease, the_leader
 from tests.kube.test_source import node_id, start_pod, web_objects
 from tests.support import eventually
 from tests.support.bootstrap import ads_bootstrap
@@ -210,11 +210,7 @@ async def test_envoys_move_to_a_survivor_when_the_leader_is_killed(
     kube.apply(web_objects(NAMESPACE_WEB))
     nodes = [node_id(start_pod(kube, NAMESPACE_WEB, f"web-{i}", f"10.9.1.{i + 1}")) for i in range(REPLICAS)]
 
-    async def one_leader() -> bool:
-        return sum([await leading(r) for r in replicas]) == 1
-
-    await eventually(one_leader, timeout=30, what="exactly one leader", details=lambda: replicas[0].log)
-    (leader,) = [r for r in replicas if await leading(r)]
+    leader = await the_leader(replicas)
     holder = lease(kube)["spec"]["holderIdentity"]
     # The leader first: the first Envoy's connection goes to it.
     ordered = [leader, *(r for r in replicas if r is not leader)]
