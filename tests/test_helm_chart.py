@@ -19,6 +19,9 @@ from meshcp.sources import kubernetes_rbac
 from meshcp.sources.kubernetes import RESOURCES
 from tests.support.helm import CHART, NAMESPACE, RELEASE, ROOT, helm, helm_binary, template
 
+#: The real helm (scripts/build-helm): run after the builds by scripts/test.
+pytestmark = pytest.mark.built
+
 Manifest = dict[str, Any]
 
 #: `--set` values selecting each certificate provider with what it requires.

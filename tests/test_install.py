@@ -17,6 +17,9 @@ from meshcp.install import kinds
 from meshcp.install.manifests import VALUES, Setting, ValuesError, default_manifests, render
 from tests.support.helm import template
 
+#: The real helm (scripts/build-helm): run after the builds by scripts/test.
+pytestmark = pytest.mark.built
+
 #: A value for each key `install --set` takes, unlike its default.
 SAMPLES = {
     "meshName": "shop",

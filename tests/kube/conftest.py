@@ -10,11 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.support.deploy import DEPLOY
 from tests.support.kube import ApiServer
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here needs the binaries scripts/build-kube builds: marked `built`, so that
+    scripts/test runs them once the build (in the background meanwhile) is done. The hook sees
+    the whole session's items; only this directory's are marked."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.built)
+
 
 #: Stand-ins for cert-manager's CustomResourceDefinitions, which no package registry here
 #: ships: the group, versions and kinds deploy/ uses, with a schema that keeps any field. So
